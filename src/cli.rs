@@ -1,0 +1,80 @@
+//! The command line, declared with clap's derive API. Help texts here are the manual:
+//! `fanlink(8)` is generated from them.
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::Ipv4Net;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fanlink",
+    version,
+    about = "Bring Fan overlay networks up and down with the underlay, on a stock kernel",
+    long_about = "fanlink builds Fan overlay networks (250.0.0.0/8 mapped onto an underlay such as \
+10.0.0.0/16, each host owning the slice its underlay address selects) through netlink, with a \
+tc-BPF program doing the fan arithmetic, wire-compatible with Ubuntu's vxlan fan. Rules are TOML \
+files in /etc/fanlink.d, /run/fanlink.d and /usr/lib/fanlink.d.\n\n\
+Exit status: 0 success, 1 problems found (invalid rules for `check`, drift for `plan --check`), \
+2 error."
+)]
+pub struct Cli {
+    /// Read rules from DIR instead of the default directories (repeatable; earlier wins).
+    #[arg(long = "rules-dir", value_name = "DIR", global = true)]
+    pub rules_dirs: Vec<PathBuf>,
+
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate the rules and list the fans they define.
+    ///
+    /// Every error of every file is reported as FILE:LINE:COL: error: MESSAGE.
+    /// Exits 1 when any rule is invalid.
+    Check,
+
+    /// Compute a host's slice, bridge address and VNI on a fan.
+    Addr {
+        #[command(flatten)]
+        fan: FanSelector,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Print the `docker network create` arguments that put Docker containers on this
+    /// host's slice of a fan.
+    DockerArgs {
+        #[command(flatten)]
+        fan: FanSelector,
+        /// The fan MTU (default: the rule's `mtu`, else 1450 for a 1500-byte underlay).
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// Name of the Docker network to create (default: the fan's bridge name).
+        #[arg(long = "network-name", value_name = "NAME")]
+        network_name: Option<String>,
+    },
+}
+
+/// A fan given by the name of a rule, or by its prefixes; plus this host's underlay address.
+#[derive(Args, Debug)]
+pub struct FanSelector {
+    /// Name of a configured fan (its bridge name), instead of --overlay/--underlay.
+    #[arg(required_unless_present_all = ["overlay", "underlay"], conflicts_with_all = ["overlay", "underlay"])]
+    pub name: Option<String>,
+    /// Overlay prefix, e.g. 250.0.0.0/8.
+    #[arg(long, requires = "underlay")]
+    pub overlay: Option<Ipv4Net>,
+    /// Underlay prefix, e.g. 10.0.0.0/16.
+    #[arg(long, requires = "overlay")]
+    pub underlay: Option<Ipv4Net>,
+    /// This host's underlay address, e.g. 10.0.3.4.
+    #[arg(long)]
+    pub address: Ipv4Addr,
+}

@@ -1,0 +1,14 @@
+//! fanlink: brings Fan overlay networks up and down as systemd-networkd reports the underlay.
+//!
+//! The data flows from the edges to a pure core and back: rules (`config`) and the kernel
+//! (`observe`) become a desired and an observed state, `plan` turns the two into `Op`s, and
+//! `apply` performs them through `netlink`, `datapath` (BPF, nftables, sysctl).
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod datapath;
+pub mod error;
+pub mod fan;
+pub mod ifname;
+pub mod netlink;

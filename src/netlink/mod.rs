@@ -1,0 +1,1 @@
+//! A small rtnetlink client: the message codec, requests with acks, and dumps.
