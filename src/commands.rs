@@ -115,7 +115,12 @@ pub fn addr(dirs: &[PathBuf], fan: &FanSelector, json: bool) -> Result<u8> {
         println!("slice           {}", report.slice);
         println!("bridge address  {}", report.bridge_address);
         println!("vni             {}", report.vni);
-        println!("fan hosts       {} - {} (each owns a /{})", report.hosts_first, report.hosts_last, slice.prefix_len());
+        println!(
+            "fan hosts       {} - {} (each owns a /{})",
+            report.hosts_first,
+            report.hosts_last,
+            slice.prefix_len()
+        );
     }
     Ok(0)
 }
@@ -126,11 +131,17 @@ const DEFAULT_FAN_MTU: u32 = 1500 - VXLAN_OVERHEAD;
 /// `fanlink docker-args`: a Docker bridge network on the fan's bridge, handing out the
 /// host's slice. Docker keeps the gateway out of its pool itself; the aux-address keeps the
 /// slice's network address out, as the fan docs do by hand.
-pub fn docker_args(dirs: &[PathBuf], fan: &FanSelector, mtu: Option<u32>, network: Option<&str>) -> Result<u8> {
+pub fn docker_args(
+    dirs: &[PathBuf],
+    fan: &FanSelector,
+    mtu: Option<u32>,
+    network: Option<&str>,
+) -> Result<u8> {
     let (map, rule) = select(dirs, fan)?;
     let slice = map.slice(fan.address)?;
     let gateway = map.bridge_address(fan.address)?.addr();
-    let bridge = rule.as_ref().map_or(format!("fan-{}", map.overlay().addr().octets()[0]), |r| r.name.to_string());
+    let bridge =
+        rule.as_ref().map_or(format!("fan-{}", map.overlay().addr().octets()[0]), |r| r.name.to_string());
     let mtu = mtu.or(rule.as_ref().and_then(|r| r.mtu)).unwrap_or(DEFAULT_FAN_MTU);
     let args = [
         "--driver bridge".to_string(),

@@ -168,7 +168,10 @@ struct Located(String);
 fn clash(rule: &Rule, other: &Rule, at: &Located) -> Option<String> {
     let at = &at.0;
     if rule.name == other.name {
-        return Some(format!("a fan named \"{}\" is already defined at {at}; give this one another `name`", rule.name));
+        return Some(format!(
+            "a fan named \"{}\" is already defined at {at}; give this one another `name`",
+            rule.name
+        ));
     }
     if rule.vxlan_name() == other.vxlan_name() || rule.vxlan_name() == other.name {
         return Some(format!(
@@ -187,12 +190,22 @@ fn clash(rule: &Rule, other: &Rule, at: &Located) -> Option<String> {
 fn convert(raw: RawFan, path: &Path, text: &str) -> Result<(Rule, Located), Vec<RuleError>> {
     let mut errors = Vec::new();
     let mut err = |span: Range<usize>, message: String| {
-        errors.push(RuleError { path: path.to_path_buf(), position: Some(line_col(text, span.start)), message });
+        errors.push(RuleError {
+            path: path.to_path_buf(),
+            position: Some(line_col(text, span.start)),
+            message,
+        });
     };
     let mut net = |field: &Spanned<String>, what: &str| match field.get_ref().parse::<Ipv4Net>() {
         Ok(n) => Some(n),
         Err(_) => {
-            err(field.span(), format!("{what} \"{}\" is not an IPv4 prefix like \"250.0.0.0/8\"", field.get_ref().escape_default()));
+            err(
+                field.span(),
+                format!(
+                    "{what} \"{}\" is not an IPv4 prefix like \"250.0.0.0/8\"",
+                    field.get_ref().escape_default()
+                ),
+            );
             None
         }
     };
@@ -204,7 +217,9 @@ fn convert(raw: RawFan, path: &Path, text: &str) -> Result<(Rule, Located), Vec<
     };
     let name = match (&raw.name, map) {
         (Some(n), _) => n.get_ref().parse::<IfName>().map_err(|m| err(n.span(), format!("name: {m}"))).ok(),
-        (None, Some(m)) => Some(format!("fan-{}", m.overlay().addr().octets()[0]).parse().expect("short name")),
+        (None, Some(m)) => {
+            Some(format!("fan-{}", m.overlay().addr().octets()[0]).parse().expect("short name"))
+        }
         (None, None) => None,
     };
     let interface = raw.interface.as_ref().and_then(|i| {
@@ -222,7 +237,14 @@ fn convert(raw: RawFan, path: &Path, text: &str) -> Result<(Rule, Located), Vec<
         (Some(name), Some(map)) if errors.is_empty() => {
             let (line, _) = line_col(text, raw.overlay.span().start);
             let origin = format!("{}:{line}", path.display());
-            let rule = Rule { name, map, interface, mtu, masquerade: raw.masquerade.unwrap_or(true), origin: origin.clone() };
+            let rule = Rule {
+                name,
+                map,
+                interface,
+                mtu,
+                masquerade: raw.masquerade.unwrap_or(true),
+                origin: origin.clone(),
+            };
             Ok((rule, Located(origin)))
         }
         _ => Err(errors),

@@ -62,10 +62,7 @@ fn check_aligned(what: &str, net: Ipv4Net) -> Result<(), String> {
     if net.addr() == net.network() {
         Ok(())
     } else {
-        Err(format!(
-            "{what} {net} has host bits set; did you mean {}?",
-            net.trunc()
-        ))
+        Err(format!("{what} {net} has host bits set; did you mean {}?", net.trunc()))
     }
 }
 
@@ -224,11 +221,15 @@ mod tests {
     #[test]
     fn invalid_pairs_say_why() {
         let err = |o: &str, u: &str| FanMap::new(o.parse().unwrap(), u.parse().unwrap()).unwrap_err();
-        assert_eq!(err("250.1.0.0/8", "10.0.0.0/16"), "overlay 250.1.0.0/8 has host bits set; did you mean 250.0.0.0/8?");
+        assert_eq!(
+            err("250.1.0.0/8", "10.0.0.0/16"),
+            "overlay 250.1.0.0/8 has host bits set; did you mean 250.0.0.0/8?"
+        );
         assert!(err("127.0.0.0/8", "10.0.0.0/16").contains("loopback"));
         assert!(err("0.0.0.0/8", "10.0.0.0/16").contains("this network"));
         assert!(err("230.0.0.0/8", "10.0.0.0/16").contains("multicast"));
-        assert!(err("250.0.0.0/16", "10.0.0.0/16").contains("/32 slice, narrower than /30; use an overlay of /14 or wider"));
+        assert!(err("250.0.0.0/16", "10.0.0.0/16")
+            .contains("/32 slice, narrower than /30; use an overlay of /14 or wider"));
         assert!(err("10.0.0.0/8", "10.1.0.0/16").contains("overlap"));
         assert!(err("250.0.0.0/8", "10.0.0.0/31").contains("fewer than 2 host bits"));
     }
@@ -236,9 +237,7 @@ mod tests {
     /// Any valid pair: (overlay prefix, underlay prefix) with a slice of /30 or wider.
     fn pair() -> impl Strategy<Value = (FanMap, Ipv4Addr)> {
         (1u8..=28, any::<u32>(), any::<u32>())
-            .prop_flat_map(|(o, onet, unet)| {
-                ((o + 2).max(9)..=30).prop_map(move |u| (o, u, onet, unet))
-            })
+            .prop_flat_map(|(o, onet, unet)| ((o + 2).max(9)..=30).prop_map(move |u| (o, u, onet, unet)))
             .prop_filter_map("valid pair", |(o, u, onet, unet)| {
                 let overlay = Ipv4Net::new(Ipv4Addr::from(onet | 0xF000_0000), o).ok()?.trunc();
                 let underlay = Ipv4Net::new(Ipv4Addr::from(unet & 0x7FFF_FFFF), u).ok()?.trunc();
