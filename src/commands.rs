@@ -47,16 +47,16 @@ fn join(dirs: &[PathBuf]) -> String {
 
 /// One line per fan, as `check` lists it.
 pub fn describe(rule: &Rule) -> String {
-    let on = rule.interface.as_ref().map_or("the link in the underlay".to_string(), |i| i.to_string());
-    let mtu = rule.mtu.map_or(format!("underlay-{VXLAN_OVERHEAD}"), |m| m.to_string());
-    let nat = if rule.masquerade { "masquerade" } else { "no-masquerade" };
+    let link = rule.interface.as_ref().map_or("auto".to_string(), |i| i.to_string());
+    let mtu = rule.mtu.map_or("auto".to_string(), |m| m.to_string());
+    let nat = if rule.masquerade { "on" } else { "off" };
     format!(
-        "{} {} over {} vni {} via {} mtu {} {} ({})",
+        "{}  overlay {}  underlay {}  vni {}  link {}  mtu {}  masquerade {}  ({})",
         rule.name,
         rule.map.overlay(),
         rule.map.underlay(),
         rule.map.vni(),
-        on,
+        link,
         mtu,
         nat,
         rule.origin

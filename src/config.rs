@@ -64,23 +64,19 @@ impl fmt::Display for RuleError {
     }
 }
 
+/// A rule file as TOML sees it. Each fan stays a map of spanned keys and values so that
+/// every key is checked on its own: one wrong type does not hide the file's other errors.
 #[derive(Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
     fan: Vec<Spanned<RawFan>>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct RawFan {
-    name: Option<Spanned<String>>,
-    overlay: Spanned<String>,
-    underlay: Spanned<String>,
-    interface: Option<Spanned<String>>,
-    mtu: Option<Spanned<i64>>,
-    masquerade: Option<bool>,
-}
+type RawFan = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
+
+/// The keys a `[[fan]]` table may hold.
+const KEYS: [&str; 6] = ["name", "overlay", "underlay", "interface", "mtu", "masquerade"];
 
 /// The rule files that take effect: `*.toml` by file name, an earlier directory masking a
 /// later one, a link to /dev/null masking the name altogether. Sorted by file name.
@@ -147,7 +143,7 @@ pub fn parse_all(sources: &[(PathBuf, String)]) -> (Vec<Rule>, Vec<RuleError>) {
         };
         for fan in raw.fan {
             let span = fan.span();
-            match convert(fan.into_inner(), path, text) {
+            match convert(fan.get_ref(), span.clone(), path, text) {
                 Ok((rule, located)) => {
                     let clash = rules.iter().find_map(|(other, at)| clash(&rule, other, at));
                     match clash {
@@ -187,67 +183,160 @@ fn clash(rule: &Rule, other: &Rule, at: &Located) -> Option<String> {
     None
 }
 
-fn convert(raw: RawFan, path: &Path, text: &str) -> Result<(Rule, Located), Vec<RuleError>> {
-    let mut errors = Vec::new();
-    let mut err = |span: Range<usize>, message: String| {
-        errors.push(RuleError {
-            path: path.to_path_buf(),
-            position: Some(line_col(text, span.start)),
-            message,
-        });
-    };
-    let mut net = |field: &Spanned<String>, what: &str| match field.get_ref().parse::<Ipv4Net>() {
-        Ok(n) => Some(n),
-        Err(_) => {
-            err(
-                field.span(),
-                format!(
-                    "{what} \"{}\" is not an IPv4 prefix like \"250.0.0.0/8\"",
-                    field.get_ref().escape_default()
-                ),
-            );
-            None
+/// Typed access to one fan's keys; every problem is recorded with its position.
+struct FanTable<'a> {
+    raw: &'a RawFan,
+    path: &'a Path,
+    text: &'a str,
+    errors: Vec<RuleError>,
+}
+
+impl<'a> FanTable<'a> {
+    fn error(&mut self, span: Range<usize>, message: String) {
+        let position = Some(line_col(self.text, span.start));
+        self.errors.push(RuleError { path: self.path.to_path_buf(), position, message });
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Spanned<toml::Value>> {
+        self.raw.iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v)
+    }
+
+    /// A string key; `what` says what it should look like.
+    fn string(&mut self, key: &str, what: &str) -> Option<(&'a str, Range<usize>)> {
+        let value = self.get(key)?;
+        match value.get_ref() {
+            toml::Value::String(s) => Some((s.as_str(), value.span())),
+            other => {
+                let message = format!("`{key}` must be a string such as {what}, not {}", type_name(other));
+                self.error(value.span(), message);
+                None
+            }
         }
-    };
-    let overlay = net(&raw.overlay, "overlay");
-    let underlay = net(&raw.underlay, "underlay");
+    }
+
+    fn prefix(&mut self, key: &str, example: &str) -> Option<(Ipv4Net, Range<usize>)> {
+        let (text, span) = self.string(key, example)?;
+        match text.parse::<Ipv4Net>() {
+            Ok(net) => Some((net, span)),
+            Err(_) => {
+                let message =
+                    format!("`{key}` \"{}\" is not an IPv4 prefix such as {example}", text.escape_default());
+                self.error(span, message);
+                None
+            }
+        }
+    }
+
+    fn ifname(&mut self, key: &str) -> Option<IfName> {
+        let (text, span) = self.string(key, "\"fan-250\"")?;
+        text.parse().map_err(|e| self.error(span, format!("`{key}`: {e}"))).ok()
+    }
+}
+
+fn type_name(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+fn convert(
+    raw: &RawFan,
+    header: Range<usize>,
+    path: &Path,
+    text: &str,
+) -> Result<(Rule, Located), Vec<RuleError>> {
+    let mut t = FanTable { raw, path, text, errors: Vec::new() };
+    for key in raw.keys() {
+        if !KEYS.contains(&key.get_ref().as_str()) {
+            let message =
+                format!("unknown key `{}`; a fan has {}", key.get_ref().escape_default(), KEYS.join(", "));
+            t.error(key.span(), message);
+        }
+    }
+    for required in ["overlay", "underlay"] {
+        if t.get(required).is_none() {
+            t.error(
+                header.clone(),
+                format!("this fan has no `{required}`; add e.g. {required} = \"{}\"", example(required)),
+            );
+        }
+    }
+    let overlay = t.prefix("overlay", "\"250.0.0.0/8\"");
+    let underlay = t.prefix("underlay", "\"10.0.0.0/16\"");
     let map = match (overlay, underlay) {
-        (Some(o), Some(u)) => FanMap::new(o, u).map_err(|m| err(raw.overlay.span(), m)).ok(),
+        (Some((o, span)), Some((u, _))) => FanMap::new(o, u).map_err(|m| t.error(span, m)).ok(),
         _ => None,
     };
-    let name = match (&raw.name, map) {
-        (Some(n), _) => n.get_ref().parse::<IfName>().map_err(|m| err(n.span(), format!("name: {m}"))).ok(),
+    let name = match (t.get("name"), map) {
+        (Some(_), _) => t.ifname("name"),
         (None, Some(m)) => {
             Some(format!("fan-{}", m.overlay().addr().octets()[0]).parse().expect("short name"))
         }
         (None, None) => None,
     };
-    let interface = raw.interface.as_ref().and_then(|i| {
-        i.get_ref().parse::<IfName>().map_err(|m| err(i.span(), format!("interface: {m}"))).ok()
-    });
-    let mtu = raw.mtu.as_ref().and_then(|m| {
-        let valid = u32::try_from(*m.get_ref()).ok().filter(|v| MTU_RANGE.contains(v));
+    let interface = t.get("interface").and_then(|_| t.ifname("interface"));
+    let mtu = t.get("mtu").and_then(|value| {
+        let valid = value
+            .get_ref()
+            .as_integer()
+            .and_then(|m| u32::try_from(m).ok())
+            .filter(|m| MTU_RANGE.contains(m));
         if valid.is_none() {
             let (lo, hi) = (MTU_RANGE.start(), MTU_RANGE.end());
-            err(m.span(), format!("mtu {} is out of range; use {lo} to {hi}", m.get_ref()));
+            t.error(
+                value.span(),
+                format!("`mtu` must be an integer from {lo} to {hi}, not {}", shown(value.get_ref())),
+            );
         }
         valid
     });
-    match (name, map) {
-        (Some(name), Some(map)) if errors.is_empty() => {
-            let (line, _) = line_col(text, raw.overlay.span().start);
-            let origin = format!("{}:{line}", path.display());
-            let rule = Rule {
-                name,
-                map,
-                interface,
-                mtu,
-                masquerade: raw.masquerade.unwrap_or(true),
-                origin: origin.clone(),
-            };
+    let masquerade = match t.get("masquerade") {
+        None => Some(true),
+        Some(value) => {
+            let flag = value.get_ref().as_bool();
+            if flag.is_none() {
+                t.error(
+                    value.span(),
+                    format!("`masquerade` must be true or false, not {}", shown(value.get_ref())),
+                );
+            }
+            flag
+        }
+    };
+    match (name, map, masquerade) {
+        (Some(name), Some(map), Some(masquerade)) if t.errors.is_empty() => {
+            let origin = format!("{}:{}", path.display(), line_col(text, header.start).0);
+            let rule = Rule { name, map, interface, mtu, masquerade, origin: origin.clone() };
             Ok((rule, Located(origin)))
         }
-        _ => Err(errors),
+        _ => {
+            t.errors.sort_by_key(|e| e.position);
+            Err(t.errors)
+        }
+    }
+}
+
+/// A value as a message shows it: scalars as written, others by their type.
+fn shown(value: &toml::Value) -> String {
+    match value {
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::String(s) => format!("\"{}\"", s.escape_default()),
+        other => type_name(other).to_string(),
+    }
+}
+
+fn example(key: &str) -> &'static str {
+    if key == "overlay" {
+        "250.0.0.0/8"
+    } else {
+        "10.0.0.0/16"
     }
 }
 

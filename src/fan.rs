@@ -14,9 +14,9 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// Ranges an overlay must not touch, with the reason a user gets.
 const RESERVED: [(Ipv4Addr, u8, &str); 3] = [
-    (Ipv4Addr::new(0, 0, 0, 0), 8, "0.0.0.0/8 is \"this network\""),
-    (Ipv4Addr::new(127, 0, 0, 0), 8, "127.0.0.0/8 is loopback"),
-    (Ipv4Addr::new(224, 0, 0, 0), 4, "224.0.0.0/4 is multicast"),
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\""),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
 ];
 
 /// A validated overlay/underlay pair.
@@ -75,7 +75,7 @@ impl FanMap {
             let reserved = Ipv4Net::new(addr, len).expect("static prefix");
             if reserved.contains(&overlay.network()) || overlay.contains(&addr) {
                 return Err(format!(
-                    "overlay {overlay} overlaps {why}; use an unused range such as 240.0.0.0/8 to 254.0.0.0/8"
+                    "overlay {overlay} overlaps {reserved} ({why}); use an unused range such as 240.0.0.0/8 to 254.0.0.0/8"
                 ));
             }
         }

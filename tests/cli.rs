@@ -1,0 +1,211 @@
+//! The CLI as a person runs it: `check` on good and bad rules, drop-in precedence,
+//! `addr` and `docker-args`. Full output strings are asserted.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// A directory removed when dropped, also when the test fails.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("fanlink-{tag}-{}-{n}", std::process::id()));
+        fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn fanlink(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fanlink")).args(args).env_remove("RUST_LOG").output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `check` on a directory holding just this fixture; returns (exit code, stderr without the dir).
+fn check_fixture(name: &str) -> (i32, String) {
+    let dir = TempDir::new("check");
+    fs::copy(Path::new(FIXTURES).join("bad").join(name), dir.path().join(name)).unwrap();
+    let out = fanlink(&["check", "--rules-dir", dir.path().to_str().unwrap()]);
+    let prefix = format!("{}/", dir.path().display());
+    (out.status.code().unwrap(), text(&out.stderr).replace(&prefix, ""))
+}
+
+#[test]
+fn every_rule_error_names_file_line_and_column() {
+    let cases = [
+        ("bad-name.toml", "bad-name.toml:2:8: error: `name`: \"fan/250\" contains '/', which interface names cannot contain"),
+        ("default-name-clash.toml", "default-name-clash.toml:5:1: error: a fan named \"fan-250\" is already defined at default-name-clash.toml:1; give this one another `name`"),
+        ("duplicate-name.toml", "duplicate-name.toml:6:1: error: a fan named \"fan-a\" is already defined at duplicate-name.toml:1; give this one another `name`"),
+        ("long-name.toml", "long-name.toml:2:8: error: `name`: \"fan-250-overlay0\" is 16 bytes long; interface names have at most 15"),
+        ("loopback.toml", "loopback.toml:2:11: error: overlay 127.0.0.0/8 overlaps 127.0.0.0/8 (loopback); use an unused range such as 240.0.0.0/8 to 254.0.0.0/8"),
+        ("masquerade.toml", "masquerade.toml:4:14: error: `masquerade` must be true or false, not \"yes\""),
+        ("missing-overlay.toml", "missing-overlay.toml:1:1: error: this fan has no `overlay`; add e.g. overlay = \"250.0.0.0/8\""),
+        ("mtu.toml", "mtu.toml:4:7: error: `mtu` must be an integer from 576 to 9000, not 100000"),
+        ("multicast.toml", "multicast.toml:2:11: error: overlay 224.0.0.0/8 overlaps 224.0.0.0/4 (multicast); use an unused range such as 240.0.0.0/8 to 254.0.0.0/8"),
+        ("narrow-slice.toml", "narrow-slice.toml:2:11: error: overlay 250.0.0.0/16 over underlay 10.0.0.0/16 gives each host a /32 slice, narrower than /30; use an overlay of /14 or wider"),
+        ("not-a-prefix.toml", "not-a-prefix.toml:2:11: error: `overlay` \"250.0.0.0\" is not an IPv4 prefix such as \"250.0.0.0/8\""),
+        ("overlapping-overlays.toml", "overlapping-overlays.toml:5:1: error: overlay 250.7.0.0/16 overlaps overlay 250.0.0.0/8 of fan \"fan-250\" at overlapping-overlays.toml:1"),
+        ("syntax.toml", "syntax.toml:1:7: error: unclosed array table, expected `]`"),
+        ("this-network.toml", "this-network.toml:2:11: error: overlay 0.0.0.0/8 overlaps 0.0.0.0/8 (\"this network\"); use an unused range such as 240.0.0.0/8 to 254.0.0.0/8"),
+        ("tiny-underlay.toml", "tiny-underlay.toml:2:11: error: underlay 10.0.0.0/31 leaves fewer than 2 host bits, so no host can own a slice; use /30 or wider"),
+        ("unaligned.toml", "unaligned.toml:2:11: error: overlay 250.1.0.0/8 has host bits set; did you mean 250.0.0.0/8?"),
+        ("unknown-key.toml", "unknown-key.toml:4:1: error: unknown key `colour`; a fan has name, overlay, underlay, interface, mtu, masquerade"),
+        ("unknown-table.toml", "unknown-table.toml:1:1: error: unknown field `fans`, expected `fan`"),
+        ("wrong-type.toml", "wrong-type.toml:3:12: error: `underlay` must be a string such as \"10.0.0.0/16\", not an integer"),
+    ];
+    let listed: Vec<String> = fs::read_dir(Path::new(FIXTURES).join("bad"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listed.len(), cases.len(), "every fixture has a case: {listed:?}");
+    for (file, expected) in cases {
+        let (code, stderr) = check_fixture(file);
+        assert_eq!(code, 1, "{file}");
+        assert_eq!(stderr, format!("{expected}\nfanlink: 1 error(s) in the rules\n"), "{file}");
+    }
+}
+
+#[test]
+fn check_reports_all_errors_of_all_files() {
+    let dir = TempDir::new("many");
+    for name in ["mtu.toml", "unknown-key.toml", "wrong-type.toml"] {
+        fs::copy(Path::new(FIXTURES).join("bad").join(name), dir.path().join(name)).unwrap();
+    }
+    dir.write(
+        "50-two.toml",
+        "[[fan]]\nname = \"a b\"\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.0.0.0/16\"\nmtu = 10\n",
+    );
+    let out = fanlink(&["check", "--rules-dir", dir.path().to_str().unwrap()]);
+    let stderr = text(&out.stderr).replace(&format!("{}/", dir.path().display()), "");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr,
+        "50-two.toml:2:8: error: `name`: \"a b\" contains ' ', which interface names cannot contain\n\
+         50-two.toml:5:7: error: `mtu` must be an integer from 576 to 9000, not 10\n\
+         mtu.toml:4:7: error: `mtu` must be an integer from 576 to 9000, not 100000\n\
+         unknown-key.toml:4:1: error: unknown key `colour`; a fan has name, overlay, underlay, interface, mtu, masquerade\n\
+         wrong-type.toml:3:12: error: `underlay` must be a string such as \"10.0.0.0/16\", not an integer\n\
+         fanlink: 5 error(s) in the rules\n"
+    );
+}
+
+#[test]
+fn check_lists_good_fans() {
+    let good = format!("{FIXTURES}/good");
+    let out = fanlink(&["check", "--rules-dir", &good]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "fan-240  overlay 240.0.0.0/8  underlay 10.0.0.0/16  vni 15728640  link ens3  mtu auto  masquerade on  ({good}/lxd.toml:2)\n\
+             fan-250  overlay 250.0.0.0/8  underlay 192.168.1.0/24  vni 16384000  link auto  mtu 1400  masquerade off  ({good}/lxd.toml:8)\n"
+        )
+    );
+}
+
+#[test]
+fn earlier_directories_mask_later_ones_and_dev_null_masks_all() {
+    let (etc, lib) = (TempDir::new("etc"), TempDir::new("lib"));
+    let fan = |octet: u8| format!("[[fan]]\noverlay = \"{octet}.0.0.0/8\"\nunderlay = \"10.0.0.0/16\"\n");
+    lib.write("10-a.toml", &fan(240));
+    etc.write("10-a.toml", &fan(241));
+    lib.write("20-b.toml", &fan(242));
+    std::os::unix::fs::symlink("/dev/null", etc.path().join("20-b.toml")).unwrap();
+    lib.write("05-c.toml", &fan(243));
+    lib.write("30-d.conf", &fan(244));
+    let out = fanlink(&[
+        "check",
+        "--rules-dir",
+        etc.path().to_str().unwrap(),
+        "--rules-dir",
+        lib.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let names: Vec<String> =
+        text(&out.stdout).lines().map(|l| l.split_whitespace().next().unwrap().to_string()).collect();
+    assert_eq!(names, ["fan-243", "fan-241"], "05-c from lib, 10-a from etc, 20-b masked, .conf ignored");
+}
+
+#[test]
+fn addr_computes_the_slice() {
+    let args = ["addr", "--overlay", "250.0.0.0/8", "--underlay", "10.0.0.0/16", "--address", "10.0.3.4"];
+    let out = fanlink(&args);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout),
+        "overlay         250.0.0.0/8\nunderlay        10.0.0.0/16\naddress         10.0.3.4\n\
+         slice           250.3.4.0/24\nbridge address  250.3.4.1/8\nvni             16384000\n\
+         fan hosts       10.0.0.1 - 10.0.255.254 (each owns a /24)\n"
+    );
+    let out = fanlink(&[&args[..], &["--json"]].concat());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["slice"], "250.3.4.0/24");
+    assert_eq!(json["bridge_address"], "250.3.4.1/8");
+    assert_eq!(json["vni"], 16384000);
+}
+
+#[test]
+fn addr_by_rule_name_and_its_errors() {
+    let good = format!("{FIXTURES}/good");
+    let out = fanlink(&["--rules-dir", &good, "addr", "fan-250", "--address", "192.168.1.178"]);
+    assert!(text(&out.stdout).contains("slice           250.178.0.0/16\n"), "{}", text(&out.stdout));
+    let out = fanlink(&["--rules-dir", &good, "addr", "fan-250", "--address", "192.168.1.255"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "fanlink: 192.168.1.255 is the broadcast address of 192.168.1.0/24; its host part is all ones and owns no slice\n"
+    );
+    let out = fanlink(&["--rules-dir", &good, "addr", "fan-9", "--address", "10.0.0.1"]);
+    assert_eq!(text(&out.stderr), format!("fanlink: no fan named \"fan-9\" in {good}\n"));
+}
+
+#[test]
+fn docker_args_put_containers_on_the_slice() {
+    let good = format!("{FIXTURES}/good");
+    let out = fanlink(&["--rules-dir", &good, "docker-args", "fan-240", "--address", "10.0.3.4"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "docker network create --driver bridge \\\n    -o com.docker.network.bridge.name=fan-240 \\\n    \
+         -o com.docker.network.driver.mtu=1450 \\\n    --subnet=240.0.0.0/8 \\\n    --ip-range=240.3.4.0/24 \\\n    \
+         --gateway=240.3.4.1 \\\n    --aux-address=net=240.3.4.0 \\\n    fan-240\n"
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let out = fanlink(&["--version"]);
+    assert_eq!(text(&out.stdout), format!("fanlink {}\n", env!("CARGO_PKG_VERSION")));
+    for sub in ["check", "addr", "docker-args"] {
+        let out = fanlink(&[sub, "--help"]);
+        assert_eq!(out.status.code(), Some(0), "{sub}");
+        assert!(text(&out.stdout).contains("Usage: fanlink"), "{sub}");
+    }
+    let out = fanlink(&["addr", "--address", "10.0.0.1"]);
+    assert_eq!(out.status.code(), Some(2), "a fan must be named or given by prefixes");
+}
