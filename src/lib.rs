@@ -11,4 +11,6 @@ pub mod datapath;
 pub mod error;
 pub mod fan;
 pub mod ifname;
+pub mod model;
 pub mod netlink;
+pub mod plan;

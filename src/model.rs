@@ -1,0 +1,211 @@
+//! The states `plan` compares: what a fan should be on this host (`Want`), what the kernel
+//! has (`Observed`), and the operations that turn one into the other (`Op`).
+//! Plain data, no I/O.
+
+use crate::fan::FanMap;
+use crate::ifname::IfName;
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// fanlink marks what it owns on the kernel objects themselves, so the record travels with
+/// the namespace and cannot drift: the interface alias of a fan's bridge and vxlan is
+/// `OWNER_PREFIX` + the fan's name.
+pub const OWNER_PREFIX: &str = "fanlink:";
+
+pub fn owner_alias(fan: &IfName) -> String {
+    format!("{OWNER_PREFIX}{fan}")
+}
+
+/// What a fan should be on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    /// No devices, no filter, no NAT: after `fanlink down` or when the rule is removed.
+    Absent,
+    /// Devices kept but administratively down, datapath detached, NAT removed: the underlay
+    /// is not routable. Containers stay attached to the bridge.
+    Down,
+    /// Up on this host's underlay address.
+    Up(Underlay),
+}
+
+/// This host's place on the underlay of one fan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Underlay {
+    pub link: IfName,
+    pub address: Ipv4Addr,
+    /// The fan's MTU: the rule's, or the underlay link's minus the vxlan overhead.
+    pub mtu: u32,
+}
+
+/// What the tc egress program of a fan computes with; its tag names it on the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramParams {
+    pub map: FanMap,
+    pub local: Ipv4Addr,
+}
+
+impl ProgramParams {
+    /// The tc filter name: says what the attached program computes, so a changed address or
+    /// rule shows as a different name and the program is replaced.
+    pub fn tag(&self) -> String {
+        format!("fanlink {} {} {}", self.map.overlay(), self.map.underlay(), self.local)
+    }
+}
+
+/// A network device as observed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Device {
+    pub index: u32,
+    pub up: bool,
+    pub mtu: u32,
+    pub master: Option<u32>,
+    pub alias: Option<String>,
+    pub mac: Option<[u8; 6]>,
+    /// `IFLA_INFO_KIND`: "bridge", "vxlan", ...
+    pub kind: Option<String>,
+    /// For a vxlan: whether it is set up as a fan needs (collect_md, vnifilter, no learning, port 8472).
+    pub fan_vxlan: bool,
+}
+
+/// One fan's objects as observed, found by the fan's device names.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedFan {
+    pub bridge: Option<Device>,
+    pub vxlan: Option<Device>,
+    /// IPv4 addresses on the bridge.
+    pub bridge_addresses: Vec<Ipv4Net>,
+    /// VNIs in the vxlan's filter.
+    pub vnis: Vec<u32>,
+    /// Name of the BPF filter on the vxlan's egress, if one is attached.
+    pub program: Option<String>,
+    /// The comment on the fan's NAT table, if the table exists.
+    pub nat: Option<String>,
+}
+
+/// The kernel state `plan` needs, per fan name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    pub fans: BTreeMap<IfName, ObservedFan>,
+    pub forwarding: bool,
+}
+
+/// A change to an existing link; `None` fields stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LinkChange {
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    pub master: Option<IfName>,
+    pub up: Option<bool>,
+}
+
+/// One step of a plan. Each is idempotent at the edge that performs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    CreateBridge {
+        bridge: IfName,
+        mtu: u32,
+        mac: [u8; 6],
+        alias: String,
+    },
+    CreateVxlan {
+        vxlan: IfName,
+        bridge: IfName,
+        mtu: u32,
+        alias: String,
+    },
+    AddVni {
+        vxlan: IfName,
+        vni: u32,
+    },
+    SetLink {
+        link: IfName,
+        change: LinkChange,
+    },
+    AddAddress {
+        link: IfName,
+        address: Ipv4Net,
+    },
+    DeleteAddress {
+        link: IfName,
+        address: Ipv4Net,
+    },
+    /// Load the fan program and attach it to the vxlan's egress, replacing any other.
+    AttachProgram {
+        vxlan: IfName,
+        params: ProgramParams,
+    },
+    DetachProgram {
+        vxlan: IfName,
+    },
+    /// Create or atomically replace the fan's NAT table.
+    WriteNat {
+        fan: IfName,
+        overlay: Ipv4Net,
+        comment: String,
+    },
+    DeleteNat {
+        fan: IfName,
+    },
+    EnableForwarding,
+    DeleteLink {
+        link: IfName,
+    },
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+impl fmt::Display for LinkChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(mtu) = self.mtu {
+            parts.push(format!("mtu {mtu}"));
+        }
+        if let Some(mac) = &self.mac {
+            parts.push(format!("address {}", format_mac(mac)));
+        }
+        if let Some(master) = &self.master {
+            parts.push(format!("master {master}"));
+        }
+        if let Some(up) = self.up {
+            parts.push((if up { "up" } else { "down" }).to_string());
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// Reads like the `ip`/`tc`/`nft` command a person would type for the same step.
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::CreateBridge { bridge, mtu, mac, alias } => write!(
+                f,
+                "create bridge {bridge} mtu {mtu} address {} alias {alias}",
+                format_mac(mac)
+            ),
+            Op::CreateVxlan { vxlan, bridge, mtu, alias } => write!(
+                f,
+                "create vxlan {vxlan} external vnifilter nolearning dstport {} mtu {mtu} master {bridge} alias {alias}",
+                crate::fan::FAN_UDP_PORT
+            ),
+            Op::AddVni { vxlan, vni } => write!(f, "add vni {vni} to {vxlan}"),
+            Op::SetLink { link, change } => write!(f, "set {link} {change}"),
+            Op::AddAddress { link, address } => write!(f, "add address {address} to {link}"),
+            Op::DeleteAddress { link, address } => write!(f, "delete address {address} from {link}"),
+            Op::AttachProgram { vxlan, params } => {
+                write!(f, "attach fan program to {vxlan} egress ({})", params.tag())
+            }
+            Op::DetachProgram { vxlan } => write!(f, "detach fan program from {vxlan} egress"),
+            Op::WriteNat { fan, overlay, .. } => {
+                write!(f, "write nat table for {fan}: masquerade {overlay} leaving the overlay")
+            }
+            Op::DeleteNat { fan } => write!(f, "delete nat table of {fan}"),
+            Op::EnableForwarding => write!(f, "set net.ipv4.ip_forward = 1"),
+            Op::DeleteLink { link } => write!(f, "delete link {link}"),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Table-driven tests of `plan`: fixture rules against synthetic observed states.
+
+use super::*;
+use crate::config::parse_all;
+use crate::model::{Observed, Underlay};
+use std::path::PathBuf;
+
+fn rule(extra: &str) -> Rule {
+    let text = format!("[[fan]]\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.0.0.0/16\"\n{extra}");
+    let (mut rules, errors) = parse_all(&[(PathBuf::from("t.toml"), text)]);
+    assert!(errors.is_empty(), "{errors:?}");
+    rules.remove(0)
+}
+
+fn up_at(address: &str) -> Want {
+    Want::Up(Underlay { link: "eth0".parse().unwrap(), address: address.parse().unwrap(), mtu: 1450 })
+}
+
+fn lines(result: &Result<Vec<Op>, String>) -> Vec<String> {
+    result.as_ref().unwrap().iter().map(ToString::to_string).collect()
+}
+
+/// What the kernel looks like after `up` at 10.0.3.4 has been applied.
+fn built(rule: &Rule) -> ObservedFan {
+    let alias = Some(owner_alias(&rule.name));
+    ObservedFan {
+        bridge: Some(Device {
+            index: 5,
+            up: true,
+            mtu: 1450,
+            alias: alias.clone(),
+            mac: Some(bridge_mac("10.0.3.4".parse().unwrap())),
+            kind: Some("bridge".into()),
+            ..Default::default()
+        }),
+        vxlan: Some(Device {
+            index: 6,
+            up: true,
+            mtu: 1450,
+            master: Some(5),
+            alias,
+            kind: Some("vxlan".into()),
+            fan_vxlan: true,
+            ..Default::default()
+        }),
+        bridge_addresses: vec!["250.3.4.1/8".parse().unwrap()],
+        vnis: vec![16384000],
+        program: Some("fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4".into()),
+        nat: Some(nat_comment(rule)),
+    }
+}
+
+fn observed(fan: &Rule, seen: ObservedFan) -> Observed {
+    Observed { fans: [(fan.name.clone(), seen)].into(), forwarding: true }
+}
+
+#[test]
+fn first_up_builds_everything_and_links_come_up_last() {
+    let r = rule("");
+    let plans = plan(&[(r.clone(), up_at("10.0.3.4"))], &Observed::default());
+    assert_eq!(
+        lines(&plans[0].result),
+        [
+            "create bridge fan-250 mtu 1450 address 02:fa:0a:00:03:04 alias fanlink:fan-250",
+            "create vxlan fan-250-vx external vnifilter nolearning dstport 8472 mtu 1450 master fan-250 alias fanlink:fan-250",
+            "add vni 16384000 to fan-250-vx",
+            "add address 250.3.4.1/8 to fan-250",
+            "attach fan program to fan-250-vx egress (fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4)",
+            "write nat table for fan-250: masquerade 250.0.0.0/8 leaving the overlay",
+            "set net.ipv4.ip_forward = 1",
+            "set fan-250-vx up",
+            "set fan-250 up",
+        ]
+    );
+}
+
+#[test]
+fn a_built_fan_needs_nothing() {
+    let r = rule("");
+    let plans = plan(&[(r.clone(), up_at("10.0.3.4"))], &observed(&r, built(&r)));
+    assert_eq!(plans[0].result, Ok(vec![]));
+}
+
+#[test]
+fn down_keeps_the_devices() {
+    let r = rule("");
+    let plans = plan(&[(r.clone(), Want::Down)], &observed(&r, built(&r)));
+    assert_eq!(
+        lines(&plans[0].result),
+        [
+            "detach fan program from fan-250-vx egress",
+            "delete nat table of fan-250",
+            "set fan-250-vx down",
+            "set fan-250 down"
+        ]
+    );
+    assert_eq!(plan(&[(r.clone(), Want::Down)], &Observed::default())[0].result, Ok(vec![]));
+}
+
+#[test]
+fn coming_back_after_a_flap_reuses_the_devices() {
+    let r = rule("");
+    let mut seen = built(&r);
+    seen.bridge.as_mut().unwrap().up = false;
+    seen.vxlan.as_mut().unwrap().up = false;
+    seen.program = None;
+    seen.nat = None;
+    let plans = plan(&[(r.clone(), up_at("10.0.3.4"))], &observed(&r, seen));
+    assert_eq!(
+        lines(&plans[0].result),
+        [
+            "attach fan program to fan-250-vx egress (fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4)",
+            "write nat table for fan-250: masquerade 250.0.0.0/8 leaving the overlay",
+            "set fan-250-vx up",
+            "set fan-250 up",
+        ]
+    );
+}
+
+#[test]
+fn a_new_address_moves_the_fan_to_its_slice() {
+    let r = rule("");
+    let plans = plan(&[(r.clone(), up_at("10.0.9.9"))], &observed(&r, built(&r)));
+    assert_eq!(
+        lines(&plans[0].result),
+        [
+            "set fan-250 address 02:fa:0a:00:09:09",
+            "delete address 250.3.4.1/8 from fan-250",
+            "add address 250.9.9.1/8 to fan-250",
+            "attach fan program to fan-250-vx egress (fanlink 250.0.0.0/8 10.0.0.0/16 10.0.9.9)",
+        ]
+    );
+}
+
+#[test]
+fn an_address_that_owns_no_slice_is_an_error() {
+    let r = rule("");
+    let plans = plan(&[(r, up_at("10.0.255.255"))], &Observed::default());
+    assert_eq!(
+        plans[0].result,
+        Err("10.0.255.255 is the broadcast address of 10.0.0.0/16; its host part is all ones and owns no slice".into())
+    );
+}
+
+#[test]
+fn devices_fanlink_does_not_own_are_never_touched() {
+    let r = rule("");
+    let mut seen = built(&r);
+    seen.bridge.as_mut().unwrap().alias = None;
+    for want in [up_at("10.0.3.4"), Want::Down, Want::Absent] {
+        let plans = plan(&[(r.clone(), want)], &observed(&r, seen.clone()));
+        assert_eq!(
+            plans[0].result,
+            Err("a device named fan-250 exists that fanlink does not own (its alias is \"\"); \
+                 rename it or give the fan another `name`"
+                .into())
+        );
+    }
+}
+
+#[test]
+fn absent_removes_exactly_what_is_ours() {
+    let r = rule("");
+    let plans = plan(&[(r.clone(), Want::Absent)], &observed(&r, built(&r)));
+    assert_eq!(
+        lines(&plans[0].result),
+        ["delete nat table of fan-250", "delete link fan-250-vx", "delete link fan-250"]
+    );
+}
+
+#[test]
+fn masquerade_off_removes_the_nat_table() {
+    let r = rule("masquerade = false\n");
+    let plans = plan(&[(r.clone(), up_at("10.0.3.4"))], &observed(&r, built(&r)));
+    assert_eq!(lines(&plans[0].result), ["delete nat table of fan-250"]);
+}
+
+#[test]
+fn a_changed_mtu_and_a_lost_vni_are_repaired() {
+    let r = rule("");
+    let mut seen = built(&r);
+    seen.vnis.clear();
+    let want =
+        Want::Up(Underlay { link: "eth0".parse().unwrap(), address: "10.0.3.4".parse().unwrap(), mtu: 8950 });
+    let plans = plan(&[(r.clone(), want)], &observed(&r, seen));
+    assert_eq!(
+        lines(&plans[0].result),
+        ["set fan-250 mtu 8950", "set fan-250-vx mtu 8950", "add vni 16384000 to fan-250-vx"]
+    );
+}
+
+#[test]
+fn a_vxlan_of_the_wrong_kind_is_recreated_and_a_new_bridge_gets_it_back() {
+    let r = rule("");
+    let mut seen = built(&r);
+    seen.vxlan.as_mut().unwrap().fan_vxlan = false;
+    let plans = plan(&[(r.clone(), up_at("10.0.3.4"))], &observed(&r, seen));
+    assert_eq!(
+        lines(&plans[0].result)[..3],
+        [
+            "delete link fan-250-vx",
+            "create vxlan fan-250-vx external vnifilter nolearning dstport 8472 mtu 1450 master fan-250 alias fanlink:fan-250",
+            "add vni 16384000 to fan-250-vx",
+        ]
+    );
+
+    let mut seen = built(&r);
+    seen.bridge.as_mut().unwrap().kind = Some("dummy".into());
+    let plans = plan(&[(r.clone(), up_at("10.0.3.4"))], &observed(&r, seen));
+    let ops = lines(&plans[0].result);
+    assert_eq!(
+        ops[..3],
+        [
+            "delete link fan-250",
+            "create bridge fan-250 mtu 1450 address 02:fa:0a:00:03:04 alias fanlink:fan-250",
+            "set fan-250-vx master fan-250"
+        ]
+    );
+    assert!(ops.contains(&"add address 250.3.4.1/8 to fan-250".to_string()));
+}
