@@ -14,3 +14,4 @@ pub mod ifname;
 pub mod model;
 pub mod netlink;
 pub mod plan;
+pub mod underlay;
