@@ -1,0 +1,177 @@
+//! Simulated hosts for kernel tests: named network namespaces on a switch namespace, with
+//! container namespaces behind a host's fan bridge. Everything is removed on drop, also when
+//! a test fails; traffic stays between the namespaces made here.
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A short name unique to this process and call, for namespaces and interfaces.
+pub fn unique(tag: &str) -> String {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, Ordering::SeqCst);
+    format!("{tag}{}x{n}", std::process::id() % 100_000)
+}
+
+/// Runs a command line through `sh -c`, inside `ns` when given.
+pub fn sh(ns: Option<&str>, command: &str) -> Output {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "sh", "-c", command]);
+            c
+        }
+        None => {
+            let mut c = Command::new("sh");
+            c.args(["-c", command]);
+            c
+        }
+    };
+    cmd.env_remove("RUST_LOG").output().expect("sh runs")
+}
+
+/// Like `sh`, but the command must succeed; returns its stdout.
+pub fn run(ns: Option<&str>, command: &str) -> String {
+    let out = sh(ns, command);
+    assert!(
+        out.status.success(),
+        "`{command}` in {ns:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits for `ok` to hold, up to `limit`; panics with `what` otherwise.
+pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A named network namespace, deleted on drop (which also deletes its devices).
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = unique(tag);
+        run(None, &format!("ip netns add {name}"));
+        let ns = Netns(name);
+        ns.run("ip link set lo up");
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    pub fn run(&self, command: &str) -> String {
+        run(Some(&self.0), command)
+    }
+
+    pub fn sh(&self, command: &str) -> Output {
+        sh(Some(&self.0), command)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A background process, killed on drop.
+pub struct Background(Option<Child>);
+
+impl Background {
+    pub fn spawn(ns: &Netns, command: &str) -> Background {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "sh", "-c", &format!("exec {command}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawns");
+        Background(Some(child))
+    }
+
+    /// Stops the process (SIGINT, so tcpdump flushes) and returns what it printed.
+    pub fn finish(mut self) -> String {
+        let child = self.0.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let out = child.wait_with_output().expect("waits");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The underlay: a switch namespace with bridge `sw-br`, and hosts plugged into it.
+pub struct Switch {
+    pub ns: Netns,
+}
+
+impl Switch {
+    pub fn new() -> Switch {
+        let ns = Netns::new("flsw");
+        ns.run("ip link add sw-br type bridge && ip link set sw-br up");
+        Switch { ns }
+    }
+
+    /// A host namespace with `uplink0` at `address` (e.g. "10.99.1.1/16") on the switch.
+    /// The switch side is `port`, returned for captures.
+    pub fn host(&self, address: &str) -> Host {
+        let ns = Netns::new("flh");
+        let port = unique("p");
+        run(
+            None,
+            &format!(
+                "ip link add uplink0 netns {h} type veth peer name {port} netns {s} && \
+                 ip -n {s} link set {port} master sw-br up && \
+                 ip -n {h} addr add {address} dev uplink0 && ip -n {h} link set uplink0 up",
+                h = ns.name(),
+                s = self.ns.name()
+            ),
+        );
+        let underlay = address.split('/').next().unwrap().parse().unwrap();
+        Host { ns, port, underlay }
+    }
+}
+
+pub struct Host {
+    pub ns: Netns,
+    /// The host's port on the switch, where captures see its underlay traffic.
+    pub port: String,
+    pub underlay: Ipv4Addr,
+}
+
+impl Host {
+    /// A container namespace on `bridge` with `address` (e.g. "250.1.1.10/8"), default
+    /// route via `gateway`, every MTU at `mtu`.
+    pub fn container(&self, bridge: &str, address: &str, gateway: &str, mtu: u32) -> Netns {
+        let c = Netns::new("flc");
+        let veth = unique("v");
+        run(
+            None,
+            &format!(
+                "ip link add {veth} netns {h} mtu {mtu} type veth peer name eth0 netns {c} mtu {mtu} && \
+                 ip -n {h} link set {veth} master {bridge} up && \
+                 ip -n {c} addr add {address} dev eth0 && ip -n {c} link set eth0 up && \
+                 ip -n {c} route add default via {gateway}",
+                h = self.ns.name(),
+                c = c.name()
+            ),
+        );
+        c
+    }
+}
