@@ -13,5 +13,6 @@ pub mod fan;
 pub mod ifname;
 pub mod model;
 pub mod netlink;
+pub mod notify;
 pub mod plan;
 pub mod underlay;
