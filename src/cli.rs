@@ -23,6 +23,10 @@ pub struct Cli {
     #[arg(long = "rules-dir", value_name = "DIR", global = true)]
     pub rules_dirs: Vec<PathBuf>,
 
+    /// Where the daemon keeps its control socket.
+    #[arg(long = "runtime-dir", value_name = "DIR", default_value = "/run/fanlink", global = true)]
+    pub runtime_dir: PathBuf,
+
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -60,6 +64,56 @@ pub enum Command {
         #[arg(long = "network-name", value_name = "NAME")]
         network_name: Option<String>,
     },
+
+    /// Bring a fan up on this host now: bridge, vxlan, BPF program, forwarding, NAT.
+    ///
+    /// Repeating it changes nothing; a half-built fan is completed.
+    Up {
+        #[command(flatten)]
+        target: UpTarget,
+        /// Apply only the first N operations (to test recovery from a crash part-way).
+        #[arg(long = "stop-after", value_name = "N", hide = true)]
+        stop_after: Option<usize>,
+    },
+
+    /// Remove a fan from this host: exactly the devices, program and NAT fanlink made.
+    Down {
+        /// Name of the fan (its bridge).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Every fan fanlink made on this host, with or without a rule.
+        #[arg(long)]
+        all: bool,
+    },
+
+    /// Print the operations `up` would apply, applying nothing (all fans without NAME).
+    Plan {
+        /// Name of a configured fan.
+        name: Option<String>,
+        /// This host's underlay address (default: its address inside the underlay).
+        #[arg(long)]
+        address: Option<Ipv4Addr>,
+    },
+}
+
+/// Which fan `up` brings up: a rule's, or one given fanctl-style by its prefixes.
+#[derive(Args, Debug)]
+pub struct UpTarget {
+    /// Name of a configured fan.
+    #[arg(required_unless_present_all = ["overlay", "underlay"], conflicts_with_all = ["overlay", "underlay"])]
+    pub name: Option<String>,
+    /// Overlay prefix (with --underlay: no rule file needed).
+    #[arg(long, requires = "underlay")]
+    pub overlay: Option<Ipv4Net>,
+    /// Underlay prefix.
+    #[arg(long, requires = "overlay")]
+    pub underlay: Option<Ipv4Net>,
+    /// Bridge name for a fan given by prefixes (default fan-<first overlay octet>).
+    #[arg(long = "bridge", value_name = "NAME", requires = "overlay")]
+    pub bridge: Option<String>,
+    /// This host's underlay address (default: its address inside the underlay).
+    #[arg(long)]
+    pub address: Option<Ipv4Addr>,
 }
 
 /// A fan given by the name of a rule, or by its prefixes; plus this host's underlay address.
