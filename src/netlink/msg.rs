@@ -422,9 +422,8 @@ mod tests {
         // NLMSG_ERROR, flags ACK_TLVS: error -98 (EADDRINUSE), the echoed 24-byte request,
         // then NLMSGERR_ATTR_MSG "VNI in use" and NLMSGERR_ATTR_OFFS.
         let request = MsgBuilder::new(120, NLM_F_ACK).header(&[7, 0, 0, 0, 2, 0, 0, 0]).finish(3, 0);
-        let mut m = MsgBuilder::new(NLMSG_ERROR, NLM_F_ACK_TLVS)
-            .header(&(-98i32).to_ne_bytes())
-            .header(&request);
+        let mut m =
+            MsgBuilder::new(NLMSG_ERROR, NLM_F_ACK_TLVS).header(&(-98i32).to_ne_bytes()).header(&request);
         m.str(NLMSGERR_ATTR_MSG, "VNI in use").u32(2, 24);
         let b = m.finish(3, 0);
         let msg = messages(&b).next().unwrap().unwrap();
