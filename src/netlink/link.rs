@@ -125,9 +125,6 @@ pub fn new_bridge_msg(b: &NewBridge) -> MsgBuilder {
     if let Some(mac) = &b.mac {
         m.bytes(IFLA_ADDRESS, mac);
     }
-    if let Some(alias) = &b.alias {
-        m.str(IFLA_IFALIAS, alias);
-    }
     m.nest(IFLA_LINKINFO, |m| {
         m.str(IFLA_INFO_KIND, "bridge");
     });
@@ -141,9 +138,6 @@ pub fn new_vxlan_msg(v: &NewVxlan) -> MsgBuilder {
     m.str(IFLA_IFNAME, &v.name).u32(IFLA_MTU, v.mtu);
     if let Some(master) = v.master {
         m.u32(IFLA_MASTER, master);
-    }
-    if let Some(alias) = &v.alias {
-        m.str(IFLA_IFALIAS, alias);
     }
     m.nest(IFLA_LINKINFO, |m| {
         m.str(IFLA_INFO_KIND, "vxlan").nest(IFLA_INFO_DATA, |m| {
@@ -269,13 +263,32 @@ impl Netlink {
 
     /// Creates a bridge, down. EEXIST if the name is taken.
     pub fn create_bridge(&mut self, b: &NewBridge) -> Result<(), Error> {
-        self.request(new_bridge_msg(b)).map_err(|e| e.context("create bridge", Some(&b.name)))
+        self.request(new_bridge_msg(b)).map_err(|e| e.context("create bridge", Some(&b.name)))?;
+        self.set_new_alias(&b.name, b.alias.as_deref())
     }
 
     /// Creates a fan vxlan, down. EEXIST if the name is taken or (without vnifilter support)
     /// another external device already uses the port.
     pub fn create_vxlan(&mut self, v: &NewVxlan) -> Result<(), Error> {
-        self.request(new_vxlan_msg(v)).map_err(|e| e.context("create vxlan", Some(&v.name)))
+        self.request(new_vxlan_msg(v)).map_err(|e| e.context("create vxlan", Some(&v.name)))?;
+        self.set_new_alias(&v.name, v.alias.as_deref())
+    }
+
+    /// RTM_NEWLINK silently ignores IFLA_IFALIAS when it creates a link (only the change
+    /// path reads it), so the alias is a second message. If that fails the link is removed
+    /// again: fanlink recognises its links by alias, and an unmarked one would be orphaned.
+    fn set_new_alias(&mut self, name: &str, alias: Option<&str>) -> Result<(), Error> {
+        let Some(alias) = alias else { return Ok(()) };
+        let c = LinkChanges { alias: Some(alias.to_owned()), ..Default::default() };
+        let r = self.set_link(name, &c);
+        if r.is_err() {
+            let mut m = MsgBuilder::new(RTM_DELLINK, 0).header(&ifinfomsg(0, 0, 0));
+            m.str(IFLA_IFNAME, name);
+            if let Err(e) = self.request(m) {
+                log::warn!("{name}: removing the link after a failed alias: {e}");
+            }
+        }
+        r
     }
 
     /// Applies `changes` in one message. The kernel applies master, MTU and MAC before the
@@ -331,7 +344,7 @@ mod tests {
         let bytes = new_bridge_msg(&b).finish(1, 0);
         let l = parse_link(&bytes[msg::NLMSG_HDRLEN..]).unwrap();
         assert_eq!(l.name, "fan-250");
-        assert_eq!((l.mtu, l.mac, l.alias.as_deref()), (1450, b.mac, Some("fanlink")));
+        assert_eq!((l.mtu, l.mac, l.alias), (1450, b.mac, None), "the alias is a second message");
         assert_eq!((l.kind.as_deref(), l.vxlan, l.up), (Some("bridge"), None, false));
     }
 

@@ -6,6 +6,8 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use nix::errno::Errno;
+
 use super::msg::{self, DecodeError, MsgBuilder, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use super::{Error, Netlink};
 
@@ -73,7 +75,10 @@ fn filter_info(prio: u16) -> u32 {
 
 pub fn clsact_msg(add: bool, index: u32) -> MsgBuilder {
     let (ty, flags) = if add { (RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL) } else { (RTM_DELQDISC, 0) };
-    let mut m = MsgBuilder::new(ty, flags).header(&tcmsg(index, CLSACT_HANDLE, TC_H_CLSACT, 0));
+    // Delete by parent alone: with no clsact left, a handle would make the kernel compare it
+    // with the placeholder qdisc's and answer EINVAL "Invalid handle" instead of ENOENT.
+    let handle = if add { CLSACT_HANDLE } else { 0 };
+    let mut m = MsgBuilder::new(ty, flags).header(&tcmsg(index, handle, TC_H_CLSACT, 0));
     m.str(TCA_KIND, "clsact");
     m
 }
@@ -153,7 +158,14 @@ impl Netlink {
 
     /// Removes the clsact qdisc and with it every filter; ENOENT if there is none.
     pub fn delete_clsact(&mut self, index: u32) -> Result<(), Error> {
-        self.request(clsact_msg(false, index)).map_err(|e| e.context("delete clsact qdisc", None))
+        match self.request(clsact_msg(false, index)) {
+            // The kernel says EINVAL "Invalid qdisc name" both when there is no qdisc and when
+            // another kind (ingress) sits there; only the first is "already gone".
+            Err(e) if e.errno == Errno::EINVAL && self.qdisc_drops(index)?.is_none() => {
+                Err(Error { errno: Errno::ENOENT, ..e }.context("delete clsact qdisc", None))
+            }
+            r => r.map_err(|e| e.context("delete clsact qdisc", None)),
+        }
     }
 
     /// Attaches the program behind `prog_fd` as a direct-action cls_bpf filter. The filter

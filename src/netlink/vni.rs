@@ -3,6 +3,8 @@
 
 use std::ops::RangeInclusive;
 
+use nix::errno::Errno;
+
 use super::msg::{self, DecodeError, MsgBuilder, NLA_F_NESTED};
 use super::{Error, Netlink};
 
@@ -59,10 +61,21 @@ pub fn parse_vnis(payload: &[u8]) -> Result<(u32, Vec<RangeInclusive<u32>>), Dec
 }
 
 impl Netlink {
-    /// Lets vnifilter device `index` accept `vni`. EADDRINUSE ("VNI in use") if another
-    /// device on the same port has it; adding a VNI the device already has succeeds.
+    /// Lets vnifilter device `index` accept `vni`. Adding a VNI the device already has
+    /// succeeds, so this is idempotent by itself. EADDRINUSE ("VNI in use") if another
+    /// device in the namespace has it, even while both are down.
     pub fn add_vni(&mut self, index: u32, vni: u32) -> Result<(), Error> {
-        self.request(vni_msg(true, index, vni)).map_err(|e| e.context(format!("add vni {vni}"), None))
+        self.request(vni_msg(true, index, vni)).map_err(|e| {
+            let e = e.context(format!("add vni {vni}"), None);
+            // The kernel reports the conflict as EEXIST. Since a re-add to the same device is
+            // not an error, EEXIST here always means "another device has it", and must not
+            // be tolerated as "already done" by `exists_ok`.
+            if e.is_exists() {
+                Error { errno: Errno::EADDRINUSE, ..e }
+            } else {
+                e
+            }
+        })
     }
 
     /// Stops accepting `vni`; ENOENT if the device does not have it.
