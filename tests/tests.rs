@@ -2,4 +2,5 @@
 //! and the kernel-facing parts in network namespaces of their own.
 mod cli;
 mod datapath;
+mod netlink;
 mod topology;

@@ -1,0 +1,364 @@
+//! Links: dump and look up (`LinkInfo`), create the fan's bridge and vxlan, change, delete.
+//!
+//! Message builders are pure functions so their bytes can be compared with what iproute2
+//! sends; the `impl Netlink` methods only send them.
+
+use nix::errno::Errno;
+
+use super::msg::{self, Attrs, DecodeError, MsgBuilder, NLM_F_CREATE, NLM_F_EXCL};
+use super::{Error, Netlink};
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_GETLINK: u16 = 18;
+const RTM_SETLINK: u16 = 19;
+
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_MASTER: u16 = 10;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_IFALIAS: u16 = 20;
+const IFLA_EXT_MASK: u16 = 29;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const IFLA_VXLAN_LEARNING: u16 = 7;
+const IFLA_VXLAN_PORT: u16 = 15;
+const IFLA_VXLAN_COLLECT_METADATA: u16 = 25;
+const IFLA_VXLAN_VNIFILTER: u16 = 30;
+/// Leaves the ~1 KiB of counters out of every link message; fanlink never reads them.
+const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
+const IFF_UP: u32 = 1;
+/// `sizeof(struct ifinfomsg)`.
+pub(crate) const IFINFOMSG_LEN: usize = 16;
+
+/// A link as the kernel reports it (RTM_NEWLINK in a dump or an event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    /// IFF_UP: administratively up, whatever the carrier.
+    pub up: bool,
+    pub mtu: u32,
+    pub master: Option<u32>,
+    /// IFLA_IFALIAS, where fanlink marks the links it owns.
+    pub alias: Option<String>,
+    pub mac: Option<[u8; 6]>,
+    /// IFLA_INFO_KIND, e.g. "bridge", "vxlan"; None for plain devices such as `lo`.
+    pub kind: Option<String>,
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// The vxlan options that make a device usable as a fan's collect_md tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub collect_metadata: bool,
+    pub vnifilter: bool,
+    pub learning: bool,
+    pub port: u16,
+}
+
+/// A fan bridge to create. It is created down; bring it up with `set_link`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBridge {
+    pub name: String,
+    pub mtu: u32,
+    /// A fixed MAC, so the bridge does not take a port's random one as ports come and go.
+    pub mac: Option<[u8; 6]>,
+    pub alias: Option<String>,
+}
+
+/// A fan vxlan (collect_md + vnifilter, no learning) to create, down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVxlan {
+    pub name: String,
+    pub mtu: u32,
+    /// UDP port: the device's listen port and the destination of metadata-mode sends.
+    pub port: u16,
+    pub master: Option<u32>,
+    pub alias: Option<String>,
+}
+
+/// Which link a change addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkRef {
+    Index(u32),
+    Name(String),
+}
+
+impl From<u32> for LinkRef {
+    fn from(i: u32) -> Self {
+        LinkRef::Index(i)
+    }
+}
+
+impl From<&str> for LinkRef {
+    fn from(n: &str) -> Self {
+        LinkRef::Name(n.to_owned())
+    }
+}
+
+/// Changes applied by one RTM_SETLINK; `None` leaves a property alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkChanges {
+    pub up: Option<bool>,
+    pub mtu: Option<u32>,
+    /// `Some(0)` releases the link from its master.
+    pub master: Option<u32>,
+    /// `Some("")` removes the alias.
+    pub alias: Option<String>,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// `struct ifinfomsg`: family AF_UNSPEC, index, flags and the mask of flags to change.
+pub(crate) fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; IFINFOMSG_LEN] {
+    let mut h = [0; IFINFOMSG_LEN];
+    h[4..8].copy_from_slice(&index.to_ne_bytes());
+    h[8..12].copy_from_slice(&flags.to_ne_bytes());
+    h[12..16].copy_from_slice(&change.to_ne_bytes());
+    h
+}
+
+pub fn new_bridge_msg(b: &NewBridge) -> MsgBuilder {
+    let mut m = MsgBuilder::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).header(&ifinfomsg(0, 0, 0));
+    m.str(IFLA_IFNAME, &b.name).u32(IFLA_MTU, b.mtu);
+    if let Some(mac) = &b.mac {
+        m.bytes(IFLA_ADDRESS, mac);
+    }
+    m.nest(IFLA_LINKINFO, |m| {
+        m.str(IFLA_INFO_KIND, "bridge");
+    });
+    m
+}
+
+/// The INFO_DATA bytes match `ip link add NAME type vxlan external vnifilter dstport PORT`
+/// (iproute2 adds `nolearning` for `external` by itself; the kernel default is learning on).
+pub fn new_vxlan_msg(v: &NewVxlan) -> MsgBuilder {
+    let mut m = MsgBuilder::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).header(&ifinfomsg(0, 0, 0));
+    m.str(IFLA_IFNAME, &v.name).u32(IFLA_MTU, v.mtu);
+    if let Some(master) = v.master {
+        m.u32(IFLA_MASTER, master);
+    }
+    m.nest(IFLA_LINKINFO, |m| {
+        m.str(IFLA_INFO_KIND, "vxlan").nest(IFLA_INFO_DATA, |m| {
+            m.u8(IFLA_VXLAN_COLLECT_METADATA, 1)
+                .u8(IFLA_VXLAN_VNIFILTER, 1)
+                .u8(IFLA_VXLAN_LEARNING, 0)
+                .be16(IFLA_VXLAN_PORT, v.port);
+        });
+    });
+    m
+}
+
+pub fn set_link_msg(link: &LinkRef, c: &LinkChanges) -> MsgBuilder {
+    let index = match link {
+        LinkRef::Index(i) => *i,
+        LinkRef::Name(_) => 0,
+    };
+    let (flags, change) = match c.up {
+        Some(up) => (if up { IFF_UP } else { 0 }, IFF_UP),
+        None => (0, 0),
+    };
+    let mut m = MsgBuilder::new(RTM_SETLINK, 0).header(&ifinfomsg(index, flags, change));
+    // With index 0 the kernel looks the link up by IFLA_IFNAME.
+    if let LinkRef::Name(name) = link {
+        m.str(IFLA_IFNAME, name);
+    }
+    if let Some(mtu) = c.mtu {
+        m.u32(IFLA_MTU, mtu);
+    }
+    if let Some(master) = c.master {
+        m.u32(IFLA_MASTER, master);
+    }
+    if let Some(alias) = &c.alias {
+        // "" is sent as a lone NUL: an empty NLA_STRING fails validation, and the kernel
+        // stores "\0" as an empty alias, which it then leaves out of dumps.
+        m.str(IFLA_IFALIAS, alias);
+    }
+    if let Some(mac) = &c.mac {
+        m.bytes(IFLA_ADDRESS, mac);
+    }
+    m
+}
+
+/// Decodes an RTM_NEWLINK payload (dump reply, get reply or event).
+pub fn parse_link(payload: &[u8]) -> Result<LinkInfo, DecodeError> {
+    let (hdr, attrs) = msg::split(payload, IFINFOMSG_LEN)?;
+    let mut l = LinkInfo {
+        index: msg::ne_u32(&hdr[4..8]),
+        name: String::new(),
+        up: msg::ne_u32(&hdr[8..12]) & IFF_UP != 0,
+        mtu: 0,
+        master: None,
+        alias: None,
+        mac: None,
+        kind: None,
+        vxlan: None,
+    };
+    for a in attrs {
+        let a = a?;
+        match a.ty {
+            IFLA_IFNAME => l.name = a.str().to_owned(),
+            IFLA_MTU => l.mtu = a.u32().ok_or(DecodeError("short IFLA_MTU"))?,
+            IFLA_MASTER => l.master = a.u32().filter(|&m| m != 0),
+            IFLA_IFALIAS => l.alias = Some(a.str().to_owned()),
+            IFLA_ADDRESS => l.mac = a.value.try_into().ok(),
+            IFLA_LINKINFO => parse_linkinfo(a.nested(), &mut l)?,
+            _ => {}
+        }
+    }
+    Ok(l)
+}
+
+fn parse_linkinfo(attrs: Attrs<'_>, l: &mut LinkInfo) -> Result<(), DecodeError> {
+    let mut data = None;
+    for a in attrs {
+        let a = a?;
+        match a.ty {
+            IFLA_INFO_KIND => l.kind = Some(a.str().to_owned()),
+            IFLA_INFO_DATA => data = Some(a),
+            _ => {}
+        }
+    }
+    // INFO_DATA's attribute numbers mean something only once the kind is known.
+    if let (Some("vxlan"), Some(data)) = (l.kind.as_deref(), data) {
+        let mut v = VxlanInfo { collect_metadata: false, vnifilter: false, learning: false, port: 0 };
+        for a in data.nested() {
+            let a = a?;
+            match a.ty {
+                IFLA_VXLAN_COLLECT_METADATA => v.collect_metadata = a.u8() == Some(1),
+                IFLA_VXLAN_VNIFILTER => v.vnifilter = a.u8() == Some(1),
+                IFLA_VXLAN_LEARNING => v.learning = a.u8() == Some(1),
+                IFLA_VXLAN_PORT => v.port = a.be16().unwrap_or(0),
+                _ => {}
+            }
+        }
+        l.vxlan = Some(v);
+    }
+    Ok(())
+}
+
+impl Netlink {
+    /// Every link in the namespace.
+    pub fn links(&mut self) -> Result<Vec<LinkInfo>, Error> {
+        let mut m = MsgBuilder::new(RTM_GETLINK, 0).header(&ifinfomsg(0, 0, 0));
+        m.u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        let replies = self.dump(m).map_err(|e| e.context("list links", None))?;
+        replies.iter().map(|p| parse_link(p).map_err(|e| super::malformed("list links", e))).collect()
+    }
+
+    /// The link called `name`, or None if there is none.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<LinkInfo>, Error> {
+        let mut m = MsgBuilder::new(RTM_GETLINK, 0).header(&ifinfomsg(0, 0, 0));
+        m.str(IFLA_IFNAME, name).u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        match self.get(m) {
+            Ok(replies) => match replies.first() {
+                Some(p) => Ok(Some(parse_link(p).map_err(|e| super::malformed("get link", e))?)),
+                None => Ok(None),
+            },
+            Err(e) if e.errno == Errno::ENODEV => Ok(None),
+            Err(e) => Err(e.context("get link", Some(name))),
+        }
+    }
+
+    /// Creates a bridge, down. EEXIST if the name is taken.
+    pub fn create_bridge(&mut self, b: &NewBridge) -> Result<(), Error> {
+        self.request(new_bridge_msg(b)).map_err(|e| e.context("create bridge", Some(&b.name)))?;
+        self.set_new_alias(&b.name, b.alias.as_deref())
+    }
+
+    /// Creates a fan vxlan, down. EEXIST if the name is taken or (without vnifilter support)
+    /// another external device already uses the port.
+    pub fn create_vxlan(&mut self, v: &NewVxlan) -> Result<(), Error> {
+        self.request(new_vxlan_msg(v)).map_err(|e| e.context("create vxlan", Some(&v.name)))?;
+        self.set_new_alias(&v.name, v.alias.as_deref())
+    }
+
+    /// RTM_NEWLINK silently ignores IFLA_IFALIAS when it creates a link (only the change
+    /// path reads it), so the alias is a second message. If that fails the link is removed
+    /// again: fanlink recognises its links by alias, and an unmarked one would be orphaned.
+    fn set_new_alias(&mut self, name: &str, alias: Option<&str>) -> Result<(), Error> {
+        let Some(alias) = alias else { return Ok(()) };
+        let c = LinkChanges { alias: Some(alias.to_owned()), ..Default::default() };
+        let r = self.set_link(name, &c);
+        if r.is_err() {
+            let mut m = MsgBuilder::new(RTM_DELLINK, 0).header(&ifinfomsg(0, 0, 0));
+            m.str(IFLA_IFNAME, name);
+            if let Err(e) = self.request(m) {
+                log::warn!("{name}: removing the link after a failed alias: {e}");
+            }
+        }
+        r
+    }
+
+    /// Applies `changes` in one message. The kernel applies master, MTU and MAC before the
+    /// up/down flag, so "set master and bring up" is safe in one call.
+    pub fn set_link(&mut self, link: impl Into<LinkRef>, changes: &LinkChanges) -> Result<(), Error> {
+        let link = link.into();
+        let name = match &link {
+            LinkRef::Name(n) => Some(n.as_str()),
+            LinkRef::Index(_) => None,
+        };
+        self.request(set_link_msg(&link, changes)).map_err(|e| e.context("set link", name))
+    }
+
+    /// Deletes a link; ENODEV if it is already gone.
+    pub fn delete_link(&mut self, index: u32) -> Result<(), Error> {
+        let m = MsgBuilder::new(RTM_DELLINK, 0).header(&ifinfomsg(index, 0, 0));
+        self.request(m).map_err(|e| e.context(format!("delete link {index}"), None))
+    }
+}
+
+#[cfg(all(test, target_endian = "little"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vxlan_info_data_matches_iproute2() {
+        let v = NewVxlan { name: "fan-vx".into(), mtu: 1450, port: 8472, master: None, alias: None };
+        let b = new_vxlan_msg(&v).finish(1, 0);
+        // From strace of `ip link add fan-vx type vxlan external vnifilter dstport 8472`.
+        #[rustfmt::skip]
+        let info_data = [
+            36, 0, 2, 0,
+            5, 0, 25, 0, 1, 0, 0, 0,
+            5, 0, 30, 0, 1, 0, 0, 0,
+            5, 0, 7, 0, 0, 0, 0, 0,
+            6, 0, 15, 0, 0x21, 0x18, 0, 0,
+        ];
+        assert!(b.ends_with(&info_data));
+        let (_, attrs) = msg::split(&b[msg::NLMSG_HDRLEN..], IFINFOMSG_LEN).unwrap();
+        let tys: Vec<u16> = attrs.map(|a| a.unwrap().ty).collect();
+        assert_eq!(tys, [IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO]);
+        assert_eq!(&b[4..8], [16, 0, 0x01, 0x06], "REQUEST|EXCL|CREATE");
+    }
+
+    #[test]
+    fn bridge_round_trips_through_the_parser() {
+        let b = NewBridge {
+            name: "fan-250".into(),
+            mtu: 1450,
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            alias: Some("fanlink".into()),
+        };
+        let bytes = new_bridge_msg(&b).finish(1, 0);
+        let l = parse_link(&bytes[msg::NLMSG_HDRLEN..]).unwrap();
+        assert_eq!(l.name, "fan-250");
+        assert_eq!((l.mtu, l.mac, l.alias), (1450, b.mac, None), "the alias is a second message");
+        assert_eq!((l.kind.as_deref(), l.vxlan, l.up), (Some("bridge"), None, false));
+    }
+
+    #[test]
+    fn set_link_by_name_with_flags() {
+        let c =
+            LinkChanges { up: Some(true), master: Some(0), alias: Some(String::new()), ..Default::default() };
+        let b = set_link_msg(&LinkRef::from("x"), &c).finish(1, 0);
+        #[rustfmt::skip]
+        assert_eq!(&b[msg::NLMSG_HDRLEN..], [
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0,
+            6, 0, 3, 0, b'x', 0, 0, 0,
+            8, 0, 10, 0, 0, 0, 0, 0,
+            5, 0, 20, 0, 0, 0, 0, 0,
+        ]);
+    }
+}

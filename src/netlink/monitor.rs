@@ -1,0 +1,82 @@
+//! Link and address events for the daemon: a socket bound to rtnetlink multicast groups,
+//! decoded with the same parsers as the dumps.
+//!
+//! Subscribe first, then dump, then handle events: anything that changed in between shows
+//! up as an event. If the kernel overruns the socket, `recv_events` fails with ENOBUFS and
+//! the caller must dump again, since events were lost.
+
+use log::trace;
+use nix::errno::Errno;
+
+use super::addr::{parse_addr, AddrInfo};
+use super::link::{parse_link, LinkInfo};
+use super::{msg, Error, Netlink};
+
+/// Link created or changed (up/down, master, MTU, ...).
+pub const RTMGRP_LINK: u32 = 0x1;
+/// IPv4 address added or removed.
+pub const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+/// Room for a burst of events (a container start is a handful of messages per link).
+const MONITOR_RCVBUF: libc::c_int = 1 << 20;
+
+/// One rtnetlink notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Sent for creation and for every change of a link, so it is "this is the link now".
+    NewLink(LinkInfo),
+    DelLink {
+        index: u32,
+        name: String,
+    },
+    NewAddr(AddrInfo),
+    DelAddr(AddrInfo),
+}
+
+impl Netlink {
+    /// A socket receiving the multicast `groups` (e.g. `RTMGRP_LINK | RTMGRP_IPV4_IFADDR`)
+    /// of the calling thread's network namespace. Use it only for `recv_events`.
+    pub fn monitor(groups: u32) -> Result<Self, Error> {
+        let nl = Self::open(groups)?;
+        super::set_int_opt(&nl.fd, libc::SOL_SOCKET, libc::SO_RCVBUF, MONITOR_RCVBUF)
+            .map_err(|e| Error::new("open netlink monitor", e))?;
+        Ok(nl)
+    }
+
+    /// Blocks until the kernel sends notifications and returns those of one datagram that
+    /// fanlink understands (IPv6 addresses and other message types are skipped). Use `poll`
+    /// on the socket (it is `AsFd`) to wait with a timeout.
+    pub fn recv_events(&mut self) -> Result<Vec<Event>, Error> {
+        let op = "receive netlink events";
+        let n = self.recv().map_err(|e| Error::new(op, e))?;
+        let buf = &self.buf[..n];
+        trace!("netlink event: {}", super::hex(buf));
+        let mut out = Vec::new();
+        for m in msg::messages(buf) {
+            let m = m.map_err(|e| super::malformed(op, e))?;
+            let event = match m.ty {
+                RTM_NEWLINK => {
+                    Some(Event::NewLink(parse_link(m.payload).map_err(|e| super::malformed(op, e))?))
+                }
+                RTM_DELLINK => {
+                    let l = parse_link(m.payload).map_err(|e| super::malformed(op, e))?;
+                    Some(Event::DelLink { index: l.index, name: l.name })
+                }
+                RTM_NEWADDR => {
+                    parse_addr(m.payload).map_err(|e| super::malformed(op, e))?.map(Event::NewAddr)
+                }
+                RTM_DELADDR => {
+                    parse_addr(m.payload).map_err(|e| super::malformed(op, e))?.map(Event::DelAddr)
+                }
+                msg::NLMSG_OVERRUN => return Err(Error::new(op, Errno::ENOBUFS)),
+                _ => None,
+            };
+            out.extend(event);
+        }
+        Ok(out)
+    }
+}
