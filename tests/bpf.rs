@@ -38,7 +38,9 @@ fn kernel_accepts_fan_programs() {
     assert_eq!(prog_id(fd.as_fd()).unwrap(), info.id);
 
     // The kernel's own rendering shows the immediates where fan.md's arithmetic puts them.
-    let out = Command::new("bpftool").args(["prog", "dump", "xlated", "id", &info.id.to_string()]).output();
+    let out = Command::new("bpftool")
+        .args(["prog", "dump", "xlated", "id", &info.id.to_string(), "opcodes"])
+        .output();
     let dump = String::from_utf8_lossy(&out.expect("bpftool").stdout).into_owned();
     for line in [
         "w4 &= -16777216",
@@ -54,6 +56,25 @@ fn kernel_accepts_fan_programs() {
         "call bpf_skb_set_tunnel_key",
     ] {
         assert!(dump.contains(line), "{line:?} missing from\n{dump}");
+    }
+    // And its bytes are ours, except where the verifier rewrites by design: context loads
+    // (uapi `__sk_buff` offsets become `sk_buff` ones) and helper numbers (become addresses).
+    let kernel: Vec<Vec<u8>> = dump
+        .lines()
+        .filter(|l| l.starts_with("       "))
+        .map(|l| l.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect())
+        .collect();
+    assert_eq!(kernel.len(), insns.len());
+    for (k, (ours, theirs)) in insns.iter().zip(&kernel).enumerate() {
+        let is_ctx_load = ours.code & 0x07 == 0x01 && ours.src() == 6;
+        let is_call = ours.code == 0x85;
+        if is_ctx_load {
+            assert_eq!(ours.regs, theirs[1], "insn {k}");
+        } else if is_call {
+            assert_eq!(ours.code, theirs[0], "insn {k}");
+        } else {
+            assert_eq!(ours.to_bytes().as_slice(), theirs.as_slice(), "insn {k}");
+        }
     }
 
     for p in [
@@ -165,7 +186,7 @@ fn ping_leaves_as_fan_vxlan() {
     let pinned = bpffs.0.join("fan_egress");
     pin(fd.as_fd(), &pinned).unwrap();
 
-    // Underlay: this host is 10.0.3.4; 10.0.6.7 is a permanent neighbour behind ul1.
+    // Underlay: this host is 10.0.3.4; 10.0.6.7 and 10.0.9.9 are neighbours behind ul1.
     for cmd in [
         "ip link set lo up",
         "ip link add ul0 type veth peer name ul1",
@@ -173,6 +194,7 @@ fn ping_leaves_as_fan_vxlan() {
         "ip link set ul0 up",
         "ip link set ul1 up",
         "ip neigh add 10.0.6.7 lladdr 02:00:00:00:06:07 dev ul0 nud permanent",
+        "ip neigh add 10.0.9.9 lladdr 02:00:00:00:09:09 dev ul0 nud permanent",
         "ip link add fan-250 type bridge",
         "ip addr add 250.3.4.1/8 dev fan-250",
         "ip link set fan-250 mtu 1450 up",
@@ -192,21 +214,37 @@ fn ping_leaves_as_fan_vxlan() {
     // Unmappable: our own slice (its ARP), the overlay broadcast (the underlay hole).
     ping("-c 1 -W 1 250.3.4.9");
     ping("-c 1 -W 1 -b 250.255.255.255");
+    // 250.9.9.9 has no neighbour entry: its ARP request must cross to 10.0.9.9.
+    ping("-c 1 -W 1 250.9.9.9");
     ping("-c 1 -W 1 250.6.7.8");
     std::thread::sleep(Duration::from_millis(200));
     capture.stop();
     let frames = pcap_frames(&file);
     let _ = std::fs::remove_file(&file);
 
-    assert_eq!(frames.len(), 1, "only the ICMP to 250.6.7.8 leaves: {frames:02x?}");
-    let f = &frames[0];
+    let kinds: Vec<&str> = frames.iter().map(|f| fan_vxlan(f)).collect();
+    assert!(kinds.contains(&"arp 250.9.9.9") && kinds.contains(&"icmp 250.6.7.8"), "{kinds:?}");
+    assert!(kinds.iter().all(|k| *k == "arp 250.9.9.9" || *k == "icmp 250.6.7.8"), "{kinds:?}");
+}
+
+/// Checks the outer headers of a captured frame as the Ubuntu fan builds them, and says
+/// what it carries: `"icmp 250.6.7.8"` to 10.0.6.7 or `"arp 250.9.9.9"` to 10.0.9.9.
+fn fan_vxlan(f: &[u8]) -> &'static str {
     let ip = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
-    assert_eq!(f[0..6], [0x02, 0, 0, 0, 6, 7], "to the underlay neighbour");
-    assert_eq!((f[14], f[22], f[23]), (0x45, 64, 17), "IPv4 without options, TTL 64, UDP");
-    assert_eq!((ip(26), ip(30)), ("10.0.3.4".parse().unwrap(), "10.0.6.7".parse().unwrap()));
+    assert_eq!((f[12], f[13], f[14], f[22], f[23]), (8, 0, 0x45, 64, 17), "IPv4, TTL 64, UDP: {f:02x?}");
+    assert_eq!(ip(26), Ipv4Addr::new(10, 0, 3, 4));
     assert_eq!(u16::from_be_bytes([f[36], f[37]]), 8472);
     assert_eq!(f[42..50], [0x08, 0, 0, 0, 0xfa, 0, 0, 0], "VXLAN, VNI 16384000");
     let inner = &f[50..];
-    assert_eq!((inner[12], inner[13], inner[23]), (0x08, 0x00, 1), "inner IPv4 ICMP");
-    assert_eq!(inner[30..34], [250, 6, 7, 8]);
+    match (ip(30).octets(), f[5], [inner[12], inner[13]]) {
+        ([10, 0, 6, 7], 0x07, [0x08, 0x00]) if inner[23] == 1 && inner[30..34] == [250, 6, 7, 8] => {
+            "icmp 250.6.7.8"
+        }
+        ([10, 0, 9, 9], 0x09, [0x08, 0x06])
+            if inner[0..6] == [0xff; 6] && inner[38..42] == [250, 9, 9, 9] =>
+        {
+            "arp 250.9.9.9"
+        }
+        _ => panic!("unexpected frame {f:02x?}"),
+    }
 }
