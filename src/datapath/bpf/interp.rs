@@ -292,3 +292,48 @@ fn compare(op: u8, a: u64, b: u64, sa: i64, sb: i64) -> Result<bool, String> {
         _ => return Err("unsupported jump".into()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::insn::*;
+    use super::*;
+
+    /// Runs `prog` on a 4-byte frame `01 02 03 04`, all linear.
+    fn eval(prog: &[Insn]) -> Result<u64, String> {
+        let mut skb = Skb { frame: vec![1, 2, 3, 4], linear: 4, set_key_result: 0 };
+        run(prog, &mut skb).map(|o| o.r0)
+    }
+
+    /// The oracle must get the semantics that the fan program relies on exactly right.
+    #[test]
+    fn semantics_the_program_relies_on() {
+        assert_eq!(eval(&[mov64_imm(R0, -1), exit()]), Ok(u64::MAX), "imm sign-extends");
+        assert_eq!(eval(&[mov32_imm(R0, -1), exit()]), Ok(0xffff_ffff), "ALU32 zero-extends");
+        let w_add = [mov64_imm(R0, -1), alu32_imm(Alu::Add, R0, 1), exit()];
+        assert_eq!(eval(&w_add), Ok(0), "32-bit wrap, upper half cleared");
+        let be = [ldx(Size::W, R2, R1, 76), ldx(Size::W, R0, R2, 0), be32(R0), exit()];
+        assert_eq!(eval(&be), Ok(0x0102_0304), "little-endian load, then be32");
+        // 1 if the jump is taken, 0 if not.
+        let taken = |jump: Insn| {
+            eval(&[mov64_imm(R0, 1), mov64_imm(R1, -1), jump.with_off(1), mov64_imm(R0, 0), exit()])
+        };
+        assert_eq!(taken(jmp32_imm(Cond::Eq, R1, -1)), Ok(1));
+        assert_eq!(taken(jmp32_imm(Cond::Eq, R1, 0xffff)), Ok(0));
+        assert_eq!(taken(jmp_imm(Cond::Eq, R1, -1)), Ok(1), "64-bit compare sign-extends imm");
+        assert_eq!(taken(jmp_imm(Cond::Gt, R1, 1)), Ok(1), "unsigned: 2^64-1 > 1");
+        assert_eq!(taken(jmp_imm(Cond::Sgt, R1, 1)), Ok(0), "signed: -1 < 1");
+        assert_eq!(taken(jmp_imm(Cond::Slt, R1, 0)), Ok(1));
+    }
+
+    #[test]
+    fn rejects_what_the_verifier_would() {
+        let unwritten = eval(&[ldx(Size::W, R0, R10, -4), exit()]).unwrap_err();
+        assert!(unwritten.contains("unwritten stack"), "{unwritten}");
+        let past_end = eval(&[ldx(Size::W, R2, R1, 76), ldx(Size::W, R0, R2, 1), exit()]).unwrap_err();
+        assert!(past_end.contains("outside packet and stack"), "{past_end}");
+        let clobbered =
+            [mov64_reg(R6, R1), mov64_imm(R2, 0), call(HELPER_SKB_PULL_DATA), mov64_reg(R0, R2), exit()];
+        assert!(eval(&clobbered).unwrap_err().contains("r2 read while uninitialized or clobbered"));
+        assert!(eval(&[exit()]).unwrap_err().contains("r0 read"));
+    }
+}
