@@ -52,17 +52,6 @@ pub enum Size {
     DW = 0x18,
 }
 
-impl Size {
-    pub fn bytes(self) -> usize {
-        match self {
-            Size::B => 1,
-            Size::H => 2,
-            Size::W => 4,
-            Size::DW => 8,
-        }
-    }
-}
-
 /// Arithmetic operations (the `op` nibble of ALU/ALU64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alu {

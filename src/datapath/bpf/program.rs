@@ -70,7 +70,7 @@ impl FanProgram {
 
     /// A stable description of the parameters, for the tc filter name, so that a reader of
     /// `tc filter show` (and fanlink's own observe step) can tell which fan a program maps.
-    /// At most 82 bytes; VNI and TTL appear only when they differ from the fan's defaults.
+    /// At most 84 bytes; VNI and TTL appear only when they differ from the fan's defaults.
     pub fn tag(&self) -> String {
         let mut tag = format!("fanlink {} {} {}", self.map.overlay(), self.map.underlay(), self.local);
         if self.vni != self.map.vni() {
