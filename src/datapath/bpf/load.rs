@@ -1,0 +1,207 @@
+//! The `bpf(2)` calls fanlink needs: load a tc program, ask the kernel about it, pin it.
+//! Hand-rolled on `libc::syscall` because the attribute unions are simple fixed layouts
+//! (`union bpf_attr` in `include/uapi/linux/bpf.h`) and no BPF library is worth a
+//! dependency for three commands.
+//!
+//! No `setrlimit(RLIMIT_MEMLOCK)`: since 5.11 BPF memory is charged to the cgroup instead.
+//! Older kernels would need it (fanlink's other requirements, vnifilter, are 5.18+ anyway).
+
+use super::insn::Insn;
+use super::program::{fan_egress, FanProgram};
+use nix::errno::Errno;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+/// `BPF_OBJ_NAME_LEN`, including the terminating NUL.
+const OBJ_NAME_LEN: usize = 16;
+/// Big enough for a failed run of this small program at log level 1; since 6.4 the kernel
+/// keeps the log's tail (where the error is) when it does not fit.
+const LOG_SIZE: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("BPF program name {0:?} must be 1 to 15 characters of A-Z, a-z, 0-9, '_' and '.'")]
+    Name(String),
+    #[error("BPF pin path {0:?} contains a NUL byte")]
+    Path(String),
+    #[error("the kernel's verifier rejected BPF program {name} ({errno}):\n{log}")]
+    Rejected { name: String, errno: Errno, log: String },
+    #[error("{op}: {errno}{}", hint(*.errno))]
+    Syscall { op: &'static str, errno: Errno },
+}
+
+/// What a person can do about an errno the BPF syscall returned without a verifier log.
+fn hint(errno: Errno) -> &'static str {
+    match errno {
+        Errno::EPERM | Errno::EACCES => " (needs CAP_BPF and CAP_NET_ADMIN, or root)",
+        Errno::ENOSYS => " (this kernel was built without the bpf() syscall)",
+        Errno::ENOENT => " (is the pin directory on a bpffs mount?)",
+        Errno::EEXIST => " (the pin path exists already)",
+        _ => "",
+    }
+}
+
+/// `union bpf_attr`, as bytes: 128 is more than every command here uses, and the kernel
+/// accepts a larger attr as long as the bytes it does not know are zero.
+struct Attr([u8; 128]);
+
+impl Attr {
+    fn new() -> Attr {
+        Attr([0; 128])
+    }
+
+    fn u32(&mut self, at: usize, v: u32) -> &mut Attr {
+        self.0[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+
+    fn ptr<T>(&mut self, at: usize, p: *const T) -> &mut Attr {
+        self.0[at..at + 8].copy_from_slice(&(p as u64).to_ne_bytes());
+        self
+    }
+
+    fn call(&mut self, cmd: libc::c_long, op: &'static str) -> Result<libc::c_long, Errno> {
+        // SAFETY: the attr is a zeroed `union bpf_attr` whose pointers point at buffers
+        // that outlive this call and are as long as the lengths stored beside them.
+        let ret =
+            unsafe { libc::syscall(libc::SYS_bpf, cmd, self.0.as_mut_ptr(), self.0.len() as libc::c_long) };
+        if ret < 0 {
+            let errno = Errno::last();
+            log::debug!("bpf({op}): {errno}");
+            Err(errno)
+        } else {
+            Ok(ret)
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), LoadError> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+    if name.is_empty() || name.len() >= OBJ_NAME_LEN || !name.chars().all(ok) {
+        return Err(LoadError::Name(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Loads a `SCHED_CLS` (tc) program. If the kernel refuses it, loads it again with the
+/// verifier log on, so the error says which instruction failed and why.
+pub fn load(insns: &[Insn], name: &str) -> Result<OwnedFd, LoadError> {
+    check_name(name)?;
+    let code: Vec<u8> = insns.iter().flat_map(Insn::to_bytes).collect();
+    let license = c"GPL";
+    let mut prog_name = [0u8; OBJ_NAME_LEN];
+    prog_name[..name.len()].copy_from_slice(name.as_bytes());
+    let attr = || {
+        let mut a = Attr::new();
+        a.u32(0, BPF_PROG_TYPE_SCHED_CLS).u32(4, insns.len() as u32);
+        a.ptr(8, code.as_ptr()).ptr(16, license.as_ptr());
+        a.0[48..64].copy_from_slice(&prog_name);
+        a
+    };
+    let errno = match attr().call(BPF_PROG_LOAD, "BPF_PROG_LOAD") {
+        Ok(fd) => return Ok(owned(fd)),
+        Err(errno) => errno,
+    };
+    let mut log = vec![0u8; LOG_SIZE];
+    let mut a = attr();
+    a.u32(24, 1).u32(28, LOG_SIZE as u32).ptr(32, log.as_mut_ptr());
+    // A program that loads only with the log on (a transient failure) is still loaded.
+    let errno = match a.call(BPF_PROG_LOAD, "BPF_PROG_LOAD with log") {
+        Ok(fd) => return Ok(owned(fd)),
+        Err(Errno::ENOSPC) => errno,
+        Err(e) => e,
+    };
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    let log = String::from_utf8_lossy(&log[..end]).trim_end().to_string();
+    if log.is_empty() {
+        Err(LoadError::Syscall { op: "BPF_PROG_LOAD", errno })
+    } else {
+        Err(LoadError::Rejected { name: name.to_string(), errno, log })
+    }
+}
+
+fn owned(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: a successful BPF_PROG_LOAD returns a new file descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }
+}
+
+/// Builds and loads one fan's egress program under its [`FanProgram::prog_name`].
+pub fn load_fan(p: &FanProgram) -> Result<OwnedFd, LoadError> {
+    load(&fan_egress(p), &p.prog_name())
+}
+
+/// What the kernel reports about a loaded program (`struct bpf_prog_info`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgInfo {
+    pub id: u32,
+    pub name: String,
+    /// Instructions after the verifier's rewrites (context accesses, helper calls).
+    pub xlated_insns: u32,
+    pub jited_bytes: u32,
+    pub tag: [u8; 8],
+}
+
+pub fn prog_info(fd: BorrowedFd<'_>) -> Result<ProgInfo, LoadError> {
+    // Up to and including `name`; the kernel fills in only what the caller's length covers.
+    let mut info = [0u8; 80];
+    let mut a = Attr::new();
+    a.u32(0, fd.as_raw_fd() as u32).u32(4, info.len() as u32).ptr(8, info.as_mut_ptr());
+    a.call(BPF_OBJ_GET_INFO_BY_FD, "BPF_OBJ_GET_INFO_BY_FD")
+        .map_err(|errno| LoadError::Syscall { op: "BPF_OBJ_GET_INFO_BY_FD", errno })?;
+    let u32_at = |at: usize| u32::from_ne_bytes(info[at..at + 4].try_into().expect("4 bytes"));
+    let name = &info[64..80];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(ProgInfo {
+        id: u32_at(4),
+        name: String::from_utf8_lossy(&name[..end]).into_owned(),
+        xlated_insns: u32_at(20) / 8,
+        jited_bytes: u32_at(16),
+        tag: info[8..16].try_into().expect("8 bytes"),
+    })
+}
+
+/// The program's id, as `bpftool prog show id N` and tc's `bpf ... id N` show it.
+pub fn prog_id(fd: BorrowedFd<'_>) -> Result<u32, LoadError> {
+    prog_info(fd).map(|i| i.id)
+}
+
+/// Pins a program (or any BPF object) at `path`, which must be on a bpffs mount: how
+/// `tc filter ... bpf pinned PATH` and other processes can refer to it.
+pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> Result<(), LoadError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path =
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| LoadError::Path(path.display().to_string()))?;
+    let mut a = Attr::new();
+    a.ptr(0, c_path.as_ptr()).u32(8, fd.as_raw_fd() as u32);
+    a.call(BPF_OBJ_PIN, "BPF_OBJ_PIN").map_err(|errno| LoadError::Syscall { op: "BPF_OBJ_PIN", errno })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_kernel_accepts() {
+        assert!(check_name("fanlink_fa0000").is_ok());
+        assert!(check_name("a.b_C9").is_ok());
+        for bad in ["", "sixteen_chars_xx", "fan-egress", "fan egress"] {
+            let err = check_name(bad).unwrap_err().to_string();
+            assert!(err.contains("1 to 15 characters"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn errno_hints() {
+        let e = LoadError::Syscall { op: "BPF_PROG_LOAD", errno: Errno::EPERM };
+        assert_eq!(
+            e.to_string(),
+            "BPF_PROG_LOAD: EPERM: Operation not permitted (needs CAP_BPF and CAP_NET_ADMIN, or root)"
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! The fan's tc egress program, emitted from a fan's parameters: the Ubuntu kernel patch's
+//! per-frame mapping redone with `bpf_skb_set_tunnel_key` on a collect_md vxlan.
+//!
+//! The program is the one in `design/bpf-prototype.md`, generalized to any valid prefix
+//! pair, with a `bpf_skb_pull_data` retry for frames whose headers are not linear, and key
+//! size 28 so that kernels before 6.0 (no `local_ipv4`) accept it. The fan's parameters are
+//! only immediates: no maps, no relocations.
+
+use super::insn::*;
+use crate::fan::FanMap;
+use std::net::Ipv4Addr;
+
+/// tc verdicts (`TC_ACT_*`) in direct-action mode.
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+
+/// Helper numbers from `enum bpf_func_id`.
+pub const HELPER_SKB_SET_TUNNEL_KEY: i32 = 21;
+pub const HELPER_SKB_PULL_DATA: i32 = 39;
+
+/// Offsets in the uapi `struct __sk_buff`; the verifier rewrites these context loads into
+/// the real `struct sk_buff` offsets (the prototype's listing shows data as `+200`).
+pub(crate) const SKB_LEN: i16 = 0;
+pub(crate) const SKB_DATA: i16 = 76;
+pub(crate) const SKB_DATA_END: i16 = 80;
+
+/// `offsetof(struct bpf_tunnel_key, local_ipv4)`: the whole key before 6.0, and still
+/// accepted as a legacy size since. fanlink never sets a tunnel source address.
+pub const TUNNEL_KEY_SIZE: i32 = 28;
+/// Where the key lives on the stack (8-byte aligned, 28 bytes rounded up to 32).
+const KEY: i16 = -32;
+/// Field offsets in `struct bpf_tunnel_key`.
+const KEY_TUNNEL_ID: i16 = 0;
+const KEY_REMOTE_IPV4: i16 = 4;
+const KEY_TUNNEL_TTL: i16 = 21;
+
+/// Frame layout: Ethernet header, then the IPv4 destination or the ARP target address.
+const ETH_TYPE: i16 = 12;
+const IPV4_DST: i16 = 14 + 16;
+const IPV4_END: i32 = 14 + 20;
+const ARP_HEADER: i16 = 14;
+const ARP_HLEN: i16 = 14 + 4;
+const ARP_TPA: i16 = 14 + 24;
+const ARP_END: i32 = 14 + 28;
+
+/// Header fields as a little-endian load sees them (bytes in wire order).
+const ETH_P_IP: i32 = u16::from_le_bytes([0x08, 0x00]) as i32;
+const ETH_P_ARP: i32 = u16::from_le_bytes([0x08, 0x06]) as i32;
+/// htype 1 (Ethernet) and ptype 0x0800 (IPv4), loaded as one u32.
+const ARP_ETHER_IP: i32 = u32::from_le_bytes([0x00, 0x01, 0x08, 0x00]) as i32;
+/// hlen 6 and plen 4, loaded as one u16.
+const ARP_LENS: i32 = u16::from_le_bytes([6, 4]) as i32;
+
+/// What one fan's egress program is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanProgram {
+    pub map: FanMap,
+    /// This host's underlay address: frames that would map back to it are dropped.
+    pub local: Ipv4Addr,
+    pub vni: u32,
+    /// Outer TTL; the vxlan device's own setting does not apply to metadata TX.
+    pub ttl: u8,
+}
+
+impl FanProgram {
+    /// The parameters of an Ubuntu fan: VNI from the overlay network, outer TTL 64.
+    pub fn new(map: FanMap, local: Ipv4Addr) -> FanProgram {
+        FanProgram { map, local, vni: map.vni(), ttl: 64 }
+    }
+
+    /// A stable description of the parameters, for the tc filter name, so that a reader of
+    /// `tc filter show` (and fanlink's own observe step) can tell which fan a program maps.
+    /// At most 84 bytes; VNI and TTL appear only when they differ from the fan's defaults.
+    pub fn tag(&self) -> String {
+        let mut tag = format!("fanlink {} {} {}", self.map.overlay(), self.map.underlay(), self.local);
+        if self.vni != self.map.vni() {
+            tag.push_str(&format!(" vni {}", self.vni));
+        }
+        if self.ttl != 64 {
+            tag.push_str(&format!(" ttl {}", self.ttl));
+        }
+        tag
+    }
+
+    /// The kernel's program name (at most 15 characters of `[A-Za-z0-9_.]`), as
+    /// `bpftool prog show` lists it: `fanlink_` and the VNI in hex, e.g. `fanlink_fa0000`.
+    pub fn prog_name(&self) -> String {
+        format!("fanlink_{:06x}", self.vni & 0x00ff_ffff)
+    }
+}
+
+fn prefix_mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+/// Reinterprets a 32-bit constant for an ALU32/JMP32 immediate, where it is used as is.
+fn imm(value: u32) -> i32 {
+    value as i32
+}
+
+/// The egress program for `fan-vx`: maps each frame's IPv4 destination (or ARP target) to
+/// its owner's underlay address and sets the tunnel key; drops what has no owner.
+pub fn fan_egress(p: &FanProgram) -> Vec<Insn> {
+    let overlay = p.map.overlay();
+    let underlay = p.map.underlay();
+    let overlay_mask = prefix_mask(overlay.prefix_len());
+    let host_mask = !prefix_mask(underlay.prefix_len());
+    let shift = i32::from(underlay.prefix_len() - overlay.prefix_len());
+
+    let mut a = Asm::new();
+    // r6 keeps the context: helper calls clobber r1-r5.
+    a.emit(mov64_reg(R6, R1));
+    a.emit(ldx(Size::W, R2, R6, SKB_DATA));
+    a.emit(ldx(Size::W, R3, R6, SKB_DATA_END));
+    a.emit(mov64_reg(R4, R2)).emit(add64_imm(R4, ARP_END));
+    a.jump(jmp_reg(Cond::Le, R4, R3), "parse");
+    // Fewer than 42 linear bytes: the frame is short or its headers are paged (a NIC
+    // bridged into the fan). Pull min(len, 42) once; the checks below then decide.
+    a.emit(ldx(Size::W, R2, R6, SKB_LEN));
+    a.jump(jmp32_imm(Cond::Lt, R2, ARP_END), "pull");
+    a.emit(mov32_imm(R2, ARP_END));
+    a.label("pull");
+    a.emit(mov64_reg(R1, R6)).emit(call(HELPER_SKB_PULL_DATA));
+    // A pull invalidates every packet pointer; the verifier insists they are re-read.
+    a.emit(ldx(Size::W, R2, R6, SKB_DATA));
+    a.emit(ldx(Size::W, R3, R6, SKB_DATA_END));
+
+    a.label("parse");
+    a.emit(mov64_imm(R0, TC_ACT_SHOT));
+    a.emit(mov64_reg(R4, R2)).emit(add64_imm(R4, IPV4_END));
+    a.jump(jmp_reg(Cond::Gt, R4, R3), "out");
+    a.emit(ldx(Size::H, R5, R2, ETH_TYPE));
+    a.jump(jmp_imm(Cond::Eq, R5, ETH_P_IP), "ipv4");
+    a.jump(jmp_imm(Cond::Ne, R5, ETH_P_ARP), "out");
+    a.emit(add64_imm(R4, ARP_END - IPV4_END));
+    a.jump(jmp_reg(Cond::Gt, R4, R3), "out");
+    a.emit(ldx(Size::W, R5, R2, ARP_HEADER));
+    a.jump(jmp32_imm(Cond::Ne, R5, ARP_ETHER_IP), "out");
+    a.emit(ldx(Size::H, R5, R2, ARP_HLEN));
+    a.jump(jmp_imm(Cond::Ne, R5, ARP_LENS), "out");
+    // Like the kernel patch: an ARP request or reply goes where its target lives.
+    a.emit(ldx(Size::W, R5, R2, ARP_TPA));
+    a.jump(ja(), "map");
+    a.label("ipv4");
+    a.emit(ldx(Size::W, R5, R2, IPV4_DST));
+
+    // From here on in host order, 32-bit operations only, so masks need no ld_imm64.
+    a.label("map");
+    a.emit(be32(R5));
+    a.emit(mov32_reg(R4, R5)).emit(alu32_imm(Alu::And, R4, imm(overlay_mask)));
+    a.jump(jmp32_imm(Cond::Ne, R4, imm(u32::from(overlay.network()))), "out");
+    a.emit(alu32_imm(Alu::And, R5, imm(!overlay_mask)));
+    a.emit(alu32_imm(Alu::Rsh, R5, shift));
+    // The underlay-broadcast hole: host parts all zeros or all ones would go to the
+    // underlay's network or broadcast address and flood every host.
+    a.jump(jmp32_imm(Cond::Eq, R5, 0), "out");
+    a.jump(jmp32_imm(Cond::Eq, R5, imm(host_mask)), "out");
+    a.emit(alu32_imm(Alu::Or, R5, imm(u32::from(underlay.network()))));
+    // Our own slice is local: the bridge delivers it, the tunnel must not loop it back.
+    a.jump(jmp32_imm(Cond::Eq, R5, imm(u32::from(p.local))), "out");
+
+    // Zero the key (the helper rejects a non-zero tunnel_ext), then fill it in.
+    // remote_ipv4 is in host order: the helper converts it with cpu_to_be32.
+    a.emit(st_imm(Size::DW, R10, KEY, 0));
+    a.emit(st_imm(Size::DW, R10, KEY + 8, 0));
+    a.emit(st_imm(Size::DW, R10, KEY + 16, 0));
+    a.emit(st_imm(Size::W, R10, KEY + 24, 0));
+    a.emit(st_imm(Size::W, R10, KEY + KEY_TUNNEL_ID, imm(p.vni)));
+    a.emit(stx(Size::W, R10, KEY + KEY_REMOTE_IPV4, R5));
+    a.emit(st_imm(Size::B, R10, KEY + KEY_TUNNEL_TTL, i32::from(p.ttl)));
+    a.emit(mov64_reg(R1, R6));
+    a.emit(mov64_reg(R2, R10)).emit(add64_imm(R2, i32::from(KEY)));
+    a.emit(mov64_imm(R3, TUNNEL_KEY_SIZE));
+    a.emit(mov64_imm(R4, 0));
+    a.emit(call(HELPER_SKB_SET_TUNNEL_KEY));
+    a.emit(mov64_reg(R1, R0));
+    a.emit(mov64_imm(R0, TC_ACT_SHOT));
+    a.jump(jmp_imm(Cond::Slt, R1, 0), "out");
+    a.emit(mov64_imm(R0, TC_ACT_OK));
+    a.label("out");
+    a.emit(exit());
+    a.finish()
+}
