@@ -115,7 +115,9 @@ pub fn backends_in_use() -> Result<Vec<(Backend, bool)>, NftError> {
         found.push((Backend::Nft, names.iter().any(|c| c == DOCKER_USER)));
     }
     // Absent when the kernel has no legacy iptables; then nothing legacy can drop.
-    let legacy = std::fs::read_to_string("/proc/net/ip_tables_names").unwrap_or_default();
+    // `thread-self`: `/proc/net` follows the thread-group leader's namespace, not a thread
+    // that has setns'd elsewhere.
+    let legacy = std::fs::read_to_string("/proc/thread-self/net/ip_tables_names").unwrap_or_default();
     if legacy.lines().any(|t| t == "filter") {
         let docker = run_tool(Backend::Legacy.program(), &["-w", "-S", DOCKER_USER], None).is_ok();
         found.push((Backend::Legacy, docker));
