@@ -21,6 +21,9 @@
 //! strings, which cannot contain `"`, and where a trailing `*` is a wildcard; such names
 //! (and `\`, `+`, `!`, which iptables treats specially) are refused by [`rule_ifname`].
 //!
+//! Letting forwarded fan traffic past other firewalls is `firewall`'s job; see its doc
+//! for why an accept in this table could not do it.
+//!
 //! Ownership and parameters. The table carries `comment "fanlink overlay=.. bridge=.."`,
 //! so an observer running `nft list table` sees who made it and with what. nft 1.0.6
 //! does not print table comments in JSON (`nft -j list tables` omits them; checked on
@@ -40,7 +43,7 @@ pub const TABLE_PREFIX: &str = "fanlink-";
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
     #[error("cannot run `{program}`: it is not installed; install the {package} package")]
-    Missing { program: String, package: &'static str },
+    Missing { program: String, package: String },
     #[error("cannot run `{program}`: {source}")]
     Spawn { program: String, source: io::Error },
     #[error("`{command}` failed: {stderr}{hint}")]
@@ -251,10 +254,9 @@ pub(crate) fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Res
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => NftError::Missing {
-                program: program.to_string(),
-                package: if program == "nft" { "nftables" } else { "iptables" },
-            },
+            io::ErrorKind::NotFound => {
+                NftError::Missing { program: program.to_string(), package: package(program).to_string() }
+            }
             _ => NftError::Spawn { program: program.to_string(), source },
         })?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
@@ -266,17 +268,32 @@ pub(crate) fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> Res
         .map_err(|source| NftError::Spawn { program: program.to_string(), source })?;
     let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
     if !output.status.success() {
-        let hint = if stderr.contains("Operation not permitted") || stderr.contains("Permission denied") {
-            " (fanlink needs root or CAP_NET_ADMIN)"
-        } else {
-            ""
-        };
-        return Err(NftError::Failed { command, stderr, hint });
+        return Err(NftError::Failed { command, hint: hint(&stderr), stderr });
     }
     if !stderr.is_empty() {
         log::debug!("{command}: {stderr}");
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The Debian package that ships a program fanlink runs.
+fn package(program: &str) -> &str {
+    match program {
+        "nft" => "nftables",
+        p if p.starts_with("iptables") => "iptables",
+        p => p,
+    }
+}
+
+/// What to do about a tool's complaint, for the ones that have a fix.
+fn hint(stderr: &str) -> &'static str {
+    // nft says "Operation not permitted", iptables-nft "Permission denied (you must be
+    // root)", iptables-legacy fails on its lock file with "Permission denied".
+    if stderr.contains("Operation not permitted") || stderr.contains("Permission denied") {
+        " (fanlink needs root or CAP_NET_ADMIN)"
+    } else {
+        ""
+    }
 }
 
 #[cfg(test)]
@@ -383,6 +400,27 @@ table ip fanlink-fan-250 {
         let table = r#"{"nftables": [{"table": {"family": "ip", "name": "fanlink-x", "comment": "new"}},
             {"rule": {"family": "ip", "table": "fanlink-x", "comment": "old"}}]}"#;
         assert_eq!(parse_params(table, "fanlink-x", "t").unwrap(), "new");
+    }
+
+    #[test]
+    fn tool_errors_name_the_fix() {
+        let err = run_tool("fanlink-no-such-tool", &[], None).unwrap_err().to_string();
+        assert_eq!(err, "cannot run `fanlink-no-such-tool`: it is not installed; install the fanlink-no-such-tool package");
+        assert_eq!(package("nft"), "nftables");
+        assert_eq!(package("iptables-legacy"), "iptables");
+        for denied in [
+            "netlink: Error: cache initialization failed: Operation not permitted",
+            "iptables v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)",
+            "Fatal: can't open lock file /run/xtables.lock: Permission denied",
+        ] {
+            assert_eq!(hint(denied), " (fanlink needs root or CAP_NET_ADMIN)");
+        }
+        let err = NftError::Failed {
+            command: "nft -f -".into(),
+            stderr: "Error: x".into(),
+            hint: hint("Error: x"),
+        };
+        assert_eq!(err.to_string(), "`nft -f -` failed: Error: x");
     }
 
     #[test]
