@@ -2,10 +2,11 @@
 //!
 //! Each test builds its own namespaces (names carry the pid and a counter, so tests run in
 //! parallel): "host" with bridge `fan-250` 250.1.1.1/8 and uplink `u0` 10.99.0.1/16;
-//! "container" (250.1.1.10, default via the bridge) and "peer" (250.1.1.20, standing in
-//! for the vxlan port) on veths enslaved to the bridge; "outside" (10.99.0.2/16) on the
-//! uplink, with no route to the overlay, so a reply reaches the container only if the host
-//! masqueraded. fanlink's functions run on a thread that has `setns`'d into "host", so the
+//! "container" (250.1.1.10, default via the bridge) and "peer" (250.1.1.20) on veths
+//! enslaved to the bridge; a vxlan port (VNI 16384000, port 8472) in the bridge reaching
+//! "remote" (250.2.2.10, another fan host in miniature) over a second underlay link
+//! 10.98.0.0/16; "outside" (10.99.0.2/16) on the uplink, with no route to the overlay, so a
+//! reply reaches the container only if the host masqueraded. fanlink's functions run on a thread that has `setns`'d into "host", so the
 //! `nft`/`iptables` they start work there too. Guards delete the namespaces (and with them
 //! every interface) also when a test fails.
 
@@ -86,11 +87,12 @@ fn name(s: &str) -> IfName {
     s.parse().unwrap()
 }
 
-/// The four namespaces; dropping it removes them all.
+/// The namespaces; dropping it removes them all.
 struct Fan {
     host: Netns,
     container: Netns,
     peer: Netns,
+    remote: Netns,
     outside: Netns,
 }
 
@@ -100,6 +102,7 @@ impl Fan {
             host: Netns::new("h"),
             container: Netns::new("c"),
             peer: Netns::new("p"),
+            remote: Netns::new("r"),
             outside: Netns::new("o"),
         };
         let h = &fan.host;
@@ -118,6 +121,25 @@ impl Fan {
         h.ip(&["link", "set", "u0", "up"]);
         fan.outside.ip(&["addr", "add", "10.99.0.2/16", "dev", "eth0"]);
         fan.outside.ip(&["link", "set", "eth0", "up"]);
+        h.ip(&["link", "add", "u1", "type", "veth", "peer", "name", "eth0", "netns", &fan.remote.0]);
+        h.ip(&["addr", "add", "10.98.0.1/16", "dev", "u1"]);
+        h.ip(&["link", "set", "u1", "up"]);
+        let r = &fan.remote;
+        r.ip(&["addr", "add", "10.98.0.2/16", "dev", "eth0"]);
+        r.ip(&["link", "set", "eth0", "up"]);
+        // A plain vxlan with a fixed remote: the fan's BPF is not under test here, only
+        // that frames from a vxlan port cross the bridge like any other.
+        for (ns, dev, local, remote) in
+            [(h, "u1", "10.98.0.1", "10.98.0.2"), (r, "eth0", "10.98.0.2", "10.98.0.1")]
+        {
+            ns.ip(&[
+                "link", "add", "vx250", "type", "vxlan", "id", "16384000", "local", local, "remote", remote,
+                "dev", dev, "dstport", "8472",
+            ]);
+        }
+        h.ip(&["link", "set", "vx250", "master", "fan-250", "up"]);
+        r.ip(&["addr", "add", "250.2.2.10/8", "dev", "vx250"]);
+        r.ip(&["link", "set", "vx250", "up"]);
         fan
     }
 
@@ -138,6 +160,10 @@ impl Fan {
 
     fn bridged_ok(&self) -> bool {
         self.container.ping("250.1.1.20")
+    }
+
+    fn vxlan_ok(&self) -> bool {
+        self.container.ping("250.2.2.10")
     }
 
     fn routed_ok(&self) -> bool {
@@ -166,7 +192,7 @@ fn masquerade_uses_the_host_underlay_address() {
     assert!(ok);
     fan.up();
     assert!(fan.routed_ok(), "the container reaches outside through the masquerade");
-    assert!(fan.bridged_ok());
+    assert!(fan.bridged_ok() && fan.vxlan_ok());
     let rules = fan.outside.must(&["nft", "list", "chain", "ip", "t", "in"]);
     assert!(rules.contains("ip saddr 10.99.0.1 icmp type echo-request counter packets 1 "), "{rules}");
     assert!(rules.contains("ip saddr 250.0.0.0/8 counter packets 0 "), "{rules}");
@@ -253,9 +279,10 @@ fn forward_drop(iptables: &str) {
     let bridge_nf = fan.host.must(&["cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"]);
     assert_eq!(bridge_nf.trim(), "1", "the bridged case needs br_netfilter on");
     fan.up();
-    assert!(fan.bridged_ok() && fan.routed_ok());
+    assert!(fan.bridged_ok() && fan.vxlan_ok() && fan.routed_ok());
     fan.host.must(&[iptables, "-w", "-P", "FORWARD", "DROP"]);
     assert!(!fan.bridged_ok(), "br_netfilter sends bridged frames through FORWARD");
+    assert!(!fan.vxlan_ok(), "also those to and from the vxlan port");
     assert!(!fan.routed_ok());
 
     // Ruled out: the per-bridge knob (already 0; the namespace's sysctl overrides it) and
@@ -266,12 +293,13 @@ fn forward_drop(iptables: &str) {
         "add table ip own; add chain ip own pass { type filter hook forward priority -300; }; \
          add rule ip own pass iifname \"fan-250\" accept; add rule ip own pass oifname \"fan-250\" accept",
     ]);
-    assert!(!fan.bridged_ok() && !fan.routed_ok());
+    assert!(!fan.bridged_ok() && !fan.vxlan_ok() && !fan.routed_ok());
     fan.host.must(&["nft", "delete", "table", "ip", "own"]);
 
     let (bridge, f) = (name("fan-250"), name("fan-250"));
     assert!(fan.host.enter(|| firewall::ensure_forward_accept(&f, &bridge)).unwrap());
     assert!(fan.bridged_ok(), "bridged container <-> peer");
+    assert!(fan.vxlan_ok(), "bridged container <-> vxlan port <-> remote");
     assert!(fan.routed_ok(), "routed container -> outside, masqueraded");
     assert!(!fan.host.enter(|| firewall::ensure_forward_accept(&f, &bridge)).unwrap(), "idempotent");
     let rules = fan.host.must(&[iptables, "-w", "-S", "FORWARD"]);
@@ -280,7 +308,7 @@ fn forward_drop(iptables: &str) {
     assert!(fan.host.enter(|| firewall::remove_forward_accept(&f)).unwrap());
     assert!(!fan.host.enter(|| firewall::remove_forward_accept(&f)).unwrap());
     assert_eq!(fan.host.must(&[iptables, "-w", "-S", "FORWARD"]), "-P FORWARD DROP\n");
-    assert!(!fan.bridged_ok() && !fan.routed_ok());
+    assert!(!fan.bridged_ok() && !fan.vxlan_ok() && !fan.routed_ok());
 }
 
 #[test]
