@@ -3,5 +3,6 @@
 mod bpf;
 mod cli;
 mod datapath;
+mod nat;
 mod netlink;
 mod topology;
