@@ -12,3 +12,4 @@ pub mod error;
 pub mod fan;
 pub mod ifname;
 pub mod netlink;
+pub mod networkd;
