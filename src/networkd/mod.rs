@@ -53,16 +53,17 @@ const BUS_PATH: &str = "/org/freedesktop/DBus";
 /// never arrive; 64 (zbus's default) is one burst of networkd signals at boot.
 const QUEUE_CAPACITY: usize = 4096;
 
-/// Errors of the D-Bus edge; each says which step failed, the source says why.
+/// Errors of the D-Bus edge; each says which step failed, the source says why (boxed:
+/// `zbus::Error` is large and these travel through every `Result` here).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot connect to the system bus")]
-    Connect(#[source] zbus::Error),
+    Connect(#[source] Box<zbus::Error>),
     #[error("D-Bus call {call} failed")]
     Call {
         call: &'static str,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("cannot start the bus reader thread")]
     Thread(#[source] std::io::Error),
@@ -72,7 +73,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Wraps a failed call's error (plain or `fdo`) with the call's name.
 fn call<E: Into<zbus::Error>>(call: &'static str) -> impl FnOnce(E) -> Error {
-    move |source| Error::Call { call, source: source.into() }
+    move |source| Error::Call { call, source: Box::new(source.into()) }
 }
 
 /// One link as networkd reports it.
@@ -127,18 +128,20 @@ pub fn attach(address: Option<&str>, tx: Sender<BusEvent>) -> Result<Attached> {
 impl Networkd {
     /// Connects to the system bus (honours `DBUS_SYSTEM_BUS_ADDRESS`).
     pub fn connect() -> Result<Self> {
-        let builder = zbus::blocking::connection::Builder::system().map_err(Error::Connect)?;
+        let builder =
+            zbus::blocking::connection::Builder::system().map_err(|e| Error::Connect(Box::new(e)))?;
         Self::build(builder)
     }
 
     /// Connects to the bus at a D-Bus address such as `unix:path=/run/x/bus.sock`.
     pub fn connect_address(address: &str) -> Result<Self> {
-        let builder = zbus::blocking::connection::Builder::address(address).map_err(Error::Connect)?;
+        let builder =
+            zbus::blocking::connection::Builder::address(address).map_err(|e| Error::Connect(Box::new(e)))?;
         Self::build(builder)
     }
 
     fn build(builder: zbus::blocking::connection::Builder<'_>) -> Result<Self> {
-        let conn = builder.max_queued(QUEUE_CAPACITY).build().map_err(Error::Connect)?;
+        let conn = builder.max_queued(QUEUE_CAPACITY).build().map_err(|e| Error::Connect(Box::new(e)))?;
         Ok(Networkd { conn })
     }
 
@@ -178,7 +181,7 @@ impl Networkd {
         match bus.get_name_owner(BusName::from_static_str(NETWORKD_NAME).expect("valid name")) {
             Ok(owner) => Ok(Some(owner.to_string())),
             Err(zbus::fdo::Error::NameHasNoOwner(_)) => Ok(None),
-            Err(e) => Err(Error::Call { call: "GetNameOwner", source: e.into() }),
+            Err(e) => Err(call("GetNameOwner")(e)),
         }
     }
 
@@ -221,12 +224,12 @@ impl Networkd {
         let oper = match link.operational_state() {
             Ok(s) => OperState::parse(&s),
             Err(e) if is_gone(&e) => return Ok(None),
-            Err(e) => return Err(Error::Call { call: "Get OperationalState", source: e }),
+            Err(e) => return Err(call("Get OperationalState")(e)),
         };
         let admin = match link.administrative_state() {
             Ok(s) => AdminState::parse(&s),
             Err(e) if is_gone(&e) => return Ok(None),
-            Err(e) => return Err(Error::Call { call: "Get AdministrativeState", source: e }),
+            Err(e) => return Err(call("Get AdministrativeState")(e)),
         };
         Ok(Some((oper, admin)))
     }
