@@ -13,6 +13,7 @@ pub mod fan;
 pub mod ifname;
 pub mod model;
 pub mod netlink;
+pub mod networkd;
 pub mod notify;
 pub mod plan;
 pub mod underlay;

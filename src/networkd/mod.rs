@@ -1,0 +1,348 @@
+//! The D-Bus edge: what systemd-networkd says about links, and nothing it should not.
+//!
+//! Start-up order (the daemon loop of STYLE.md):
+//! 1. [`Networkd::connect`] to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` is honoured).
+//! 2. [`Networkd::subscribe`]: add the match rules, then read the current owner of
+//!    `org.freedesktop.network1` (the seed for the reader's sender check).
+//! 3. [`Subscription::spawn_reader`]: a thread that turns messages into [`BusEvent`]s.
+//! 4. [`Networkd::snapshot`]: the full state. Then apply queued events in order.
+//!
+//! [`attach`] does all four. Subscribing before reading the state means no change falls
+//! between the two; an event older than the snapshot may be applied after it, which is
+//! harmless because networkd's signals carry the *new* values and every later change sends
+//! another, so applying events in order converges on networkd's state.
+//!
+//! On `BusEvent::OwnerChanged { new_owner: Some(_) }` take a new snapshot (networkd
+//! announces nothing per link when it stops or starts); on `Disconnected` call [`attach`]
+//! again, with backoff. Nothing here retries or sleeps.
+
+mod path;
+mod proxy;
+mod reader;
+#[cfg(test)]
+mod reader_tests;
+mod state;
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use zbus::blocking::{fdo::DBusProxy, Connection, MessageIterator};
+use zbus::names::BusName;
+use zbus::proxy::CacheProperties;
+use zbus::MatchRule;
+
+use crate::ifname::IfName;
+
+pub use path::{decode_link_path, escape, link_path, LINK_PATH_NAMESPACE};
+pub use proxy::{LinkProxy, ManagerProxy};
+pub use reader::{BusEvent, ReaderStats};
+pub use state::{AdminState, OperState};
+
+/// networkd's well-known name.
+pub const NETWORKD_NAME: &str = "org.freedesktop.network1";
+/// The interface whose PropertiesChanged fanlink follows.
+pub const LINK_INTERFACE: &str = "org.freedesktop.network1.Link";
+const BUS_NAME: &str = "org.freedesktop.DBus";
+const BUS_PATH: &str = "/org/freedesktop/DBus";
+
+/// Capacity of the connection's message queue. It only fills while nobody reads it: between
+/// [`Networkd::subscribe`] and [`Subscription::spawn_reader`] (one GetNameOwner round trip).
+/// If it filled then, zbus would stop reading the socket and the GetNameOwner reply would
+/// never arrive; 64 (zbus's default) is one burst of networkd signals at boot.
+const QUEUE_CAPACITY: usize = 4096;
+
+/// Errors of the D-Bus edge; each says which step failed, the source says why (boxed:
+/// `zbus::Error` is large and these travel through every `Result` here).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to the system bus")]
+    Connect(#[source] Box<zbus::Error>),
+    #[error("D-Bus call {call} failed")]
+    Call {
+        call: &'static str,
+        #[source]
+        source: Box<zbus::Error>,
+    },
+    #[error("cannot start the bus reader thread")]
+    Thread(#[source] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Wraps a failed call's error (plain or `fdo`) with the call's name.
+fn call<E: Into<zbus::Error>>(call: &'static str) -> impl FnOnce(E) -> Error {
+    move |source| Error::Call { call, source: Box::new(source.into()) }
+}
+
+/// One link as networkd reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub name: IfName,
+    pub oper: OperState,
+    pub admin: AdminState,
+}
+
+/// A connection to the system bus, for talking to networkd.
+#[derive(Debug, Clone)]
+pub struct Networkd {
+    conn: Connection,
+}
+
+/// Match rules registered, owner seeded, messages queueing: hand it to a reader thread.
+pub struct Subscription {
+    messages: MessageIterator,
+    owner: Option<String>,
+}
+
+/// A running reader thread and its counters.
+#[derive(Debug)]
+pub struct Reader {
+    stats: Arc<ReaderStats>,
+    handle: JoinHandle<()>,
+}
+
+/// What [`attach`] returns: the connection, its reader, and the state at attach time.
+#[derive(Debug)]
+pub struct Attached {
+    pub networkd: Networkd,
+    pub reader: Reader,
+    pub links: Vec<LinkState>,
+}
+
+/// Connects, subscribes, starts the reader and takes a snapshot, in that order.
+/// `address` overrides the system bus address (`None`: `DBUS_SYSTEM_BUS_ADDRESS` or the
+/// default socket).
+pub fn attach(address: Option<&str>, tx: Sender<BusEvent>) -> Result<Attached> {
+    let networkd = match address {
+        Some(address) => Networkd::connect_address(address)?,
+        None => Networkd::connect()?,
+    };
+    let reader = networkd.subscribe()?.spawn_reader(tx)?;
+    let links = networkd.snapshot()?;
+    Ok(Attached { networkd, reader, links })
+}
+
+impl Networkd {
+    /// Connects to the system bus (honours `DBUS_SYSTEM_BUS_ADDRESS`).
+    pub fn connect() -> Result<Self> {
+        let builder =
+            zbus::blocking::connection::Builder::system().map_err(|e| Error::Connect(Box::new(e)))?;
+        Self::build(builder)
+    }
+
+    /// Connects to the bus at a D-Bus address such as `unix:path=/run/x/bus.sock`.
+    pub fn connect_address(address: &str) -> Result<Self> {
+        let builder =
+            zbus::blocking::connection::Builder::address(address).map_err(|e| Error::Connect(Box::new(e)))?;
+        Self::build(builder)
+    }
+
+    fn build(builder: zbus::blocking::connection::Builder<'_>) -> Result<Self> {
+        let conn = builder.max_queued(QUEUE_CAPACITY).build().map_err(|e| Error::Connect(Box::new(e)))?;
+        Ok(Networkd { conn })
+    }
+
+    /// Our unique name on the bus.
+    pub fn unique_name(&self) -> Option<String> {
+        self.conn.unique_name().map(|n| n.to_string())
+    }
+
+    /// Registers the match rules and seeds the owner. Call before [`Networkd::snapshot`].
+    ///
+    /// The reader reads the connection's single, unfiltered queue rather than one queue per
+    /// match rule: the sender check needs NameOwnerChanged and PropertiesChanged in the
+    /// order the bus sent them, and only one queue keeps that order. The queue is opened
+    /// before AddMatch, so nothing the rules match is missed.
+    ///
+    /// Race: a NameOwnerChanged may arrive between AddMatch and the GetNameOwner reply. It
+    /// is then queued *before* the reply, so the reader starts with an owner newer than
+    /// the messages ahead of it. NameOwnerChanged carries the new owner, so replaying it
+    /// still ends at the right owner; the only cost is that the old owner's last
+    /// PropertiesChanged are dropped, and the OwnerChanged event asks for a resync anyway.
+    /// A message is never accepted from a connection that did not own the name.
+    pub fn subscribe(&self) -> Result<Subscription> {
+        let messages = MessageIterator::from(&self.conn);
+        let bus = DBusProxy::new(&self.conn).map_err(call("org.freedesktop.DBus (proxy)"))?;
+        bus.add_match_rule(owner_rule().map_err(call("AddMatch NameOwnerChanged"))?)
+            .map_err(call("AddMatch NameOwnerChanged"))?;
+        bus.add_match_rule(link_rule().map_err(call("AddMatch PropertiesChanged"))?)
+            .map_err(call("AddMatch PropertiesChanged"))?;
+        let owner = self.owner()?;
+        Ok(Subscription { messages, owner })
+    }
+
+    /// The unique name that owns `org.freedesktop.network1` now, `None` if networkd is
+    /// not running.
+    pub fn owner(&self) -> Result<Option<String>> {
+        let bus = DBusProxy::new(&self.conn).map_err(call("org.freedesktop.DBus (proxy)"))?;
+        match bus.get_name_owner(BusName::from_static_str(NETWORKD_NAME).expect("valid name")) {
+            Ok(owner) => Ok(Some(owner.to_string())),
+            Err(zbus::fdo::Error::NameHasNoOwner(_)) => Ok(None),
+            Err(e) => Err(call("GetNameOwner")(e)),
+        }
+    }
+
+    /// Every link networkd knows, with its states. A link that vanishes while this runs
+    /// is left out (its `linger` signal follows); a link whose name the kernel could not
+    /// have, or whose path does not match its index, is left out and logged.
+    pub fn snapshot(&self) -> Result<Vec<LinkState>> {
+        let manager = ManagerProxy::builder(&self.conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .map_err(call("org.freedesktop.network1.Manager (proxy)"))?;
+        let mut links = Vec::new();
+        for (index, name, path) in manager.list_links().map_err(call("ListLinks"))? {
+            let Some(index) =
+                u32::try_from(index).ok().filter(|i| decode_link_path(path.as_str()) == Some(*i))
+            else {
+                log::warn!("networkd lists link {index} at {}; ignoring it", escape(path.as_str()));
+                continue;
+            };
+            let Ok(name) = name.parse::<IfName>() else {
+                log::warn!("networkd lists link {index} as \"{}\"; ignoring it", escape(&name));
+                continue;
+            };
+            match self.link_states(index) {
+                Ok(Some((oper, admin))) => links.push(LinkState { index, name, oper, admin }),
+                Ok(None) => log::debug!("link {index} ({name}) vanished during the snapshot"),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(links)
+    }
+
+    /// The two states of one link; `None` if networkd no longer has it.
+    fn link_states(&self, index: u32) -> Result<Option<(OperState, AdminState)>> {
+        // The path is built from the number, never taken from the bus.
+        let link = LinkProxy::builder(&self.conn)
+            .path(link_path(index))
+            .and_then(|b| b.cache_properties(CacheProperties::No).build())
+            .map_err(call("org.freedesktop.network1.Link (proxy)"))?;
+        let oper = match link.operational_state() {
+            Ok(s) => OperState::parse(&s),
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(e) => return Err(call("Get OperationalState")(e)),
+        };
+        let admin = match link.administrative_state() {
+            Ok(s) => AdminState::parse(&s),
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(e) => return Err(call("Get AdministrativeState")(e)),
+        };
+        Ok(Some((oper, admin)))
+    }
+
+    /// Closes the connection; the reader then reports `Disconnected` and ends.
+    pub fn close(self) -> Result<()> {
+        self.conn.close().map_err(call("close"))
+    }
+}
+
+impl Subscription {
+    /// The owner of `org.freedesktop.network1` when subscribing (`None`: not running).
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+
+    /// Starts the reader thread; its events go to `tx` in bus order.
+    pub fn spawn_reader(self, tx: Sender<BusEvent>) -> Result<Reader> {
+        let stats = Arc::new(ReaderStats::default());
+        let classifier = reader::Classifier::new(self.owner);
+        let messages = self.messages;
+        let thread_stats = Arc::clone(&stats);
+        let handle = std::thread::Builder::new()
+            .name("networkd-reader".into())
+            .spawn(move || reader::run(messages, classifier, tx, thread_stats))
+            .map_err(Error::Thread)?;
+        Ok(Reader { stats, handle })
+    }
+}
+
+impl Reader {
+    /// The reader's counters (shared, live).
+    pub fn stats(&self) -> Arc<ReaderStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Messages dropped so far as not from networkd or malformed.
+    pub fn dropped(&self) -> u64 {
+        self.stats.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether the thread has ended (after `Disconnected` or when the receiver went away).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Waits for the thread to end; it does once the connection is closed.
+    pub fn join(self) {
+        if self.handle.join().is_err() {
+            log::error!("the networkd reader thread panicked");
+        }
+    }
+}
+
+/// NameOwnerChanged for networkd's name only (arg0).
+fn owner_rule() -> zbus::Result<MatchRule<'static>> {
+    Ok(MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(BUS_NAME)?
+        .path(BUS_PATH)?
+        .interface(BUS_NAME)?
+        .member("NameOwnerChanged")?
+        .arg(0, NETWORKD_NAME)?
+        .build())
+}
+
+/// One rule for all links: the bus delivers only what networkd's current owner sends.
+fn link_rule() -> zbus::Result<MatchRule<'static>> {
+    Ok(MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(NETWORKD_NAME)?
+        .interface("org.freedesktop.DBus.Properties")?
+        .member("PropertiesChanged")?
+        .path_namespace(LINK_PATH_NAMESPACE)?
+        .arg(0, LINK_INTERFACE)?
+        .build())
+}
+
+/// Whether an error means the link object is gone (removed between ListLinks and Get).
+fn is_gone(e: &zbus::Error) -> bool {
+    const GONE: [&str; 3] = [
+        "org.freedesktop.DBus.Error.UnknownObject",
+        "org.freedesktop.DBus.Error.UnknownInterface",
+        "org.freedesktop.DBus.Error.UnknownProperty",
+    ];
+    match e {
+        zbus::Error::MethodError(name, _, _) => GONE.contains(&name.as_str()),
+        zbus::Error::FDO(e) => matches!(
+            **e,
+            zbus::fdo::Error::UnknownObject(_)
+                | zbus::fdo::Error::UnknownInterface(_)
+                | zbus::fdo::Error::UnknownProperty(_)
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_rules_are_the_documented_ones() {
+        assert_eq!(
+            link_rule().unwrap().to_string(),
+            "type='signal',sender='org.freedesktop.network1',interface='org.freedesktop.DBus.Properties',\
+             member='PropertiesChanged',path_namespace='/org/freedesktop/network1/link',\
+             arg0='org.freedesktop.network1.Link'"
+        );
+        assert_eq!(
+            owner_rule().unwrap().to_string(),
+            "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
+             member='NameOwnerChanged',path='/org/freedesktop/DBus',arg0='org.freedesktop.network1'"
+        );
+    }
+}

@@ -1,0 +1,202 @@
+//! The bus reader: turns each incoming message into at most one [`BusEvent`].
+//!
+//! The thread does nothing but decode and `send` on an unbounded channel, and never calls a
+//! method: zbus queues are bounded and never drop, so a reader that waited for a reply
+//! while its own queue was full would deadlock the connection (zbus #213, #350).
+//!
+//! Trust: the bus filters broadcasts by our match rules, but anyone may send a signal
+//! *addressed* to us, and zbus cannot match a well-known sender on the client side. So
+//! every message is checked here: a PropertiesChanged counts only if its unique sender is
+//! the current owner of `org.freedesktop.network1`, its path is a link path, its interface
+//! argument is `org.freedesktop.network1.Link` and the states are strings;
+//! NameOwnerChanged counts only from the bus itself. Everything else is dropped, counted
+//! and logged at debug with its strings escaped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use zbus::message::Type;
+use zbus::zvariant::Value;
+use zbus::Message;
+
+use super::path::{decode_link_path, escape};
+use super::state::{AdminState, OperState};
+use super::{BUS_NAME, BUS_PATH, LINK_INTERFACE, NETWORKD_NAME};
+
+const PROPERTIES_INTERFACE: &str = "org.freedesktop.DBus.Properties";
+
+/// What the reader reports, in the order the bus delivered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusEvent {
+    /// networkd changed a link's state; `None` means "not in this signal" (networkd sends
+    /// only what changed, and AdministrativeState alone).
+    LinkChanged { index: u32, oper: Option<OperState>, admin: Option<AdminState> },
+    /// `org.freedesktop.network1` changed hands (`None`: networkd is gone). Whatever was
+    /// known about links is stale: take a new snapshot when it is `Some`.
+    OwnerChanged { new_owner: Option<String> },
+    /// The bus connection ended; connect again (with backoff) and resync.
+    Disconnected,
+}
+
+/// Counters shared with the caller, e.g. for `status` or tests.
+#[derive(Debug, Default)]
+pub struct ReaderStats {
+    /// Messages turned into events.
+    pub delivered: AtomicU64,
+    /// Messages rejected as not from networkd or malformed.
+    pub dropped: AtomicU64,
+}
+
+/// What to do with one message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Deliver(BusEvent),
+    /// Legitimate but of no interest (method replies, other properties, our own name).
+    Ignore,
+    /// Not from networkd or malformed; the reason goes to the debug log.
+    Drop(&'static str),
+}
+
+/// Decides on messages, tracking the owner of `org.freedesktop.network1` as it goes.
+#[derive(Debug)]
+pub(crate) struct Classifier {
+    owner: Option<String>,
+}
+
+impl Classifier {
+    pub(crate) fn new(owner: Option<String>) -> Self {
+        Classifier { owner }
+    }
+
+    pub(crate) fn classify(&mut self, msg: &Message) -> Verdict {
+        match msg.message_type() {
+            // Replies to our own calls (snapshot) arrive on the same unfiltered stream.
+            Type::MethodReturn | Type::Error => return Verdict::Ignore,
+            Type::MethodCall => return Verdict::Drop("a method call (fanlink serves nothing)"),
+            Type::Signal => {}
+        }
+        let header = msg.header();
+        let sender = header.sender().map(|s| s.as_str());
+        match (header.interface().map(|i| i.as_str()), header.member().map(|m| m.as_str())) {
+            (Some(BUS_NAME), Some("NameOwnerChanged")) => self.name_owner_changed(msg, sender),
+            // Unsolicited after Hello, about our own unique name.
+            (Some(BUS_NAME), Some("NameAcquired" | "NameLost")) if sender == Some(BUS_NAME) => {
+                Verdict::Ignore
+            }
+            (Some(PROPERTIES_INTERFACE), Some("PropertiesChanged")) => self.properties_changed(msg, sender),
+            _ => Verdict::Drop("an unexpected signal"),
+        }
+    }
+
+    fn name_owner_changed(&mut self, msg: &Message, sender: Option<&str>) -> Verdict {
+        // dbus-daemon stamps every message's sender itself, so no client can claim to be
+        // org.freedesktop.DBus.
+        if sender != Some(BUS_NAME) || msg.header().path().map(|p| p.as_str()) != Some(BUS_PATH) {
+            return Verdict::Drop("NameOwnerChanged not from the bus");
+        }
+        let body = msg.body();
+        let Ok((name, _old, new)) = body.deserialize::<(&str, &str, &str)>() else {
+            return Verdict::Drop("NameOwnerChanged with a malformed body");
+        };
+        if name != NETWORKD_NAME {
+            return Verdict::Drop("NameOwnerChanged for another name");
+        }
+        let new_owner = match new {
+            "" => None,
+            unique if zbus::names::UniqueName::try_from(unique).is_ok() => Some(unique.to_owned()),
+            _ => return Verdict::Drop("NameOwnerChanged with an invalid new owner"),
+        };
+        self.owner = new_owner.clone();
+        Verdict::Deliver(BusEvent::OwnerChanged { new_owner })
+    }
+
+    fn properties_changed(&self, msg: &Message, sender: Option<&str>) -> Verdict {
+        if self.owner.is_none() || sender != self.owner.as_deref() {
+            return Verdict::Drop("PropertiesChanged not from the owner of org.freedesktop.network1");
+        }
+        let header = msg.header();
+        let Some(index) = header.path().and_then(|p| decode_link_path(p.as_str())) else {
+            return Verdict::Drop("PropertiesChanged on a path that is not a link");
+        };
+        let body = msg.body();
+        if *body.signature() != "sa{sv}as" {
+            return Verdict::Drop("PropertiesChanged with a wrong signature");
+        }
+        let Ok((interface, changed, _invalidated)) =
+            body.deserialize::<(&str, HashMap<&str, Value<'_>>, Vec<&str>)>()
+        else {
+            return Verdict::Drop("PropertiesChanged with a malformed body");
+        };
+        if interface != LINK_INTERFACE {
+            return Verdict::Drop("PropertiesChanged for another interface");
+        }
+        let (oper, admin) =
+            match (state(&changed, OperState::PROPERTY), state(&changed, AdminState::PROPERTY)) {
+                (Ok(oper), Ok(admin)) => (oper.map(OperState::parse), admin.map(AdminState::parse)),
+                _ => return Verdict::Drop("PropertiesChanged with a state that is not a string"),
+            };
+        if oper.is_none() && admin.is_none() {
+            // CarrierState, AddressState, OnlineState alone: fanlink decides on these two.
+            return Verdict::Ignore;
+        }
+        Verdict::Deliver(BusEvent::LinkChanged { index, oper, admin })
+    }
+}
+
+/// A state property's string, `Ok(None)` if absent, `Err` if of another type.
+fn state<'a>(changed: &'a HashMap<&str, Value<'_>>, property: &str) -> Result<Option<&'a str>, ()> {
+    match changed.get(property) {
+        None => Ok(None),
+        Some(Value::Str(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(()),
+    }
+}
+
+/// Logs a dropped message with every bus string escaped.
+fn log_drop(msg: &Message, reason: &str) {
+    let header = msg.header();
+    let field = |v: Option<&str>| v.map_or_else(|| "-".to_owned(), escape);
+    log::debug!(
+        "dropped {reason}: sender={} path={} interface={} member={}",
+        field(header.sender().map(|s| s.as_str())),
+        field(header.path().map(|p| p.as_str())),
+        field(header.interface().map(|i| i.as_str())),
+        field(header.member().map(|m| m.as_str())),
+    );
+}
+
+/// The reader loop: runs until the connection ends (then reports `Disconnected`) or the
+/// receiving side of `tx` is gone.
+pub(crate) fn run(
+    messages: impl Iterator<Item = zbus::Result<Message>>,
+    mut classifier: Classifier,
+    tx: Sender<BusEvent>,
+    stats: Arc<ReaderStats>,
+) {
+    for msg in messages {
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(e) => {
+                log::info!("system bus connection lost: {e}");
+                break;
+            }
+        };
+        match classifier.classify(&msg) {
+            Verdict::Deliver(event) => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+            Verdict::Ignore => {}
+            Verdict::Drop(reason) => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                log_drop(&msg, reason);
+            }
+        }
+    }
+    // The receiver may already be gone; then nobody needs to hear about it.
+    let _ = tx.send(BusEvent::Disconnected);
+}

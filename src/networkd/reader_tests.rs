@@ -1,0 +1,155 @@
+//! The reader's decisions on hand-built messages: what networkd sends, and what a forger
+//! or a confused peer might.
+
+use std::collections::HashMap;
+
+use zbus::zvariant::Value;
+use zbus::Message;
+
+use super::reader::{BusEvent, Classifier, Verdict};
+use super::{AdminState, OperState};
+
+const NETWORKD: &str = ":1.7";
+const FORGER: &str = ":1.66";
+const LINK2: &str = "/org/freedesktop/network1/link/_32";
+
+fn changed(sender: &str, path: &str, interface: &str, props: &[(&str, Value<'_>)]) -> Message {
+    let props: HashMap<&str, Value<'_>> = props.iter().map(|(k, v)| (*k, v.try_clone().unwrap())).collect();
+    Message::signal(path, "org.freedesktop.DBus.Properties", "PropertiesChanged")
+        .unwrap()
+        .sender(sender)
+        .unwrap()
+        .build(&(interface, props, Vec::<&str>::new()))
+        .unwrap()
+}
+
+fn oper(sender: &str, path: &str, value: Value<'_>) -> Message {
+    changed(sender, path, "org.freedesktop.network1.Link", &[("OperationalState", value)])
+}
+
+fn owner_changed(sender: &str, name: &str, old: &str, new: &str) -> Message {
+    Message::signal("/org/freedesktop/DBus", "org.freedesktop.DBus", "NameOwnerChanged")
+        .unwrap()
+        .sender(sender)
+        .unwrap()
+        .build(&(name, old, new))
+        .unwrap()
+}
+
+fn link_changed(index: u32, oper: Option<OperState>, admin: Option<AdminState>) -> Verdict {
+    Verdict::Deliver(BusEvent::LinkChanged { index, oper, admin })
+}
+
+#[test]
+fn accepts_networkd_states() {
+    let mut c = Classifier::new(Some(NETWORKD.into()));
+    assert_eq!(c.classify(&oper(NETWORKD, LINK2, "off".into())), link_changed(2, Some(OperState::Off), None));
+    let both = changed(
+        NETWORKD,
+        "/org/freedesktop/network1/link/_312",
+        "org.freedesktop.network1.Link",
+        &[
+            ("OperationalState", "routable".into()),
+            ("CarrierState", "carrier".into()),
+            ("AdministrativeState", "configured".into()),
+        ],
+    );
+    assert_eq!(c.classify(&both), link_changed(12, Some(OperState::Routable), Some(AdminState::Configured)));
+    // A value the enum does not know is delivered as Unknown, never as routable.
+    assert_eq!(
+        c.classify(&oper(NETWORKD, LINK2, "../../x".into())),
+        link_changed(2, Some(OperState::Unknown), None)
+    );
+}
+
+#[test]
+fn ignores_other_link_properties() {
+    let mut c = Classifier::new(Some(NETWORKD.into()));
+    let msg = changed(NETWORKD, LINK2, "org.freedesktop.network1.Link", &[("OnlineState", "online".into())]);
+    assert_eq!(c.classify(&msg), Verdict::Ignore);
+}
+
+#[test]
+fn drops_forgeries_and_malformed_messages() {
+    let mut c = Classifier::new(Some(NETWORKD.into()));
+    let dropped = [
+        oper(FORGER, LINK2, "routable".into()),
+        oper(NETWORKD, "/org/freedesktop/network1/link/_32/x", "routable".into()),
+        oper(NETWORKD, "/org/freedesktop/network1/network/_32", "routable".into()),
+        oper(NETWORKD, "/org/freedesktop/network1/linkx", "routable".into()),
+        oper(NETWORKD, "/tmp", "routable".into()),
+        oper(NETWORKD, LINK2, Value::U32(9)),
+        oper(NETWORKD, LINK2, Value::new(Value::from("routable"))),
+        changed(
+            NETWORKD,
+            LINK2,
+            "org.freedesktop.network1.Network",
+            &[("OperationalState", "routable".into())],
+        ),
+        changed(NETWORKD, LINK2, "org.freedesktop.network1.Link", &[("AdministrativeState", true.into())]),
+        Message::signal(LINK2, "org.freedesktop.DBus.Properties", "PropertiesChanged")
+            .unwrap()
+            .sender(NETWORKD)
+            .unwrap()
+            .build(&("org.freedesktop.network1.Link", "OperationalState", "routable"))
+            .unwrap(),
+        Message::signal(LINK2, "org.freedesktop.network1.Link", "StateChanged")
+            .unwrap()
+            .sender(NETWORKD)
+            .unwrap()
+            .build(&"routable")
+            .unwrap(),
+    ];
+    for msg in dropped {
+        assert!(matches!(c.classify(&msg), Verdict::Drop(_)), "{msg:?}");
+    }
+}
+
+#[test]
+fn drops_everything_while_networkd_is_not_running() {
+    let mut c = Classifier::new(None);
+    assert!(matches!(c.classify(&oper(NETWORKD, LINK2, "routable".into())), Verdict::Drop(_)));
+}
+
+#[test]
+fn tracks_the_owner_from_the_bus_only() {
+    let mut c = Classifier::new(Some(NETWORKD.into()));
+    // A forged NameOwnerChanged (sent by a client, addressed to us) changes nothing.
+    let forged = owner_changed(FORGER, "org.freedesktop.network1", NETWORKD, FORGER);
+    assert!(matches!(c.classify(&forged), Verdict::Drop(_)));
+    assert!(matches!(c.classify(&oper(FORGER, LINK2, "routable".into())), Verdict::Drop(_)));
+
+    let other_name = owner_changed("org.freedesktop.DBus", "org.example", "", FORGER);
+    assert!(matches!(c.classify(&other_name), Verdict::Drop(_)));
+
+    let gone = owner_changed("org.freedesktop.DBus", "org.freedesktop.network1", NETWORKD, "");
+    assert_eq!(c.classify(&gone), Verdict::Deliver(BusEvent::OwnerChanged { new_owner: None }));
+    assert!(matches!(c.classify(&oper(NETWORKD, LINK2, "routable".into())), Verdict::Drop(_)));
+
+    let back = owner_changed("org.freedesktop.DBus", "org.freedesktop.network1", "", ":1.9");
+    assert_eq!(
+        c.classify(&back),
+        Verdict::Deliver(BusEvent::OwnerChanged { new_owner: Some(":1.9".into()) })
+    );
+    assert!(matches!(c.classify(&oper(NETWORKD, LINK2, "routable".into())), Verdict::Drop(_)));
+    assert_eq!(
+        c.classify(&oper(":1.9", LINK2, "routable".into())),
+        link_changed(2, Some(OperState::Routable), None)
+    );
+}
+
+#[test]
+fn ignores_replies_and_our_own_name() {
+    let mut c = Classifier::new(Some(NETWORKD.into()));
+    let acquired = Message::signal("/org/freedesktop/DBus", "org.freedesktop.DBus", "NameAcquired")
+        .unwrap()
+        .sender("org.freedesktop.DBus")
+        .unwrap()
+        .build(&":1.3")
+        .unwrap();
+    assert_eq!(c.classify(&acquired), Verdict::Ignore);
+    let call = Message::method_call("/", "Ping").unwrap().sender(FORGER).unwrap().build(&()).unwrap();
+    assert!(matches!(c.classify(&call), Verdict::Drop(_)));
+    let reply = Message::method_return(&call.header()).unwrap().sender(NETWORKD).unwrap().build(&()).unwrap();
+    assert_eq!(c.classify(&reply), Verdict::Ignore);
+}
