@@ -41,7 +41,7 @@ impl Rule {
     }
 }
 
-fn vxlan_name_for(bridge: &IfName) -> IfName {
+pub fn vxlan_name_for(bridge: &IfName) -> IfName {
     let stem: String = bridge.as_str().chars().take(12).collect();
     format!("{}-vx", stem.trim_end_matches('-')).parse().expect("at most 15 valid bytes")
 }

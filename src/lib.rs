@@ -16,4 +16,5 @@ pub mod netlink;
 pub mod networkd;
 pub mod notify;
 pub mod plan;
+pub mod system;
 pub mod underlay;

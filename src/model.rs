@@ -2,7 +2,7 @@
 //! has (`Observed`), and the operations that turn one into the other (`Op`).
 //! Plain data, no I/O.
 
-use crate::fan::FanMap;
+use crate::datapath::bpf::FanProgram;
 use crate::ifname::IfName;
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -40,21 +40,6 @@ pub struct Underlay {
     pub mtu: u32,
 }
 
-/// What the tc egress program of a fan computes with; its tag names it on the filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProgramParams {
-    pub map: FanMap,
-    pub local: Ipv4Addr,
-}
-
-impl ProgramParams {
-    /// The tc filter name: says what the attached program computes, so a changed address or
-    /// rule shows as a different name and the program is replaced.
-    pub fn tag(&self) -> String {
-        format!("fanlink {} {} {}", self.map.overlay(), self.map.underlay(), self.local)
-    }
-}
-
 /// A network device as observed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Device {
@@ -81,7 +66,7 @@ pub struct ObservedFan {
     pub vnis: Vec<u32>,
     /// Name of the BPF filter on the vxlan's egress, if one is attached.
     pub program: Option<String>,
-    /// The comment on the fan's NAT table, if the table exists.
+    /// The parameters recorded in the fan's NAT table, if the table exists.
     pub nat: Option<String>,
 }
 
@@ -135,7 +120,7 @@ pub enum Op {
     /// Load the fan program and attach it to the vxlan's egress, replacing any other.
     AttachProgram {
         vxlan: IfName,
-        params: ProgramParams,
+        program: FanProgram,
     },
     DetachProgram {
         vxlan: IfName,
@@ -144,12 +129,18 @@ pub enum Op {
     WriteNat {
         fan: IfName,
         overlay: Ipv4Net,
-        comment: String,
     },
     DeleteNat {
         fan: IfName,
     },
     EnableForwarding,
+    /// Accept the bridge's traffic in iptables' FORWARD chains that exist (Docker's DROP).
+    AcceptForwarding {
+        fan: IfName,
+    },
+    RemoveForwardAccept {
+        fan: IfName,
+    },
     DeleteLink {
         link: IfName,
     },
@@ -196,8 +187,8 @@ impl fmt::Display for Op {
             Op::SetLink { link, change } => write!(f, "set {link} {change}"),
             Op::AddAddress { link, address } => write!(f, "add address {address} to {link}"),
             Op::DeleteAddress { link, address } => write!(f, "delete address {address} from {link}"),
-            Op::AttachProgram { vxlan, params } => {
-                write!(f, "attach fan program to {vxlan} egress ({})", params.tag())
+            Op::AttachProgram { vxlan, program } => {
+                write!(f, "attach fan program to {vxlan} egress ({})", program.tag())
             }
             Op::DetachProgram { vxlan } => write!(f, "detach fan program from {vxlan} egress"),
             Op::WriteNat { fan, overlay, .. } => {
@@ -205,6 +196,8 @@ impl fmt::Display for Op {
             }
             Op::DeleteNat { fan } => write!(f, "delete nat table of {fan}"),
             Op::EnableForwarding => write!(f, "set net.ipv4.ip_forward = 1"),
+            Op::AcceptForwarding { fan } => write!(f, "accept forwarding for {fan} in iptables FORWARD"),
+            Op::RemoveForwardAccept { fan } => write!(f, "remove the forwarding accept rules of {fan}"),
             Op::DeleteLink { link } => write!(f, "delete link {link}"),
         }
     }

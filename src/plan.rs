@@ -4,7 +4,9 @@
 
 use crate::config::Rule;
 use crate::ifname::IfName;
-use crate::model::{owner_alias, Device, LinkChange, Observed, ObservedFan, Op, ProgramParams, Want};
+use crate::datapath::bpf::FanProgram;
+use crate::datapath::nft;
+use crate::model::{owner_alias, Device, LinkChange, Observed, ObservedFan, Op, Want};
 use std::net::Ipv4Addr;
 
 /// The operations for one fan, or why none can be planned.
@@ -19,11 +21,6 @@ pub struct FanPlan {
 pub fn bridge_mac(underlay_address: Ipv4Addr) -> [u8; 6] {
     let [a, b, c, d] = underlay_address.octets();
     [0x02, 0xfa, a, b, c, d]
-}
-
-/// The comment on a fan's NAT table: what it masquerades, so a changed rule shows.
-pub fn nat_comment(rule: &Rule) -> String {
-    format!("{} masquerade {} via {}", owner_alias(&rule.name), rule.map.overlay(), rule.name)
 }
 
 /// Plans every fan; `forwarding` is switched on once if any fan is wanted up.
@@ -73,21 +70,32 @@ pub fn plan_fan(rule: &Rule, want: &Want, seen: &ObservedFan) -> Result<Vec<Op>,
     match want {
         Want::Up(underlay) => plan_up(rule, underlay, seen, seen_bridge, seen_vxlan),
         Want::Down => Ok(plan_down(rule, seen, seen_bridge, seen_vxlan)),
-        Want::Absent => {
-            let mut ops = Vec::new();
-            if seen.nat.is_some() {
-                ops.push(Op::DeleteNat { fan: bridge.clone() });
-            }
-            // Deleting the vxlan also removes its qdisc and filter.
-            if seen_vxlan.is_some() {
-                ops.push(Op::DeleteLink { link: vxlan });
-            }
-            if seen_bridge.is_some() {
-                ops.push(Op::DeleteLink { link: bridge });
-            }
-            Ok(ops)
-        }
+        Want::Absent => plan_absent(&rule.name, seen),
     }
+}
+
+/// Removes everything of a fan that is ours; needs only its name, so it also serves fans
+/// whose rule is gone.
+pub fn plan_absent(fan: &IfName, seen: &ObservedFan) -> Result<Vec<Op>, String> {
+    let vxlan = crate::config::vxlan_name_for(fan);
+    let seen_bridge = owned(&seen.bridge, fan, fan)?;
+    let seen_vxlan = owned(&seen.vxlan, &vxlan, fan)?;
+    let mut ops = Vec::new();
+    if seen.nat.is_some() {
+        ops.push(Op::DeleteNat { fan: fan.clone() });
+    }
+    // Not observed (it takes a process per iptables backend): removal is idempotent.
+    if seen_bridge.is_some() {
+        ops.push(Op::RemoveForwardAccept { fan: fan.clone() });
+    }
+    // Deleting the vxlan also removes its qdisc and filter.
+    if seen_vxlan.is_some() {
+        ops.push(Op::DeleteLink { link: vxlan });
+    }
+    if seen_bridge.is_some() {
+        ops.push(Op::DeleteLink { link: fan.clone() });
+    }
+    Ok(ops)
 }
 
 fn plan_down(rule: &Rule, seen: &ObservedFan, bridge: Option<&Device>, vxlan: Option<&Device>) -> Vec<Op> {
@@ -178,21 +186,26 @@ fn plan_up(
     }
 
     // The program: a fresh vxlan has none; a changed address or rule changes its tag.
-    let params = ProgramParams { map: rule.map, local: underlay.address };
-    if vxlan_ok.is_none() || seen.program.as_deref() != Some(params.tag().as_str()) {
-        ops.push(Op::AttachProgram { vxlan: vxlan.clone(), params });
+    let program = FanProgram::new(rule.map, underlay.address);
+    if vxlan_ok.is_none() || seen.program.as_deref() != Some(program.tag().as_str()) {
+        ops.push(Op::AttachProgram { vxlan: vxlan.clone(), program });
     }
 
-    let comment = crate::plan::nat_comment(rule);
+    let params = nft::params_comment(rule.map.overlay(), &rule.name);
     match (&seen.nat, rule.masquerade) {
-        (Some(c), true) if *c == comment => {}
-        (_, true) => ops.push(Op::WriteNat { fan: bridge.clone(), overlay: rule.map.overlay(), comment }),
+        (Some(p), true) if *p == params => {}
+        (_, true) => ops.push(Op::WriteNat { fan: bridge.clone(), overlay: rule.map.overlay() }),
         (Some(_), false) => ops.push(Op::DeleteNat { fan: bridge.clone() }),
         (None, false) => {}
     }
 
-    // Up last: traffic starts only once everything above is in place.
+    // Not observed (a process per iptables backend): ensured, idempotently, whenever the
+    // fan comes up, which is when a firewall may have changed under it.
     let up = |link: IfName| Op::SetLink { link, change: LinkChange { up: Some(true), ..Default::default() } };
+    if !bridge_ok.is_some_and(|b| b.up) {
+        ops.push(Op::AcceptForwarding { fan: bridge.clone() });
+    }
+    // Up last: traffic starts only once everything above is in place.
     if !vxlan_ok.is_some_and(|v| v.up) {
         ops.push(up(vxlan));
     }

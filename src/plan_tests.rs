@@ -46,7 +46,7 @@ fn built(rule: &Rule) -> ObservedFan {
         bridge_addresses: vec!["250.3.4.1/8".parse().unwrap()],
         vnis: vec![16384000],
         program: Some("fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4".into()),
-        nat: Some(nat_comment(rule)),
+        nat: Some(nft::params_comment(rule.map.overlay(), &rule.name)),
     }
 }
 
@@ -67,6 +67,7 @@ fn first_up_builds_everything_and_links_come_up_last() {
             "add address 250.3.4.1/8 to fan-250",
             "attach fan program to fan-250-vx egress (fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4)",
             "write nat table for fan-250: masquerade 250.0.0.0/8 leaving the overlay",
+            "accept forwarding for fan-250 in iptables FORWARD",
             "set net.ipv4.ip_forward = 1",
             "set fan-250-vx up",
             "set fan-250 up",
@@ -111,6 +112,7 @@ fn coming_back_after_a_flap_reuses_the_devices() {
         [
             "attach fan program to fan-250-vx egress (fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4)",
             "write nat table for fan-250: masquerade 250.0.0.0/8 leaving the overlay",
+            "accept forwarding for fan-250 in iptables FORWARD",
             "set fan-250-vx up",
             "set fan-250 up",
         ]
@@ -164,7 +166,12 @@ fn absent_removes_exactly_what_is_ours() {
     let plans = plan(&[(r.clone(), Want::Absent)], &observed(&r, built(&r)));
     assert_eq!(
         lines(&plans[0].result),
-        ["delete nat table of fan-250", "delete link fan-250-vx", "delete link fan-250"]
+        [
+            "delete nat table of fan-250",
+            "remove the forwarding accept rules of fan-250",
+            "delete link fan-250-vx",
+            "delete link fan-250"
+        ]
     );
 }
 

@@ -1,0 +1,238 @@
+//! The host's edges for `plan`: `observe` reads the kernel (netlink dumps, nft, sysctl) into
+//! an `Observed`, `apply` performs one `Op`. Each op is idempotent here: "already exists"
+//! and "already gone" count as done, so a plan cut short by a crash can be applied again.
+
+use crate::config::{vxlan_name_for, Rule};
+use crate::datapath::{bpf, firewall, nft, sysctl};
+use crate::fan::FAN_UDP_PORT;
+use crate::ifname::IfName;
+use crate::model::{owner_alias, Device, Observed, ObservedFan, Op, OWNER_PREFIX};
+use crate::netlink::{self, LinkChanges, LinkInfo, NewBridge, NewVxlan, Netlink, Tolerate};
+use crate::underlay::HostLink;
+use std::collections::BTreeSet;
+
+/// Why observing or applying failed, with what a person can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    #[error("{source}{}", netlink_hint(source))]
+    Netlink {
+        #[from]
+        source: netlink::Error,
+    },
+    #[error(transparent)]
+    Bpf(#[from] bpf::LoadError),
+    #[error(transparent)]
+    Nft(#[from] nft::NftError),
+    #[error(transparent)]
+    Sysctl(#[from] sysctl::SysctlError),
+    #[error("{link}: no such link")]
+    NoLink { link: IfName },
+}
+
+/// Hints for the errnos a fan host meets, naming the missing privilege or kernel feature.
+fn netlink_hint(e: &netlink::Error) -> &'static str {
+    use nix::errno::Errno;
+    match e.errno {
+        Errno::EPERM | Errno::EACCES => "; fanlink needs root or CAP_NET_ADMIN",
+        Errno::EOPNOTSUPP if e.op.contains("vxlan") => {
+            "; this kernel's vxlan lacks collect_md or vnifilter (vnifilter needs Linux 5.18)"
+        }
+        Errno::EOPNOTSUPP if e.op.contains("vni") => "; vxlan vnifilter needs Linux 5.18",
+        Errno::EOPNOTSUPP | Errno::ENOENT if e.op.contains("clsact") || e.op.contains("bpf") => {
+            "; tc clsact and cls_bpf need Linux 4.5 with CONFIG_NET_CLS_BPF"
+        }
+        _ => "",
+    }
+}
+
+/// A fan's own devices carry the owner alias; these are the fan names found that way.
+fn fans_in_kernel(links: &[LinkInfo]) -> BTreeSet<IfName> {
+    links
+        .iter()
+        .filter_map(|l| l.alias.as_deref()?.strip_prefix(OWNER_PREFIX)?.parse().ok())
+        .collect()
+}
+
+fn device(link: &LinkInfo) -> Device {
+    let fan_vxlan = link.vxlan.is_some_and(|v| v.collect_metadata && v.vnifilter && !v.learning && v.port == FAN_UDP_PORT);
+    Device {
+        index: link.index,
+        up: link.up,
+        mtu: link.mtu,
+        master: link.master,
+        alias: link.alias.clone(),
+        mac: link.mac,
+        kind: link.kind.clone(),
+        fan_vxlan,
+    }
+}
+
+/// The kernel as one snapshot: links and their IPv4 addresses.
+pub struct Snapshot {
+    pub links: Vec<LinkInfo>,
+    pub addresses: Vec<netlink::AddrInfo>,
+}
+
+impl Snapshot {
+    pub fn host_links(&self) -> Vec<HostLink> {
+        self.links
+            .iter()
+            .map(|l| HostLink {
+                index: l.index,
+                name: l.name.clone(),
+                mtu: l.mtu,
+                alias: l.alias.clone(),
+                addresses: self.addresses.iter().filter(|a| a.index == l.index).map(|a| a.address).collect(),
+            })
+            .collect()
+    }
+
+    fn link(&self, name: &str) -> Option<&LinkInfo> {
+        self.links.iter().find(|l| l.name == name)
+    }
+
+    /// Every fan known here: those with rules, and those whose devices say they are ours.
+    pub fn fan_names(&self, rules: &[Rule]) -> BTreeSet<IfName> {
+        let mut names = fans_in_kernel(&self.links);
+        names.extend(rules.iter().map(|r| r.name.clone()));
+        names
+    }
+}
+
+/// One netlink socket for the whole run.
+pub struct System {
+    nl: Netlink,
+}
+
+impl System {
+    pub fn open() -> Result<System, SystemError> {
+        Ok(System { nl: Netlink::new()? })
+    }
+
+    pub fn snapshot(&mut self) -> Result<Snapshot, SystemError> {
+        Ok(Snapshot { links: self.nl.links()?, addresses: self.nl.ipv4_addresses()? })
+    }
+
+    /// What the kernel has of `fans`. `nat` is the list of fanlink's NAT tables, read by
+    /// the caller (it costs a process, so the daemon reads it only when it may have changed).
+    pub fn observe(
+        &mut self,
+        snap: &Snapshot,
+        fans: &BTreeSet<IfName>,
+        nat: &[nft::NatTable],
+    ) -> Result<Observed, SystemError> {
+        let mut observed = Observed {
+            forwarding: sysctl::read(std::path::Path::new(sysctl::IPV4_FORWARD))? == "1",
+            ..Default::default()
+        };
+        for fan in fans {
+            let bridge = snap.link(fan.as_str());
+            let vxlan = snap.link(vxlan_name_for(fan).as_str());
+            let mut seen = ObservedFan {
+                bridge: bridge.map(device),
+                vxlan: vxlan.map(device),
+                nat: nat.iter().find(|t| t.fan.as_deref() == Some(fan.as_str())).map(|t| t.params.clone()),
+                ..Default::default()
+            };
+            if let Some(b) = bridge {
+                seen.bridge_addresses =
+                    snap.addresses.iter().filter(|a| a.index == b.index).map(|a| a.address).collect();
+            }
+            // Only a device of ours is asked about its VNIs and filters.
+            if let Some(v) = vxlan.filter(|v| v.alias.as_deref() == Some(owner_alias(fan).as_str())) {
+                if seen.vxlan.as_ref().is_some_and(|d| d.fan_vxlan) {
+                    seen.vnis = self.nl.vnis(v.index)?;
+                }
+                seen.program = self.nl.bpf_filters(v.index, true)?.into_iter().map(|f| f.name).next();
+            }
+            observed.fans.insert(fan.clone(), seen);
+        }
+        Ok(observed)
+    }
+
+    fn index(&mut self, link: &IfName) -> Result<u32, SystemError> {
+        match self.nl.link_by_name(link.as_str())? {
+            Some(l) => Ok(l.index),
+            None => Err(SystemError::NoLink { link: link.clone() }),
+        }
+    }
+
+    /// Performs one op.
+    pub fn apply(&mut self, op: &Op) -> Result<(), SystemError> {
+        match op {
+            Op::CreateBridge { bridge, mtu, mac, alias } => {
+                let new = NewBridge { name: bridge.to_string(), mtu: *mtu, mac: Some(*mac), alias: Some(alias.clone()) };
+                self.nl.create_bridge(&new).exists_ok()?;
+            }
+            Op::CreateVxlan { vxlan, bridge, mtu, alias } => {
+                let master = Some(self.index(bridge)?);
+                let new = NewVxlan {
+                    name: vxlan.to_string(),
+                    mtu: *mtu,
+                    port: FAN_UDP_PORT,
+                    master,
+                    alias: Some(alias.clone()),
+                };
+                self.nl.create_vxlan(&new).exists_ok()?;
+            }
+            Op::AddVni { vxlan, vni } => {
+                let index = self.index(vxlan)?;
+                self.nl.add_vni(index, *vni).exists_ok()?;
+            }
+            Op::SetLink { link, change } => {
+                let master = match &change.master {
+                    Some(m) => Some(self.index(m)?),
+                    None => None,
+                };
+                let changes = LinkChanges { up: change.up, mtu: change.mtu, master, alias: None, mac: change.mac };
+                self.nl.set_link(link.as_str(), &changes)?;
+            }
+            Op::AddAddress { link, address } => {
+                let index = self.index(link)?;
+                self.nl.add_address(index, *address).exists_ok()?;
+            }
+            Op::DeleteAddress { link, address } => {
+                let index = self.index(link)?;
+                match self.nl.delete_address(index, *address) {
+                    Err(e) if e.errno == nix::errno::Errno::EADDRNOTAVAIL => {}
+                    other => other?,
+                }
+            }
+            Op::AttachProgram { vxlan, program } => {
+                let index = self.index(vxlan)?;
+                let fd = bpf::load_fan(program)?;
+                self.nl.add_clsact(index).exists_ok()?;
+                // NLM_F_REPLACE on a fixed prio/handle: the old program serves until the
+                // new one is in, so a re-slice never leaves the vxlan without one.
+                use std::os::fd::AsFd;
+                self.nl.attach_bpf(index, true, fd.as_fd(), &program.tag(), true)?;
+            }
+            Op::DetachProgram { vxlan } => {
+                let index = self.index(vxlan)?;
+                self.nl.detach_bpf(index, true).missing_ok()?;
+            }
+            Op::WriteNat { fan, overlay } => nft::apply(fan, *overlay, fan)?,
+            Op::DeleteNat { fan } => nft::delete(fan)?,
+            Op::EnableForwarding => {
+                sysctl::ensure_ipv4_forwarding()?;
+            }
+            Op::AcceptForwarding { fan } => {
+                firewall::ensure_forward_accept(fan, fan)?;
+            }
+            Op::RemoveForwardAccept { fan } => {
+                firewall::remove_forward_accept(fan)?;
+            }
+            Op::DeleteLink { link } => {
+                if let Some(l) = self.nl.link_by_name(link.as_str())? {
+                    self.nl.delete_link(l.index).missing_ok()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The clsact drop counter of a fan's vxlan: frames the program refused.
+    pub fn drops(&mut self, vxlan_index: u32) -> Result<Option<u64>, SystemError> {
+        Ok(self.nl.qdisc_drops(vxlan_index)?)
+    }
+}
