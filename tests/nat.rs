@@ -336,6 +336,18 @@ fn rules_go_to_docker_user_and_follow_a_new_bridge() {
     let f = name("fan-250");
     assert!(h.enter(|| firewall::ensure_forward_accept(&f, &name("old-br"))).unwrap());
     assert!(h.enter(|| firewall::ensure_forward_accept(&f, &f)).unwrap(), "the old bridge's rules go");
+    // A copy in the wrong chain and a duplicate (as a race between two runs could leave).
+    for chain in ["FORWARD", "DOCKER-USER"] {
+        let copy =
+            format!("iptables-nft -w -A {chain} -i fan-250 -m comment --comment fanlink:fan-250 -j ACCEPT");
+        h.must(&copy.split(' ').collect::<Vec<_>>());
+    }
+    assert!(h.enter(|| firewall::ensure_forward_accept(&f, &f)).unwrap());
+    assert!(!h.enter(|| firewall::ensure_forward_accept(&f, &f)).unwrap());
+    assert_eq!(
+        h.must(&["iptables-nft", "-w", "-S", "FORWARD"]),
+        "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n"
+    );
     let user = h.must(&["iptables-nft", "-w", "-S", "DOCKER-USER"]);
     assert_eq!(
         user,

@@ -4,11 +4,13 @@
 //! (`bridge-nf-call-iptables=1`, the default once the module is in, also in every new
 //! namespace) even frames *bridged* between two ports of the fan bridge traverse iptables
 //! `FORWARD`. Found with network namespaces on Debian 12 (iptables 1.8.9, nftables 1.0.6,
-//! kernel 6.18), a bridge `fan-250` with a container veth and a second port standing in
-//! for the vxlan, and an uplink to an "outside" namespace, after `iptables -P FORWARD DROP`:
+//! kernel 6.18), a bridge `fan-250` with a container veth, a second veth port and a vxlan
+//! port to a remote namespace, and an uplink to an "outside" namespace, after
+//! `iptables -P FORWARD DROP` (tests/nat.rs repeats all of this):
 //!
-//! - Both bridged (container <-> other port) and routed (container -> outside, masqueraded)
-//!   traffic stop.
+//! - Both bridged (container <-> other port, container <-> vxlan <-> remote) and routed
+//!   (container -> outside, masqueraded) traffic stop. The vxlan's own UDP is INPUT/OUTPUT
+//!   on the host, so only the inner frames are affected.
 //! - The per-bridge `nf_call_iptables` knob (sysfs `bridge/nf_call_iptables`,
 //!   `IFLA_BR_NF_CALL_IPTABLES`) does not help: it is already 0, and br_netfilter calls
 //!   iptables if the per-namespace sysctl *or* the bridge option is on. Only the global
@@ -35,6 +37,10 @@
 //! else at the top of `FORWARD`; Docker re-inserting its own jumps above them later is
 //! harmless, as Docker's chains only act on Docker's bridges. They are changed through the
 //! `iptables-*` programs, not `nft`, because iptables-nft refuses tables that `nft` edited.
+//! Ensuring never moves a rule that is already there, so an administrator's rule placed
+//! above ours (say, a DROP from the fan bridge into Docker's networks, which our `-i`
+//! rule in `DOCKER-USER` would otherwise let through, as Docker's and LXD's own recipes
+//! do) keeps winning.
 //! A drop in some other nftables base chain (a hand-written `inet filter` with
 //! `policy drop`) cannot be overridden from outside; its owner must accept the bridge.
 
@@ -162,13 +168,22 @@ pub fn ensure_forward_accept(fan: &IfName, bridge: &IfName) -> Result<bool, NftE
     for (backend, docker) in backends_in_use()? {
         let chain = if docker { DOCKER_USER } else { "FORWARD" };
         let have = owned_rules(backend, &comment, docker)?;
-        for stale in have.iter().filter(|r| r.chain != chain || !wanted.contains(&r.args)) {
-            change(backend, "-D", &stale.chain, &stale.args)?;
-            changed = true;
+        let mut kept: Vec<&OwnedRule> = Vec::new();
+        for rule in &have {
+            // Stale: another bridge, the other chain, or duplicated (a race between two
+            // runs). `-D` by spec removes the first copy, so every copy of a duplicate goes
+            // and one is inserted again at the top below.
+            let copies = have.iter().filter(|r| *r == rule).count();
+            if rule.chain != chain || !wanted.contains(&rule.args) || copies > 1 {
+                change(backend, "-D", &rule.chain, &rule.args)?;
+                changed = true;
+            } else {
+                kept.push(rule);
+            }
         }
         // Inserted in reverse so they end up first, in the order of `accept_rules`.
         for rule in wanted.iter().rev() {
-            if !have.iter().any(|r| r.chain == chain && &r.args == rule) {
+            if !kept.iter().any(|r| &r.args == rule) {
                 change(backend, "-I", chain, rule)?;
                 changed = true;
                 log::info!("{}: accept forwarding for {bridge} in {chain}", backend.program());

@@ -5,9 +5,10 @@
 //! to the byte; `apply`, `delete` and `list` only run `nft`.
 //!
 //! Each fan gets table `ip fanlink-<fan>` holding the masquerade rule LXD uses:
-//! `ip saddr OVERLAY ip daddr != OVERLAY oifname != "BRIDGE" masquerade`. The `oifname`
-//! clause keeps bridged frames (which br_netfilter also shows to the ip postrouting hook,
-//! with the bridge as output device) and traffic between fan hosts un-NATed.
+//! `ip saddr OVERLAY ip daddr != OVERLAY oifname != "BRIDGE" masquerade`. The `daddr`
+//! clause keeps traffic between fan addresses (here or on another host) un-NATed; the
+//! `oifname` clause does the same for frames that stay on the bridge, which br_netfilter
+//! also shows to the ip postrouting hook, with the bridge as output device.
 //!
 //! Replacing is one transaction: `table ip T {}` (creates T if absent), `delete table ip T`,
 //! then the new `table ip T { ... }`, all in one `nft -f` run, so no packet ever sees a
@@ -28,7 +29,7 @@
 //! so an observer running `nft list table` sees who made it and with what. nft 1.0.6
 //! does not print table comments in JSON (`nft -j list tables` omits them; checked on
 //! kernel 6.18), so the masquerade rule carries the same comment and [`list`] reads it
-//! from there.
+//! from there: one `nft -j list tables ip`, then one `nft -j list table` per fanlink table.
 
 use ipnet::Ipv4Net;
 use std::io::{self, Write};
