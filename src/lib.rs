@@ -15,6 +15,7 @@ pub mod model;
 pub mod netlink;
 pub mod networkd;
 pub mod notify;
+pub mod oneshot;
 pub mod plan;
 pub mod system;
 pub mod underlay;

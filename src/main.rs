@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use fanlink::cli::{Cli, Command};
-use fanlink::commands;
+use fanlink::{commands, oneshot};
 use std::process::ExitCode;
 
 /// Exit status for errors: invalid arguments, missing privileges, kernel refusals.
@@ -62,5 +62,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::DockerArgs { fan, mtu, network_name } => {
             commands::docker_args(&dirs, &fan, mtu, network_name.as_deref())
         }
+        Command::Up { target, stop_after } => oneshot::up(&dirs, &target, stop_after),
+        Command::Down { name, all } => oneshot::down(name.as_deref(), all),
+        Command::Plan { name, address } => oneshot::plan_cmd(&dirs, name.as_deref(), address),
     }
 }

@@ -1,0 +1,154 @@
+//! The commands that change this host once, as fanctl did: `up`, `down`, `plan`. Each
+//! observes, plans and applies in one go; the daemon does the same on every event.
+
+use crate::cli::UpTarget;
+use crate::config::{self, Rule};
+use crate::datapath::nft;
+use crate::fan::{FanMap, VXLAN_OVERHEAD};
+use crate::ifname::IfName;
+use crate::model::{Observed, Op, Underlay, Want};
+use crate::plan::{plan, plan_absent};
+use crate::system::{Snapshot, System};
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// The rule `up` acts on: a configured one, or one made from fanctl-style arguments.
+fn target_rule(dirs: &[PathBuf], target: &UpTarget) -> Result<Rule> {
+    if let (Some(overlay), Some(underlay)) = (target.overlay, target.underlay) {
+        let map = FanMap::new(overlay, underlay).map_err(|e| anyhow!(e))?;
+        let name = match &target.bridge {
+            Some(b) => b.parse::<IfName>().map_err(|e| anyhow!("--bridge: {e}"))?,
+            None => format!("fan-{}", overlay.addr().octets()[0]).parse().expect("short name"),
+        };
+        let origin = "the command line".to_string();
+        return Ok(Rule { name, map, interface: None, mtu: None, masquerade: true, origin });
+    }
+    named_rule(dirs, target.name.as_deref().unwrap_or_default())
+}
+
+fn named_rule(dirs: &[PathBuf], name: &str) -> Result<Rule> {
+    let (rules, errors) = config::load(dirs);
+    for e in &errors {
+        log::warn!("{e}");
+    }
+    rules.into_iter().find(|r| r.name.as_str() == name).ok_or_else(|| match errors.is_empty() {
+        true => anyhow!("no fan named \"{name}\" in the rules (see `fanlink check`)"),
+        false => anyhow!("no valid fan named \"{name}\"; the rules have errors (see `fanlink check`)"),
+    })
+}
+
+/// Where the fan goes on this host: the given address (on whichever link holds it), or
+/// the rule's underlay link and address.
+fn underlay_for(rule: &Rule, snap: &Snapshot, address: Option<Ipv4Addr>) -> Result<Underlay> {
+    let links = snap.host_links();
+    let Some(address) = address else {
+        return crate::underlay::find(rule, &links).map_err(|e| anyhow!("{}: {e}", rule.name));
+    };
+    let link = links
+        .iter()
+        .find(|l| l.addresses.iter().any(|a| a.addr() == address))
+        .ok_or_else(|| anyhow!("no link on this host has the address {address}"))?;
+    let mtu = rule.mtu.unwrap_or(link.mtu.saturating_sub(VXLAN_OVERHEAD));
+    Ok(Underlay { link: link.name.parse().map_err(|e| anyhow!("{e}"))?, address, mtu })
+}
+
+/// The NAT tables fanlink owns; a host without nft has none, which `apply` then reports
+/// if a fan needs one.
+fn nat_tables() -> Vec<nft::NatTable> {
+    nft::list().unwrap_or_else(|e| {
+        log::debug!("cannot list nft tables: {e}");
+        Vec::new()
+    })
+}
+
+/// Plans `want` for `rule` against the kernel as it is now.
+fn plan_one(sys: &mut System, snap: &Snapshot, rule: &Rule, want: Want) -> Result<Vec<Op>> {
+    let fans = BTreeSet::from([rule.name.clone()]);
+    let observed: Observed = sys.observe(snap, &fans, &nat_tables())?;
+    let plans = plan(&[(rule.clone(), want)], &observed);
+    plans.into_iter().next().expect("one plan per target").result.map_err(|e| anyhow!("{}: {e}", rule.name))
+}
+
+/// Applies ops in order, printing each; the first failure stops the rest (the next run
+/// completes what is missing).
+fn apply_all(sys: &mut System, fan: &IfName, ops: &[Op], limit: Option<usize>) -> Result<()> {
+    for op in ops.iter().take(limit.unwrap_or(usize::MAX)) {
+        log::info!("{fan}: {op}");
+        sys.apply(op).with_context(|| format!("{fan}: {op}"))?;
+        println!("{fan}: {op}");
+    }
+    Ok(())
+}
+
+/// `fanlink up`.
+pub fn up(dirs: &[PathBuf], target: &UpTarget, stop_after: Option<usize>) -> Result<u8> {
+    let rule = target_rule(dirs, target)?;
+    let mut sys = System::open()?;
+    let snap = sys.snapshot()?;
+    let underlay = underlay_for(&rule, &snap, target.address)?;
+    let ops = plan_one(&mut sys, &snap, &rule, Want::Up(underlay.clone()))?;
+    if ops.is_empty() {
+        println!("{}: up on {} with {}", rule.name, underlay.link, underlay.address);
+    }
+    apply_all(&mut sys, &rule.name, &ops, stop_after)?;
+    Ok(0)
+}
+
+/// `fanlink down NAME` or `--all`: removes exactly what fanlink made, rule or not.
+pub fn down(name: Option<&str>, all: bool) -> Result<u8> {
+    let mut sys = System::open()?;
+    let snap = sys.snapshot()?;
+    let nat = nat_tables();
+    let fans: BTreeSet<IfName> = if all {
+        let mut fans = snap.fan_names(&[]);
+        fans.extend(nat.iter().filter_map(|t| t.fan.as_deref()?.parse().ok()));
+        fans
+    } else {
+        let name = name.unwrap_or_default();
+        BTreeSet::from([name.parse::<IfName>().map_err(|e| anyhow!("{e}"))?])
+    };
+    let observed = sys.observe(&snap, &fans, &nat)?;
+    let mut failed = Vec::new();
+    for (fan, seen) in &observed.fans {
+        let result = plan_absent(fan, seen).map_err(|e| anyhow!(e)).and_then(|ops| {
+            if ops.is_empty() {
+                println!("{fan}: not on this host");
+            }
+            apply_all(&mut sys, fan, &ops, None)
+        });
+        if let Err(e) = result {
+            eprintln!("fanlink: {e:#}");
+            failed.push(fan.to_string());
+        }
+    }
+    match failed.is_empty() {
+        true => Ok(0),
+        false => bail!("could not take down {}", failed.join(", ")),
+    }
+}
+
+/// `fanlink plan [NAME]`: what `up` would do for each fan, applying nothing.
+pub fn plan_cmd(dirs: &[PathBuf], name: Option<&str>, address: Option<Ipv4Addr>) -> Result<u8> {
+    let rules = match name {
+        Some(name) => vec![named_rule(dirs, name)?],
+        None => config::load(dirs).0,
+    };
+    let mut sys = System::open()?;
+    let snap = sys.snapshot()?;
+    let mut problems = false;
+    for rule in &rules {
+        let ops = underlay_for(rule, &snap, address)
+            .and_then(|underlay| plan_one(&mut sys, &snap, rule, Want::Up(underlay)));
+        match ops {
+            Ok(ops) if ops.is_empty() => println!("{}: nothing to do", rule.name),
+            Ok(ops) => ops.iter().for_each(|op| println!("{}: {op}", rule.name)),
+            Err(e) => {
+                problems = true;
+                eprintln!("fanlink: {e:#}");
+            }
+        }
+    }
+    Ok(if problems { 2 } else { 0 })
+}
