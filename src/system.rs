@@ -193,10 +193,7 @@ impl System {
             }
             Op::DeleteAddress { link, address } => {
                 let index = self.index(link)?;
-                match self.nl.delete_address(index, *address) {
-                    Err(e) if e.errno == nix::errno::Errno::EADDRNOTAVAIL => {}
-                    other => other?,
-                }
+                self.nl.delete_address(index, *address).missing_ok()?;
             }
             Op::AttachProgram { vxlan, program } => {
                 let index = self.index(vxlan)?;

@@ -71,7 +71,7 @@ fn containers_on_three_hosts_reach_each_other_on_the_first_packet() {
 fn on_the_wire_it_is_the_ubuntu_vxlan_fan_and_nothing_unmappable_leaks() {
     let fleet = Fleet::new(FAN_250, 2);
     let port = &fleet.hosts[0].port;
-    let capture = Background::spawn(&fleet.switch.ns, &format!("tcpdump -l -nn -v -i {port} udp"));
+    let capture = Background::spawn(&fleet.switch.ns, &format!("tcpdump --immediate-mode -T vxlan -l -nn -v -i {port} udp"));
     wait_for("tcpdump to listen", Duration::from_secs(5), || {
         fleet.switch.ns.sh(&format!("ip -d link show {port}")).status.success()
             && fleet.switch.ns.sh("pgrep -x tcpdump").status.success()
@@ -84,7 +84,7 @@ fn on_the_wire_it_is_the_ubuntu_vxlan_fan_and_nothing_unmappable_leaks() {
     assert!(wire.contains("ICMP echo request"), "{wire}");
 
     // Broadcasts, unmappable targets and IPv6 are dropped before the wire.
-    let capture = Background::spawn(&fleet.switch.ns, &format!("tcpdump -l -nn -i {port} udp port 8472"));
+    let capture = Background::spawn(&fleet.switch.ns, &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} udp port 8472"));
     std::thread::sleep(Duration::from_millis(500));
     let c1 = &fleet.containers[0];
     c1.sh("ping -c1 -W1 -b 250.255.255.255");
@@ -128,7 +128,7 @@ fn two_fans_share_udp_8472_each_vni_carrying_its_own_overlay() {
         second.push(host.container("fan-251", &format!("251.{n}.{n}.10/8"), &format!("251.{n}.{n}.1"), 1450));
     }
     let port = &fleet.hosts[0].port;
-    let capture = Background::spawn(&fleet.switch.ns, &format!("tcpdump -l -nn -i {port} udp port 8472"));
+    let capture = Background::spawn(&fleet.switch.ns, &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} udp port 8472"));
     std::thread::sleep(Duration::from_millis(500));
     assert!(ping(&fleet.containers[0], "250.2.2.10"));
     assert!(ping(&second[0], "251.2.2.10"));
@@ -140,7 +140,7 @@ fn two_fans_share_udp_8472_each_vni_carrying_its_own_overlay() {
     // vxlan header, after the 8-byte UDP header) shows one VNI at a time.
     for (vni_hex, overlay, other) in [("fa0000", "250.", "251."), ("fb0000", "251.", "250.")] {
         let filter = format!("udp port 8472 and udp[12:4] = 0x{vni_hex}00");
-        let capture = Background::spawn(&fleet.switch.ns, &format!("tcpdump -l -nn -i {port} '{filter}'"));
+        let capture = Background::spawn(&fleet.switch.ns, &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} '{filter}'"));
         std::thread::sleep(Duration::from_millis(500));
         assert!(ping(&fleet.containers[0], "250.2.2.10"));
         assert!(ping(&second[0], "251.2.2.10"));
@@ -153,24 +153,31 @@ fn two_fans_share_udp_8472_each_vni_carrying_its_own_overlay() {
 #[test]
 #[ignore = "needs root (network namespaces, netlink, BPF, nft, iptables): run with --include-ignored"]
 fn containers_reach_the_outside_masqueraded_even_where_forward_drops() {
-    let fleet = Fleet::new(FAN_250, 1);
-    let outside = fleet.switch.host("10.99.200.200/16");
-    let host = &fleet.hosts[0];
+    let switch = Switch::new();
+    let host = switch.host("10.99.1.1/16");
+    let outside = switch.host("10.99.200.200/16");
+    let rules = TempDir::new("rules");
+    rules.write("50-test.toml", FAN_250);
+    // Docker's default: forwarded traffic is dropped unless a rule accepts it.
     host.ns.run("iptables -P FORWARD DROP");
-    let capture = Background::spawn(&outside.ns, "tcpdump -l -nn -i uplink0 icmp");
+    fanlink(&host.ns, &rules, "up fan-250");
+    let container = host.container("fan-250", "250.1.1.10/8", "250.1.1.1", 1450);
+    let capture = Background::spawn(&outside.ns, "tcpdump --immediate-mode -l -nn -i uplink0 icmp");
     std::thread::sleep(Duration::from_millis(500));
-    assert!(ping(&fleet.containers[0], "10.99.200.200"), "container -> outside");
+    assert!(ping(&container, "10.99.200.200"), "container -> outside");
     let seen = capture.finish();
     assert!(seen.contains("10.99.1.1 > 10.99.200.200: ICMP echo request"), "{seen}");
     assert!(!seen.contains("250.1.1.10"), "not masqueraded: {seen}");
 }
 
-/// Everything a namespace's network state is made of, for before/after comparisons.
+/// Everything a namespace's network state is made of, for before/after comparisons; without
+/// what changes by itself (carrier, bridge timers, IPv6 link-local and its multicast).
 fn dump(ns: &Netns) -> String {
     ns.run(
-        "ip -d link show | sed 's/ addrgenmode.*//'; ip addr; ip route show table all; \
-         for d in $(ls /sys/class/net); do tc qdisc show dev $d; tc filter show dev $d egress; done; \
-         bridge fdb show; nft list ruleset",
+        "{ ip -d link show; ip -4 addr; ip -4 route show table all; \
+           for d in $(ls /sys/class/net); do tc qdisc show dev $d; tc filter show dev $d egress; done; \
+           bridge fdb show | grep -v '^33:33\\|^01:00:5e'; nft list ruleset; } | \
+         sed -E 's/NO-CARRIER,|,LOWER_UP|state [A-Z]+ //g; s/[a-z_]+_timer +[0-9.]+//g; s/ addrgenmode.*//'",
     )
 }
 
