@@ -195,10 +195,10 @@ fn up_is_idempotent_down_restores_the_namespace_and_a_half_built_fan_converges()
     let once = dump(&host.ns);
     assert_eq!(fanlink(&host.ns, &rules, "plan fan-250"), "fan-250: nothing to do\n");
     fanlink(&host.ns, &rules, "up fan-250");
-    assert_eq!(dump(&host.ns), once, "a second up changes nothing");
+    assert_same(&dump(&host.ns), &once, "a second up changes nothing");
 
     fanlink(&host.ns, &rules, "down fan-250");
-    assert_eq!(dump(&host.ns), before, "down removes exactly what up made");
+    assert_same(&dump(&host.ns), &before, "down removes exactly what up made");
 
     // A crash after any step, then up again: one set of objects, as after a clean up.
     let steps = fanlink(&host.ns, &rules, "plan fan-250").lines().count();
@@ -206,23 +206,36 @@ fn up_is_idempotent_down_restores_the_namespace_and_a_half_built_fan_converges()
     for stop_after in 1..steps {
         fanlink(&host.ns, &rules, &format!("up fan-250 --stop-after {stop_after}"));
         fanlink(&host.ns, &rules, "up fan-250");
-        assert_eq!(normalize_ids(&dump(&host.ns)), normalize_ids(&once), "after a stop at step {stop_after}");
+        assert_same(&normalize_ids(&dump(&host.ns)), &normalize_ids(&once), &format!("after a stop at step {stop_after}"));
         fanlink(&host.ns, &rules, "down fan-250");
     }
     assert_eq!(dump(&host.ns), before);
 }
 
-/// Interface indexes, BPF program ids and nft handles change between runs; the rest must not.
+/// Interface indexes, BPF program ids and the vxlan's random MAC change between runs; the
+/// rest must not.
 fn normalize_ids(dump: &str) -> String {
+    let is_mac = |w: &str| w.len() == 17 && w.split(':').count() == 6;
     dump.lines()
         .map(|l| {
             l.split_whitespace()
-                .map(|w| if w.trim_end_matches(':').parse::<u64>().is_ok() || w.starts_with("id") { "N" } else { w })
+                .map(|w| match w.trim_end_matches(':').parse::<u64>().is_ok() || is_mac(w) {
+                    true => "N",
+                    false => w,
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Compares two dumps line by line, showing the first difference.
+fn assert_same(left: &str, right: &str, what: &str) {
+    for (l, r) in left.lines().zip(right.lines()) {
+        assert_eq!(l, r, "{what}");
+    }
+    assert_eq!(left.lines().count(), right.lines().count(), "{what}: {left}\n---\n{right}");
 }
 
 #[test]
