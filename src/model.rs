@@ -24,8 +24,8 @@ pub fn owner_alias(fan: &IfName) -> String {
 pub enum Want {
     /// No devices, no filter, no NAT: after `fanlink down` or when the rule is removed.
     Absent,
-    /// Devices kept but administratively down, datapath detached, NAT removed: the underlay
-    /// is not routable. Containers stay attached to the bridge.
+    /// Devices kept but administratively down, which leaves the program and the NAT rule
+    /// without traffic: the underlay is not routable. Containers stay attached to the bridge.
     Down,
     /// Up on this host's underlay address.
     Up(Underlay),
@@ -122,9 +122,6 @@ pub enum Op {
         vxlan: IfName,
         program: FanProgram,
     },
-    DetachProgram {
-        vxlan: IfName,
-    },
     /// Create or atomically replace the fan's NAT table.
     WriteNat {
         fan: IfName,
@@ -190,7 +187,6 @@ impl fmt::Display for Op {
             Op::AttachProgram { vxlan, program } => {
                 write!(f, "attach fan program to {vxlan} egress ({})", program.tag())
             }
-            Op::DetachProgram { vxlan } => write!(f, "detach fan program from {vxlan} egress"),
             Op::WriteNat { fan, overlay, .. } => {
                 write!(f, "write nat table for {fan}: masquerade {overlay} leaving the overlay")
             }

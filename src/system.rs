@@ -204,10 +204,6 @@ impl System {
                 use std::os::fd::AsFd;
                 self.nl.attach_bpf(index, true, fd.as_fd(), &program.tag(), true)?;
             }
-            Op::DetachProgram { vxlan } => {
-                let index = self.index(vxlan)?;
-                self.nl.detach_bpf(index, true).missing_ok()?;
-            }
             Op::WriteNat { fan, overlay } => nft::apply(fan, *overlay, fan)?,
             Op::DeleteNat { fan } => nft::delete(fan)?,
             Op::EnableForwarding => {
