@@ -17,5 +17,6 @@ pub mod networkd;
 pub mod notify;
 pub mod oneshot;
 pub mod plan;
+pub mod status;
 pub mod system;
 pub mod underlay;

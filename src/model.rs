@@ -66,6 +66,8 @@ pub struct ObservedFan {
     pub vnis: Vec<u32>,
     /// Name of the BPF filter on the vxlan's egress, if one is attached.
     pub program: Option<String>,
+    /// The kernel's id of that program.
+    pub program_id: Option<u32>,
     /// The parameters recorded in the fan's NAT table, if the table exists.
     pub nat: Option<String>,
 }

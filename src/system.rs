@@ -143,7 +143,10 @@ impl System {
                 if seen.vxlan.as_ref().is_some_and(|d| d.fan_vxlan) {
                     seen.vnis = self.nl.vnis(v.index)?;
                 }
-                seen.program = self.nl.bpf_filters(v.index, true)?.into_iter().map(|f| f.name).next();
+                if let Some(filter) = self.nl.bpf_filters(v.index, true)?.into_iter().next() {
+                    seen.program = Some(filter.name);
+                    seen.program_id = filter.prog_id;
+                }
             }
             observed.fans.insert(fan.clone(), seen);
         }
