@@ -363,16 +363,15 @@ fn link_rule() -> zbus::Result<MatchRule<'static>> {
         .build())
 }
 
-/// networkd's answer to GetLinkByIndex for an index it does not know (sd-bus maps
-/// `ENXIO`/`ENODEV` to these).
+/// networkd's answer to GetLinkByIndex for an index it does not know. systemd (v252 seen
+/// live) shares sd-bus's error table with resolved and answers
+/// `org.freedesktop.resolve1.NoSuchLink`; accept a network1 spelling too, should it be fixed.
 fn is_no_such_link(e: &zbus::Error) -> bool {
     match e {
-        zbus::Error::MethodError(name, _, _) => {
-            matches!(
-                name.as_str(),
-                "org.freedesktop.network1.LinkNotFound" | "System.Error.ENXIO" | "System.Error.ENODEV"
-            )
-        }
+        zbus::Error::MethodError(name, _, _) => matches!(
+            name.as_str(),
+            "org.freedesktop.resolve1.NoSuchLink" | "org.freedesktop.network1.NoSuchLink"
+        ),
         _ => false,
     }
 }
