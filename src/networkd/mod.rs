@@ -10,7 +10,8 @@
 //! [`attach`] does all four. Subscribing before reading the state means no change falls
 //! between the two; an event older than the snapshot may be applied after it, which is
 //! harmless because networkd's signals carry the *new* values and every later change sends
-//! another, so applying events in order converges on networkd's state.
+//! another, so applying events in order converges on networkd's state. Drain what is
+//! queued before acting, or such a stale event may flip a Fan down and up again.
 //!
 //! On `BusEvent::OwnerChanged { new_owner: Some(_) }` take a new snapshot (networkd
 //! announces nothing per link when it stops or starts); on `Disconnected` call [`attach`]
@@ -180,7 +181,9 @@ impl Networkd {
     /// the messages ahead of it. NameOwnerChanged carries the new owner, so replaying it
     /// still ends at the right owner; the only cost is that the old owner's last
     /// PropertiesChanged are dropped, and the OwnerChanged event asks for a resync anyway.
-    /// A message is never accepted from a connection that did not own the name.
+    /// A message is accepted only from the seed owner or one a later NameOwnerChanged
+    /// names, so only from a connection that owned the name at some point; the system
+    /// bus policy lets only networkd's user own it.
     pub fn subscribe(&self) -> Result<Subscription> {
         let messages = MessageIterator::from(&self.conn);
         let bus = DBusProxy::new(&self.conn).map_err(call("org.freedesktop.DBus (proxy)"))?;
