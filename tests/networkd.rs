@@ -283,3 +283,27 @@ fn garbage_from_the_owner_is_dropped_or_unknown() {
     assert_eq!(event, BusEvent::LinkChanged { index, oper: Some(OperState::Unknown), admin: None });
     assert_eq!(a.reader.dropped(), base + 5);
 }
+
+#[test]
+#[ignore = "needs root and systemd-networkd: run with --include-ignored"]
+fn reconfigure_passes_through_carrier() {
+    let h = Harness::start("reconf");
+    let (a, rx, index) = attached(&h);
+    // A reconfigure (here: a new address) drops the link's addresses first: oper goes
+    // routable -> carrier -> routable within milliseconds. The daemon must expect it.
+    h.run("set-address", &["10.99.1.7/24"]);
+    recv_until(&rx, WITHIN, "carrier while reconfiguring", oper_of(index, OperState::Carrier));
+    recv_until(&rx, WITHIN, "routable again", oper_of(index, OperState::Routable));
+    recv_until(
+        &rx,
+        WITHIN,
+        "configured",
+        |e| matches!(e, BusEvent::LinkChanged { index: i, admin: Some(AdminState::Configured), .. } if *i == index),
+    );
+    let out = std::process::Command::new("ip")
+        .args(["-n", h.var("HARNESS_NETNS"), "-4", "-o", "addr", "show", "dev", "uplink0"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10.99.1.7/24"));
+    assert_eq!(a.reader.dropped(), 0);
+}
