@@ -307,3 +307,51 @@ fn reconfigure_passes_through_carrier() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("10.99.1.7/24"));
     assert_eq!(a.reader.dropped(), 0);
 }
+
+#[test]
+#[ignore = "needs root and systemd-networkd: run with --include-ignored"]
+fn a_flood_of_forgeries_neither_stalls_calls_nor_gets_through() {
+    use std::collections::HashMap;
+    use zbus::zvariant::Value;
+
+    let h = Harness::start("flood");
+    let (a, rx, index) = attached(&h);
+    let me = a.networkd.unique_name().unwrap();
+    let forger = zbus::blocking::connection::Builder::address(h.bus()).unwrap().build().unwrap();
+    const N: u64 = 5_000; // more than the queue holds (4096), had the reader stalled
+    let link = fanlink::networkd::link_path(index);
+    let flood = std::thread::spawn(move || {
+        let props = HashMap::from([("OperationalState", Value::from("off"))]);
+        let body = ("org.freedesktop.network1.Link", props, Vec::<&str>::new());
+        for _ in 0..N {
+            forger
+                .emit_signal(
+                    Some(me.as_str()),
+                    link.as_str(),
+                    "org.freedesktop.DBus.Properties",
+                    "PropertiesChanged",
+                    &body,
+                )
+                .unwrap();
+        }
+    });
+    // Method calls share the connection with the flooded queue; they must keep working.
+    let t0 = Instant::now();
+    let mut snapshots = 0;
+    while !flood.is_finished() {
+        assert_eq!(
+            uplink(&a.networkd.snapshot().expect("snapshot during the flood")).oper,
+            OperState::Routable
+        );
+        snapshots += 1;
+    }
+    flood.join().unwrap();
+    let stats = a.reader.stats();
+    wait_for(WITHIN, "every forgery to be dropped", || stats.dropped.load(Ordering::Relaxed) >= N);
+    eprintln!(
+        "[test] {N} forgeries dropped in {} ms, {snapshots} snapshots meanwhile",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(a.reader.dropped(), N);
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+}
