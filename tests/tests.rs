@@ -5,4 +5,6 @@ mod cli;
 mod datapath;
 mod nat;
 mod netlink;
+mod networkd;
 mod topology;
+mod util;

@@ -13,6 +13,7 @@
 #   networkd-harness.sh kill-bus DIR          stop the private dbus-daemon (clients get disconnected)
 #   networkd-harness.sh start-bus DIR         start it again on the same socket path
 #   networkd-harness.sh set-address DIR ADDR  rewrite uplink0's Address= and make networkd apply it
+#                                             (reload + reconfigure: oper passes through "carrier")
 #   networkd-harness.sh reconfigure DIR       networkctl reload + reconfigure uplink0
 #   networkd-harness.sh networkctl DIR ARGS   networkctl inside networkd's namespaces
 #   networkd-harness.sh switch-up NS          make netns NS with bridge sw-br (for SWITCH_NS)
@@ -83,7 +84,7 @@ IPv6AcceptRA=no
 LLDP=no
 EOF
   chmod 644 "$DIR/network/"*.network
-  echo "$1" > "$DIR/uplink.addr"
+  echo "$1" > "$DIR/uplink.addr"; echo "$2" > "$DIR/uplink.gw"
 }
 
 start_bus() {
@@ -281,7 +282,7 @@ case "$cmd" in
   start-bus) need_dir; start_bus ;;
   set-address)
     need_dir; [ -n "${3:-}" ] || { log "usage: $0 set-address DIR ADDR/PREFIX"; exit 2; }
-    write_network "$3" "${UPLINK_GW-}"
+    write_network "$3" "${UPLINK_GW-$(cat "$DIR/uplink.gw")}"   # keeps the gateway unless UPLINK_GW is set
     networkctl_in reload; networkctl_in reconfigure uplink0 ;;
   reconfigure) need_dir; networkctl_in reload; networkctl_in reconfigure uplink0 ;;
   networkctl) need_dir; shift 2; networkctl_in "$@" ;;
