@@ -61,11 +61,17 @@ impl Harness {
 
     /// Runs a harness action (`carrier down`, `kill-networkd`, ...) and panics if it fails.
     pub fn run(&self, action: &str, args: &[&str]) {
+        self.run_with(action, args, &[]);
+    }
+
+    /// Like [`Harness::run`], with environment knobs (e.g. `WAIT_ROUTABLE=0`).
+    pub fn run_with(&self, action: &str, args: &[&str], knobs: &[(&str, &str)]) {
         let out = Command::new("bash")
             .arg(SCRIPT)
             .arg(action)
             .arg(&self.dir)
             .args(args)
+            .envs(knobs.iter().copied())
             .output()
             .expect("cannot run bash");
         eprint!("{}", String::from_utf8_lossy(&out.stderr));

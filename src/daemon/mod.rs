@@ -208,6 +208,7 @@ impl Daemon {
         self.reconnect_at = None;
         match networkd::attach(None, self.tx.clone()) {
             Ok(attached) => {
+                log::info!("networkd is on the bus; {} link(s)", attached.links.len());
                 self.links = Some(attached.links.iter().map(|l| (l.index, view(l))).collect());
                 self.bus = Some(attached);
                 self.failures = 0;

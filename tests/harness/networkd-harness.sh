@@ -112,6 +112,8 @@ wait_ready() { # t0
     sleep 0.02
   done
   local name_ms; name_ms=$(ms_since "$1")
+  # WAIT_ROUTABLE=0: the caller changed the uplink while networkd was gone and only wants it back.
+  if [ "${WAIT_ROUTABLE:-1}" = 0 ]; then log "networkd pid $(cat "$DIR/networkd.pid"): name after $name_ms ms"; return 0; fi
   # object path is /org/freedesktop/network1/link/_3<ifindex> (sd-bus escapes only a LEADING digit:
   # ifindex 2 -> _32, ifindex 12 -> _312); ask networkd instead of computing it:
   obj=$(busctl --address="$addr" call org.freedesktop.network1 /org/freedesktop/network1 \
