@@ -3,9 +3,9 @@
 //! fan (links come up last). No I/O: every case is a table-driven unit test.
 
 use crate::config::Rule;
-use crate::ifname::IfName;
 use crate::datapath::bpf::FanProgram;
 use crate::datapath::nft;
+use crate::ifname::IfName;
 use crate::model::{owner_alias, Device, LinkChange, Observed, ObservedFan, Op, Want};
 use std::net::Ipv4Addr;
 
@@ -37,7 +37,7 @@ pub fn plan(targets: &[(Rule, Want)], observed: &Observed) -> Vec<FanPlan> {
     if wants_up && !observed.forwarding {
         if let Some(FanPlan { result: Ok(ops), .. }) = plans.iter_mut().find(|p| p.result.is_ok()) {
             // Before the links come up, so that the first forwarded packet is not dropped.
-            let at = ops.iter().position(|op| is_link_up(op)).unwrap_or(ops.len());
+            let at = ops.iter().position(is_link_up).unwrap_or(ops.len());
             ops.insert(at, Op::EnableForwarding);
         }
     }
@@ -104,7 +104,8 @@ pub fn plan_absent(fan: &IfName, seen: &ObservedFan) -> Result<Vec<Op>, String> 
 /// is two netlink messages.
 fn plan_down(rule: &Rule, bridge: Option<&Device>, vxlan: Option<&Device>) -> Vec<Op> {
     let mut ops = Vec::new();
-    let down = |link: IfName| Op::SetLink { link, change: LinkChange { up: Some(false), ..Default::default() } };
+    let down =
+        |link: IfName| Op::SetLink { link, change: LinkChange { up: Some(false), ..Default::default() } };
     if vxlan.is_some_and(|v| v.up) {
         ops.push(down(rule.vxlan_name()));
     }

@@ -46,6 +46,7 @@ fn built(rule: &Rule) -> ObservedFan {
         bridge_addresses: vec!["250.3.4.1/8".parse().unwrap()],
         vnis: vec![16384000],
         program: Some("fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4".into()),
+        program_id: Some(7),
         nat: Some(nft::params_comment(rule.map.overlay(), &rule.name)),
     }
 }

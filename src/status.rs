@@ -116,7 +116,8 @@ pub fn render(status: &Status) -> String {
             let _ = writeln!(out, "  slice     {s}, bridge {}", f.bridge_address.as_deref().unwrap_or("-"));
         }
         let devices = [f.bridge.as_deref(), f.vxlan.as_deref()].iter().flatten().copied().collect::<Vec<_>>();
-        let _ = writeln!(out, "  devices   {}", if devices.is_empty() { "-".into() } else { devices.join(", ") });
+        let _ =
+            writeln!(out, "  devices   {}", if devices.is_empty() { "-".into() } else { devices.join(", ") });
         match (&f.program, f.program_id) {
             (Some(p), Some(id)) => {
                 let drops = f.drops.map_or("-".to_string(), |d| d.to_string());

@@ -59,7 +59,9 @@ impl Host {
     }
 
     fn wait_fan(&self, bridge: &str, want: &str, daemon: &Daemon) {
-        wait_for(&format!("{bridge} to be {want}; log:\n{}", daemon.log()), SOON, || self.fan(bridge) == want);
+        wait_for(&format!("{bridge} to be {want}; log:\n{}", daemon.log()), SOON, || {
+            self.fan(bridge) == want
+        });
     }
 }
 
@@ -204,7 +206,10 @@ fn forged_signals_change_nothing() {
         (path.as_str(), vec!["sa{sv}as", link, "1", "OperationalState", "s", "off", "0"]),
         (path.as_str(), vec!["sa{sv}as", link, "1", "OperationalState", "s", "../../x", "0"]),
         (path.as_str(), vec!["sa{sv}as", link, "1", "OperationalState", "i", "3", "0"]),
-        ("/org/freedesktop/network1/link/_39", vec!["sa{sv}as", link, "1", "OperationalState", "s", "off", "0"]),
+        (
+            "/org/freedesktop/network1/link/_39",
+            vec!["sa{sv}as", link, "1", "OperationalState", "s", "off", "0"],
+        ),
         ("/org/example/link/_32", vec!["sa{sv}as", link, "1", "OperationalState", "s", "off", "0"]),
     ] {
         let mut argv = vec!["emit", object, props, "PropertiesChanged"];

@@ -59,7 +59,11 @@ pub fn decide_all(
     let mut decisions: Vec<Decision> = rules.iter().map(|r| decide(r, links, networkd)).collect();
     if orphans_go {
         for fan in kernel_fans.iter().filter(|f| !rules.iter().any(|r| &r.name == *f)) {
-            decisions.push(Decision { fan: fan.clone(), want: Want::Absent, why: "its rule was removed".into() });
+            decisions.push(Decision {
+                fan: fan.clone(),
+                want: Want::Absent,
+                why: "its rule was removed".into(),
+            });
         }
     }
     decisions
@@ -119,10 +123,12 @@ mod tests {
     #[test]
     fn fans_without_rules_go_only_when_the_rules_are_sound() {
         let kernel: BTreeSet<IfName> = ["fan-250".parse().unwrap(), "fan-old".parse().unwrap()].into();
-        let all = decide_all(&[rule()], &kernel, &links("10.0.3.4/16"), &view("routable", "configured"), true);
+        let all =
+            decide_all(&[rule()], &kernel, &links("10.0.3.4/16"), &view("routable", "configured"), true);
         assert_eq!(all.len(), 2);
         assert_eq!((all[1].fan.as_str(), &all[1].want), ("fan-old", &Want::Absent));
-        let kept = decide_all(&[rule()], &kernel, &links("10.0.3.4/16"), &view("routable", "configured"), false);
+        let kept =
+            decide_all(&[rule()], &kernel, &links("10.0.3.4/16"), &view("routable", "configured"), false);
         assert_eq!(kept.len(), 1, "a broken rule file never takes a fan down");
     }
 }

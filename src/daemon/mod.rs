@@ -260,7 +260,8 @@ impl Daemon {
         let result = (|| -> anyhow::Result<()> {
             let snap = self.sys.snapshot()?;
             let kernel_fans = snap.fan_names(&[]);
-            let decisions = decide_all(&self.rules, &kernel_fans, &snap.host_links(), &links, self.rules_sound);
+            let decisions =
+                decide_all(&self.rules, &kernel_fans, &snap.host_links(), &links, self.rules_sound);
             let fans = decisions.iter().map(|d| d.fan.clone()).collect();
             let nat = match self.nat.take() {
                 Some(nat) => nat,
@@ -277,7 +278,10 @@ impl Daemon {
                     Ok(ops) => {
                         for op in &ops {
                             log::info!("{}: {op}", decision.fan);
-                            if matches!(op, crate::model::Op::WriteNat { .. } | crate::model::Op::DeleteNat { .. }) {
+                            if matches!(
+                                op,
+                                crate::model::Op::WriteNat { .. } | crate::model::Op::DeleteNat { .. }
+                            ) {
                                 self.nat = None;
                             }
                             if let Err(e) = self.sys.apply(op) {
@@ -336,7 +340,8 @@ impl Daemon {
     }
 
     fn status_json(&mut self) -> String {
-        let status = self.status().unwrap_or_else(|e| Status { source: format!("daemon: {e:#}"), fans: Vec::new() });
+        let status =
+            self.status().unwrap_or_else(|e| Status { source: format!("daemon: {e:#}"), fans: Vec::new() });
         serde_json::to_string(&status).unwrap_or_default() + "\n"
     }
 

@@ -60,7 +60,9 @@ pub fn spawn_kernel_monitor(tx: Sender<Event>) -> Result<(), crate::netlink::Err
             return;
         }
     });
-    spawned.map(drop).map_err(|e| crate::netlink::Error::new(format!("spawn monitor: {e}"), nix::errno::Errno::EAGAIN))
+    spawned
+        .map(drop)
+        .map_err(|e| crate::netlink::Error::new(format!("spawn monitor: {e}"), nix::errno::Errno::EAGAIN))
 }
 
 /// The control socket's path in the runtime directory.
