@@ -3,6 +3,7 @@
 mod bpf;
 mod cli;
 mod datapath;
+mod import;
 mod nat;
 mod netlink;
 mod topology;

@@ -70,8 +70,10 @@ pub struct Fan {
 
 impl Fan {
     /// The bridge name fanlink will use: the given one, or its default.
-    fn bridge(&self) -> String {
-        self.name.as_ref().map_or(format!("fan-{}", self.map.overlay().addr().octets()[0]), |n| n.to_string())
+    fn bridge(&self) -> IfName {
+        let default =
+            || format!("fan-{}", self.map.overlay().addr().octets()[0]).parse().expect("short name");
+        self.name.clone().unwrap_or_else(default)
     }
 }
 
@@ -206,6 +208,7 @@ fn from_link(
         if let Some(n) = len.filter(|n| *n != p.prefix_len()) {
             return Err(format!("`{name}/{n}` asks for a /{n} underlay, but --underlay-prefix is {p}"));
         }
+        notes.push(format!("underlay {p}: from --underlay-prefix"));
         return Ok(p);
     }
     let addresses = host.addresses(name).map_err(with_hint)?;
@@ -228,6 +231,17 @@ fn clash(fan: &Fan, l: &FanLine, earlier: &[Fan]) -> Option<Refusal> {
             let col = l.bridge.as_ref().map_or(l.overlay_col, |(_, c)| *c);
             let message = format!(
                 "the bridge {} is already the fan of line {}; give one of them --bridge=NAME",
+                fan.bridge(),
+                other.line
+            );
+            return refuse(col, message);
+        }
+        let vxlan = config::vxlan_name_for(&fan.bridge());
+        if vxlan == config::vxlan_name_for(&other.bridge()) || vxlan == other.bridge() {
+            let col = l.bridge.as_ref().map_or(l.overlay_col, |(_, c)| *c);
+            let message = format!(
+                "the bridge {}'s vxlan device would be {vxlan}, which the fan of line {} uses; \
+                 choose a --bridge=NAME that differs in its first 12 bytes",
                 fan.bridge(),
                 other.line
             );

@@ -23,7 +23,9 @@ pub fn file(origin: &str, syntax: Syntax, fans: &[Fan]) -> (String, Vec<(usize, 
         lines.push(format!("# {from}: {}", comment(&fan.source)));
         lines.extend(fan.notes.iter().map(|n| format!("# {n}")));
         if !fan.enabled {
-            lines.push("# Disabled there: remove the \"# \" before the lines below to enable it.".into());
+            lines.push(
+                "# Disabled in the source: remove the \"# \" before the lines below to enable it.".into(),
+            );
         }
         let first = lines.len() + 1;
         for line in table(fan) {
@@ -98,7 +100,7 @@ mod tests {
              \n\
              # /etc/network/fan:5: 10.0.3.4/16 250.0.0.0/8\n\
              # a note\n\
-             # Disabled there: remove the \"# \" before the lines below to enable it.\n\
+             # Disabled in the source: remove the \"# \" before the lines below to enable it.\n\
              # [[fan]]\n\
              # overlay = \"250.0.0.0/8\"\n\
              # underlay = \"10.0.0.0/16\"\n\
