@@ -32,7 +32,7 @@ pub struct ImportArgs {
     #[arg(default_value = "/etc/network/fan", value_name = "FILE")]
     pub file: PathBuf,
     /// Translate this `fanctl up -u U -o O [OPTIONS]` command instead of a file.
-    #[arg(long, value_name = "CMD", conflicts_with = "script")]
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["script", "file"])]
     pub command: Option<String>,
     /// FILE is a shell script (e.g. a networkd-dispatcher hook): import its `fanctl up` lines.
     #[arg(long)]
@@ -281,7 +281,11 @@ pub fn run(args: &ImportArgs) -> Result<u8> {
         bail!("--underlay-prefix {p} has host bits set; did you mean {}?", p.trunc());
     }
     let (origin, text, syntax) = match &args.command {
-        Some(command) => ("--command".to_string(), command.replace('\n', " "), Syntax::Command),
+        // One command, even if pasted from a script with `\` continuations.
+        Some(command) => {
+            let one_line = command.replace("\\\n", " ").replace('\n', " ");
+            ("--command".to_string(), one_line, Syntax::Command)
+        }
         None => {
             let syntax = if args.script { Syntax::Script } else { Syntax::FanFile };
             let (origin, text) = read_source(&args.file)?;
@@ -316,3 +320,6 @@ fn read_source(file: &PathBuf) -> Result<(String, String)> {
     let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
     Ok((file.display().to_string(), text))
 }
+
+#[cfg(test)]
+mod tests;
