@@ -123,16 +123,16 @@ pub fn translate(
 
 /// The fan of one source line, or None for lines that define none.
 fn read_line(source: &str, line: usize, syntax: Syntax) -> Result<Option<FanLine>, Refusal> {
-    let words = parse::tokens(source);
-    let words = match syntax {
+    let mut words = parse::tokens(source);
+    match syntax {
         Syntax::FanFile if words.is_empty() => return Ok(None),
-        Syntax::FanFile => &words[..],
+        Syntax::FanFile => {}
         Syntax::Command | Syntax::Script => match parse::fanctl_up(&words, line)? {
-            Some(rest) => rest,
+            Some(rest) => words = rest,
             None => return Ok(None),
         },
-    };
-    parse::fan_line(words, line).map(Some)
+    }
+    parse::fan_line(&words, line).map(Some)
 }
 
 /// Turns a parsed line into a fan: the underlay becomes a prefix (asking the host for

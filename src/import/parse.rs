@@ -78,13 +78,13 @@ fn unquote(word: &str, col: usize) -> Token<'_> {
 
 /// Finds `fanctl up` among `words` (after `sudo`, a path, ...) and returns the words after
 /// it; `Ok(None)` when the words do not run fanctl, or run it for something else than `up`.
-pub fn fanctl_up<'a>(words: &'a [Token<'a>], line: usize) -> Result<Option<&'a [Token<'a>]>, Refusal> {
+pub fn fanctl_up<'a>(words: &[Token<'a>], line: usize) -> Result<Option<Vec<Token<'a>>>, Refusal> {
     let Some(at) = words.iter().position(|w| w.text.rsplit('/').next() == Some("fanctl")) else {
         return Ok(None);
     };
     match words.get(at + 1) {
         Some(w) if w.text == "up" => {
-            let rest = &words[at + 2..];
+            let rest = command_words(&words[at + 2..]);
             if let Some(all) = rest.iter().find(|w| w.text == "-a") {
                 let message =
                     "`fanctl up -a` brings up the fans of /etc/network/fan; import that file instead"
@@ -95,6 +95,27 @@ pub fn fanctl_up<'a>(words: &'a [Token<'a>], line: usize) -> Result<Option<&'a [
         }
         _ => Ok(None),
     }
+}
+
+/// The words of one simple command: up to a shell operator or redirection (`|| true`,
+/// `; echo done`, `>/dev/null`), with a `;` glued to the last word taken off.
+fn command_words<'a>(words: &[Token<'a>]) -> Vec<Token<'a>> {
+    let mut out = Vec::new();
+    for w in words {
+        let operator = w.text.starts_with([';', '&', '|', '<', '>'])
+            || w.text.trim_start_matches(|c: char| c.is_ascii_digit()).starts_with(['>', '<']);
+        if operator {
+            break;
+        }
+        match w.text.strip_suffix(';') {
+            Some(text) => {
+                out.push(Token { text, col: w.col });
+                break;
+            }
+            None => out.push(*w),
+        }
+    }
+    out
 }
 
 /// Parses the words of one fan (a config line, or what follows `fanctl up`).
@@ -311,5 +332,11 @@ mod tests {
         assert_eq!(fanctl_up(&tokens("fanctl show"), 1), Ok(None));
         assert_eq!(fanctl_up(&tokens("echo hello"), 1), Ok(None));
         assert_eq!(fanctl_up(&tokens("fanctl up -a"), 3).unwrap_err().col, 11);
+        let rest =
+            fanctl_up(&tokens("fanctl up -u 10.0.0.0/16 -o 250.0.0.0/8; echo ok"), 1).unwrap().unwrap();
+        assert_eq!(rest.last().map(|t| t.text), Some("250.0.0.0/8"));
+        let rest =
+            fanctl_up(&tokens("fanctl up -o 250.0.0.0/8 -u ens3 2>/dev/null || true"), 1).unwrap().unwrap();
+        assert_eq!(rest.len(), 4);
     }
 }
