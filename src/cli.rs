@@ -102,6 +102,13 @@ pub enum Command {
         json: bool,
     },
 
+    /// Translate ubuntu-fan's /etc/network/fan, or a `fanctl up` command, into a fanlink
+    /// rule file printed on stdout.
+    ///
+    /// Refuses (exit 2, nothing on stdout) what it cannot translate: DHCP, the ipip type,
+    /// unknown options; each as FILE:LINE:COL: error: MESSAGE.
+    Import(crate::import::ImportArgs),
+
     /// Print the operations `up` would apply, applying nothing (all fans without NAME).
     Plan {
         /// Name of a configured fan.

@@ -12,6 +12,7 @@ pub mod datapath;
 pub mod error;
 pub mod fan;
 pub mod ifname;
+pub mod import;
 pub mod model;
 pub mod netlink;
 pub mod networkd;

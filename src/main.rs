@@ -64,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Up { target, stop_after } => oneshot::up(&dirs, &target, stop_after),
         Command::Down { name, all } => oneshot::down(name.as_deref(), all),
+        Command::Import(args) => fanlink::import::run(&args),
         Command::Plan { name, address } => oneshot::plan_cmd(&dirs, name.as_deref(), address),
         Command::Run => {
             daemon::run(daemon::Options { rule_dirs: dirs, runtime_dir: cli.runtime_dir })?;

@@ -4,6 +4,7 @@ mod bpf;
 mod cli;
 mod daemon;
 mod datapath;
+mod import;
 mod nat;
 mod netlink;
 mod networkd;
