@@ -28,8 +28,10 @@ use std::time::{Duration, Instant};
 /// What wakes the worker.
 pub enum Event {
     Bus(BusEvent),
-    /// Links or addresses changed in the kernel.
+    /// Links, addresses or tc filters changed in the kernel.
     Kernel,
+    /// nftables changed (fanlink's NAT table, or a firewall that drops forwarding).
+    Firewall,
     /// SIGHUP: read the rules again.
     Reload,
     /// SIGTERM/SIGINT: exit, leaving the fans as they are.
@@ -72,6 +74,8 @@ struct Daemon {
     /// fanlink's NAT tables, re-read only after fanlink changed them (`nft` is a process).
     nat: Option<Vec<nft::NatTable>>,
     decisions: Vec<Decision>,
+    /// nftables changed since the accept rules were last ensured.
+    firewall_changed: bool,
     reconnect_at: Option<Instant>,
     failures: usize,
     notifier: Notifier,
@@ -86,6 +90,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel();
     sources::spawn_signals(tx.clone())?;
     sources::spawn_kernel_monitor(tx.clone())?;
+    if let Err(e) = sources::spawn_firewall_monitor(tx.clone()) {
+        log::warn!("cannot watch nftables ({e}); a deleted NAT table is restored only on the next event");
+    }
     sources::spawn_control(&opts.runtime_dir, tx.clone())?;
     let (rules, errors) = config::load(&opts.rule_dirs);
     for e in &errors {
@@ -100,6 +107,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         links: None,
         nat: None,
         decisions: Vec::new(),
+        firewall_changed: false,
         reconnect_at: None,
         failures: 0,
         notifier: Notifier::from_env(),
@@ -155,6 +163,11 @@ impl Daemon {
     fn handle(&mut self, event: Event) -> bool {
         match event {
             Event::Kernel => true,
+            Event::Firewall => {
+                self.nat = None;
+                self.firewall_changed = true;
+                true
+            }
             Event::Reload => {
                 self.reload();
                 true
@@ -292,7 +305,16 @@ impl Daemon {
                     }
                     Err(e) => log::error!("{}: {e}", decision.fan),
                 }
+                // A firewall may have appeared (Docker's FORWARD DROP) since the bridge was
+                // made; the accept rules are re-ensured, which changes nothing if they hold.
+                if self.firewall_changed && matches!(decision.want, Want::Up(_)) {
+                    let op = crate::model::Op::AcceptForwarding { fan: decision.fan.clone() };
+                    if let Err(e) = self.sys.apply(&op) {
+                        log::error!("{}: {op}: {e}", decision.fan);
+                    }
+                }
             }
+            self.firewall_changed = false;
             self.decisions = decisions;
             Ok(())
         })();

@@ -3,7 +3,7 @@
 //! None of them does any work itself, so none can hold up another.
 
 use super::Event;
-use crate::netlink::monitor::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK};
+use crate::netlink::monitor::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK, RTMGRP_TC};
 use crate::netlink::Netlink;
 use nix::sys::signal::{SigSet, Signal};
 use std::io::{BufRead, BufReader, Write};
@@ -41,10 +41,10 @@ pub fn spawn_signals(tx: Sender<Event>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Kernel link and address changes: what networkd does not signal (a DHCP renew to a new
-/// address, an address added by hand, someone deleting a fan's bridge).
+/// Kernel link, address and tc changes: what networkd does not signal (a DHCP renew to a
+/// new address, an address added by hand, someone deleting a fan's bridge or program).
 pub fn spawn_kernel_monitor(tx: Sender<Event>) -> Result<(), crate::netlink::Error> {
-    let mut monitor = Netlink::monitor(RTMGRP_LINK | RTMGRP_IPV4_IFADDR)?;
+    let mut monitor = Netlink::monitor(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_TC)?;
     let spawned = std::thread::Builder::new().name("rtnetlink".into()).spawn(move || loop {
         match monitor.recv_events() {
             Ok(events) if events.is_empty() => continue,
@@ -63,6 +63,46 @@ pub fn spawn_kernel_monitor(tx: Sender<Event>) -> Result<(), crate::netlink::Err
     spawned
         .map(drop)
         .map_err(|e| crate::netlink::Error::new(format!("spawn monitor: {e}"), nix::errno::Errno::EAGAIN))
+}
+
+/// nftables changes (any table, chain or rule, by anyone: `nft`, iptables-nft, Docker), so
+/// a deleted NAT table is restored and a firewall that appears later gets the accept rules.
+/// A bare NETLINK_NETFILTER socket in the NFNLGRP_NFTABLES group: each datagram is one
+/// change; the worker re-reads what it needs.
+pub fn spawn_firewall_monitor(tx: Sender<Event>) -> nix::Result<()> {
+    use nix::sys::socket::{
+        bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+    };
+    use std::os::fd::AsRawFd;
+    /// `1 << (NFNLGRP_NFTABLES - 1)`, NFNLGRP_NFTABLES = 7.
+    const NFTABLES_GROUP: u32 = 1 << 6;
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, NFTABLES_GROUP))?;
+    std::thread::Builder::new()
+        .name("nftables".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                    // ENOBUFS: changes were lost; a re-read covers them like any change.
+                    Ok(_) | Err(nix::errno::Errno::ENOBUFS) => {}
+                    Err(e) => {
+                        log::error!("nftables monitor: {e}");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+                if tx.send(Event::Firewall).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|_| nix::errno::Errno::EAGAIN)?;
+    Ok(())
 }
 
 /// The control socket's path in the runtime directory.

@@ -16,11 +16,16 @@ use super::{msg, Error, Netlink};
 pub const RTMGRP_LINK: u32 = 0x1;
 /// IPv4 address added or removed.
 pub const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+/// Traffic control: qdiscs and filters added or removed (a deleted fan program).
+pub const RTMGRP_TC: u32 = 0x8;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
+const RTM_DELQDISC: u16 = 37;
+const RTM_NEWTFILTER: u16 = 44;
+const RTM_DELTFILTER: u16 = 45;
 /// Room for a burst of events (a container start is a handful of messages per link).
 const MONITOR_RCVBUF: libc::c_int = 1 << 20;
 
@@ -35,6 +40,10 @@ pub enum Event {
     },
     NewAddr(AddrInfo),
     DelAddr(AddrInfo),
+    /// A tc qdisc was removed or a filter added or removed, on link `index`.
+    Tc {
+        index: u32,
+    },
 }
 
 impl Netlink {
@@ -72,6 +81,11 @@ impl Netlink {
                 RTM_DELADDR => {
                     parse_addr(m.payload).map_err(|e| super::malformed(op, e))?.map(Event::DelAddr)
                 }
+                // `struct tcmsg` starts with family (u8) and padding, then the ifindex.
+                RTM_DELQDISC | RTM_NEWTFILTER | RTM_DELTFILTER => m
+                    .payload
+                    .get(4..8)
+                    .map(|b| Event::Tc { index: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) }),
                 msg::NLMSG_OVERRUN => return Err(Error::new(op, Errno::ENOBUFS)),
                 _ => None,
             };
