@@ -32,6 +32,8 @@ pub struct Rule {
     pub masquerade: bool,
     /// The file and line that defined it, for messages.
     pub origin: String,
+    /// Made from command-line prefixes (`fanlink up --overlay`), not from a rule file.
+    pub by_hand: bool,
 }
 
 impl Rule {
@@ -312,7 +314,7 @@ fn convert(
     match (name, map, masquerade) {
         (Some(name), Some(map), Some(masquerade)) if t.errors.is_empty() => {
             let origin = format!("{}:{}", path.display(), line_col(text, header.start).0);
-            let rule = Rule { name, map, interface, mtu, masquerade, origin: origin.clone() };
+            let rule = Rule { name, map, interface, mtu, masquerade, origin: origin.clone(), by_hand: false };
             Ok((rule, Located(origin)))
         }
         _ => {

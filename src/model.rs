@@ -15,8 +15,21 @@ use std::net::Ipv4Addr;
 /// `OWNER_PREFIX` + the fan's name.
 pub const OWNER_PREFIX: &str = "fanlink:";
 
-pub fn owner_alias(fan: &IfName) -> String {
-    format!("{OWNER_PREFIX}{fan}")
+/// Marks a fan brought up by hand (`fanlink up --overlay ...`): it has no rule, and the
+/// daemon must not take it for a fan whose rule was removed.
+const BY_HAND: &str = " by-hand";
+
+pub fn owner_alias(fan: &IfName, by_hand: bool) -> String {
+    format!("{OWNER_PREFIX}{fan}{}", if by_hand { BY_HAND } else { "" })
+}
+
+/// The fan an alias marks as fanlink's, and whether it was made by hand.
+pub fn parse_alias(alias: &str) -> Option<(IfName, bool)> {
+    let rest = alias.strip_prefix(OWNER_PREFIX)?;
+    match rest.strip_suffix(BY_HAND) {
+        Some(fan) => Some((fan.parse().ok()?, true)),
+        None => Some((rest.parse().ok()?, false)),
+    }
 }
 
 /// What a fan should be on this host.
@@ -29,6 +42,8 @@ pub enum Want {
     Down,
     /// Up on this host's underlay address.
     Up(Underlay),
+    /// Left as it is: a fan made by hand, which no rule describes.
+    Keep,
 }
 
 /// This host's place on the underlay of one fan.

@@ -23,7 +23,7 @@ fn target_rule(dirs: &[PathBuf], target: &UpTarget) -> Result<Rule> {
             None => format!("fan-{}", overlay.addr().octets()[0]).parse().expect("short name"),
         };
         let origin = "the command line".to_string();
-        return Ok(Rule { name, map, interface: None, mtu: None, masquerade: true, origin });
+        return Ok(Rule { name, map, interface: None, mtu: None, masquerade: true, origin, by_hand: true });
     }
     named_rule(dirs, target.name.as_deref().unwrap_or_default())
 }
@@ -196,8 +196,14 @@ fn local_status(dirs: &[PathBuf]) -> Result<crate::status::Status> {
             Err(e) => (r.name.clone(), Some(r), Want::Down, e),
         })
         .collect();
-    for fan in snap.fan_names(&[]).into_iter().filter(|f| !rules.iter().any(|r| &r.name == f)) {
-        fans.push((fan, None, Want::Absent, "no rule defines it".into()));
+    for (fan, by_hand) in snap.kernel_fans().into_iter().filter(|(f, _)| !rules.iter().any(|r| &r.name == f))
+    {
+        match by_hand {
+            true => {
+                fans.push((fan, None, Want::Keep, "made by hand with `fanlink up`; left as it is".into()))
+            }
+            false => fans.push((fan, None, Want::Absent, "no rule defines it".into())),
+        }
     }
     let names = fans.iter().map(|f| f.0.clone()).collect();
     let observed = sys.observe(&snap, &names, &nat_tables())?;
@@ -207,7 +213,11 @@ fn local_status(dirs: &[PathBuf]) -> Result<crate::status::Status> {
             Some(rule) => plan(&[((*rule).clone(), want.clone())], &observed).remove(0),
             None => {
                 let seen = observed.fans.get(name).cloned().unwrap_or_default();
-                crate::plan::FanPlan { fan: name.clone(), result: plan_absent(name, &seen) }
+                let result = match want {
+                    Want::Keep => Ok(Vec::new()),
+                    _ => plan_absent(name, &seen),
+                };
+                crate::plan::FanPlan { fan: name.clone(), result }
             }
         })
         .collect();

@@ -6,7 +6,7 @@ use crate::config::Rule;
 use crate::datapath::bpf::FanProgram;
 use crate::datapath::nft;
 use crate::ifname::IfName;
-use crate::model::{owner_alias, Device, LinkChange, Observed, ObservedFan, Op, Want};
+use crate::model::{owner_alias, parse_alias, Device, LinkChange, Observed, ObservedFan, Op, Want};
 use std::net::Ipv4Addr;
 
 /// The operations for one fan, or why none can be planned.
@@ -54,11 +54,13 @@ fn is_link_up(op: &Op) -> bool {
 /// A device of ours, or an error if the name is taken by something fanlink does not own.
 fn owned<'a>(device: &'a Option<Device>, name: &IfName, fan: &IfName) -> Result<Option<&'a Device>, String> {
     match device {
-        Some(d) if d.alias.as_deref() != Some(owner_alias(fan).as_str()) => Err(format!(
-            "a device named {name} exists that fanlink does not own (its alias is {:?}); \
+        Some(d) if d.alias.as_deref().and_then(parse_alias).map(|(f, _)| f).as_ref() != Some(fan) => {
+            Err(format!(
+                "a device named {name} exists that fanlink does not own (its alias is {:?}); \
              rename it or give the fan another `name`",
-            d.alias.as_deref().unwrap_or("")
-        )),
+                d.alias.as_deref().unwrap_or("")
+            ))
+        }
         other => Ok(other.as_ref()),
     }
 }
@@ -71,6 +73,7 @@ pub fn plan_fan(rule: &Rule, want: &Want, seen: &ObservedFan) -> Result<Vec<Op>,
         Want::Up(underlay) => plan_up(rule, underlay, seen, seen_bridge, seen_vxlan),
         Want::Down => Ok(plan_down(rule, seen_bridge, seen_vxlan)),
         Want::Absent => plan_absent(&rule.name, seen),
+        Want::Keep => Ok(Vec::new()),
     }
 }
 
@@ -124,7 +127,8 @@ fn plan_up(
 ) -> Result<Vec<Op>, String> {
     let (bridge, vxlan) = (rule.name.clone(), rule.vxlan_name());
     let address = rule.map.bridge_address(underlay.address).map_err(|e| e.to_string())?;
-    let (mtu, mac, alias) = (underlay.mtu, bridge_mac(underlay.address), owner_alias(&rule.name));
+    let (mtu, mac, alias) =
+        (underlay.mtu, bridge_mac(underlay.address), owner_alias(&rule.name, rule.by_hand));
     let mut ops = Vec::new();
 
     // The bridge, recreated if something else of ours carries its name.

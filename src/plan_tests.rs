@@ -22,7 +22,7 @@ fn lines(result: &Result<Vec<Op>, String>) -> Vec<String> {
 
 /// What the kernel looks like after `up` at 10.0.3.4 has been applied.
 fn built(rule: &Rule) -> ObservedFan {
-    let alias = Some(owner_alias(&rule.name));
+    let alias = Some(owner_alias(&rule.name, false));
     ObservedFan {
         bridge: Some(Device {
             index: 5,

@@ -80,6 +80,7 @@ pub fn fan_status(wanted: Wanted<'_>, seen: &ObservedFan, plan: &FanPlan, drops:
             Want::Up(_) => "up",
             Want::Down => "down",
             Want::Absent => "absent",
+            Want::Keep => "kept",
         }
         .to_string(),
         why: wanted.why.to_string(),

@@ -6,10 +6,10 @@ use crate::config::{vxlan_name_for, Rule};
 use crate::datapath::{bpf, firewall, nft, sysctl};
 use crate::fan::FAN_UDP_PORT;
 use crate::ifname::IfName;
-use crate::model::{owner_alias, Device, Observed, ObservedFan, Op, OWNER_PREFIX};
+use crate::model::{parse_alias, Device, Observed, ObservedFan, Op};
 use crate::netlink::{self, LinkChanges, LinkInfo, Netlink, NewBridge, NewVxlan, Tolerate};
 use crate::underlay::HostLink;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Why observing or applying failed, with what a person can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +45,10 @@ fn netlink_hint(e: &netlink::Error) -> &'static str {
     }
 }
 
-/// A fan's own devices carry the owner alias; these are the fan names found that way.
-fn fans_in_kernel(links: &[LinkInfo]) -> BTreeSet<IfName> {
-    links.iter().filter_map(|l| l.alias.as_deref()?.strip_prefix(OWNER_PREFIX)?.parse().ok()).collect()
+/// A fan's own devices carry the owner alias: the fans found that way, each with whether
+/// it was made by hand.
+fn fans_in_kernel(links: &[LinkInfo]) -> BTreeMap<IfName, bool> {
+    links.iter().filter_map(|l| parse_alias(l.alias.as_deref()?)).collect()
 }
 
 fn device(link: &LinkInfo) -> Device {
@@ -92,9 +93,14 @@ impl Snapshot {
 
     /// Every fan known here: those with rules, and those whose devices say they are ours.
     pub fn fan_names(&self, rules: &[Rule]) -> BTreeSet<IfName> {
-        let mut names = fans_in_kernel(&self.links);
+        let mut names: BTreeSet<IfName> = fans_in_kernel(&self.links).into_keys().collect();
         names.extend(rules.iter().map(|r| r.name.clone()));
         names
+    }
+
+    /// The fans of ours in the kernel, each with whether it was made by hand.
+    pub fn kernel_fans(&self) -> BTreeMap<IfName, bool> {
+        fans_in_kernel(&self.links)
     }
 }
 
@@ -138,7 +144,9 @@ impl System {
                     snap.addresses.iter().filter(|a| a.index == b.index).map(|a| a.address).collect();
             }
             // Only a device of ours is asked about its VNIs and filters.
-            if let Some(v) = vxlan.filter(|v| v.alias.as_deref() == Some(owner_alias(fan).as_str())) {
+            let ours =
+                |l: &&LinkInfo| l.alias.as_deref().and_then(parse_alias).is_some_and(|(f, _)| &f == fan);
+            if let Some(v) = vxlan.filter(ours) {
                 if seen.vxlan.as_ref().is_some_and(|d| d.fan_vxlan) {
                     seen.vnis = self.nl.vnis(v.index)?;
                 }

@@ -313,3 +313,26 @@ fn two_hosts_reach_each_other_while_both_uplinks_are_routable() {
     b.wait_fan("fan-250", "up 250.2.2.1/8", &db);
     wait_for("traffic to resume", SOON, || ping("250.2.2.1"));
 }
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn a_fan_made_by_hand_is_left_alone_by_the_daemon() {
+    let host = Host::new("hand", "10.99.1.1/16", &[]);
+    let daemon = host.start();
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    host.sh(&format!("{BIN} up --overlay 252.0.0.0/8 --underlay 10.99.0.0/16"));
+    assert_eq!(host.fan("fan-252"), "up 252.1.1.1/8");
+    // Any change makes the daemon reconcile; the fan made by hand has no rule and stays.
+    daemon.signal("HUP");
+    daemon.wait_log("reloaded the rules");
+    host.harness.run("carrier", &["down"]);
+    host.wait_fan("fan-250", "down", &daemon);
+    assert_eq!(host.fan("fan-252"), "up 252.1.1.1/8");
+    let status = host.sh(&format!("{BIN} --runtime-dir /nonexistent status"));
+    assert!(
+        status.contains("fan-252: wanted kept (made by hand with `fanlink up`; left as it is), actually up"),
+        "{status}"
+    );
+    host.sh(&format!("{BIN} down fan-252"));
+    assert_eq!(host.fan("fan-252"), "absent");
+}

@@ -272,7 +272,9 @@ impl Daemon {
         let Some(links) = self.links.clone() else { return };
         let result = (|| -> anyhow::Result<()> {
             let snap = self.sys.snapshot()?;
-            let kernel_fans = snap.fan_names(&[]);
+            // Fans made by hand have no rule by design: never orphans.
+            let kernel_fans =
+                snap.kernel_fans().into_iter().filter(|(_, by_hand)| !by_hand).map(|(f, _)| f).collect();
             let decisions =
                 decide_all(&self.rules, &kernel_fans, &snap.host_links(), &links, self.rules_sound);
             let fans = decisions.iter().map(|d| d.fan.clone()).collect();
@@ -398,5 +400,6 @@ pub fn want_word(want: &Want) -> &'static str {
         Want::Up(_) => "up",
         Want::Down => "down",
         Want::Absent => "removed",
+        Want::Keep => "kept",
     }
 }
