@@ -74,6 +74,7 @@ fn plan_one(sys: &mut System, snap: &Snapshot, rule: &Rule, want: Want) -> Resul
 /// Applies ops in order, printing each; the first failure stops the rest (the next run
 /// completes what is missing).
 fn apply_all(sys: &mut System, fan: &IfName, ops: &[Op], limit: Option<usize>) -> Result<()> {
+    crate::system::preflight(ops).map_err(|e| anyhow!("{fan}: {e}"))?;
     for op in ops.iter().take(limit.unwrap_or(usize::MAX)) {
         log::info!("{fan}: {op}");
         sys.apply(op).with_context(|| format!("{fan}: {op}"))?;

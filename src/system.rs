@@ -14,11 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Why observing or applying failed, with what a person can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum SystemError {
-    #[error("{source}{}", netlink_hint(source))]
-    Netlink {
-        #[from]
-        source: netlink::Error,
-    },
+    /// Not a `#[source]`: the message already says all of it, hint included.
+    #[error("{error}{}", netlink_hint(error))]
+    Netlink { error: netlink::Error },
     #[error(transparent)]
     Bpf(#[from] bpf::LoadError),
     #[error(transparent)]
@@ -27,6 +25,39 @@ pub enum SystemError {
     Sysctl(#[from] sysctl::SysctlError),
     #[error("{link}: no such link")]
     NoLink { link: IfName },
+}
+
+impl From<netlink::Error> for SystemError {
+    fn from(error: netlink::Error) -> SystemError {
+        SystemError::Netlink { error }
+    }
+}
+
+/// Capability bits (linux/capability.h) that fanlink's ops need.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Checks, before anything is changed, that this process may do what `ops` need: a plan
+/// is not started only to fail half-way for want of a privilege.
+pub fn preflight(ops: &[Op]) -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if !ops.is_empty() && !has(CAP_NET_ADMIN) {
+        return Err("fanlink needs root or CAP_NET_ADMIN to change links, tc and nftables".into());
+    }
+    let loads_bpf = ops.iter().any(|op| matches!(op, Op::AttachProgram { .. }));
+    if loads_bpf && !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        return Err(
+            "loading the fan's BPF program needs CAP_BPF (Linux 5.8 and later) or CAP_SYS_ADMIN".into()
+        );
+    }
+    Ok(())
 }
 
 /// Hints for the errnos a fan host meets, naming the missing privilege or kernel feature.

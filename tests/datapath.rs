@@ -270,3 +270,23 @@ fn a_new_underlay_address_moves_the_fan_and_traffic_follows() {
     assert!(ping(&fleet.containers[0], "250.7.7.10"));
     assert!(ping(&moved, "250.1.1.10"));
 }
+
+#[test]
+#[ignore = "needs root (network namespaces, setpriv): run with --include-ignored"]
+fn missing_privileges_are_named_before_anything_changes() {
+    let switch = Switch::new();
+    let host = switch.host("10.99.1.1/16");
+    let up = "up --overlay 250.0.0.0/8 --underlay 10.99.0.0/16";
+    let nobody = host.ns.sh(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups {BIN} {up}"));
+    assert_eq!(nobody.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&nobody.stderr),
+        "fanlink: fan-250: fanlink needs root or CAP_NET_ADMIN to change links, tc and nftables\n"
+    );
+    let no_bpf = host.ns.sh(&format!("setpriv --inh-caps=-all --bounding-set=-bpf,-sys_admin {BIN} {up}"));
+    assert_eq!(
+        String::from_utf8_lossy(&no_bpf.stderr),
+        "fanlink: fan-250: loading the fan's BPF program needs CAP_BPF (Linux 5.8 and later) or CAP_SYS_ADMIN\n"
+    );
+    assert!(!host.ns.run("ip -o link").contains("fan-250"), "nothing was made");
+}
