@@ -91,7 +91,12 @@ pub enum Command {
     /// Brings each fan up while its underlay link is routable and down (devices kept)
     /// otherwise. SIGHUP reloads the rules (a reload with errors changes nothing);
     /// SIGTERM exits and leaves the fans as they are. Speaks systemd's notify protocol.
-    Run,
+    Run {
+        /// Who says whether an underlay is routable: networkd, the kernel, or networkd
+        /// when it is on the bus and the kernel otherwise.
+        #[arg(long, value_enum, default_value = "auto")]
+        source: crate::daemon::Source,
+    },
 
     /// Show each fan: wanted and why, what the kernel has, and any drift.
     ///

@@ -66,8 +66,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Down { name, all } => oneshot::down(name.as_deref(), all),
         Command::Import(args) => fanlink::import::run(&args),
         Command::Plan { name, address } => oneshot::plan_cmd(&dirs, name.as_deref(), address),
-        Command::Run => {
-            daemon::run(daemon::Options { rule_dirs: dirs, runtime_dir: cli.runtime_dir })?;
+        Command::Run { source } => {
+            daemon::run(daemon::Options { rule_dirs: dirs, runtime_dir: cli.runtime_dir, source })?;
             Ok(0)
         }
         Command::Status { json } => oneshot::status(&dirs, &cli.runtime_dir, json),

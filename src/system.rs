@@ -271,6 +271,11 @@ impl System {
         Ok(())
     }
 
+    /// The IPv4 routes of the main table.
+    pub fn routes(&mut self) -> Result<Vec<netlink::RouteInfo>, SystemError> {
+        Ok(self.nl.ipv4_routes()?)
+    }
+
     /// The clsact drop counter of a fan's vxlan: frames the program refused.
     pub fn drops(&mut self, vxlan_index: u32) -> Result<Option<u64>, SystemError> {
         Ok(self.nl.qdisc_drops(vxlan_index)?)

@@ -158,8 +158,11 @@ fn flaps_take_the_fan_down_and_up_and_containers_stay_attached() {
     }
     host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
     assert!(host.sh("ip -o link show dev cv0").contains("master fan-250"), "the container is still attached");
-    let ping = sh(Some(host.ns()), "ping -c1 -W2 250.1.1.10");
-    assert!(ping.status.success(), "host -> container after the flaps");
+    // The last flaps' events may still be in flight: the fan settles up, then answers.
+    wait_for("host -> container after the flaps", SOON, || {
+        host.fan("fan-250") == "up 250.1.1.1/8"
+            && sh(Some(host.ns()), "ping -c1 -W1 250.1.1.10").status.success()
+    });
 }
 
 #[test]
@@ -335,4 +338,86 @@ fn a_fan_made_by_hand_is_left_alone_by_the_daemon() {
     );
     host.sh(&format!("{BIN} down fan-252"));
     assert_eq!(host.fan("fan-252"), "absent");
+}
+
+/// `fanlink run` in a namespace without networkd: the kernel decides "routable".
+fn start_without_networkd(ns: &Netns, rules: &TempDir, runtime: &TempDir, source: &str) -> Daemon {
+    let log = runtime.path().join(format!("fanlink-{}.log", crate::topology::unique("k")));
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "env", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent/bus"])
+        .args(["RUST_LOG=info", BIN, "--rules-dir"])
+        .arg(rules.path())
+        .arg("--runtime-dir")
+        .arg(runtime.path().join("rt"))
+        .args(["run", "--source", source])
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .expect("fanlink runs");
+    Daemon { child, log }
+}
+
+#[test]
+#[ignore = "needs root (network namespaces): run with --include-ignored"]
+fn without_networkd_the_kernel_decides() {
+    let host = Netns::new("flk");
+    let peer = Netns::new("flkp");
+    sh(
+        None,
+        &format!(
+            "ip -n {p} link add bump0 type bridge && \
+             ip link add uplink0 netns {h} type veth peer name peer0 netns {p} && \
+             ip -n {p} addr add 10.99.254.254/16 dev peer0 && ip -n {p} link set peer0 up && \
+             ip -n {h} addr add 10.99.1.1/16 dev uplink0 && ip -n {h} link set uplink0 up && \
+             ip -n {h} route add default via 10.99.254.254",
+            h = host.name(),
+            p = peer.name()
+        ),
+    );
+    let (rules, runtime) = (TempDir::new("rules"), TempDir::new("run"));
+    rules.write("50-test.toml", FAN_250);
+    let daemon = start_without_networkd(&host, &rules, &runtime, "auto");
+    let fan = || {
+        let out = String::from_utf8_lossy(&sh(Some(host.name()), "ip -o -4 addr show dev fan-250 up").stdout)
+            .into_owned();
+        out.split_whitespace().skip_while(|w| *w != "inet").nth(1).unwrap_or("down").to_string()
+    };
+    let wait =
+        |want: &str| wait_for(&format!("fan-250 {want}; log:\n{}", daemon.log()), SOON, || fan() == want);
+    wait("250.1.1.1/8");
+    daemon.wait_log("following the kernel's link state until networkd appears");
+    sh(Some(peer.name()), "ip link set peer0 down");
+    wait("down");
+    sh(Some(peer.name()), "ip link set peer0 up");
+    wait("250.1.1.1/8");
+    // No route beyond the subnet: not routable.
+    sh(Some(host.name()), "ip route del default");
+    wait("down");
+    sh(Some(host.name()), "ip route add default via 10.99.254.254");
+    wait("250.1.1.1/8");
+    // A new address (a DHCP renew, say) moves the fan.
+    sh(Some(host.name()), "ip addr del 10.99.1.1/16 dev uplink0 && ip addr add 10.99.7.7/16 dev uplink0 && ip route add default via 10.99.254.254");
+    wait("250.7.7.1/8");
+    let status = String::from_utf8_lossy(
+        &sh(Some(host.name()), &format!("{BIN} --runtime-dir {}/rt status", runtime.path().display())).stdout,
+    )
+    .into_owned();
+    assert!(status.starts_with("source: daemon, following the kernel (no networkd)"), "{status}");
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn auto_switches_to_networkd_when_it_appears() {
+    let host = Host::new("appear", "10.99.1.1/16", &[]);
+    host.harness.run("kill-networkd", &[]);
+    let daemon = host.start();
+    daemon.wait_log("no networkd on the bus; following the kernel's link state");
+    // The harness's uplink has no gateway: the kernel does not call it routable.
+    daemon.wait_log("fan-250: down: uplink0 is carrier");
+    assert_eq!(host.fan("fan-250"), "absent");
+    host.harness.run("start-networkd", &[]);
+    daemon.wait_log("networkd appeared; following it from now on");
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    host.harness.run("carrier", &["down"]);
+    host.wait_fan("fan-250", "down", &daemon);
 }

@@ -15,6 +15,31 @@ pub struct LinkView {
     pub admin: AdminState,
 }
 
+/// The kernel's own "routable", for hosts without networkd (NetworkManager, ifupdown,
+/// containers): administratively up, with carrier, and with a route beyond the link's own
+/// subnets out of it (a default route, or any route via a gateway). The address inside the
+/// underlay is `decide`'s to check, as with networkd.
+pub fn kernel_views(
+    links: &[crate::netlink::LinkInfo],
+    routes: &[crate::netlink::RouteInfo],
+) -> HashMap<u32, LinkView> {
+    links
+        .iter()
+        .map(|l| {
+            let beyond = routes
+                .iter()
+                .any(|r| r.oif == Some(l.index) && (r.gateway.is_some() || r.dst.prefix_len() == 0));
+            let oper = match (l.up, l.carrier, beyond) {
+                (false, _, _) => OperState::Off,
+                (true, false, _) => OperState::NoCarrier,
+                (true, true, false) => OperState::Carrier,
+                (true, true, true) => OperState::Routable,
+            };
+            (l.index, LinkView { oper, admin: AdminState::Configured })
+        })
+        .collect()
+}
+
 /// A fan's target state and why, for the log and `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -130,5 +155,65 @@ mod tests {
         let kept =
             decide_all(&[rule()], &kernel, &links("10.0.3.4/16"), &view("routable", "configured"), false);
         assert_eq!(kept.len(), 1, "a broken rule file never takes a fan down");
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+    use crate::netlink::{LinkInfo, RouteInfo};
+
+    fn link(index: u32, up: bool, carrier: bool) -> LinkInfo {
+        LinkInfo {
+            index,
+            name: format!("eth{index}"),
+            up,
+            carrier,
+            mtu: 1500,
+            master: None,
+            alias: None,
+            mac: None,
+            kind: None,
+            vxlan: None,
+        }
+    }
+
+    fn route(dst: &str, oif: u32, gateway: Option<&str>) -> RouteInfo {
+        RouteInfo {
+            dst: dst.parse().unwrap(),
+            oif: Some(oif),
+            gateway: gateway.map(|g| g.parse().unwrap()),
+            metric: 0,
+        }
+    }
+
+    #[test]
+    fn routable_means_up_carrier_and_a_route_beyond() {
+        let links = [
+            link(2, true, true),
+            link(3, true, true),
+            link(4, true, false),
+            link(5, false, false),
+            link(6, true, true),
+        ];
+        let routes = [
+            route("0.0.0.0/0", 2, Some("10.0.0.1")),
+            route("10.0.0.0/16", 2, None),
+            route("192.168.9.0/24", 3, Some("10.1.0.1")),
+            route("0.0.0.0/0", 4, Some("10.2.0.1")),
+            route("10.6.0.0/16", 6, None),
+        ];
+        let views = kernel_views(&links, &routes);
+        let oper = |i: u32| views[&i].oper;
+        assert_eq!(
+            [oper(2), oper(3), oper(4), oper(5), oper(6)],
+            [
+                OperState::Routable,
+                OperState::Routable,
+                OperState::NoCarrier,
+                OperState::Off,
+                OperState::Carrier
+            ]
+        );
     }
 }

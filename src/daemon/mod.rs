@@ -9,7 +9,7 @@
 mod decide;
 mod sources;
 
-pub use decide::{decide, decide_all, Decision, LinkView};
+pub use decide::{decide, decide_all, kernel_views, Decision, LinkView};
 pub use sources::control_path;
 
 use crate::config::{self, Rule};
@@ -49,9 +49,28 @@ impl From<BusEvent> for Event {
 pub struct Options {
     pub rule_dirs: Vec<PathBuf>,
     pub runtime_dir: PathBuf,
+    pub source: Source,
 }
 
-/// Reconnect delays after the bus goes away: quick at first, then at most every 5 s.
+/// Who says whether an underlay link is routable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// networkd if it is on the bus at start (or appears later), else the kernel.
+    Auto,
+    /// Only networkd; while it is gone, fans stay as they are.
+    Networkd,
+    /// Only the kernel: up, carrier, an address in the underlay and a route beyond it.
+    Kernel,
+}
+
+/// The bus connection and its reader thread (which ends when the connection drops).
+struct Bus {
+    networkd: networkd::Networkd,
+    _reader: networkd::Reader,
+}
+
+/// Reconnect delays after the bus goes away: quick at first, then at most every 5 s (every
+/// 30 s where the kernel is followed meanwhile: nothing waits on the bus then).
 const BACKOFF: [Duration; 5] = [
     Duration::from_millis(100),
     Duration::from_millis(300),
@@ -67,13 +86,17 @@ struct Daemon {
     rules_sound: bool,
     sys: System,
     /// The bus connection; `None` while disconnected.
-    bus: Option<networkd::Attached>,
+    bus: Option<Bus>,
+    /// Whether the kernel decides "routable" (no networkd); see `Source`.
+    following_kernel: bool,
     /// networkd's view of each link; `None` while networkd or the bus is gone: then fans
     /// stay as they are.
     links: Option<HashMap<u32, LinkView>>,
     /// fanlink's NAT tables, re-read only after fanlink changed them (`nft` is a process).
     nat: Option<Vec<nft::NatTable>>,
     decisions: Vec<Decision>,
+    /// networkd has been followed once: from then on its absence is a restart to wait out.
+    ever_followed_networkd: bool,
     /// nftables changed since the accept rules were last ensured.
     firewall_changed: bool,
     reconnect_at: Option<Instant>,
@@ -98,16 +121,19 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     for e in &errors {
         log::error!("{e}");
     }
+    let opts_source_is_kernel = opts.source == Source::Kernel;
     let mut d = Daemon {
         opts,
         rules,
         rules_sound: errors.is_empty(),
         sys: System::open()?,
         bus: None,
+        following_kernel: opts_source_is_kernel,
         links: None,
         nat: None,
         decisions: Vec::new(),
         firewall_changed: false,
+        ever_followed_networkd: false,
         reconnect_at: None,
         failures: 0,
         notifier: Notifier::from_env(),
@@ -173,8 +199,11 @@ impl Daemon {
                 true
             }
             Event::Bus(BusEvent::LinkChanged { index, oper, admin }) => self.link_changed(index, oper, admin),
+            Event::Bus(_) if self.opts.source == Source::Kernel => false,
             Event::Bus(BusEvent::OwnerChanged { new_owner: None }) => {
-                log::warn!("networkd left the bus; fans stay as they are until it is back");
+                if !self.following_kernel {
+                    log::warn!("networkd left the bus; fans stay as they are until it is back");
+                }
                 self.links = None;
                 false
             }
@@ -184,7 +213,9 @@ impl Daemon {
                 true
             }
             Event::Bus(BusEvent::Disconnected) => {
-                log::warn!("lost the system bus; fans stay as they are; reconnecting");
+                if !self.following_kernel {
+                    log::warn!("lost the system bus; fans stay as they are; reconnecting");
+                }
                 self.bus = None;
                 self.links = None;
                 self.schedule_reconnect();
@@ -217,25 +248,60 @@ impl Daemon {
         links.insert(index, view) != Some(view)
     }
 
+    /// Connects to the bus and subscribes (the reader starts before any state is read), then
+    /// reads networkd's state if it is there. With `Source::Auto`, a host where networkd is
+    /// not on the bus at start follows the kernel until networkd appears.
     fn connect(&mut self) {
         self.reconnect_at = None;
-        match networkd::attach(None, self.tx.clone()) {
-            Ok(attached) => {
-                log::info!("networkd is on the bus; {} link(s)", attached.links.len());
-                self.links = Some(attached.links.iter().map(|l| (l.index, view(l))).collect());
-                self.bus = Some(attached);
+        if self.opts.source == Source::Kernel {
+            return;
+        }
+        let attached = networkd::Networkd::connect().and_then(|networkd| {
+            let subscription = networkd.subscribe()?;
+            let owner = subscription.owner().map(str::to_string);
+            let reader = subscription.spawn_reader(self.tx.clone())?;
+            Ok((Bus { networkd, _reader: reader }, owner))
+        });
+        match attached {
+            Ok((bus, owner)) => {
+                self.bus = Some(bus);
                 self.failures = 0;
+                match owner {
+                    Some(_) => self.resync(),
+                    None => self.networkd_absent("no networkd on the bus"),
+                }
             }
             Err(e) => {
-                log::warn!("networkd: {e}; fans stay as they are");
+                self.networkd_absent(&format!("cannot reach networkd ({e})"));
                 self.schedule_reconnect();
             }
         }
     }
 
+    /// networkd is not there: the kernel decides where `Source::Auto` allows it and networkd
+    /// was never followed (a networkd restart is not a host without networkd).
+    fn networkd_absent(&mut self, why: &str) {
+        if self.opts.source == Source::Auto && self.links.is_none() && !self.ever_followed_networkd {
+            if !self.following_kernel {
+                log::info!("{why}; following the kernel's link state until networkd appears");
+            }
+            self.following_kernel = true;
+        } else {
+            log::warn!("{why}; fans stay as they are");
+        }
+    }
+
     fn resync(&mut self) {
         match self.bus.as_ref().map(|b| b.networkd.snapshot()) {
-            Some(Ok(links)) => self.links = Some(links.iter().map(|l| (l.index, view(l))).collect()),
+            Some(Ok(links)) => {
+                if self.following_kernel {
+                    log::info!("networkd appeared; following it from now on");
+                }
+                log::info!("networkd is on the bus; {} link(s)", links.len());
+                self.links = Some(links.iter().map(|l| (l.index, view(l))).collect());
+                self.following_kernel = false;
+                self.ever_followed_networkd = true;
+            }
             Some(Err(e)) => {
                 log::warn!("networkd: {e}");
                 self.links = None;
@@ -245,7 +311,8 @@ impl Daemon {
     }
 
     fn schedule_reconnect(&mut self) {
-        let delay = BACKOFF[self.failures.min(BACKOFF.len() - 1)];
+        let backoff: &[Duration] = if self.following_kernel { &[Duration::from_secs(30)] } else { &BACKOFF };
+        let delay = backoff[self.failures.min(backoff.len() - 1)];
         self.failures += 1;
         self.reconnect_at = Some(Instant::now() + delay);
     }
@@ -269,9 +336,15 @@ impl Daemon {
 
     /// Observe, decide, plan, apply. Errors are logged per fan and never fatal.
     fn reconcile(&mut self) {
-        let Some(links) = self.links.clone() else { return };
+        if !self.following_kernel && self.links.is_none() {
+            return;
+        }
         let result = (|| -> anyhow::Result<()> {
             let snap = self.sys.snapshot()?;
+            let links = match &self.links {
+                Some(links) if !self.following_kernel => links.clone(),
+                _ => kernel_views(&snap.links, &self.sys.routes()?),
+            };
             // Fans made by hand have no rule by design: never orphans.
             let kernel_fans =
                 snap.kernel_fans().into_iter().filter(|(_, by_hand)| !by_hand).map(|(f, _)| f).collect();
@@ -349,7 +422,7 @@ impl Daemon {
 
     /// "2 fans: fan-250 up on ens3, fan-240 down (waiting: ...)".
     fn summary(&self) -> String {
-        if self.links.is_none() {
+        if self.links.is_none() && !self.following_kernel {
             return format!("{} fan(s); networkd not reachable, fans left as they are", self.rules.len());
         }
         let parts: Vec<String> = self
@@ -380,9 +453,10 @@ impl Daemon {
             .iter()
             .map(|d| (self.rules.iter().find(|r| r.name == d.fan), d.want.clone(), d.why.clone()))
             .collect();
-        let source = match self.links {
-            Some(_) => "daemon, following networkd",
-            None => "daemon; networkd not reachable, fans left as they are",
+        let source = match (self.following_kernel, &self.links) {
+            (true, _) => "daemon, following the kernel (no networkd)",
+            (false, Some(_)) => "daemon, following networkd",
+            (false, None) => "daemon; networkd not reachable, fans left as they are",
         };
         let sys = &mut self.sys;
         Ok(status::collect(source, &decided, &observed, &plans, |seen| {

@@ -3,7 +3,7 @@
 //! None of them does any work itself, so none can hold up another.
 
 use super::Event;
-use crate::netlink::monitor::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK, RTMGRP_TC};
+use crate::netlink::monitor::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_TC};
 use crate::netlink::Netlink;
 use nix::sys::signal::{SigSet, Signal};
 use std::io::{BufRead, BufReader, Write};
@@ -44,7 +44,8 @@ pub fn spawn_signals(tx: Sender<Event>) -> std::io::Result<()> {
 /// Kernel link, address and tc changes: what networkd does not signal (a DHCP renew to a
 /// new address, an address added by hand, someone deleting a fan's bridge or program).
 pub fn spawn_kernel_monitor(tx: Sender<Event>) -> Result<(), crate::netlink::Error> {
-    let mut monitor = Netlink::monitor(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_TC)?;
+    // Routes matter only where the kernel decides "routable" (no networkd), and are cheap.
+    let mut monitor = Netlink::monitor(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_TC | RTMGRP_IPV4_ROUTE)?;
     let spawned = std::thread::Builder::new().name("rtnetlink".into()).spawn(move || loop {
         match monitor.recv_events() {
             Ok(events) if events.is_empty() => continue,

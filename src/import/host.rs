@@ -2,7 +2,6 @@
 //! or as `default`: the interface's IPv4 addresses, and which link has the default route.
 //! Behind a trait so that the translation stays testable without a kernel.
 
-use crate::netlink::msg::{self, MsgBuilder};
 use crate::netlink::Netlink;
 use ipnet::Ipv4Net;
 
@@ -28,15 +27,6 @@ impl NetlinkHost {
     }
 }
 
-const RTM_GETROUTE: u16 = 26;
-/// `sizeof(struct rtmsg)`.
-const RTMSG_LEN: usize = 12;
-const RT_TABLE_MAIN: u8 = 254;
-const RTN_UNICAST: u8 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_PRIORITY: u16 = 6;
-const RTA_TABLE: u16 = 15;
-
 impl Host for NetlinkHost {
     fn addresses(&mut self, ifname: &str) -> Result<Vec<Ipv4Net>, String> {
         let nl = self.netlink()?;
@@ -46,32 +36,13 @@ impl Host for NetlinkHost {
         Ok(all.into_iter().filter(|a| a.index == link.index).map(|a| a.address).collect())
     }
 
-    /// Dumps the IPv4 routes and keeps main-table unicast routes of length 0; the lowest
-    /// metric wins, as it does for the kernel. Multipath defaults have no RTA_OIF and are
-    /// skipped: they name no single link.
+    /// The main table's default route with the lowest metric, as the kernel picks it.
+    /// Multipath defaults name no single link and are skipped.
     fn default_link(&mut self) -> Result<String, String> {
         let nl = self.netlink()?;
-        let header = [libc::AF_INET as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let replies = nl.dump(MsgBuilder::new(RTM_GETROUTE, 0).header(&header)).map_err(|e| e.to_string())?;
-        let mut best: Option<(u32, u32)> = None;
-        for payload in &replies {
-            let Ok((hdr, attrs)) = msg::split(payload, RTMSG_LEN) else { continue };
-            let (mut table, mut oif, mut metric) = (u32::from(hdr[4]), None, 0);
-            for a in attrs.flatten() {
-                match a.ty {
-                    RTA_TABLE => table = a.u32().unwrap_or(table),
-                    RTA_OIF => oif = a.u32(),
-                    RTA_PRIORITY => metric = a.u32().unwrap_or(0),
-                    _ => {}
-                }
-            }
-            let is_default = hdr[1] == 0 && hdr[7] == RTN_UNICAST && table == u32::from(RT_TABLE_MAIN);
-            if let (true, Some(index)) = (is_default, oif) {
-                if best.is_none_or(|(m, _)| metric < m) {
-                    best = Some((metric, index));
-                }
-            }
-        }
+        let routes = nl.ipv4_routes().map_err(|e| e.to_string())?;
+        let best =
+            routes.iter().filter(|r| r.dst.prefix_len() == 0).filter_map(|r| Some((r.metric, r.oif?))).min();
         let (_, index) = best.ok_or("this host has no IPv4 default route")?;
         let links = nl.links().map_err(|e| e.to_string())?;
         let link = links.into_iter().find(|l| l.index == index);

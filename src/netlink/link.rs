@@ -29,6 +29,8 @@ const IFLA_VXLAN_VNIFILTER: u16 = 30;
 /// Leaves the ~1 KiB of counters out of every link message; fanlink never reads them.
 const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
 const IFF_UP: u32 = 1;
+/// The driver signals carrier (RFC 2863 "lower layer up").
+const IFF_LOWER_UP: u32 = 0x10000;
 /// `sizeof(struct ifinfomsg)`.
 pub(crate) const IFINFOMSG_LEN: usize = 16;
 
@@ -39,6 +41,8 @@ pub struct LinkInfo {
     pub name: String,
     /// IFF_UP: administratively up, whatever the carrier.
     pub up: bool,
+    /// IFF_LOWER_UP: the link has carrier.
+    pub carrier: bool,
     pub mtu: u32,
     pub master: Option<u32>,
     /// IFLA_IFALIAS, where fanlink marks the links it owns.
@@ -188,6 +192,7 @@ pub fn parse_link(payload: &[u8]) -> Result<LinkInfo, DecodeError> {
         index: msg::ne_u32(&hdr[4..8]),
         name: String::new(),
         up: msg::ne_u32(&hdr[8..12]) & IFF_UP != 0,
+        carrier: msg::ne_u32(&hdr[8..12]) & IFF_LOWER_UP != 0,
         mtu: 0,
         master: None,
         alias: None,

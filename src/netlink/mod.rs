@@ -9,6 +9,7 @@ pub mod addr;
 pub mod link;
 pub mod monitor;
 pub mod msg;
+pub mod route;
 pub mod tc;
 pub mod vni;
 
@@ -24,6 +25,7 @@ use msg::{MsgBuilder, NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_D
 pub use addr::AddrInfo;
 pub use link::{LinkChanges, LinkInfo, LinkRef, NewBridge, NewVxlan, VxlanInfo};
 pub use monitor::Event;
+pub use route::RouteInfo;
 pub use tc::FilterInfo;
 
 /// A failed netlink operation, with what was being done and what the kernel said.

@@ -18,11 +18,15 @@ pub const RTMGRP_LINK: u32 = 0x1;
 pub const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 /// Traffic control: qdiscs and filters added or removed (a deleted fan program).
 pub const RTMGRP_TC: u32 = 0x8;
+/// IPv4 routes added or removed (a default route appearing makes a link routable).
+pub const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
 const RTM_DELQDISC: u16 = 37;
 const RTM_NEWTFILTER: u16 = 44;
 const RTM_DELTFILTER: u16 = 45;
@@ -44,6 +48,8 @@ pub enum Event {
     Tc {
         index: u32,
     },
+    /// An IPv4 route was added or removed.
+    Route,
 }
 
 impl Netlink {
@@ -86,6 +92,7 @@ impl Netlink {
                     .payload
                     .get(4..8)
                     .map(|b| Event::Tc { index: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) }),
+                RTM_NEWROUTE | RTM_DELROUTE => Some(Event::Route),
                 msg::NLMSG_OVERRUN => return Err(Error::new(op, Errno::ENOBUFS)),
                 _ => None,
             };
