@@ -23,6 +23,10 @@ pub struct Cli {
     #[arg(long = "rules-dir", value_name = "DIR", global = true)]
     pub rules_dirs: Vec<PathBuf>,
 
+    /// Where the daemon keeps the leases of the DHCP servers it runs (`dhcp = true`).
+    #[arg(long = "state-dir", value_name = "DIR", default_value = "/var/lib/fanlink", global = true)]
+    pub state_dir: PathBuf,
+
     /// Where the daemon keeps its control socket.
     #[arg(long = "runtime-dir", value_name = "DIR", default_value = "/run/fanlink", global = true)]
     pub runtime_dir: PathBuf,

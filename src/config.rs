@@ -30,6 +30,8 @@ pub struct Rule {
     /// `None`: the underlay link's MTU minus the vxlan overhead.
     pub mtu: Option<u32>,
     pub masquerade: bool,
+    /// Serve DHCP on the bridge (dnsmasq), as LXD and `fanctl --dhcp` do.
+    pub dhcp: bool,
     /// The file and line that defined it, for messages.
     pub origin: String,
     /// Made from command-line prefixes (`fanlink up --overlay`), not from a rule file.
@@ -78,7 +80,7 @@ struct RawFile {
 type RawFan = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 
 /// The keys a `[[fan]]` table may hold.
-const KEYS: [&str; 6] = ["name", "overlay", "underlay", "interface", "mtu", "masquerade"];
+const KEYS: [&str; 7] = ["name", "overlay", "underlay", "interface", "mtu", "masquerade", "dhcp"];
 
 /// The rule files that take effect: `*.toml` by file name, an earlier directory masking a
 /// later one, a link to /dev/null masking the name altogether. Sorted by file name.
@@ -229,6 +231,19 @@ impl<'a> FanTable<'a> {
         }
     }
 
+    /// A true/false key with its default.
+    fn boolean(&mut self, key: &str, default: bool) -> Option<bool> {
+        let Some(value) = self.get(key) else { return Some(default) };
+        let flag = value.get_ref().as_bool();
+        if flag.is_none() {
+            self.error(
+                value.span(),
+                format!("`{key}` must be true or false, not {}", shown(value.get_ref())),
+            );
+        }
+        flag
+    }
+
     fn ifname(&mut self, key: &str) -> Option<IfName> {
         let (text, span) = self.string(key, "\"fan-250\"")?;
         text.parse().map_err(|e| self.error(span, format!("`{key}`: {e}"))).ok()
@@ -298,23 +313,13 @@ fn convert(
         }
         valid
     });
-    let masquerade = match t.get("masquerade") {
-        None => Some(true),
-        Some(value) => {
-            let flag = value.get_ref().as_bool();
-            if flag.is_none() {
-                t.error(
-                    value.span(),
-                    format!("`masquerade` must be true or false, not {}", shown(value.get_ref())),
-                );
-            }
-            flag
-        }
-    };
-    match (name, map, masquerade) {
-        (Some(name), Some(map), Some(masquerade)) if t.errors.is_empty() => {
+    let masquerade = t.boolean("masquerade", true);
+    let dhcp = t.boolean("dhcp", false);
+    match (name, map, masquerade, dhcp) {
+        (Some(name), Some(map), Some(masquerade), Some(dhcp)) if t.errors.is_empty() => {
             let origin = format!("{}:{}", path.display(), line_col(text, header.start).0);
-            let rule = Rule { name, map, interface, mtu, masquerade, origin: origin.clone(), by_hand: false };
+            let rule =
+                Rule { name, map, interface, mtu, masquerade, dhcp, origin: origin.clone(), by_hand: false };
             Ok((rule, Located(origin)))
         }
         _ => {

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod dhcp;
 pub mod error;
 pub mod fan;
 pub mod ifname;

@@ -67,7 +67,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Import(args) => fanlink::import::run(&args),
         Command::Plan { name, address } => oneshot::plan_cmd(&dirs, name.as_deref(), address),
         Command::Run { source } => {
-            daemon::run(daemon::Options { rule_dirs: dirs, runtime_dir: cli.runtime_dir, source })?;
+            let (runtime_dir, state_dir) = (cli.runtime_dir, cli.state_dir);
+            daemon::run(daemon::Options { rule_dirs: dirs, runtime_dir, state_dir, source })?;
             Ok(0)
         }
         Command::Status { json } => oneshot::status(&dirs, &cli.runtime_dir, json),

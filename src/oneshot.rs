@@ -23,7 +23,16 @@ fn target_rule(dirs: &[PathBuf], target: &UpTarget) -> Result<Rule> {
             None => format!("fan-{}", overlay.addr().octets()[0]).parse().expect("short name"),
         };
         let origin = "the command line".to_string();
-        return Ok(Rule { name, map, interface: None, mtu: None, masquerade: true, origin, by_hand: true });
+        return Ok(Rule {
+            name,
+            map,
+            interface: None,
+            mtu: None,
+            masquerade: true,
+            dhcp: false,
+            origin,
+            by_hand: true,
+        });
     }
     named_rule(dirs, target.name.as_deref().unwrap_or_default())
 }

@@ -15,14 +15,14 @@ const FAN_251: &str = "[[fan]]\noverlay = \"251.0.0.0/8\"\nunderlay = \"10.99.0.
 const SOON: Duration = Duration::from_secs(10);
 
 /// A host: networkd on its own bus, with uplink0 at `address`, and fanlink's rules.
-struct Host {
-    harness: Harness,
-    rules: TempDir,
-    runtime: TempDir,
+pub struct Host {
+    pub harness: Harness,
+    pub rules: TempDir,
+    pub runtime: TempDir,
 }
 
 impl Host {
-    fn new(name: &str, address: &str, knobs: &[(&str, &str)]) -> Host {
+    pub fn new(name: &str, address: &str, knobs: &[(&str, &str)]) -> Host {
         let mut all = vec![("UPLINK_ADDR", address), ("PEER_ADDR", "10.99.254.254/16"), ("UPLINK_GW", "")];
         all.extend_from_slice(knobs);
         let harness = Harness::start_with(name, &all);
@@ -31,20 +31,20 @@ impl Host {
         Host { harness, rules, runtime: TempDir::new("run") }
     }
 
-    fn ns(&self) -> &str {
+    pub fn ns(&self) -> &str {
         self.harness.var("HARNESS_NETNS")
     }
 
-    fn sh(&self, command: &str) -> String {
+    pub fn sh(&self, command: &str) -> String {
         String::from_utf8_lossy(&sh(Some(self.ns()), command).stdout).into_owned()
     }
 
-    fn start(&self) -> Daemon {
+    pub fn start(&self) -> Daemon {
         Daemon::start(self)
     }
 
     /// "up 250.1.1.1/8", "down", or "absent" for the fan bridge `bridge`.
-    fn fan(&self, bridge: &str) -> String {
+    pub fn fan(&self, bridge: &str) -> String {
         let link = self.sh(&format!("ip -o link show dev {bridge} 2>/dev/null"));
         if link.is_empty() {
             return "absent".into();
@@ -58,7 +58,7 @@ impl Host {
         format!("up {addr}")
     }
 
-    fn wait_fan(&self, bridge: &str, want: &str, daemon: &Daemon) {
+    pub fn wait_fan(&self, bridge: &str, want: &str, daemon: &Daemon) {
         wait_for(&format!("{bridge} to be {want}; log:\n{}", daemon.log()), SOON, || {
             self.fan(bridge) == want
         });
@@ -66,7 +66,7 @@ impl Host {
 }
 
 /// `fanlink run` inside a host's namespace; SIGKILLed on drop (fans stay, by design).
-struct Daemon {
+pub struct Daemon {
     child: Child,
     log: std::path::PathBuf,
 }
@@ -81,6 +81,8 @@ impl Daemon {
             .arg(host.rules.path())
             .arg("--runtime-dir")
             .arg(host.runtime.path().join("rt"))
+            .arg("--state-dir")
+            .arg(host.runtime.path().join("state"))
             .arg("run")
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
@@ -89,11 +91,11 @@ impl Daemon {
         Daemon { child, log }
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_log(&self, text: &str) {
+    pub fn wait_log(&self, text: &str) {
         wait_for(&format!("log line {text:?}; log:\n{}", self.log()), SOON, || self.log().contains(text));
     }
 

@@ -4,6 +4,7 @@ mod bpf;
 mod cli;
 mod daemon;
 mod datapath;
+mod dhcp;
 mod import;
 mod nat;
 mod netlink;

@@ -7,15 +7,18 @@
 //! `decide`, `plan`, apply. A burst of events is drained first and reconciled once.
 
 mod decide;
+mod follow;
 mod sources;
 
 pub use decide::{decide, decide_all, kernel_views, Decision, LinkView};
+use follow::Bus;
+pub use follow::Source;
 pub use sources::control_path;
 
 use crate::config::{self, Rule};
 use crate::datapath::nft;
 use crate::model::Want;
-use crate::networkd::{self, BusEvent};
+use crate::networkd::BusEvent;
 use crate::notify::Notifier;
 use crate::plan::{plan, plan_absent, FanPlan};
 use crate::status::{self, Status};
@@ -23,7 +26,7 @@ use crate::system::System;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What wakes the worker.
 pub enum Event {
@@ -38,6 +41,8 @@ pub enum Event {
     Stop,
     /// `fanlink status` asks; the JSON goes back on the sender.
     Status(Sender<String>),
+    /// The fan's dnsmasq exited.
+    DhcpExited(crate::ifname::IfName),
 }
 
 impl From<BusEvent> for Event {
@@ -49,35 +54,10 @@ impl From<BusEvent> for Event {
 pub struct Options {
     pub rule_dirs: Vec<PathBuf>,
     pub runtime_dir: PathBuf,
+    /// Where dnsmasq keeps its leases.
+    pub state_dir: PathBuf,
     pub source: Source,
 }
-
-/// Who says whether an underlay link is routable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Source {
-    /// networkd if it is on the bus at start (or appears later), else the kernel.
-    Auto,
-    /// Only networkd; while it is gone, fans stay as they are.
-    Networkd,
-    /// Only the kernel: up, carrier, an address in the underlay and a route beyond it.
-    Kernel,
-}
-
-/// The bus connection and its reader thread (which ends when the connection drops).
-struct Bus {
-    networkd: networkd::Networkd,
-    _reader: networkd::Reader,
-}
-
-/// Reconnect delays after the bus goes away: quick at first, then at most every 5 s (every
-/// 30 s where the kernel is followed meanwhile: nothing waits on the bus then).
-const BACKOFF: [Duration; 5] = [
-    Duration::from_millis(100),
-    Duration::from_millis(300),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-];
 
 struct Daemon {
     opts: Options,
@@ -102,6 +82,7 @@ struct Daemon {
     reconnect_at: Option<Instant>,
     failures: usize,
     notifier: Notifier,
+    dhcp: crate::dhcp::Supervisor,
     tx: Sender<Event>,
 }
 
@@ -122,6 +103,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         log::error!("{e}");
     }
     let opts_source_is_kernel = opts.source == Source::Kernel;
+    let (d_state_dir, d_runtime_dir) = (opts.state_dir.clone(), opts.runtime_dir.clone());
     let mut d = Daemon {
         opts,
         rules,
@@ -137,6 +119,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         reconnect_at: None,
         failures: 0,
         notifier: Notifier::from_env(),
+        dhcp: {
+            let tx = tx.clone();
+            let exited = move |fan| {
+                let _ = tx.send(Event::DhcpExited(fan));
+            };
+            crate::dhcp::Supervisor::new(d_state_dir, d_runtime_dir, std::sync::Arc::new(exited))
+        },
         tx,
     };
     d.connect();
@@ -145,6 +134,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     log::info!("running: {}", d.summary());
     d.serve(rx);
     d.notifier.stopping();
+    // dnsmasq would outlive us unsupervised and hold the ports; clients keep their leases.
+    d.dhcp.stop_all();
     log::info!("stopping; fans stay as they are");
     Ok(())
 }
@@ -152,7 +143,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 impl Daemon {
     fn serve(&mut self, rx: Receiver<Event>) {
         loop {
-            let first = match self.reconnect_at {
+            let wake = [self.reconnect_at, self.dhcp.next_retry()].into_iter().flatten().min();
+            let first = match wake {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(e) => Some(e),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -165,7 +157,7 @@ impl Daemon {
             };
             let started = Instant::now();
             let mut dirty = first.is_none();
-            if first.is_none() {
+            if first.is_none() && self.reconnect_at.is_some_and(|at| at <= Instant::now()) {
                 self.connect();
             }
             // Drain the burst: one reconcile for all of it.
@@ -221,100 +213,12 @@ impl Daemon {
                 self.schedule_reconnect();
                 false
             }
+            Event::DhcpExited(fan) => {
+                self.dhcp.reap(&fan);
+                true
+            }
             Event::Stop | Event::Status(_) => false,
         }
-    }
-
-    fn link_changed(
-        &mut self,
-        index: u32,
-        oper: Option<networkd::OperState>,
-        admin: Option<networkd::AdminState>,
-    ) -> bool {
-        let Some(links) = self.links.as_mut() else { return false };
-        let view = match links.get(&index) {
-            Some(v) => LinkView { oper: oper.unwrap_or(v.oper), admin: admin.unwrap_or(v.admin) },
-            // A link networkd just started reporting: its signal carries only what changed.
-            None => match self.bus.as_ref().map(|b| b.networkd.link(index)) {
-                Some(Ok(Some(l))) => LinkView { oper: l.oper, admin: l.admin },
-                Some(Ok(None)) => return false,
-                Some(Err(e)) => {
-                    log::warn!("networkd: link {index}: {e}");
-                    return false;
-                }
-                None => return false,
-            },
-        };
-        links.insert(index, view) != Some(view)
-    }
-
-    /// Connects to the bus and subscribes (the reader starts before any state is read), then
-    /// reads networkd's state if it is there. With `Source::Auto`, a host where networkd is
-    /// not on the bus at start follows the kernel until networkd appears.
-    fn connect(&mut self) {
-        self.reconnect_at = None;
-        if self.opts.source == Source::Kernel {
-            return;
-        }
-        let attached = networkd::Networkd::connect().and_then(|networkd| {
-            let subscription = networkd.subscribe()?;
-            let owner = subscription.owner().map(str::to_string);
-            let reader = subscription.spawn_reader(self.tx.clone())?;
-            Ok((Bus { networkd, _reader: reader }, owner))
-        });
-        match attached {
-            Ok((bus, owner)) => {
-                self.bus = Some(bus);
-                self.failures = 0;
-                match owner {
-                    Some(_) => self.resync(),
-                    None => self.networkd_absent("no networkd on the bus"),
-                }
-            }
-            Err(e) => {
-                self.networkd_absent(&format!("cannot reach networkd ({e})"));
-                self.schedule_reconnect();
-            }
-        }
-    }
-
-    /// networkd is not there: the kernel decides where `Source::Auto` allows it and networkd
-    /// was never followed (a networkd restart is not a host without networkd).
-    fn networkd_absent(&mut self, why: &str) {
-        if self.opts.source == Source::Auto && self.links.is_none() && !self.ever_followed_networkd {
-            if !self.following_kernel {
-                log::info!("{why}; following the kernel's link state until networkd appears");
-            }
-            self.following_kernel = true;
-        } else {
-            log::warn!("{why}; fans stay as they are");
-        }
-    }
-
-    fn resync(&mut self) {
-        match self.bus.as_ref().map(|b| b.networkd.snapshot()) {
-            Some(Ok(links)) => {
-                if self.following_kernel {
-                    log::info!("networkd appeared; following it from now on");
-                }
-                log::info!("networkd is on the bus; {} link(s)", links.len());
-                self.links = Some(links.iter().map(|l| (l.index, view(l))).collect());
-                self.following_kernel = false;
-                self.ever_followed_networkd = true;
-            }
-            Some(Err(e)) => {
-                log::warn!("networkd: {e}");
-                self.links = None;
-            }
-            None => {}
-        }
-    }
-
-    fn schedule_reconnect(&mut self) {
-        let backoff: &[Duration] = if self.following_kernel { &[Duration::from_secs(30)] } else { &BACKOFF };
-        let delay = backoff[self.failures.min(backoff.len() - 1)];
-        self.failures += 1;
-        self.reconnect_at = Some(Instant::now() + delay);
     }
 
     /// A reload whose rules have errors changes nothing: every error is logged.
@@ -390,6 +294,7 @@ impl Daemon {
                 }
             }
             self.firewall_changed = false;
+            self.supervise_dhcp(&decisions, &snap);
             self.decisions = decisions;
             Ok(())
         })();
@@ -397,6 +302,30 @@ impl Daemon {
             log::error!("reconcile: {e:#}");
         }
         self.notifier.status(&self.summary());
+    }
+
+    /// dnsmasq runs for each fan with `dhcp = true` that is up; every other one is stopped.
+    fn supervise_dhcp(&mut self, decisions: &[Decision], snap: &crate::system::Snapshot) {
+        let mut keep = Vec::new();
+        for d in decisions {
+            let (Want::Up(underlay), Some(rule)) = (&d.want, self.rules.iter().find(|r| r.name == d.fan))
+            else {
+                continue;
+            };
+            let bridge_up = snap.links.iter().any(|l| l.name == d.fan.as_str() && l.up);
+            if !rule.dhcp || !bridge_up {
+                continue;
+            }
+            let (Ok(slice), Ok(bridge_address)) =
+                (rule.map.slice(underlay.address), rule.map.bridge_address(underlay.address))
+            else {
+                continue;
+            };
+            keep.push(d.fan.clone());
+            let mtu = underlay.mtu;
+            self.dhcp.ensure(crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, slice, mtu });
+        }
+        self.dhcp.retain(&keep);
     }
 
     fn plans(&self, decisions: &[Decision], observed: &crate::model::Observed) -> Vec<FanPlan> {
@@ -463,10 +392,6 @@ impl Daemon {
             seen.vxlan.as_ref().and_then(|v| sys.drops(v.index).ok().flatten())
         }))
     }
-}
-
-fn view(l: &networkd::LinkState) -> LinkView {
-    LinkView { oper: l.oper, admin: l.admin }
 }
 
 pub fn want_word(want: &Want) -> &'static str {

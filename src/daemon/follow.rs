@@ -1,0 +1,132 @@
+//! Following networkd over the bus: connecting, resyncing when its owner changes,
+//! reconnecting with backoff, and falling back to the kernel's own link state on hosts
+//! without networkd (`Source`).
+
+use super::{Daemon, LinkView};
+use crate::networkd;
+use std::time::{Duration, Instant};
+
+/// Who says whether an underlay link is routable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// networkd if it is on the bus at start (or appears later), else the kernel.
+    Auto,
+    /// Only networkd; while it is gone, fans stay as they are.
+    Networkd,
+    /// Only the kernel: up, carrier, an address in the underlay and a route beyond it.
+    Kernel,
+}
+
+/// The bus connection and its reader thread (which ends when the connection drops).
+pub(super) struct Bus {
+    pub(super) networkd: networkd::Networkd,
+    pub(super) _reader: networkd::Reader,
+}
+
+/// Reconnect delays after the bus goes away: quick at first, then at most every 5 s (every
+/// 30 s where the kernel is followed meanwhile: nothing waits on the bus then).
+const BACKOFF: [Duration; 5] = [
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
+
+impl Daemon {
+    pub(super) fn link_changed(
+        &mut self,
+        index: u32,
+        oper: Option<networkd::OperState>,
+        admin: Option<networkd::AdminState>,
+    ) -> bool {
+        let Some(links) = self.links.as_mut() else { return false };
+        let view = match links.get(&index) {
+            Some(v) => LinkView { oper: oper.unwrap_or(v.oper), admin: admin.unwrap_or(v.admin) },
+            // A link networkd just started reporting: its signal carries only what changed.
+            None => match self.bus.as_ref().map(|b| b.networkd.link(index)) {
+                Some(Ok(Some(l))) => LinkView { oper: l.oper, admin: l.admin },
+                Some(Ok(None)) => return false,
+                Some(Err(e)) => {
+                    log::warn!("networkd: link {index}: {e}");
+                    return false;
+                }
+                None => return false,
+            },
+        };
+        links.insert(index, view) != Some(view)
+    }
+
+    /// Connects to the bus and subscribes (the reader starts before any state is read), then
+    /// reads networkd's state if it is there. With `Source::Auto`, a host where networkd is
+    /// not on the bus at start follows the kernel until networkd appears.
+    pub(super) fn connect(&mut self) {
+        self.reconnect_at = None;
+        if self.opts.source == Source::Kernel {
+            return;
+        }
+        let attached = networkd::Networkd::connect().and_then(|networkd| {
+            let subscription = networkd.subscribe()?;
+            let owner = subscription.owner().map(str::to_string);
+            let reader = subscription.spawn_reader(self.tx.clone())?;
+            Ok((Bus { networkd, _reader: reader }, owner))
+        });
+        match attached {
+            Ok((bus, owner)) => {
+                self.bus = Some(bus);
+                self.failures = 0;
+                match owner {
+                    Some(_) => self.resync(),
+                    None => self.networkd_absent("no networkd on the bus"),
+                }
+            }
+            Err(e) => {
+                self.networkd_absent(&format!("cannot reach networkd ({e})"));
+                self.schedule_reconnect();
+            }
+        }
+    }
+
+    /// networkd is not there: the kernel decides where `Source::Auto` allows it and networkd
+    /// was never followed (a networkd restart is not a host without networkd).
+    fn networkd_absent(&mut self, why: &str) {
+        if self.opts.source == Source::Auto && self.links.is_none() && !self.ever_followed_networkd {
+            if !self.following_kernel {
+                log::info!("{why}; following the kernel's link state until networkd appears");
+            }
+            self.following_kernel = true;
+        } else {
+            log::warn!("{why}; fans stay as they are");
+        }
+    }
+
+    pub(super) fn resync(&mut self) {
+        match self.bus.as_ref().map(|b| b.networkd.snapshot()) {
+            Some(Ok(links)) => {
+                if self.following_kernel {
+                    log::info!("networkd appeared; following it from now on");
+                }
+                log::info!("networkd is on the bus; {} link(s)", links.len());
+                self.links = Some(links.iter().map(|l| (l.index, view(l))).collect());
+                self.following_kernel = false;
+                self.ever_followed_networkd = true;
+            }
+            Some(Err(e)) => {
+                log::warn!("networkd: {e}");
+                self.links = None;
+            }
+            None => {}
+        }
+    }
+
+    pub(super) fn schedule_reconnect(&mut self) {
+        let backoff: &[Duration] = if self.following_kernel { &[Duration::from_secs(30)] } else { &BACKOFF };
+        let delay = backoff[self.failures.min(backoff.len() - 1)];
+        self.failures += 1;
+        self.reconnect_at = Some(Instant::now() + delay);
+    }
+}
+
+fn view(l: &networkd::LinkState) -> LinkView {
+    LinkView { oper: l.oper, admin: l.admin }
+}
