@@ -184,13 +184,15 @@ impl Supervisor {
 
     /// Called when a dnsmasq's output ended: reaps it; the next `ensure` restarts it.
     pub fn reap(&mut self, fan: &IfName) {
-        let Some(r) = self.running.get_mut(fan) else { return };
-        if let Ok(Some(status)) = r.child.try_wait().or_else(|_| r.child.wait().map(Some)) {
-            log::warn!("{fan}: dhcp: dnsmasq exited ({status})");
-            if r.started.elapsed() < QUICK_DEATH {
-                self.retry_at.insert(fan.clone(), Instant::now() + QUICK_DEATH);
-            }
-            self.running.remove(fan);
+        let Some(mut r) = self.running.remove(fan) else { return };
+        // Its stderr closes a moment before it can be waited for (the kernel closes a dying
+        // process's files first), so wait rather than try: it is on its way out.
+        match r.child.wait() {
+            Ok(status) => log::warn!("{fan}: dhcp: dnsmasq exited ({status})"),
+            Err(e) => log::warn!("{fan}: dhcp: dnsmasq exited ({e})"),
+        }
+        if r.started.elapsed() < QUICK_DEATH {
+            self.retry_at.insert(fan.clone(), Instant::now() + QUICK_DEATH);
         }
     }
 

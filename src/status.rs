@@ -31,6 +31,9 @@ pub struct FanStatus {
     /// Frames the program dropped (broadcasts, unmappable targets): the clsact counter.
     pub drops: Option<u64>,
     pub nat: bool,
+    /// The DHCP server on the bridge, when the daemon runs one: "dnsmasq PID".
+    #[serde(default)]
+    pub dhcp: Option<String>,
     /// What a reconcile would still change; empty when the kernel matches the rules.
     pub drift: Vec<String>,
 }
@@ -95,6 +98,7 @@ pub fn fan_status(wanted: Wanted<'_>, seen: &ObservedFan, plan: &FanPlan, drops:
         program_id: seen.program_id,
         drops,
         nat: seen.nat.is_some(),
+        dhcp: None,
         drift,
     }
 }
@@ -127,6 +131,9 @@ pub fn render(status: &Status) -> String {
             _ => out.push_str("  program   -\n"),
         }
         let _ = writeln!(out, "  nat       {}", if f.nat { "masquerade" } else { "-" });
+        if let Some(dhcp) = &f.dhcp {
+            let _ = writeln!(out, "  dhcp      {dhcp}");
+        }
         if f.drift.is_empty() {
             out.push_str("  drift     none\n");
         } else {

@@ -62,6 +62,12 @@ fn containers_get_a_lease_in_their_hosts_slice_with_the_fan_mtu() {
     a.wait_fan("fan-250", "up 250.1.1.1/8", &da);
     b.wait_fan("fan-250", "up 250.2.2.1/8", &db);
     da.wait_log("fan-250: dhcp: dnsmasq");
+    let status = a.sh(&format!(
+        "{} --runtime-dir {}/rt status",
+        env!("CARGO_BIN_EXE_fanlink"),
+        a.runtime.path().display()
+    ));
+    assert!(status.contains("  dhcp      dnsmasq "), "{status}");
 
     let (ca, lease_a) = dhcp_container(&a);
     let (cb, lease_b) = dhcp_container(&b);
@@ -84,9 +90,15 @@ fn containers_get_a_lease_in_their_hosts_slice_with_the_fan_mtu() {
     });
 
     // A dnsmasq that dies is restarted.
-    let pid_file = b.runtime.path().join("rt/dnsmasq-fan-250.pid");
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
-    run(None, &format!("kill -9 {}", pid.trim()));
+    let log = db.log();
+    let started =
+        log.lines().filter(|l| l.contains("dhcp: dnsmasq ") && l.contains(" serving ")).last().unwrap();
+    let pid = started.split("dhcp: dnsmasq ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    wait_for("the pid file of the running dnsmasq", Duration::from_secs(5), || {
+        std::fs::read_to_string(b.runtime.path().join("rt/dnsmasq-fan-250.pid"))
+            .is_ok_and(|p| p.trim() == pid)
+    });
+    run(None, &format!("kill -9 {pid}"));
     db.wait_log("fan-250: dhcp: dnsmasq exited");
     wait_for("dnsmasq restarted after it died", Duration::from_secs(10), || {
         db.log().matches("serving 250.2.2.2").count() == 3

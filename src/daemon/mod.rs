@@ -388,9 +388,14 @@ impl Daemon {
             (false, None) => "daemon; networkd not reachable, fans left as they are",
         };
         let sys = &mut self.sys;
-        Ok(status::collect(source, &decided, &observed, &plans, |seen| {
+        let mut status = status::collect(source, &decided, &observed, &plans, |seen| {
             seen.vxlan.as_ref().and_then(|v| sys.drops(v.index).ok().flatten())
-        }))
+        });
+        for fan in &mut status.fans {
+            let pid = fan.name.parse().ok().and_then(|name| self.dhcp.pid(&name));
+            fan.dhcp = pid.map(|pid| format!("dnsmasq {pid}"));
+        }
+        Ok(status)
     }
 }
 
