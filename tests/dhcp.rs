@@ -91,8 +91,7 @@ fn containers_get_a_lease_in_their_hosts_slice_with_the_fan_mtu() {
 
     // A dnsmasq that dies is restarted.
     let log = db.log();
-    let started =
-        log.lines().filter(|l| l.contains("dhcp: dnsmasq ") && l.contains(" serving ")).last().unwrap();
+    let started = log.lines().rfind(|l| l.contains("dhcp: dnsmasq ") && l.contains(" serving ")).unwrap();
     let pid = started.split("dhcp: dnsmasq ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
     wait_for("the pid file of the running dnsmasq", Duration::from_secs(5), || {
         std::fs::read_to_string(b.runtime.path().join("rt/dnsmasq-fan-250.pid"))
