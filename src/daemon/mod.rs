@@ -86,7 +86,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel();
     sources::spawn_signals(tx.clone())?;
     sources::spawn_kernel_monitor(tx.clone())?;
-    sources::spawn_control(&opts.runtime_dir, tx.clone())?;
+    sources::spawn_control(&opts.runtime_dir, tx.clone()).map_err(|e| {
+        anyhow::anyhow!("control socket {}: {e}", sources::control_path(&opts.runtime_dir).display())
+    })?;
     let (rules, errors) = config::load(&opts.rule_dirs);
     for e in &errors {
         log::error!("{e}");
