@@ -500,13 +500,16 @@ fn a_read_only_or_full_runtime_dir_is_a_clear_error_and_the_fans_keep_running() 
     let (status, log) = start_on_tmpfs(&host, "ro,size=64k", "");
     eprintln!("[faults] read-only runtime dir: {status}: {}", log.trim());
     assert_eq!(status.code(), Some(2), "{log}");
-    assert!(log.contains("Read-only file system"), "the error says why: {log}");
+    let rt = host.runtime.path().join("mnt/rt");
+    let want = format!("fanlink: control socket {}/control: Read-only file system", rt.display());
+    assert!(log.contains(&want), "the error says what and why: {log}");
     assert_eq!(host.fan(), format!("{UP} [1, 1, 1, 1]"), "the fan keeps running");
 
     // Full: the directory exists but the file system has no inode left for the socket.
     let (status, log) = start_on_tmpfs(&host, "nr_inodes=2,size=64k", "mkdir -m 700 MNT/rt &&");
     eprintln!("[faults] full runtime dir: {status}: {}", log.trim());
     assert_eq!(status.code(), Some(2), "{log}");
-    assert!(log.contains("No space left on device"), "the error says why: {log}");
+    let want = format!("fanlink: control socket {}/control: No space left on device", rt.display());
+    assert!(log.contains(&want), "the error says what and why: {log}");
     assert_eq!(host.fan(), format!("{UP} [1, 1, 1, 1]"), "the fan keeps running");
 }
