@@ -97,7 +97,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     if let Err(e) = sources::spawn_firewall_monitor(tx.clone()) {
         log::warn!("cannot watch nftables ({e}); a deleted NAT table is restored only on the next event");
     }
-    sources::spawn_control(&opts.runtime_dir, tx.clone())?;
+    // Without its socket the daemon still does its job; only `fanlink status` falls back to
+    // reading the kernel. A full or read-only runtime directory must not stop the fans.
+    if let Err(e) = sources::spawn_control(&opts.runtime_dir, tx.clone()) {
+        let path = sources::control_path(&opts.runtime_dir);
+        log::error!("control socket {}: {e}; running without it (status reads the kernel)", path.display());
+    }
     let (rules, errors) = config::load(&opts.rule_dirs);
     for e in &errors {
         log::error!("{e}");
