@@ -10,6 +10,7 @@ pub mod config;
 pub mod datapath;
 pub mod error;
 pub mod fan;
+pub mod generate;
 pub mod ifname;
 pub mod model;
 pub mod netlink;

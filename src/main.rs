@@ -65,5 +65,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Up { target, stop_after } => oneshot::up(&dirs, &target, stop_after),
         Command::Down { name, all } => oneshot::down(name.as_deref(), all),
         Command::Plan { name, address } => oneshot::plan_cmd(&dirs, name.as_deref(), address),
+        Command::Generate { what, out } => fanlink::generate::run(what, out.as_deref()),
     }
 }
