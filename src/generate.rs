@@ -108,7 +108,8 @@ fn command_section(sub: clap::Command) -> Result<String> {
     roff.control("SS", [name.as_str()]);
     let mut text = strip_preamble(&roff.render());
     // clap_mangen's renderers open with their own `.SH` line; the body is what is wanted.
-    for render in [Man::render_synopsis_section, Man::render_description_section, Man::render_options_section] {
+    let parts = [Man::render_synopsis_section, Man::render_description_section, Man::render_options_section];
+    for render in parts {
         let body = capture(|w| render(&man, w))?;
         text += body.split_once('\n').map_or("", |(_, rest)| rest);
         text += ".PP\n";

@@ -3,9 +3,9 @@
 //! fan (links come up last). No I/O: every case is a table-driven unit test.
 
 use crate::config::Rule;
-use crate::ifname::IfName;
 use crate::datapath::bpf::FanProgram;
 use crate::datapath::nft;
+use crate::ifname::IfName;
 use crate::model::{owner_alias, Device, LinkChange, Observed, ObservedFan, Op, Want};
 use std::net::Ipv4Addr;
 

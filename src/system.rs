@@ -7,7 +7,7 @@ use crate::datapath::{bpf, firewall, nft, sysctl};
 use crate::fan::FAN_UDP_PORT;
 use crate::ifname::IfName;
 use crate::model::{owner_alias, Device, Observed, ObservedFan, Op, OWNER_PREFIX};
-use crate::netlink::{self, LinkChanges, LinkInfo, NewBridge, NewVxlan, Netlink, Tolerate};
+use crate::netlink::{self, LinkChanges, LinkInfo, Netlink, NewBridge, NewVxlan, Tolerate};
 use crate::underlay::HostLink;
 use std::collections::BTreeSet;
 
@@ -47,14 +47,13 @@ fn netlink_hint(e: &netlink::Error) -> &'static str {
 
 /// A fan's own devices carry the owner alias; these are the fan names found that way.
 fn fans_in_kernel(links: &[LinkInfo]) -> BTreeSet<IfName> {
-    links
-        .iter()
-        .filter_map(|l| l.alias.as_deref()?.strip_prefix(OWNER_PREFIX)?.parse().ok())
-        .collect()
+    links.iter().filter_map(|l| l.alias.as_deref()?.strip_prefix(OWNER_PREFIX)?.parse().ok()).collect()
 }
 
 fn device(link: &LinkInfo) -> Device {
-    let fan_vxlan = link.vxlan.is_some_and(|v| v.collect_metadata && v.vnifilter && !v.learning && v.port == FAN_UDP_PORT);
+    let fan_vxlan = link
+        .vxlan
+        .is_some_and(|v| v.collect_metadata && v.vnifilter && !v.learning && v.port == FAN_UDP_PORT);
     Device {
         index: link.index,
         up: link.up,
@@ -161,7 +160,12 @@ impl System {
     pub fn apply(&mut self, op: &Op) -> Result<(), SystemError> {
         match op {
             Op::CreateBridge { bridge, mtu, mac, alias } => {
-                let new = NewBridge { name: bridge.to_string(), mtu: *mtu, mac: Some(*mac), alias: Some(alias.clone()) };
+                let new = NewBridge {
+                    name: bridge.to_string(),
+                    mtu: *mtu,
+                    mac: Some(*mac),
+                    alias: Some(alias.clone()),
+                };
                 self.nl.create_bridge(&new).exists_ok()?;
             }
             Op::CreateVxlan { vxlan, bridge, mtu, alias } => {
@@ -184,7 +188,8 @@ impl System {
                     Some(m) => Some(self.index(m)?),
                     None => None,
                 };
-                let changes = LinkChanges { up: change.up, mtu: change.mtu, master, alias: None, mac: change.mac };
+                let changes =
+                    LinkChanges { up: change.up, mtu: change.mtu, master, alias: None, mac: change.mac };
                 self.nl.set_link(link.as_str(), &changes)?;
             }
             Op::AddAddress { link, address } => {

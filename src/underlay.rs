@@ -111,6 +111,9 @@ mod tests {
             find(&rule("interface = \"ens3\"\n"), &links),
             Err("ens3 has no IPv4 address inside the underlay 10.0.0.0/16".into())
         );
-        assert_eq!(find(&rule(""), &links), Err("no link has an IPv4 address inside the underlay 10.0.0.0/16".into()));
+        assert_eq!(
+            find(&rule(""), &links),
+            Err("no link has an IPv4 address inside the underlay 10.0.0.0/16".into())
+        );
     }
 }

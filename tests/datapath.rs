@@ -71,7 +71,10 @@ fn containers_on_three_hosts_reach_each_other_on_the_first_packet() {
 fn on_the_wire_it_is_the_ubuntu_vxlan_fan_and_nothing_unmappable_leaks() {
     let fleet = Fleet::new(FAN_250, 2);
     let port = &fleet.hosts[0].port;
-    let capture = Background::spawn(&fleet.switch.ns, &format!("tcpdump --immediate-mode -T vxlan -l -nn -v -i {port} udp"));
+    let capture = Background::spawn(
+        &fleet.switch.ns,
+        &format!("tcpdump --immediate-mode -T vxlan -l -nn -v -i {port} udp"),
+    );
     wait_for("tcpdump to listen", Duration::from_secs(5), || {
         fleet.switch.ns.sh(&format!("ip -d link show {port}")).status.success()
             && fleet.switch.ns.sh("pgrep -x tcpdump").status.success()
@@ -84,7 +87,10 @@ fn on_the_wire_it_is_the_ubuntu_vxlan_fan_and_nothing_unmappable_leaks() {
     assert!(wire.contains("ICMP echo request"), "{wire}");
 
     // Broadcasts, unmappable targets and IPv6 are dropped before the wire.
-    let capture = Background::spawn(&fleet.switch.ns, &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} udp port 8472"));
+    let capture = Background::spawn(
+        &fleet.switch.ns,
+        &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} udp port 8472"),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let c1 = &fleet.containers[0];
     c1.sh("ping -c1 -W1 -b 250.255.255.255");
@@ -128,7 +134,10 @@ fn two_fans_share_udp_8472_each_vni_carrying_its_own_overlay() {
         second.push(host.container("fan-251", &format!("251.{n}.{n}.10/8"), &format!("251.{n}.{n}.1"), 1450));
     }
     let port = &fleet.hosts[0].port;
-    let capture = Background::spawn(&fleet.switch.ns, &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} udp port 8472"));
+    let capture = Background::spawn(
+        &fleet.switch.ns,
+        &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} udp port 8472"),
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(ping(&fleet.containers[0], "250.2.2.10"));
     assert!(ping(&second[0], "251.2.2.10"));
@@ -140,7 +149,10 @@ fn two_fans_share_udp_8472_each_vni_carrying_its_own_overlay() {
     // vxlan header, after the 8-byte UDP header) shows one VNI at a time.
     for (vni_hex, overlay, other) in [("fa0000", "250.", "251."), ("fb0000", "251.", "250.")] {
         let filter = format!("udp port 8472 and udp[12:4] = 0x{vni_hex}00");
-        let capture = Background::spawn(&fleet.switch.ns, &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} '{filter}'"));
+        let capture = Background::spawn(
+            &fleet.switch.ns,
+            &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} '{filter}'"),
+        );
         std::thread::sleep(Duration::from_millis(500));
         assert!(ping(&fleet.containers[0], "250.2.2.10"));
         assert!(ping(&second[0], "251.2.2.10"));
@@ -206,7 +218,11 @@ fn up_is_idempotent_down_restores_the_namespace_and_a_half_built_fan_converges()
     for stop_after in 1..steps {
         fanlink(&host.ns, &rules, &format!("up fan-250 --stop-after {stop_after}"));
         fanlink(&host.ns, &rules, "up fan-250");
-        assert_same(&normalize_ids(&dump(&host.ns)), &normalize_ids(&once), &format!("after a stop at step {stop_after}"));
+        assert_same(
+            &normalize_ids(&dump(&host.ns)),
+            &normalize_ids(&once),
+            &format!("after a stop at step {stop_after}"),
+        );
         fanlink(&host.ns, &rules, "down fan-250");
     }
     assert_eq!(dump(&host.ns), before);
