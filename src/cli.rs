@@ -87,6 +87,22 @@ pub enum Command {
         all: bool,
     },
 
+    /// Run the daemon: follow systemd-networkd and keep every fan right.
+    ///
+    /// Brings each fan up while its underlay link is routable and down (devices kept)
+    /// otherwise. SIGHUP reloads the rules (a reload with errors changes nothing);
+    /// SIGTERM exits and leaves the fans as they are. Speaks systemd's notify protocol.
+    Run,
+
+    /// Show each fan: wanted and why, what the kernel has, and any drift.
+    ///
+    /// Asks the running daemon; without one, reads the rules and the kernel.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Print the operations `up` would apply, applying nothing (all fans without NAME).
     Plan {
         /// Name of a configured fan.

@@ -365,7 +365,7 @@ mod tests {
         assert_eq!(r.name.as_str(), "fan-250");
         assert_eq!(r.vxlan_name().as_str(), "fan-250-vx");
         assert!(r.masquerade);
-        assert_eq!((r.mtu, &r.interface, r.origin.as_str()), (None, &None, "t.toml:2"));
+        assert_eq!((r.mtu, &r.interface, r.origin.as_str()), (None, &None, "t.toml:1"));
     }
 
     #[test]

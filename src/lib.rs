@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod datapath;
 pub mod error;
 pub mod fan;
@@ -18,5 +19,6 @@ pub mod networkd;
 pub mod notify;
 pub mod oneshot;
 pub mod plan;
+pub mod status;
 pub mod system;
 pub mod underlay;

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use fanlink::cli::{Cli, Command};
-use fanlink::{commands, oneshot};
+use fanlink::{commands, daemon, oneshot};
 use std::process::ExitCode;
 
 /// Exit status for errors: invalid arguments, missing privileges, kernel refusals.
@@ -65,6 +65,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Up { target, stop_after } => oneshot::up(&dirs, &target, stop_after),
         Command::Down { name, all } => oneshot::down(name.as_deref(), all),
         Command::Plan { name, address } => oneshot::plan_cmd(&dirs, name.as_deref(), address),
+        Command::Run => {
+            daemon::run(daemon::Options { rule_dirs: dirs, runtime_dir: cli.runtime_dir })?;
+            Ok(0)
+        }
+        Command::Status { json } => oneshot::status(&dirs, &cli.runtime_dir, json),
         Command::Generate { what, out } => fanlink::generate::run(what, out.as_deref()),
     }
 }

@@ -24,8 +24,8 @@ pub fn owner_alias(fan: &IfName) -> String {
 pub enum Want {
     /// No devices, no filter, no NAT: after `fanlink down` or when the rule is removed.
     Absent,
-    /// Devices kept but administratively down, datapath detached, NAT removed: the underlay
-    /// is not routable. Containers stay attached to the bridge.
+    /// Devices kept but administratively down, which leaves the program and the NAT rule
+    /// without traffic: the underlay is not routable. Containers stay attached to the bridge.
     Down,
     /// Up on this host's underlay address.
     Up(Underlay),
@@ -66,6 +66,8 @@ pub struct ObservedFan {
     pub vnis: Vec<u32>,
     /// Name of the BPF filter on the vxlan's egress, if one is attached.
     pub program: Option<String>,
+    /// The kernel's id of that program.
+    pub program_id: Option<u32>,
     /// The parameters recorded in the fan's NAT table, if the table exists.
     pub nat: Option<String>,
 }
@@ -121,9 +123,6 @@ pub enum Op {
     AttachProgram {
         vxlan: IfName,
         program: FanProgram,
-    },
-    DetachProgram {
-        vxlan: IfName,
     },
     /// Create or atomically replace the fan's NAT table.
     WriteNat {
@@ -190,7 +189,6 @@ impl fmt::Display for Op {
             Op::AttachProgram { vxlan, program } => {
                 write!(f, "attach fan program to {vxlan} egress ({})", program.tag())
             }
-            Op::DetachProgram { vxlan } => write!(f, "detach fan program from {vxlan} egress"),
             Op::WriteNat { fan, overlay, .. } => {
                 write!(f, "write nat table for {fan}: masquerade {overlay} leaving the overlay")
             }

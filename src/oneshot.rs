@@ -152,3 +152,71 @@ pub fn plan_cmd(dirs: &[PathBuf], name: Option<&str>, address: Option<Ipv4Addr>)
     }
     Ok(if problems { 2 } else { 0 })
 }
+
+/// `fanlink status`: the daemon's view if one runs, else the rules against the kernel.
+pub fn status(dirs: &[PathBuf], runtime_dir: &std::path::Path, json: bool) -> Result<u8> {
+    let status = match ask_daemon(runtime_dir) {
+        Ok(status) => status,
+        Err(e) => {
+            log::debug!("no daemon answered: {e:#}");
+            local_status(dirs)?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", crate::status::render(&status));
+    }
+    Ok(0)
+}
+
+fn ask_daemon(runtime_dir: &std::path::Path) -> Result<crate::status::Status> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(crate::daemon::control_path(runtime_dir))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    stream.write_all(b"status\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    Ok(serde_json::from_str(&reply)?)
+}
+
+fn local_status(dirs: &[PathBuf]) -> Result<crate::status::Status> {
+    let (rules, _) = config::load(dirs);
+    let mut sys = System::open()?;
+    let snap = sys.snapshot()?;
+    let links = snap.host_links();
+    // (fan, its rule, what `up` would want, why); fans of ours without a rule would go.
+    let mut fans: Vec<(IfName, Option<&Rule>, Want, String)> = rules
+        .iter()
+        .map(|r| match crate::underlay::find(r, &links) {
+            Ok(u) => {
+                let why = format!("{} has {}", u.link, u.address);
+                (r.name.clone(), Some(r), Want::Up(u), why)
+            }
+            Err(e) => (r.name.clone(), Some(r), Want::Down, e),
+        })
+        .collect();
+    for fan in snap.fan_names(&[]).into_iter().filter(|f| !rules.iter().any(|r| &r.name == f)) {
+        fans.push((fan, None, Want::Absent, "no rule defines it".into()));
+    }
+    let names = fans.iter().map(|f| f.0.clone()).collect();
+    let observed = sys.observe(&snap, &names, &nat_tables())?;
+    let plans: Vec<crate::plan::FanPlan> = fans
+        .iter()
+        .map(|(name, rule, want, _)| match rule {
+            Some(rule) => plan(&[((*rule).clone(), want.clone())], &observed).remove(0),
+            None => {
+                let seen = observed.fans.get(name).cloned().unwrap_or_default();
+                crate::plan::FanPlan { fan: name.clone(), result: plan_absent(name, &seen) }
+            }
+        })
+        .collect();
+    let decided: Vec<_> = fans.into_iter().map(|(_, rule, want, why)| (rule, want, why)).collect();
+    Ok(crate::status::collect(
+        "no daemon: the rules against the kernel (up wherever an underlay address is found)",
+        &decided,
+        &observed,
+        &plans,
+        |seen| seen.vxlan.as_ref().and_then(|v| sys.drops(v.index).ok().flatten()),
+    ))
+}

@@ -37,7 +37,7 @@ pub fn plan(targets: &[(Rule, Want)], observed: &Observed) -> Vec<FanPlan> {
     if wants_up && !observed.forwarding {
         if let Some(FanPlan { result: Ok(ops), .. }) = plans.iter_mut().find(|p| p.result.is_ok()) {
             // Before the links come up, so that the first forwarded packet is not dropped.
-            let at = ops.iter().position(|op| is_link_up(op)).unwrap_or(ops.len());
+            let at = ops.iter().position(is_link_up).unwrap_or(ops.len());
             ops.insert(at, Op::EnableForwarding);
         }
     }
@@ -69,7 +69,7 @@ pub fn plan_fan(rule: &Rule, want: &Want, seen: &ObservedFan) -> Result<Vec<Op>,
     let seen_vxlan = owned(&seen.vxlan, &vxlan, &rule.name)?;
     match want {
         Want::Up(underlay) => plan_up(rule, underlay, seen, seen_bridge, seen_vxlan),
-        Want::Down => Ok(plan_down(rule, seen, seen_bridge, seen_vxlan)),
+        Want::Down => Ok(plan_down(rule, seen_bridge, seen_vxlan)),
         Want::Absent => plan_absent(&rule.name, seen),
     }
 }
@@ -98,16 +98,14 @@ pub fn plan_absent(fan: &IfName, seen: &ObservedFan) -> Result<Vec<Op>, String> 
     Ok(ops)
 }
 
-fn plan_down(rule: &Rule, seen: &ObservedFan, bridge: Option<&Device>, vxlan: Option<&Device>) -> Vec<Op> {
+/// Down is not delete: containers stay attached to the bridge. Links go administratively
+/// down, which also makes the program (no egress on a down vxlan) and the NAT rule (no
+/// forwarded traffic from a down bridge) inert; both stay in place so that coming back up
+/// is two netlink messages.
+fn plan_down(rule: &Rule, bridge: Option<&Device>, vxlan: Option<&Device>) -> Vec<Op> {
     let mut ops = Vec::new();
     let down =
         |link: IfName| Op::SetLink { link, change: LinkChange { up: Some(false), ..Default::default() } };
-    if seen.program.is_some() && vxlan.is_some() {
-        ops.push(Op::DetachProgram { vxlan: rule.vxlan_name() });
-    }
-    if seen.nat.is_some() {
-        ops.push(Op::DeleteNat { fan: rule.name.clone() });
-    }
     if vxlan.is_some_and(|v| v.up) {
         ops.push(down(rule.vxlan_name()));
     }
@@ -199,10 +197,10 @@ fn plan_up(
         (None, false) => {}
     }
 
-    // Not observed (a process per iptables backend): ensured, idempotently, whenever the
-    // fan comes up, which is when a firewall may have changed under it.
+    // Not observed (a process per iptables backend): ensured, idempotently, when the fan's
+    // bridge is made, so that a flap does not start processes.
     let up = |link: IfName| Op::SetLink { link, change: LinkChange { up: Some(true), ..Default::default() } };
-    if !bridge_ok.is_some_and(|b| b.up) {
+    if bridge_ok.is_none() {
         ops.push(Op::AcceptForwarding { fan: bridge.clone() });
     }
     // Up last: traffic starts only once everything above is in place.

@@ -142,7 +142,10 @@ impl System {
                 if seen.vxlan.as_ref().is_some_and(|d| d.fan_vxlan) {
                     seen.vnis = self.nl.vnis(v.index)?;
                 }
-                seen.program = self.nl.bpf_filters(v.index, true)?.into_iter().map(|f| f.name).next();
+                if let Some(filter) = self.nl.bpf_filters(v.index, true)?.into_iter().next() {
+                    seen.program = Some(filter.name);
+                    seen.program_id = filter.prog_id;
+                }
             }
             observed.fans.insert(fan.clone(), seen);
         }
@@ -208,10 +211,6 @@ impl System {
                 // new one is in, so a re-slice never leaves the vxlan without one.
                 use std::os::fd::AsFd;
                 self.nl.attach_bpf(index, true, fd.as_fd(), &program.tag(), true)?;
-            }
-            Op::DetachProgram { vxlan } => {
-                let index = self.index(vxlan)?;
-                self.nl.detach_bpf(index, true).missing_ok()?;
             }
             Op::WriteNat { fan, overlay } => nft::apply(fan, *overlay, fan)?,
             Op::DeleteNat { fan } => nft::delete(fan)?,

@@ -2,7 +2,10 @@
 //! and the kernel-facing parts in network namespaces of their own.
 mod bpf;
 mod cli;
+mod daemon;
 mod datapath;
 mod nat;
 mod netlink;
+mod networkd;
 mod topology;
+mod util;

@@ -2,7 +2,6 @@
 //! container namespaces behind a host's fan bridge. Everything is removed on drop, also when
 //! a test fails; traffic stays between the namespaces made here.
 
-use std::net::Ipv4Addr;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -143,8 +142,7 @@ impl Switch {
                 s = self.ns.name()
             ),
         );
-        let underlay = address.split('/').next().unwrap().parse().unwrap();
-        Host { ns, port, underlay }
+        Host { ns, port }
     }
 }
 
@@ -152,7 +150,6 @@ pub struct Host {
     pub ns: Netns,
     /// The host's port on the switch, where captures see its underlay traffic.
     pub port: String,
-    pub underlay: Ipv4Addr,
 }
 
 impl Host {

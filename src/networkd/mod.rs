@@ -10,11 +10,19 @@
 //! [`attach`] does all four. Subscribing before reading the state means no change falls
 //! between the two; an event older than the snapshot may be applied after it, which is
 //! harmless because networkd's signals carry the *new* values and every later change sends
-//! another, so applying events in order converges on networkd's state.
+//! another, so applying events in order converges on networkd's state. Drain what is
+//! queued before acting, or such a stale event may flip a Fan down and up again.
 //!
 //! On `BusEvent::OwnerChanged { new_owner: Some(_) }` take a new snapshot (networkd
 //! announces nothing per link when it stops or starts); on `Disconnected` call [`attach`]
-//! again, with backoff. Nothing here retries or sleeps.
+//! again, with backoff. Nothing here retries or sleeps. Every reader ends with exactly one
+//! `Disconnected` when the bus goes away, and with none when we hang up ourselves (dropping
+//! the [`Networkd`], or an [`attach`] that failed half-way): a stale session can never
+//! trigger another reconnect.
+//!
+//! Trust: a state reaches the caller only as a closed enum, a link only as an ifindex (and
+//! an [`IfName`] that passed the kernel's rules); no bus string is handed on to become part
+//! of a path or a command. A link path for calls is built from the number.
 
 mod path;
 mod proxy;
@@ -23,7 +31,7 @@ mod reader;
 mod reader_tests;
 mod state;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -85,16 +93,22 @@ pub struct LinkState {
     pub admin: AdminState,
 }
 
-/// A connection to the system bus, for talking to networkd.
-#[derive(Debug, Clone)]
+/// A connection to the system bus, for talking to networkd. Dropping it closes the
+/// connection, which ends its reader thread (without a `Disconnected`: we hung up).
+/// It is `Sync`: the reader and method calls may run on different threads.
+#[derive(Debug)]
 pub struct Networkd {
     conn: Connection,
+    /// Set before we close the connection ourselves, so the reader can tell a hang-up
+    /// from a lost bus.
+    closing: Arc<AtomicBool>,
 }
 
 /// Match rules registered, owner seeded, messages queueing: hand it to a reader thread.
 pub struct Subscription {
     messages: MessageIterator,
     owner: Option<String>,
+    closing: Arc<AtomicBool>,
 }
 
 /// A running reader thread and its counters.
@@ -114,8 +128,13 @@ pub struct Attached {
 
 /// Connects, subscribes, starts the reader and takes a snapshot, in that order.
 /// `address` overrides the system bus address (`None`: `DBUS_SYSTEM_BUS_ADDRESS` or the
-/// default socket).
-pub fn attach(address: Option<&str>, tx: Sender<BusEvent>) -> Result<Attached> {
+/// default socket). The reader starts before the snapshot so that nothing waits for a
+/// method reply while no one drains the queue. If the snapshot fails, the connection is
+/// dropped and that reader ends silently.
+pub fn attach<T>(address: Option<&str>, tx: Sender<T>) -> Result<Attached>
+where
+    T: From<BusEvent> + Send + 'static,
+{
     let networkd = match address {
         Some(address) => Networkd::connect_address(address)?,
         None => Networkd::connect()?,
@@ -142,7 +161,7 @@ impl Networkd {
 
     fn build(builder: zbus::blocking::connection::Builder<'_>) -> Result<Self> {
         let conn = builder.max_queued(QUEUE_CAPACITY).build().map_err(|e| Error::Connect(Box::new(e)))?;
-        Ok(Networkd { conn })
+        Ok(Networkd { conn, closing: Arc::new(AtomicBool::new(false)) })
     }
 
     /// Our unique name on the bus.
@@ -162,7 +181,9 @@ impl Networkd {
     /// the messages ahead of it. NameOwnerChanged carries the new owner, so replaying it
     /// still ends at the right owner; the only cost is that the old owner's last
     /// PropertiesChanged are dropped, and the OwnerChanged event asks for a resync anyway.
-    /// A message is never accepted from a connection that did not own the name.
+    /// A message is accepted only from the seed owner or one a later NameOwnerChanged
+    /// names, so only from a connection that owned the name at some point; the system
+    /// bus policy lets only networkd's user own it.
     pub fn subscribe(&self) -> Result<Subscription> {
         let messages = MessageIterator::from(&self.conn);
         let bus = DBusProxy::new(&self.conn).map_err(call("org.freedesktop.DBus (proxy)"))?;
@@ -171,7 +192,7 @@ impl Networkd {
         bus.add_match_rule(link_rule().map_err(call("AddMatch PropertiesChanged"))?)
             .map_err(call("AddMatch PropertiesChanged"))?;
         let owner = self.owner()?;
-        Ok(Subscription { messages, owner })
+        Ok(Subscription { messages, owner, closing: Arc::clone(&self.closing) })
     }
 
     /// The unique name that owns `org.freedesktop.network1` now, `None` if networkd is
@@ -189,10 +210,7 @@ impl Networkd {
     /// is left out (its `linger` signal follows); a link whose name the kernel could not
     /// have, or whose path does not match its index, is left out and logged.
     pub fn snapshot(&self) -> Result<Vec<LinkState>> {
-        let manager = ManagerProxy::builder(&self.conn)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .map_err(call("org.freedesktop.network1.Manager (proxy)"))?;
+        let manager = self.manager()?;
         let mut links = Vec::new();
         for (index, name, path) in manager.list_links().map_err(call("ListLinks"))? {
             let Some(index) =
@@ -234,9 +252,43 @@ impl Networkd {
         Ok(Some((oper, admin)))
     }
 
-    /// Closes the connection; the reader then reports `Disconnected` and ends.
+    /// One link by ifindex (for an index that first shows up in a signal), `None` if
+    /// networkd does not know it.
+    pub fn link(&self, index: u32) -> Result<Option<LinkState>> {
+        let manager = self.manager()?;
+        let Ok(signed) = i32::try_from(index) else { return Ok(None) };
+        let name = match manager.get_link_by_index(signed) {
+            Ok((name, _path)) => name,
+            Err(e) if is_gone(&e) || is_no_such_link(&e) => return Ok(None),
+            Err(e) => return Err(call("GetLinkByIndex")(e)),
+        };
+        let Ok(name) = name.parse::<IfName>() else {
+            log::warn!("networkd names link {index} \"{}\"; ignoring it", escape(&name));
+            return Ok(None);
+        };
+        Ok(self.link_states(index)?.map(|(oper, admin)| LinkState { index, name, oper, admin }))
+    }
+
+    fn manager(&self) -> Result<ManagerProxy<'static>> {
+        ManagerProxy::builder(&self.conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .map_err(call("org.freedesktop.network1.Manager (proxy)"))
+    }
+
+    /// Closes the connection now; the reader ends without reporting `Disconnected`.
+    /// Dropping does the same, ignoring errors.
     pub fn close(self) -> Result<()> {
-        self.conn.close().map_err(call("close"))
+        self.closing.store(true, Ordering::Release);
+        self.conn.clone().close().map_err(call("close"))
+    }
+}
+
+impl Drop for Networkd {
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::Release);
+        // Already closed by `close`, or the bus is gone: nothing left to do either way.
+        let _ = self.conn.clone().close();
     }
 }
 
@@ -246,15 +298,21 @@ impl Subscription {
         self.owner.as_deref()
     }
 
-    /// Starts the reader thread; its events go to `tx` in bus order.
-    pub fn spawn_reader(self, tx: Sender<BusEvent>) -> Result<Reader> {
+    /// Starts the reader thread; its events go to `tx` in bus order. `T` lets the daemon
+    /// feed one worker channel from several sources (`impl From<BusEvent> for Event`).
+    pub fn spawn_reader<T>(self, tx: Sender<T>) -> Result<Reader>
+    where
+        T: From<BusEvent> + Send + 'static,
+    {
         let stats = Arc::new(ReaderStats::default());
         let classifier = reader::Classifier::new(self.owner);
-        let messages = self.messages;
+        let Subscription { messages, closing, .. } = self;
         let thread_stats = Arc::clone(&stats);
         let handle = std::thread::Builder::new()
             .name("networkd-reader".into())
-            .spawn(move || reader::run(messages, classifier, tx, thread_stats))
+            .spawn(move || {
+                reader::run(messages, classifier, &closing, |e| tx.send(T::from(e)).is_ok(), &thread_stats)
+            })
             .map_err(Error::Thread)?;
         Ok(Reader { stats, handle })
     }
@@ -306,6 +364,19 @@ fn link_rule() -> zbus::Result<MatchRule<'static>> {
         .path_namespace(LINK_PATH_NAMESPACE)?
         .arg(0, LINK_INTERFACE)?
         .build())
+}
+
+/// networkd's answer to GetLinkByIndex for an index it does not know. systemd (v252 seen
+/// live) shares sd-bus's error table with resolved and answers
+/// `org.freedesktop.resolve1.NoSuchLink`; accept a network1 spelling too, should it be fixed.
+fn is_no_such_link(e: &zbus::Error) -> bool {
+    match e {
+        zbus::Error::MethodError(name, _, _) => matches!(
+            name.as_str(),
+            "org.freedesktop.resolve1.NoSuchLink" | "org.freedesktop.network1.NoSuchLink"
+        ),
+        _ => false,
+    }
 }
 
 /// Whether an error means the link object is gone (removed between ListLinks and Get).

@@ -13,9 +13,7 @@
 //! and logged at debug with its strings escaped.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use zbus::message::Type;
 use zbus::zvariant::Value;
@@ -167,17 +165,22 @@ fn log_drop(msg: &Message, reason: &str) {
     );
 }
 
-/// The reader loop: runs until the connection ends (then reports `Disconnected`) or the
-/// receiving side of `tx` is gone.
+/// The reader loop: runs until the connection ends (then reports `Disconnected`, unless
+/// `closing` says we hung up ourselves) or `send` reports that nobody listens any more.
 pub(crate) fn run(
     messages: impl Iterator<Item = zbus::Result<Message>>,
     mut classifier: Classifier,
-    tx: Sender<BusEvent>,
-    stats: Arc<ReaderStats>,
+    closing: &AtomicBool,
+    send: impl Fn(BusEvent) -> bool,
+    stats: &ReaderStats,
 ) {
     for msg in messages {
         let msg = match msg {
             Ok(msg) => msg,
+            Err(e) if closing.load(Ordering::Acquire) => {
+                log::debug!("bus connection closed by us: {e}");
+                return;
+            }
             Err(e) => {
                 log::info!("system bus connection lost: {e}");
                 break;
@@ -186,7 +189,7 @@ pub(crate) fn run(
         match classifier.classify(&msg) {
             Verdict::Deliver(event) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
-                if tx.send(event).is_err() {
+                if !send(event) {
                     return;
                 }
             }
@@ -197,6 +200,8 @@ pub(crate) fn run(
             }
         }
     }
-    // The receiver may already be gone; then nobody needs to hear about it.
-    let _ = tx.send(BusEvent::Disconnected);
+    if !closing.load(Ordering::Acquire) {
+        // The receiver may already be gone; then nobody needs to hear about it.
+        send(BusEvent::Disconnected);
+    }
 }

@@ -13,6 +13,7 @@
 #   networkd-harness.sh kill-bus DIR          stop the private dbus-daemon (clients get disconnected)
 #   networkd-harness.sh start-bus DIR         start it again on the same socket path
 #   networkd-harness.sh set-address DIR ADDR  rewrite uplink0's Address= and make networkd apply it
+#                                             (reload + reconfigure: oper passes through "carrier")
 #   networkd-harness.sh reconfigure DIR       networkctl reload + reconfigure uplink0
 #   networkd-harness.sh networkctl DIR ARGS   networkctl inside networkd's namespaces
 #   networkd-harness.sh switch-up NS          make netns NS with bridge sw-br (for SWITCH_NS)
@@ -83,7 +84,7 @@ IPv6AcceptRA=no
 LLDP=no
 EOF
   chmod 644 "$DIR/network/"*.network
-  echo "$1" > "$DIR/uplink.addr"
+  echo "$1" > "$DIR/uplink.addr"; echo "$2" > "$DIR/uplink.gw"
 }
 
 start_bus() {
@@ -111,6 +112,8 @@ wait_ready() { # t0
     sleep 0.02
   done
   local name_ms; name_ms=$(ms_since "$1")
+  # WAIT_ROUTABLE=0: the caller changed the uplink while networkd was gone and only wants it back.
+  if [ "${WAIT_ROUTABLE:-1}" = 0 ]; then log "networkd pid $(cat "$DIR/networkd.pid"): name after $name_ms ms"; return 0; fi
   # object path is /org/freedesktop/network1/link/_3<ifindex> (sd-bus escapes only a LEADING digit:
   # ifindex 2 -> _32, ifindex 12 -> _312); ask networkd instead of computing it:
   obj=$(busctl --address="$addr" call org.freedesktop.network1 /org/freedesktop/network1 \
@@ -281,7 +284,7 @@ case "$cmd" in
   start-bus) need_dir; start_bus ;;
   set-address)
     need_dir; [ -n "${3:-}" ] || { log "usage: $0 set-address DIR ADDR/PREFIX"; exit 2; }
-    write_network "$3" "${UPLINK_GW-}"
+    write_network "$3" "${UPLINK_GW-$(cat "$DIR/uplink.gw")}"   # keeps the gateway unless UPLINK_GW is set
     networkctl_in reload; networkctl_in reconfigure uplink0 ;;
   reconfigure) need_dir; networkctl_in reload; networkctl_in reconfigure uplink0 ;;
   networkctl) need_dir; shift 2; networkctl_in "$@" ;;

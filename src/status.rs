@@ -1,0 +1,158 @@
+//! `fanlink status`: per fan, what is wanted and why, what the kernel has, and the drift
+//! between the two (the ops a reconcile would still apply). The daemon builds it from its
+//! own decisions; without a daemon the CLI builds it from the rules and the kernel.
+
+use crate::model::{Observed, ObservedFan, Op, Want};
+use crate::plan::FanPlan;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+
+/// The status of one fan, as `status --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FanStatus {
+    pub name: String,
+    pub overlay: Option<String>,
+    pub underlay: Option<String>,
+    pub vni: Option<u32>,
+    /// "up", "down" or "absent".
+    pub wanted: String,
+    pub why: String,
+    /// "up", "down", "absent" or "partial" (some of its devices missing).
+    pub actual: String,
+    pub underlay_link: Option<String>,
+    pub underlay_address: Option<String>,
+    pub slice: Option<String>,
+    pub bridge_address: Option<String>,
+    pub bridge: Option<String>,
+    pub vxlan: Option<String>,
+    /// The attached program's tc filter name (its parameters) and kernel id.
+    pub program: Option<String>,
+    pub program_id: Option<u32>,
+    /// Frames the program dropped (broadcasts, unmappable targets): the clsact counter.
+    pub drops: Option<u64>,
+    pub nat: bool,
+    /// What a reconcile would still change; empty when the kernel matches the rules.
+    pub drift: Vec<String>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// Who decided "wanted": "daemon (networkd)" or "no daemon: the rules and the kernel".
+    pub source: String,
+    pub fans: Vec<FanStatus>,
+}
+
+/// Where a fan's decision came from, for `FanStatus`.
+pub struct Wanted<'a> {
+    pub rule: Option<&'a crate::config::Rule>,
+    pub want: &'a Want,
+    pub why: &'a str,
+}
+
+fn actual(seen: &ObservedFan) -> &'static str {
+    match (&seen.bridge, &seen.vxlan) {
+        (None, None) => "absent",
+        (Some(b), Some(v)) if b.up && v.up => "up",
+        (Some(_), Some(_)) => "down",
+        _ => "partial",
+    }
+}
+
+/// One fan's status from its decision, the kernel and its plan. `drops` is read by the
+/// caller (a netlink request per fan).
+pub fn fan_status(wanted: Wanted<'_>, seen: &ObservedFan, plan: &FanPlan, drops: Option<u64>) -> FanStatus {
+    let map = wanted.rule.map(|r| r.map);
+    let (link, address) = match wanted.want {
+        Want::Up(u) => (Some(u.link.to_string()), Some(u.address)),
+        _ => (None, None),
+    };
+    let drift = match &plan.result {
+        Ok(ops) => ops.iter().map(Op::to_string).collect(),
+        Err(e) => vec![format!("cannot plan: {e}")],
+    };
+    FanStatus {
+        name: plan.fan.to_string(),
+        overlay: map.map(|m| m.overlay().to_string()),
+        underlay: map.map(|m| m.underlay().to_string()),
+        vni: map.map(|m| m.vni()),
+        wanted: match wanted.want {
+            Want::Up(_) => "up",
+            Want::Down => "down",
+            Want::Absent => "absent",
+        }
+        .to_string(),
+        why: wanted.why.to_string(),
+        actual: actual(seen).to_string(),
+        underlay_link: link,
+        underlay_address: address.map(|a| a.to_string()),
+        slice: map.zip(address).and_then(|(m, a)| m.slice(a).ok()).map(|s| s.to_string()),
+        bridge_address: seen.bridge_addresses.first().map(|a| a.to_string()),
+        bridge: seen.bridge.as_ref().map(|_| plan.fan.to_string()),
+        vxlan: seen.vxlan.as_ref().map(|_| crate::config::vxlan_name_for(&plan.fan).to_string()),
+        program: seen.program.clone(),
+        program_id: seen.program_id,
+        drops,
+        nat: seen.nat.is_some(),
+        drift,
+    }
+}
+
+/// The text `fanlink status` prints.
+pub fn render(status: &Status) -> String {
+    let mut out = format!("source: {}\n", status.source);
+    if status.fans.is_empty() {
+        out.push_str("no fans\n");
+    }
+    for f in &status.fans {
+        let _ = writeln!(out, "\n{}: wanted {} ({}), actually {}", f.name, f.wanted, f.why, f.actual);
+        if let (Some(o), Some(u), Some(v)) = (&f.overlay, &f.underlay, f.vni) {
+            let _ = writeln!(out, "  fan       {o} over {u}, vni {v}");
+        }
+        if let (Some(l), Some(a)) = (&f.underlay_link, &f.underlay_address) {
+            let _ = writeln!(out, "  underlay  {a} on {l}");
+        }
+        if let Some(s) = &f.slice {
+            let _ = writeln!(out, "  slice     {s}, bridge {}", f.bridge_address.as_deref().unwrap_or("-"));
+        }
+        let devices = [f.bridge.as_deref(), f.vxlan.as_deref()].iter().flatten().copied().collect::<Vec<_>>();
+        let _ =
+            writeln!(out, "  devices   {}", if devices.is_empty() { "-".into() } else { devices.join(", ") });
+        match (&f.program, f.program_id) {
+            (Some(p), Some(id)) => {
+                let drops = f.drops.map_or("-".to_string(), |d| d.to_string());
+                let _ = writeln!(out, "  program   id {id} ({p}), {drops} frames dropped");
+            }
+            _ => out.push_str("  program   -\n"),
+        }
+        let _ = writeln!(out, "  nat       {}", if f.nat { "masquerade" } else { "-" });
+        if f.drift.is_empty() {
+            out.push_str("  drift     none\n");
+        } else {
+            for d in &f.drift {
+                let _ = writeln!(out, "  drift     {d}");
+            }
+        }
+    }
+    out
+}
+
+/// Status of every fan in `observed` from `plans` and decisions.
+pub fn collect(
+    source: &str,
+    decisions: &[(Option<&crate::config::Rule>, Want, String)],
+    observed: &Observed,
+    plans: &[FanPlan],
+    mut drops: impl FnMut(&ObservedFan) -> Option<u64>,
+) -> Status {
+    let empty = ObservedFan::default();
+    let fans = decisions
+        .iter()
+        .zip(plans)
+        .map(|((rule, want, why), plan)| {
+            let seen = observed.fans.get(&plan.fan).unwrap_or(&empty);
+            fan_status(Wanted { rule: *rule, want, why }, seen, plan, drops(seen))
+        })
+        .collect();
+    Status { source: source.to_string(), fans }
+}

@@ -1,0 +1,315 @@
+//! `fanlink run` against a real systemd-networkd on a private bus in a network namespace
+//! (tests/harness): the fan follows the underlay, survives networkd and bus restarts,
+//! ignores forged signals, reloads rules, and recovers from `kill -9`.
+
+use crate::cli::TempDir;
+use crate::topology::{sh, wait_for, Netns};
+use crate::util::Harness;
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fanlink");
+const FAN_250: &str = "[[fan]]\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\n";
+const FAN_251: &str = "[[fan]]\noverlay = \"251.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\n";
+const SOON: Duration = Duration::from_secs(10);
+
+/// A host: networkd on its own bus, with uplink0 at `address`, and fanlink's rules.
+struct Host {
+    harness: Harness,
+    rules: TempDir,
+    runtime: TempDir,
+}
+
+impl Host {
+    fn new(name: &str, address: &str, knobs: &[(&str, &str)]) -> Host {
+        let mut all = vec![("UPLINK_ADDR", address), ("PEER_ADDR", "10.99.254.254/16"), ("UPLINK_GW", "")];
+        all.extend_from_slice(knobs);
+        let harness = Harness::start_with(name, &all);
+        let rules = TempDir::new("rules");
+        rules.write("50-test.toml", FAN_250);
+        Host { harness, rules, runtime: TempDir::new("run") }
+    }
+
+    fn ns(&self) -> &str {
+        self.harness.var("HARNESS_NETNS")
+    }
+
+    fn sh(&self, command: &str) -> String {
+        String::from_utf8_lossy(&sh(Some(self.ns()), command).stdout).into_owned()
+    }
+
+    fn start(&self) -> Daemon {
+        Daemon::start(self)
+    }
+
+    /// "up 250.1.1.1/8", "down", or "absent" for the fan bridge `bridge`.
+    fn fan(&self, bridge: &str) -> String {
+        let link = self.sh(&format!("ip -o link show dev {bridge} 2>/dev/null"));
+        if link.is_empty() {
+            return "absent".into();
+        }
+        let flags = link.split('<').nth(1).and_then(|f| f.split('>').next()).unwrap_or("");
+        if !flags.split(',').any(|f| f == "UP") {
+            return "down".into();
+        }
+        let addr = self.sh(&format!("ip -o -4 addr show dev {bridge}"));
+        let addr = addr.split_whitespace().skip_while(|w| *w != "inet").nth(1).unwrap_or("-");
+        format!("up {addr}")
+    }
+
+    fn wait_fan(&self, bridge: &str, want: &str, daemon: &Daemon) {
+        wait_for(&format!("{bridge} to be {want}; log:\n{}", daemon.log()), SOON, || {
+            self.fan(bridge) == want
+        });
+    }
+}
+
+/// `fanlink run` inside a host's namespace; SIGKILLed on drop (fans stay, by design).
+struct Daemon {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(host: &Host) -> Daemon {
+        let log = host.runtime.path().join(format!("fanlink-{}.log", crate::topology::unique("d")));
+        let child = Command::new("ip")
+            .args(["netns", "exec", host.ns(), "env"])
+            .arg(format!("DBUS_SYSTEM_BUS_ADDRESS={}", host.harness.bus()))
+            .args(["RUST_LOG=info", BIN, "--rules-dir"])
+            .arg(host.rules.path())
+            .arg("--runtime-dir")
+            .arg(host.runtime.path().join("rt"))
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("fanlink runs");
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, text: &str) {
+        wait_for(&format!("log line {text:?}; log:\n{}", self.log()), SOON, || self.log().contains(text));
+    }
+
+    fn signal(&self, signal: &str) {
+        Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn the_fan_comes_up_whether_fanlink_starts_before_or_after_routable() {
+    let host = Host::new("early", "10.99.1.1/16", &[]);
+    let daemon = host.start();
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    daemon.wait_log("fan-250: up: uplink0 routable with 10.99.1.1");
+    drop(daemon);
+
+    let late = Host::new("late", "10.99.2.2/16", &[]);
+    late.harness.run("carrier", &["down"]);
+    let daemon = late.start();
+    daemon.wait_log("running: 1 fan(s)");
+    assert_eq!(late.fan("fan-250"), "absent", "no fan before the underlay is routable");
+    late.harness.run("carrier", &["up"]);
+    late.wait_fan("fan-250", "up 250.2.2.1/8", &daemon);
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn flaps_take_the_fan_down_and_up_and_containers_stay_attached() {
+    let host = Host::new("flap", "10.99.1.1/16", &[]);
+    let daemon = host.start();
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    let container = Netns::new("flc");
+    sh(
+        None,
+        &format!(
+            "ip link add cv0 netns {h} mtu 1450 type veth peer name eth0 netns {c} mtu 1450 && \
+             ip -n {h} link set cv0 master fan-250 up && ip -n {c} addr add 250.1.1.10/8 dev eth0 && \
+             ip -n {c} link set eth0 up",
+            h = host.ns(),
+            c = container.name()
+        ),
+    );
+    host.harness.run("carrier", &["down"]);
+    host.wait_fan("fan-250", "down", &daemon);
+    host.harness.run("carrier", &["up"]);
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    host.harness.run("link", &["down"]);
+    host.wait_fan("fan-250", "down", &daemon);
+    host.harness.run("link", &["up"]);
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    for _ in 0..50 {
+        host.harness.run("carrier", &["down"]);
+        host.harness.run("carrier", &["up"]);
+    }
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    assert!(host.sh("ip -o link show dev cv0").contains("master fan-250"), "the container is still attached");
+    let ping = sh(Some(host.ns()), "ping -c1 -W2 250.1.1.10");
+    assert!(ping.status.success(), "host -> container after the flaps");
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn fanlink_resyncs_after_networkd_and_the_bus_restart() {
+    let host = Host::new("restart", "10.99.1.1/16", &[]);
+    let daemon = host.start();
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+
+    // networkd gone while the uplink loses carrier: fans stay as they are until it is back.
+    host.harness.run("kill-networkd", &[]);
+    daemon.wait_log("networkd left the bus");
+    host.harness.run("carrier", &["down"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(host.fan("fan-250"), "up 250.1.1.1/8", "nothing changes while networkd is away");
+    host.harness.run_with("start-networkd", &[], &[("WAIT_ROUTABLE", "0")]);
+    host.wait_fan("fan-250", "down", &daemon);
+    host.harness.run("carrier", &["up"]);
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+
+    // The bus itself restarts (networkd does not reconnect by itself, so it restarts too).
+    host.harness.run("kill-bus", &[]);
+    daemon.wait_log("lost the system bus");
+    host.harness.run("kill-networkd", &[]);
+    host.harness.run("start-bus", &[]);
+    host.harness.run("start-networkd", &[]);
+    daemon.wait_log("networkd is on the bus");
+    host.harness.run("carrier", &["down"]);
+    host.wait_fan("fan-250", "down", &daemon);
+    host.harness.run("carrier", &["up"]);
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn forged_signals_change_nothing() {
+    let host = Host::new("forge", "10.99.1.1/16", &[]);
+    let daemon = host.start();
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    let path = host.harness.var("HARNESS_UPLINK_OBJ").to_string();
+    let props = "org.freedesktop.DBus.Properties";
+    let link = "org.freedesktop.network1.Link";
+    for (object, args) in [
+        (path.as_str(), vec!["sa{sv}as", link, "1", "OperationalState", "s", "off", "0"]),
+        (path.as_str(), vec!["sa{sv}as", link, "1", "OperationalState", "s", "../../x", "0"]),
+        (path.as_str(), vec!["sa{sv}as", link, "1", "OperationalState", "i", "3", "0"]),
+        (
+            "/org/freedesktop/network1/link/_39",
+            vec!["sa{sv}as", link, "1", "OperationalState", "s", "off", "0"],
+        ),
+        ("/org/example/link/_32", vec!["sa{sv}as", link, "1", "OperationalState", "s", "off", "0"]),
+    ] {
+        let mut argv = vec!["emit", object, props, "PropertiesChanged"];
+        argv.extend(args);
+        host.harness.busctl(&argv);
+    }
+    // A real change after the forgeries: once it is handled, the forgeries were too.
+    host.harness.run("carrier", &["down"]);
+    host.wait_fan("fan-250", "down", &daemon);
+    host.harness.run("carrier", &["up"]);
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    let log = daemon.log();
+    assert_eq!(log.matches("set fan-250 down").count(), 1, "only the real carrier loss took it down:\n{log}");
+    assert!(!log.contains("../../x"), "bus strings never reach the log unescaped:\n{log}");
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn sighup_reloads_and_a_broken_rule_file_changes_nothing() {
+    let host = Host::new("hup", "10.99.1.1/16", &[]);
+    let daemon = host.start();
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    host.rules.write("60-second.toml", FAN_251);
+    daemon.signal("HUP");
+    host.wait_fan("fan-251", "up 251.1.1.1/8", &daemon);
+
+    host.rules.write("70-broken.toml", "[[fan]]\noverlay = \"252.0.0.0/8\"\nunderlay = 7\n");
+    std::fs::remove_file(host.rules.path().join("60-second.toml")).unwrap();
+    daemon.signal("HUP");
+    daemon.wait_log("reload refused: 1 error(s) in the rules; running fans are untouched");
+    assert!(daemon.log().contains("70-broken.toml:3:12: error: `underlay` must be a string"));
+    assert_eq!(host.fan("fan-251"), "up 251.1.1.1/8", "a broken reload changes nothing");
+
+    std::fs::remove_file(host.rules.path().join("70-broken.toml")).unwrap();
+    daemon.signal("HUP");
+    host.wait_fan("fan-251", "absent", &daemon);
+    assert_eq!(host.fan("fan-250"), "up 250.1.1.1/8");
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn kill_9_while_bringing_a_fan_up_then_restart_leaves_one_of_everything() {
+    let host = Host::new("kill", "10.99.1.1/16", &[]);
+    for delay_ms in [0, 2, 5, 10, 20, 40] {
+        let mut daemon = host.start();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        daemon.child.kill().unwrap();
+        daemon.child.wait().unwrap();
+        let daemon = host.start();
+        host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+        daemon.wait_log("running:");
+        let count = |cmd: &str| host.sh(cmd).lines().count();
+        assert_eq!(count("ip -o link show type bridge"), 1, "one bridge (after {delay_ms} ms)");
+        assert_eq!(count("ip -o link show type vxlan"), 1, "one vxlan");
+        assert_eq!(count("tc filter show dev fan-250-vx egress | grep fanlink"), 1, "one filter");
+        assert_eq!(count("nft list tables | grep fanlink"), 1, "one nat table");
+        drop(daemon);
+        host.sh(&format!("{BIN} down --all"));
+    }
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn a_new_underlay_address_moves_the_fan() {
+    let host = Host::new("move", "10.99.1.1/16", &[]);
+    let daemon = host.start();
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    host.harness.run("set-address", &["10.99.7.7/16"]);
+    host.wait_fan("fan-250", "up 250.7.7.1/8", &daemon);
+    assert!(host.sh("tc filter show dev fan-250-vx egress").contains("10.99.7.7"));
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn two_hosts_reach_each_other_while_both_uplinks_are_routable() {
+    let switch = crate::topology::unique("flsw");
+    crate::topology::run(None, &format!("ip netns add {switch} && ip -n {switch} link add sw-br type bridge && ip -n {switch} link set sw-br up"));
+    let _switch = Netns(switch.clone());
+    let a = Host::new("twoa", "10.99.1.1/16", &[("SWITCH_NS", &switch)]);
+    let b = Host::new("twob", "10.99.2.2/16", &[("SWITCH_NS", &switch)]);
+    let (da, db) = (a.start(), b.start());
+    a.wait_fan("fan-250", "up 250.1.1.1/8", &da);
+    b.wait_fan("fan-250", "up 250.2.2.1/8", &db);
+    let ca = Netns::new("flc");
+    sh(
+        None,
+        &format!(
+            "ip link add cv0 netns {h} mtu 1450 type veth peer name eth0 netns {c} mtu 1450 && \
+             ip -n {h} link set cv0 master fan-250 up && ip -n {c} addr add 250.1.1.10/8 dev eth0 && \
+             ip -n {c} link set eth0 up && ip -n {c} route add default via 250.1.1.1",
+            h = a.ns(),
+            c = ca.name()
+        ),
+    );
+    let ping = |to: &str| sh(Some(ca.name()), &format!("ping -c1 -W1 {to}")).status.success();
+    assert!(ping("250.2.2.1"), "container on a -> fan bridge of b");
+    b.harness.run("link", &["down"]);
+    b.wait_fan("fan-250", "down", &db);
+    assert!(!ping("250.2.2.1"), "b's fan is down");
+    b.harness.run("link", &["up"]);
+    b.wait_fan("fan-250", "up 250.2.2.1/8", &db);
+    wait_for("traffic to resume", SOON, || ping("250.2.2.1"));
+}
