@@ -74,7 +74,8 @@ fn man_page() -> Result<String> {
     let mut cmd = Cli::command();
     cmd.build();
     let subs: Vec<clap::Command> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
-    // Hidden subcommands are left out of the top part; COMMANDS below lists them instead.
+    // Hidden from clap_mangen's top part, whose list points at fanlink-NAME(8) pages that do not
+    // exist; COMMANDS below describes them instead.
     let names: Vec<String> = subs.iter().map(|s| s.get_name().to_string()).collect();
     for name in &names {
         cmd = cmd.mut_subcommand(name, |s| s.hide(true));
