@@ -10,6 +10,7 @@ use std::path::PathBuf;
 #[command(
     name = "fanlink",
     version,
+    long_version = env!("FANLINK_LONG_VERSION"),
     about = "Bring Fan overlay networks up and down with the underlay, on a stock kernel",
     long_about = "fanlink builds Fan overlay networks (250.0.0.0/8 mapped onto an underlay such as \
 10.0.0.0/16, each host owning the slice its underlay address selects) through netlink, with a \
@@ -125,6 +126,16 @@ pub enum Command {
         /// This host's underlay address (default: its address inside the underlay).
         #[arg(long)]
         address: Option<Ipv4Addr>,
+    },
+
+    /// Write the man page or a shell completion, generated from these definitions (used by
+    /// packaging/build-deb; hidden because it is for packagers).
+    #[command(hide = true)]
+    Generate {
+        what: crate::generate::Artifact,
+        /// Write DIR/<file> instead of stdout.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 

@@ -12,6 +12,7 @@ pub mod datapath;
 pub mod dhcp;
 pub mod error;
 pub mod fan;
+pub mod generate;
 pub mod ifname;
 pub mod import;
 pub mod model;

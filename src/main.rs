@@ -72,5 +72,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Status { json } => oneshot::status(&dirs, &cli.runtime_dir, json),
+        Command::Generate { what, out } => fanlink::generate::run(what, out.as_deref()),
     }
 }

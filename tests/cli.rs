@@ -199,8 +199,13 @@ fn docker_args_put_containers_on_the_slice() {
 
 #[test]
 fn help_and_version() {
-    let out = fanlink(&["--version"]);
+    let out = fanlink(&["-V"]);
     assert_eq!(text(&out.stdout), format!("fanlink {}\n", env!("CARGO_PKG_VERSION")));
+    // The long form adds the commit (when built from git) and the build date, from build.rs.
+    let out = fanlink(&["--version"]);
+    let long = text(&out.stdout);
+    assert!(long.starts_with(&format!("fanlink {} (", env!("CARGO_PKG_VERSION"))), "{long}");
+    assert!(long.ends_with(&format!("{})\n", env!("FANLINK_BUILD_DATE"))), "{long}");
     for sub in ["check", "addr", "docker-args"] {
         let out = fanlink(&[sub, "--help"]);
         assert_eq!(out.status.code(), Some(0), "{sub}");
