@@ -16,7 +16,7 @@ use std::path::PathBuf;
 10.0.0.0/16, each host owning the slice its underlay address selects) through netlink, with a \
 tc-BPF program doing the fan arithmetic, wire-compatible with Ubuntu's vxlan fan. Rules are TOML \
 files in /etc/fanlink.d, /run/fanlink.d and /usr/lib/fanlink.d.\n\n\
-Exit status: 0 success, 1 problems found (invalid rules for `check`, drift for `plan --check`), \
+Exit status: 0 success, 1 problems found (invalid rules, for `check`), \
 2 error."
 )]
 pub struct Cli {

@@ -34,13 +34,15 @@ pub fn range(slice: Ipv4Net) -> (Ipv4Addr, Ipv4Addr) {
     (Ipv4Addr::from(network + 2), Ipv4Addr::from(last))
 }
 
-/// dnsmasq's command line for one fan. `state_dir` keeps the lease file across restarts,
-/// `runtime_dir` the pid file.
-pub fn args(cfg: &DhcpConfig, state_dir: &Path, runtime_dir: &Path) -> Vec<String> {
+/// dnsmasq's command line for one fan. `state_dir` keeps the lease file across restarts.
+pub fn args(cfg: &DhcpConfig, state_dir: &Path) -> Vec<String> {
     let (first, last) = range(cfg.slice);
     let router = cfg.bridge_address.addr();
     vec![
-        "--keep-in-foreground".into(),
+        // Foreground, and no user or group change: the switch would need CAP_SETGID and
+        // setgroups(2), which fanlink's unit does not grant; dnsmasq stays inside fanlink's
+        // sandbox instead (capabilities, system calls, read-only file system).
+        "--no-daemon".into(),
         // No /etc/dnsmasq.conf and no /etc/hosts: this instance is fanlink's alone.
         "--conf-file=/dev/null".into(),
         "--no-hosts".into(),
@@ -56,7 +58,6 @@ pub fn args(cfg: &DhcpConfig, state_dir: &Path, runtime_dir: &Path) -> Vec<Strin
         // The ICMP probe before an offer needs a raw socket, and only delays the offer.
         "--no-ping".into(),
         format!("--dhcp-leasefile={}", state_dir.join(format!("{}.leases", cfg.fan)).display()),
-        format!("--pid-file={}", pid_file(runtime_dir, &cfg.fan).display()),
         "--log-facility=-".into(),
         "--log-dhcp".into(),
     ]
@@ -125,7 +126,7 @@ impl Supervisor {
             });
         }
         let mut child = command
-            .args(args(&cfg, &self.state_dir, &self.runtime_dir))
+            .args(args(&cfg, &self.state_dir))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -137,6 +138,10 @@ impl Supervisor {
                 _ => e,
             })?;
         log::info!("{}: dhcp: dnsmasq {} serving {first}-{last}, mtu {}", cfg.fan, child.id(), cfg.mtu);
+        // dnsmasq writes none in --no-daemon mode; this one lets a restarted fanlink find it.
+        if let Err(e) = std::fs::write(pid_file(&self.runtime_dir, &cfg.fan), format!("{}\n", child.id())) {
+            log::warn!("{}: dhcp: cannot write its pid file: {e}", cfg.fan);
+        }
         let stderr = child.stderr.take().expect("piped");
         let (fan, exited) = (cfg.fan.clone(), self.exited.clone());
         std::thread::Builder::new().name(format!("dnsmasq-{fan}")).spawn(move || {
@@ -170,6 +175,7 @@ impl Supervisor {
             let pid = nix::unistd::Pid::from_raw(r.child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let _ = r.child.wait();
+            let _ = std::fs::remove_file(pid_file(&self.runtime_dir, fan));
             log::info!("{fan}: dhcp: dnsmasq stopped");
         }
     }
@@ -235,7 +241,7 @@ mod tests {
             slice: "250.3.4.0/24".parse().unwrap(),
             mtu: 1450,
         };
-        let args = args(&cfg, Path::new("/var/lib/fanlink"), Path::new("/run/fanlink")).join(" ");
+        let args = args(&cfg, Path::new("/var/lib/fanlink")).join(" ");
         for want in [
             "--conf-file=/dev/null",
             "--interface=fan-250 --except-interface=lo --bind-dynamic",
@@ -243,8 +249,8 @@ mod tests {
             "--dhcp-option=option:router,250.3.4.1",
             "--dhcp-option=option:mtu,1450",
             "--dhcp-authoritative",
+            "--no-daemon",
             "--dhcp-leasefile=/var/lib/fanlink/fan-250.leases",
-            "--pid-file=/run/fanlink/dnsmasq-fan-250.pid",
         ] {
             assert!(args.contains(want), "{want} in {args}");
         }
