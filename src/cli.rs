@@ -139,18 +139,25 @@ pub enum Command {
     },
 }
 
-/// Which fan `up` brings up: a rule's, or one given fanctl-style by its prefixes.
+/// A fan by the name of its rule, or fanctl-style by its prefixes.
 #[derive(Args, Debug)]
-pub struct UpTarget {
-    /// Name of a configured fan.
+pub struct FanRef {
+    /// Name of a configured fan (its bridge name), instead of --overlay/--underlay.
     #[arg(required_unless_present_all = ["overlay", "underlay"], conflicts_with_all = ["overlay", "underlay"])]
     pub name: Option<String>,
-    /// Overlay prefix (with --underlay: no rule file needed).
+    /// Overlay prefix, e.g. 250.0.0.0/8 (with --underlay: no rule file needed).
     #[arg(long, requires = "underlay")]
     pub overlay: Option<Ipv4Net>,
-    /// Underlay prefix.
+    /// Underlay prefix, e.g. 10.0.0.0/16.
     #[arg(long, requires = "overlay")]
     pub underlay: Option<Ipv4Net>,
+}
+
+/// Which fan `up` brings up, and where.
+#[derive(Args, Debug)]
+pub struct UpTarget {
+    #[command(flatten)]
+    pub fan: FanRef,
     /// Bridge name for a fan given by prefixes (default fan-<first overlay octet>).
     #[arg(long = "bridge", value_name = "NAME", requires = "overlay")]
     pub bridge: Option<String>,
@@ -159,18 +166,11 @@ pub struct UpTarget {
     pub address: Option<Ipv4Addr>,
 }
 
-/// A fan given by the name of a rule, or by its prefixes; plus this host's underlay address.
+/// A fan plus this host's underlay address, for the commands that compute.
 #[derive(Args, Debug)]
 pub struct FanSelector {
-    /// Name of a configured fan (its bridge name), instead of --overlay/--underlay.
-    #[arg(required_unless_present_all = ["overlay", "underlay"], conflicts_with_all = ["overlay", "underlay"])]
-    pub name: Option<String>,
-    /// Overlay prefix, e.g. 250.0.0.0/8.
-    #[arg(long, requires = "underlay")]
-    pub overlay: Option<Ipv4Net>,
-    /// Underlay prefix, e.g. 10.0.0.0/16.
-    #[arg(long, requires = "overlay")]
-    pub underlay: Option<Ipv4Net>,
+    #[command(flatten)]
+    pub fan: FanRef,
     /// This host's underlay address, e.g. 10.0.3.4.
     #[arg(long)]
     pub address: Ipv4Addr,

@@ -65,10 +65,10 @@ pub fn describe(rule: &Rule) -> String {
 
 /// Resolves a `FanSelector` to its map and, when named, its rule.
 fn select(dirs: &[PathBuf], fan: &FanSelector) -> Result<(FanMap, Option<Rule>)> {
-    if let (Some(o), Some(u)) = (fan.overlay, fan.underlay) {
+    if let (Some(o), Some(u)) = (fan.fan.overlay, fan.fan.underlay) {
         return Ok((FanMap::new(o, u).map_err(|e| anyhow!(e))?, None));
     }
-    let name = fan.name.as_deref().unwrap_or_default();
+    let name = fan.fan.name.as_deref().unwrap_or_default();
     let (rules, errors) = config::load(dirs);
     match rules.into_iter().find(|r| r.name.as_str() == name) {
         Some(rule) => Ok((rule.map, Some(rule))),

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 /// The rule `up` acts on: a configured one, or one made from fanctl-style arguments.
 fn target_rule(dirs: &[PathBuf], target: &UpTarget) -> Result<Rule> {
-    if let (Some(overlay), Some(underlay)) = (target.overlay, target.underlay) {
+    if let (Some(overlay), Some(underlay)) = (target.fan.overlay, target.fan.underlay) {
         let map = FanMap::new(overlay, underlay).map_err(|e| anyhow!(e))?;
         let name = match &target.bridge {
             Some(b) => b.parse::<IfName>().map_err(|e| anyhow!("--bridge: {e}"))?,
@@ -34,7 +34,7 @@ fn target_rule(dirs: &[PathBuf], target: &UpTarget) -> Result<Rule> {
             by_hand: true,
         });
     }
-    named_rule(dirs, target.name.as_deref().unwrap_or_default())
+    named_rule(dirs, target.fan.name.as_deref().unwrap_or_default())
 }
 
 fn named_rule(dirs: &[PathBuf], name: &str) -> Result<Rule> {
