@@ -37,8 +37,8 @@ pub fn parse_alias(alias: &str) -> Option<(IfName, bool)> {
 pub enum Want {
     /// No devices, no filter, no NAT: after `fanlink down` or when the rule is removed.
     Absent,
-    /// Devices kept but administratively down, which leaves the program and the NAT rule
-    /// without traffic: the underlay is not routable. Containers stay attached to the bridge.
+    /// Devices kept, the bridge administratively down, which leaves the program and the NAT
+    /// rule without traffic: the underlay is not routable. Containers stay attached.
     Down,
     /// Up on this host's underlay address.
     Up(Underlay),

@@ -29,6 +29,11 @@ impl Notifier {
         Notifier { socket }
     }
 
+    /// Whether systemd listens: callers skip building a status nobody reads.
+    pub fn is_active(&self) -> bool {
+        self.socket.is_some()
+    }
+
     /// Sends `KEY=VALUE` lines; failures are logged, never fatal (systemd may be gone).
     pub fn send(&self, state: &str) {
         if let Some((sock, addr)) = &self.socket {

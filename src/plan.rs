@@ -71,7 +71,7 @@ pub fn plan_fan(rule: &Rule, want: &Want, seen: &ObservedFan) -> Result<Vec<Op>,
     let seen_vxlan = owned(&seen.vxlan, &vxlan, &rule.name)?;
     match want {
         Want::Up(underlay) => plan_up(rule, underlay, seen, seen_bridge, seen_vxlan),
-        Want::Down => Ok(plan_down(rule, seen_bridge, seen_vxlan)),
+        Want::Down => Ok(plan_down(rule, seen_bridge)),
         Want::Absent => plan_absent(&rule.name, seen),
         Want::Keep => Ok(Vec::new()),
     }
@@ -101,21 +101,22 @@ pub fn plan_absent(fan: &IfName, seen: &ObservedFan) -> Result<Vec<Op>, String> 
     Ok(ops)
 }
 
-/// Down is not delete: containers stay attached to the bridge. Links go administratively
-/// down, which also makes the program (no egress on a down vxlan) and the NAT rule (no
-/// forwarded traffic from a down bridge) inert; both stay in place so that coming back up
-/// is two netlink messages.
-fn plan_down(rule: &Rule, bridge: Option<&Device>, vxlan: Option<&Device>) -> Vec<Op> {
-    let mut ops = Vec::new();
-    let down =
-        |link: IfName| Op::SetLink { link, change: LinkChange { up: Some(false), ..Default::default() } };
-    if vxlan.is_some_and(|v| v.up) {
-        ops.push(down(rule.vxlan_name()));
+/// Down is not delete: containers stay attached to the bridge. Only the bridge goes
+/// administratively down: that stops the fan's traffic both ways (a down bridge forwards
+/// nothing to or from its ports), and leaves the program and the NAT rule without traffic.
+/// The vxlan stays up: taking it down closes its UDP socket and waits for RCU (25-40 ms in
+/// the kernel), opening it again is most of a warm start. Coming back up is one netlink
+/// message.
+fn plan_down(rule: &Rule, bridge: Option<&Device>) -> Vec<Op> {
+    match bridge {
+        Some(b) if b.up => {
+            vec![Op::SetLink {
+                link: rule.name.clone(),
+                change: LinkChange { up: Some(false), ..Default::default() },
+            }]
+        }
+        _ => Vec::new(),
     }
-    if bridge.is_some_and(|b| b.up) {
-        ops.push(down(rule.name.clone()));
-    }
-    ops
 }
 
 fn plan_up(

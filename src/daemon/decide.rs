@@ -217,3 +217,115 @@ mod kernel_tests {
         );
     }
 }
+
+/// What the worker knows when a kernel change arrives, to tell whether it can matter.
+#[derive(Debug, Default)]
+pub struct Interest {
+    /// The fans' bridges and whether each is wanted up.
+    pub bridges: HashMap<String, bool>,
+    /// The fans' bridges' ifindexes (address events name links by index).
+    pub bridge_indexes: Vec<u32>,
+    /// The fans' vxlan devices, by name, and their ifindex where known (tc events name it).
+    pub vxlans: HashMap<String, Option<u32>>,
+    /// The underlay links in use, with the MTU the fans were sized from.
+    pub underlay_links: HashMap<String, u32>,
+    /// Every rule's underlay prefix: an address appearing or leaving there can move a fan.
+    pub underlays: Vec<ipnet::Ipv4Net>,
+    /// Whether the kernel decides "routable" (then carrier and routes matter too).
+    pub following_kernel: bool,
+}
+
+/// Whether a batch of kernel changes can change any plan. Most of the kernel's chatter (a
+/// container's veth, the echo of fanlink's own requests, networkd's work on other links)
+/// cannot, and a full reconcile costs dumps of every link, address and filter.
+pub fn kernel_change_matters(events: &[crate::netlink::Event], interest: &Interest) -> bool {
+    use crate::netlink::Event as E;
+    // An empty batch means events were lost (ENOBUFS): resync.
+    events.is_empty()
+        || events.iter().any(|event| match event {
+            E::NewLink(l) => {
+                let bridge = interest.bridges.get(&l.name).is_some_and(|up| *up != l.up);
+                let vxlan = interest.vxlans.contains_key(&l.name) && !l.up;
+                let underlay = interest.underlay_links.get(&l.name).is_some_and(|mtu| *mtu != l.mtu);
+                let owner = l.alias.as_deref().is_some_and(|a| a.starts_with(crate::model::OWNER_PREFIX))
+                    && !interest.bridges.contains_key(&l.name)
+                    && !interest.vxlans.contains_key(&l.name);
+                bridge || vxlan || underlay || owner || interest.following_kernel
+            }
+            E::DelLink { name, .. } => {
+                interest.bridges.contains_key(name)
+                    || interest.vxlans.contains_key(name)
+                    || interest.underlay_links.contains_key(name)
+            }
+            E::NewAddr(a) => interest.underlays.iter().any(|u| u.contains(&a.address.addr())),
+            // Also a bridge's own address, removed by someone.
+            E::DelAddr(a) => {
+                interest.underlays.iter().any(|u| u.contains(&a.address.addr()))
+                    || interest.bridge_indexes.contains(&a.index)
+            }
+            E::Tc { index } => interest.vxlans.values().any(|v| *v == Some(*index)),
+            E::Route => interest.following_kernel,
+        })
+}
+
+#[cfg(test)]
+mod interest_tests {
+    use super::*;
+    use crate::netlink::{AddrInfo, Event, LinkInfo};
+
+    fn link(name: &str, up: bool, mtu: u32) -> Event {
+        Event::NewLink(LinkInfo {
+            index: 9,
+            name: name.into(),
+            up,
+            carrier: up,
+            mtu,
+            master: None,
+            alias: None,
+            mac: None,
+            kind: None,
+            vxlan: None,
+        })
+    }
+
+    fn interest() -> Interest {
+        Interest {
+            bridges: HashMap::from([("fan-250".into(), true)]),
+            bridge_indexes: vec![5],
+            vxlans: HashMap::from([("fan-250-vx".into(), Some(7))]),
+            underlay_links: HashMap::from([("ens3".into(), 1500)]),
+            underlays: vec!["10.0.0.0/16".parse().unwrap()],
+            following_kernel: false,
+        }
+    }
+
+    #[test]
+    fn only_changes_that_can_move_a_fan_matter() {
+        let i = interest();
+        let addr = |a: &str| Event::NewAddr(AddrInfo { index: 2, address: a.parse().unwrap() });
+        for (event, matters) in [
+            (link("fan-250", true, 1450), false),
+            (link("fan-250", false, 1450), true),
+            (link("fan-250-vx", true, 1450), false),
+            (link("fan-250-vx", false, 1450), true),
+            (link("veth1234", true, 1500), false),
+            (link("ens3", true, 1500), false),
+            (link("ens3", true, 9000), true),
+            (Event::DelLink { index: 5, name: "fan-250".into() }, true),
+            (Event::DelLink { index: 6, name: "veth1234".into() }, false),
+            (addr("10.0.9.9/16"), true),
+            (addr("192.168.1.2/24"), false),
+            (Event::DelAddr(AddrInfo { index: 5, address: "250.1.1.1/8".parse().unwrap() }), true),
+            (Event::DelAddr(AddrInfo { index: 2, address: "192.168.1.2/24".parse().unwrap() }), false),
+            (Event::Tc { index: 7 }, true),
+            (Event::Tc { index: 8 }, false),
+            (Event::Route, false),
+        ] {
+            assert_eq!(kernel_change_matters(std::slice::from_ref(&event), &i), matters, "{event:?}");
+        }
+        assert!(kernel_change_matters(&[], &i), "lost events: resync");
+        let kernel = Interest { following_kernel: true, ..interest() };
+        assert!(kernel_change_matters(&[Event::Route], &kernel));
+        assert!(kernel_change_matters(&[link("ens3", false, 1500)], &kernel));
+    }
+}

@@ -10,7 +10,7 @@ mod decide;
 mod follow;
 mod sources;
 
-pub use decide::{decide, decide_all, kernel_views, Decision, LinkView};
+pub use decide::{decide, decide_all, kernel_change_matters, kernel_views, Decision, Interest, LinkView};
 use follow::Bus;
 pub use follow::Source;
 pub use sources::control_path;
@@ -31,8 +31,8 @@ use std::time::Instant;
 /// What wakes the worker.
 pub enum Event {
     Bus(BusEvent),
-    /// Links, addresses or tc filters changed in the kernel.
-    Kernel,
+    /// Links, addresses, tc filters or routes changed in the kernel (empty: events were lost).
+    Kernel(Vec<crate::netlink::Event>),
     /// nftables changed (fanlink's NAT table, or a firewall that drops forwarding).
     Firewall,
     /// SIGHUP: read the rules again.
@@ -75,6 +75,8 @@ struct Daemon {
     /// fanlink's NAT tables, re-read only after fanlink changed them (`nft` is a process).
     nat: Option<Vec<nft::NatTable>>,
     decisions: Vec<Decision>,
+    /// What kernel changes can matter, as of the last reconcile.
+    interest: Interest,
     /// networkd has been followed once: from then on its absence is a restart to wait out.
     ever_followed_networkd: bool,
     /// nftables changed since the accept rules were last ensured.
@@ -119,6 +121,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         links: None,
         nat: None,
         decisions: Vec::new(),
+        interest: Interest::default(),
         firewall_changed: false,
         ever_followed_networkd: false,
         reconnect_at: None,
@@ -185,7 +188,7 @@ impl Daemon {
     /// Updates state from one event; says whether a reconcile is due.
     fn handle(&mut self, event: Event) -> bool {
         match event {
-            Event::Kernel => true,
+            Event::Kernel(events) => kernel_change_matters(&events, &self.interest),
             Event::Firewall => {
                 self.nat = None;
                 self.firewall_changed = true;
@@ -300,13 +303,37 @@ impl Daemon {
             }
             self.firewall_changed = false;
             self.supervise_dhcp(&decisions, &snap);
+            self.interest = self.interest(&decisions, &snap);
             self.decisions = decisions;
             Ok(())
         })();
         if let Err(e) = result {
             log::error!("reconcile: {e:#}");
         }
-        self.notifier.status(&self.summary());
+        if self.notifier.is_active() {
+            self.notifier.status(&self.summary());
+        }
+    }
+
+    /// What the next kernel changes must touch to be worth a reconcile.
+    fn interest(&self, decisions: &[Decision], snap: &crate::system::Snapshot) -> Interest {
+        let index = |name: &str| snap.links.iter().find(|l| l.name == name).map(|l| l.index);
+        let mut interest = Interest {
+            underlays: self.rules.iter().map(|r| r.map.underlay()).collect(),
+            following_kernel: self.following_kernel,
+            ..Default::default()
+        };
+        for d in decisions {
+            interest.bridges.insert(d.fan.to_string(), matches!(d.want, Want::Up(_)));
+            interest.bridge_indexes.extend(index(d.fan.as_str()));
+            let vxlan = crate::config::vxlan_name_for(&d.fan).to_string();
+            interest.vxlans.insert(vxlan.clone(), index(&vxlan));
+            if let Want::Up(u) = &d.want {
+                let link_mtu = snap.links.iter().find(|l| l.name == u.link.as_str()).map(|l| l.mtu);
+                interest.underlay_links.insert(u.link.to_string(), link_mtu.unwrap_or(0));
+            }
+        }
+        interest
     }
 
     /// dnsmasq runs for each fan with `dhcp = true` that is up; every other one is stopped.

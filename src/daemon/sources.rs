@@ -47,17 +47,21 @@ pub fn spawn_kernel_monitor(tx: Sender<Event>) -> Result<(), crate::netlink::Err
     // Routes matter only where the kernel decides "routable" (no networkd), and are cheap.
     let mut monitor = Netlink::monitor(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_TC | RTMGRP_IPV4_ROUTE)?;
     let spawned = std::thread::Builder::new().name("rtnetlink".into()).spawn(move || loop {
-        match monitor.recv_events() {
+        let events = match monitor.recv_events() {
             Ok(events) if events.is_empty() => continue,
-            Ok(events) => log::trace!("rtnetlink: {} event(s)", events.len()),
-            // ENOBUFS: the kernel dropped events; a full resync (what Kernel asks for) covers it.
-            Err(e) if e.errno == nix::errno::Errno::ENOBUFS => log::debug!("rtnetlink overrun; resyncing"),
+            Ok(events) => events,
+            // ENOBUFS: the kernel dropped events; an empty batch asks the worker to resync.
+            Err(e) if e.errno == nix::errno::Errno::ENOBUFS => {
+                log::debug!("rtnetlink overrun; resyncing");
+                Vec::new()
+            }
             Err(e) => {
                 log::error!("rtnetlink monitor: {e}");
                 std::thread::sleep(Duration::from_secs(1));
+                Vec::new()
             }
-        }
-        if tx.send(Event::Kernel).is_err() {
+        };
+        if tx.send(Event::Kernel(events)).is_err() {
             return;
         }
     });

@@ -48,6 +48,30 @@ pub use proxy::{LinkProxy, ManagerProxy};
 pub use reader::{BusEvent, ReaderStats};
 pub use state::{AdminState, OperState};
 
+/// The system bus when `DBUS_SYSTEM_BUS_ADDRESS` is not set.
+const SYSTEM_BUS: &str = "unix:path=/run/dbus/system_bus_socket";
+
+/// The socket path of the first `unix:path=` entry of a D-Bus address (entries are separated
+/// by `;`, keys by `,`, and values may be %-escaped).
+fn unix_path(address: &str) -> Option<std::path::PathBuf> {
+    let entry = address.split(';').find(|e| e.starts_with("unix:"))?;
+    let value = entry["unix:".len()..].split(',').find_map(|kv| kv.strip_prefix("path="))?;
+    let mut bytes = Vec::with_capacity(value.len());
+    let mut rest = value.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' && tail.len() >= 2 {
+            let hex = std::str::from_utf8(&tail[..2]).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    let os: std::ffi::OsString = std::os::unix::ffi::OsStringExt::from_vec(bytes);
+    Some(std::path::PathBuf::from(os))
+}
+
 /// networkd's well-known name.
 pub const NETWORKD_NAME: &str = "org.freedesktop.network1";
 /// The interface whose PropertiesChanged fanlink follows.
@@ -147,15 +171,26 @@ where
 impl Networkd {
     /// Connects to the system bus (honours `DBUS_SYSTEM_BUS_ADDRESS`).
     pub fn connect() -> Result<Self> {
-        let builder =
-            zbus::blocking::connection::Builder::system().map_err(|e| Error::Connect(Box::new(e)))?;
-        Self::build(builder)
+        let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap_or_else(|_| SYSTEM_BUS.to_string());
+        Self::connect_address(&address)
     }
 
     /// Connects to the bus at a D-Bus address such as `unix:path=/run/x/bus.sock`.
+    ///
+    /// A `unix:path=` address is connected here, not by zbus: zbus connects through its
+    /// `spawn_blocking`, which starts the `blocking` crate's thread pool, and that pool's
+    /// last thread wakes every 500 ms for the life of the process (blocking 1.7). An idle
+    /// daemon must not wake.
     pub fn connect_address(address: &str) -> Result<Self> {
-        let builder =
-            zbus::blocking::connection::Builder::address(address).map_err(|e| Error::Connect(Box::new(e)))?;
+        let builder = match unix_path(address) {
+            Some(path) => {
+                let stream = std::os::unix::net::UnixStream::connect(&path)
+                    .map_err(|e| Error::Connect(Box::new(zbus::Error::InputOutput(Arc::new(e)))))?;
+                zbus::blocking::connection::Builder::async_io_unix_stream(stream)
+            }
+            None => zbus::blocking::connection::Builder::address(address)
+                .map_err(|e| Error::Connect(Box::new(e)))?,
+        };
         Self::build(builder)
     }
 
@@ -415,5 +450,23 @@ mod tests {
             "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
              member='NameOwnerChanged',path='/org/freedesktop/DBus',arg0='org.freedesktop.network1'"
         );
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::unix_path;
+
+    #[test]
+    fn unix_paths_of_dbus_addresses() {
+        let p = |a: &str| unix_path(a).map(|p| p.display().to_string());
+        assert_eq!(
+            p("unix:path=/run/dbus/system_bus_socket").as_deref(),
+            Some("/run/dbus/system_bus_socket")
+        );
+        assert_eq!(p("unix:path=/tmp/a%20b/bus.sock,guid=0123").as_deref(), Some("/tmp/a b/bus.sock"));
+        assert_eq!(p("tcp:host=h,port=1;unix:path=/x").as_deref(), Some("/x"));
+        assert_eq!(p("unix:abstract=/x"), None);
+        assert_eq!(p("tcp:host=h,port=1"), None);
     }
 }
