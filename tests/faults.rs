@@ -86,7 +86,8 @@ impl Host {
         ));
         let lines: Vec<&str> = out.lines().collect();
         let n = lines.len();
-        let counts = [0, 1, 2, 3].map(|i| lines.get(n.wrapping_sub(4) + i).and_then(|l| l.trim().parse().ok()).unwrap_or(99));
+        let counts = [0, 1, 2, 3]
+            .map(|i| lines.get(n.wrapping_sub(4) + i).and_then(|l| l.trim().parse().ok()).unwrap_or(99));
         (lines.first().map_or("?", |l| l.trim()).to_string(), counts)
     }
 
@@ -135,8 +136,11 @@ impl Daemon {
     }
 
     fn signal_hup(&self) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGHUP)
-            .expect("the daemon is alive");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("the daemon is alive");
     }
 
     fn pid(&self) -> u32 {
@@ -168,9 +172,11 @@ struct Rng(u64);
 
 impl Rng {
     fn from_env() -> Rng {
-        let seed = std::env::var("FANLINK_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-        });
+        let seed =
+            std::env::var("FANLINK_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+                    | 1
+            });
         eprintln!("[faults] seed {seed} (FANLINK_FAULT_SEED={seed} repeats this run)");
         Rng(seed)
     }
@@ -216,8 +222,16 @@ fn kill_9_at_100_random_moments_while_the_uplink_flaps_converges_every_time() {
         daemon.kill9();
         let daemon = host.start();
         // Down, or absent when no daemon ever saw the uplink routable since the last `down --all`.
-        let want = |fan: &str| if uplink_up { fan == format!("{UP} [1, 1, 1, 1]") } else { fan == "down" || fan == "absent" };
-        wait_for(&format!("round {round}: uplink up {uplink_up}; log:\n{}", daemon.log()), SOON, || want(&host.fan()));
+        let want = |fan: &str| {
+            if uplink_up {
+                fan == format!("{UP} [1, 1, 1, 1]")
+            } else {
+                fan == "down" || fan == "absent"
+            }
+        };
+        wait_for(&format!("round {round}: uplink up {uplink_up}; log:\n{}", daemon.log()), SOON, || {
+            want(&host.fan())
+        });
         assert_one_of_everything(&host, uplink_up, &format!("round {round}"));
     }
     eprintln!("[faults] 100 kills in {:.1?}", started.elapsed());
@@ -278,7 +292,11 @@ fn uplink_changes_while_networkd_is_gone_5s_or_the_bus_is_down_are_caught_up_on(
         host.harness.run(action, &[arg]);
         let until = Duration::from_millis(1000 * (i as u64 + 1));
         while gone.elapsed() < until {
-            assert_eq!(host.fan(), format!("{UP} [1, 1, 1, 1]"), "fans stay as they are while networkd is away");
+            assert_eq!(
+                host.fan(),
+                format!("{UP} [1, 1, 1, 1]"),
+                "fans stay as they are while networkd is away"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -336,7 +354,11 @@ fn deleted_by_hand_is_restored(what: &str, delete: &str, remade: &str, watched: 
     }
     let mut daemon = daemon;
     if daemon.log().matches(remade).count() < 2 {
-        assert!(!watched, "{what} deleted by hand was not restored within {by_itself:?}; log:\n{}", daemon.log());
+        assert!(
+            !watched,
+            "{what} deleted by hand was not restored within {by_itself:?}; log:\n{}",
+            daemon.log()
+        );
         eprintln!("[faults] REPORT: a {what} deleted by hand is not restored by itself within {by_itself:?}");
         daemon.signal_hup();
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -358,7 +380,10 @@ fn deleted_by_hand_is_restored(what: &str, delete: &str, remade: &str, watched: 
         let attached = host.sh("ip -o link show dev cv0").contains("master fan-250");
         eprintln!("[faults] a container port of the deleted bridge is attached again: {attached}");
     } else {
-        assert!(host.sh("ip -o link show dev cv0").contains("master fan-250"), "the container stays attached");
+        assert!(
+            host.sh("ip -o link show dev cv0").contains("master fan-250"),
+            "the container stays attached"
+        );
         assert!(host.sh("ping -c1 -W2 250.1.1.10").contains(" 0% packet loss"), "host -> container");
     }
 }
@@ -393,7 +418,8 @@ fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_t
     let host = Host::new("hup");
     let mut daemon = host.start();
     host.wait_fan(UP, &daemon);
-    let second = |mtu: u32| format!("[[fan]]\noverlay = \"251.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\nmtu = {mtu}\n");
+    let second =
+        |mtu: u32| format!("[[fan]]\noverlay = \"251.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\nmtu = {mtu}\n");
     let path = host.rules.path().join("60-second.toml");
     std::fs::write(&path, second(1400)).unwrap();
     daemon.signal_hup();
@@ -451,7 +477,10 @@ fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_t
     eprintln!("[faults] {hups} SIGHUPs during 200 rewrites; {refused} reloads refused; fan-251 removed {removed} time(s)");
     for line in log.lines() {
         assert!(!line.contains("panicked"), "{line}");
-        assert!(!line.contains("set fan-250 down") && !line.contains("delete link fan-250"), "{line}; log:\n{log}");
+        assert!(
+            !line.contains("set fan-250 down") && !line.contains("delete link fan-250"),
+            "{line}; log:\n{log}"
+        );
         assert!(!line.contains("set fan-251 down"), "{line}; log:\n{log}");
     }
     assert!(!atomic_log.contains("delete link"), "atomic rewrites never remove a fan; log:\n{atomic_log}");
@@ -459,7 +488,9 @@ fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_t
         // A truncated file is empty, and an empty file is valid rules without fans: the
         // daemon cannot tell it from a file emptied on purpose, so it removes fan-251 and
         // makes it again once the file is complete.
-        eprintln!("[faults] REPORT: non-atomic rewrites removed fan-251 {removed} time(s) (empty file mid-write)");
+        eprintln!(
+            "[faults] REPORT: non-atomic rewrites removed fan-251 {removed} time(s) (empty file mid-write)"
+        );
     }
     assert_eq!(host.fan(), format!("{UP} [2, 2, 2, 2]"));
 }

@@ -102,12 +102,17 @@ fn mutated_file() -> impl Strategy<Value = String> {
 fn sources() -> impl Strategy<Value = Vec<(PathBuf, String)>> {
     let file = prop_oneof![4 => structured_file(), 3 => mutated_file(), 1 => "\\PC{0,200}", 1 => ".{0,100}"];
     prop::collection::vec(file, 1..4).prop_map(|files| {
-        files.into_iter().enumerate().map(|(i, text)| (PathBuf::from(format!("/r/{i}0-f.toml")), text)).collect()
+        files
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| (PathBuf::from(format!("/r/{i}0-f.toml")), text))
+            .collect()
     })
 }
 
 fn check_error(e: &RuleError, sources: &[(PathBuf, String)]) -> Result<(), TestCaseError> {
-    let text = &sources.iter().find(|(p, _)| *p == e.path).ok_or_else(|| TestCaseError::fail("unknown path"))?.1;
+    let text =
+        &sources.iter().find(|(p, _)| *p == e.path).ok_or_else(|| TestCaseError::fail("unknown path"))?.1;
     let Some((line, col)) = e.position else {
         return Err(TestCaseError::fail(format!("no position: {e}")));
     };
@@ -136,7 +141,11 @@ fn check_rule(rule: &Rule, sources: &[(PathBuf, String)]) -> Result<(), TestCase
     if let Some(mtu) = rule.mtu {
         prop_assert!((576..=9000).contains(&mtu));
     }
-    prop_assert!(sources.iter().any(|(p, _)| rule.origin.starts_with(&p.display().to_string())), "{}", rule.origin);
+    prop_assert!(
+        sources.iter().any(|(p, _)| rule.origin.starts_with(&p.display().to_string())),
+        "{}",
+        rule.origin
+    );
     Ok(())
 }
 
@@ -184,8 +193,14 @@ fn link_paths_decode_only_in_their_canonical_form() {
                 prop_assert_eq!(link_path(index), path, "only the canonical form decodes");
             }
             None => {
-                if let Some(index) = path.strip_prefix(&format!("{LINK_PATH_NAMESPACE}/_3")).and_then(|s| s.parse::<u32>().ok()) {
-                    prop_assert!(index == 0 || index > i32::MAX as u32 || link_path(index) != path, "{path} refused");
+                if let Some(index) = path
+                    .strip_prefix(&format!("{LINK_PATH_NAMESPACE}/_3"))
+                    .and_then(|s| s.parse::<u32>().ok())
+                {
+                    prop_assert!(
+                        index == 0 || index > i32::MAX as u32 || link_path(index) != path,
+                        "{path} refused"
+                    );
                 }
             }
         }
