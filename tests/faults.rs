@@ -4,8 +4,10 @@
 //! runtime directory the daemon cannot write. Each test ends by checking the final state and
 //! that exactly one of each object exists; namespaces and processes go with their guards.
 
+mod tamper;
+
 use crate::cli::TempDir;
-use crate::topology::{sh, wait_for, Netns};
+use crate::topology::{sh, wait_for};
 use crate::util::Harness;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -14,18 +16,18 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fanlink");
 const FAN_250: &str = "[[fan]]\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\n";
-const UP: &str = "up 250.1.1.1/8";
-const SOON: Duration = Duration::from_secs(10);
+pub(crate) const UP: &str = "up 250.1.1.1/8";
+pub(crate) const SOON: Duration = Duration::from_secs(10);
 
 /// A host (netns + bus + networkd, uplink0 10.99.1.1/16) with fanlink's rules and runtime dir.
-struct Host {
-    harness: Harness,
-    rules: TempDir,
-    runtime: TempDir,
+pub(crate) struct Host {
+    pub harness: Harness,
+    pub rules: TempDir,
+    pub runtime: TempDir,
 }
 
 impl Host {
-    fn new(name: &str) -> Host {
+    pub fn new(name: &str) -> Host {
         let knobs = [("UPLINK_ADDR", "10.99.1.1/16"), ("PEER_ADDR", "10.99.254.254/16"), ("UPLINK_GW", "")];
         let harness = Harness::start_with(name, &knobs);
         let rules = TempDir::new("rules");
@@ -33,21 +35,21 @@ impl Host {
         Host { harness, rules, runtime: TempDir::new("run") }
     }
 
-    fn ns(&self) -> &str {
+    pub fn ns(&self) -> &str {
         self.harness.var("HARNESS_NETNS")
     }
 
-    fn sh(&self, command: &str) -> String {
+    pub fn sh(&self, command: &str) -> String {
         String::from_utf8_lossy(&sh(Some(self.ns()), command).stdout).into_owned()
     }
 
     /// `fanlink run` with the host's rules and runtime dir.
-    fn start(&self) -> Daemon {
+    pub fn start(&self) -> Daemon {
         self.start_wrapped(&[], &self.runtime.path().join("rt"))
     }
 
     /// `fanlink run` under `wrapper` (e.g. `unshare -m sh -c ...`), with `runtime` as its dir.
-    fn start_wrapped(&self, wrapper: &[&str], runtime: &Path) -> Daemon {
+    pub fn start_wrapped(&self, wrapper: &[&str], runtime: &Path) -> Daemon {
         let log = self.runtime.path().join(format!("fanlink-{}.log", crate::topology::unique("d")));
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
@@ -74,7 +76,7 @@ impl Host {
 
     /// "up ADDR", "down" or "absent" for `bridge`, then how many bridges, vxlans, fanlink
     /// filters on the vxlan's egress and fanlink nft tables the namespace holds.
-    fn census(&self, bridge: &str) -> (String, [usize; 4]) {
+    pub fn census(&self, bridge: &str) -> (String, [usize; 4]) {
         let out = self.sh(&format!(
             "ip -o link show dev {bridge} 2>/dev/null | grep -q . || echo absent; \
              ip -o link show dev {bridge} up 2>/dev/null | grep -q UP || echo down; \
@@ -92,7 +94,7 @@ impl Host {
     }
 
     /// The fan's state as a word; for a fan that is up, also one of every object.
-    fn fan(&self) -> String {
+    pub fn fan(&self) -> String {
         let (state, counts) = self.census("fan-250");
         match state.as_str() {
             "absent" | "down" => state,
@@ -100,7 +102,7 @@ impl Host {
         }
     }
 
-    fn wait_fan(&self, want: &str, daemon: &Daemon) {
+    pub fn wait_fan(&self, want: &str, daemon: &Daemon) {
         let want = match want {
             UP => format!("{UP} [1, 1, 1, 1]"),
             other => other.to_string(),
@@ -112,7 +114,7 @@ impl Host {
 
     /// Asks the daemon for its status over the control socket: the reply comes after every
     /// event queued before the request, so afterwards the daemon has caught up.
-    fn settle(&self) {
+    pub fn settle(&self) {
         let rt = self.runtime.path().join("rt");
         let status = format!("{BIN} --runtime-dir {} status --json >/dev/null", rt.display());
         wait_for("the daemon to answer status", SOON, || sh(Some(self.ns()), &status).status.success());
@@ -121,21 +123,21 @@ impl Host {
 
 /// `fanlink run` in a host's namespace (the child's PID is fanlink's: `ip netns exec` and
 /// `env` exec). SIGKILLed on drop; fans stay, by design.
-struct Daemon {
-    child: Child,
+pub(crate) struct Daemon {
+    pub child: Child,
     log: PathBuf,
 }
 
 impl Daemon {
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_log(&self, text: &str) {
+    pub fn wait_log(&self, text: &str) {
         wait_for(&format!("log line {text:?}; log:\n{}", self.log()), SOON, || self.log().contains(text));
     }
 
-    fn signal_hup(&self) {
+    pub fn signal_hup(&self) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid() as i32),
             nix::sys::signal::Signal::SIGHUP,
@@ -143,17 +145,17 @@ impl Daemon {
         .expect("the daemon is alive");
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn kill9(&mut self) {
+    pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// (VmRSS in kB, open fds).
-    fn footprint(&self) -> (u64, usize) {
+    pub fn footprint(&self) -> (u64, usize) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
         let rss = rss.trim().trim_end_matches(" kB").trim().parse().unwrap();
@@ -191,7 +193,7 @@ impl Rng {
 
 /// The fan is up with one of each object, or it is down or absent with at most one of each
 /// and nothing orphaned (a vxlan without its bridge, a filter without its vxlan).
-fn assert_one_of_everything(host: &Host, uplink_up: bool, what: &str) {
+pub(crate) fn assert_one_of_everything(host: &Host, uplink_up: bool, what: &str) {
     let (state, [bridges, vxlans, filters, tables]) = host.census("fan-250");
     let all = (state.as_str(), bridges, vxlans, filters, tables);
     if uplink_up {
@@ -322,225 +324,4 @@ fn uplink_changes_while_networkd_is_gone_5s_or_the_bus_is_down_are_caught_up_on(
     let after = daemon.footprint();
     eprintln!("[faults] (VmRSS kB, fds) before {before:?}, after the outages {after:?}");
     assert!(after.1 <= before.1 + 1, "no fds left from the dead connections: {before:?} -> {after:?}");
-}
-
-/// Deletes one of the fan's objects by hand and waits for the daemon to restore it: the op
-/// that made it (`remade`) appears in the log a second time. Filters and nft tables are only
-/// noticed once the daemon watches tc and nftables changes (`watched: false`, being added to
-/// src/daemon): until then the test says so in its output and checks that the next reload
-/// (SIGHUP) restores them.
-fn deleted_by_hand_is_restored(what: &str, delete: &str, remade: &str, watched: bool) {
-    let host = Host::new(&format!("del{}", &what[..2]));
-    let daemon = host.start();
-    host.wait_fan(UP, &daemon);
-    let container = Netns::new("flc");
-    crate::topology::run(
-        None,
-        &format!(
-            "ip link add cv0 netns {h} mtu 1450 type veth peer name eth0 netns {c} mtu 1450 && \
-             ip -n {h} link set cv0 master fan-250 up && ip -n {c} addr add 250.1.1.10/8 dev eth0 && \
-             ip -n {c} link set eth0 up",
-            h = host.ns(),
-            c = container.name()
-        ),
-    );
-    assert_eq!(daemon.log().matches(remade).count(), 1, "made once: {remade}");
-    let delete = delete.replace("TABLE", host.sh("nft list tables | grep fanlink").trim());
-    crate::topology::run(Some(host.ns()), &delete);
-    let by_itself = Duration::from_secs(if watched { 10 } else { 3 });
-    let deadline = Instant::now() + by_itself;
-    while daemon.log().matches(remade).count() < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut daemon = daemon;
-    if daemon.log().matches(remade).count() < 2 {
-        assert!(
-            !watched,
-            "{what} deleted by hand was not restored within {by_itself:?}; log:\n{}",
-            daemon.log()
-        );
-        eprintln!("[faults] REPORT: a {what} deleted by hand is not restored by itself within {by_itself:?}");
-        daemon.signal_hup();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while host.fan() != format!("{UP} [1, 1, 1, 1]") && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if host.fan() == format!("{UP} [1, 1, 1, 1]") {
-            eprintln!("[faults] REPORT: ... a reload (SIGHUP) restores it");
-        } else {
-            eprintln!("[faults] REPORT: ... not even a reload (SIGHUP) restores it; a restart does");
-            daemon.kill9();
-            daemon = host.start();
-        }
-    }
-    host.wait_fan(UP, &daemon);
-    assert_one_of_everything(&host, true, &format!("{what} restored"));
-    if what == "bridge" {
-        // The kernel frees a deleted bridge's ports; fanlink does not know whose they were.
-        let attached = host.sh("ip -o link show dev cv0").contains("master fan-250");
-        eprintln!("[faults] a container port of the deleted bridge is attached again: {attached}");
-    } else {
-        assert!(
-            host.sh("ip -o link show dev cv0").contains("master fan-250"),
-            "the container stays attached"
-        );
-        assert!(host.sh("ping -c1 -W2 250.1.1.10").contains(" 0% packet loss"), "host -> container");
-    }
-}
-
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn a_bridge_deleted_by_hand_is_restored() {
-    deleted_by_hand_is_restored("bridge", "ip link del fan-250", "create bridge fan-250", true);
-}
-
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn a_vxlan_deleted_by_hand_is_restored() {
-    deleted_by_hand_is_restored("vxlan", "ip link del fan-250-vx", "create vxlan fan-250-vx", true);
-}
-
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn a_bpf_filter_deleted_by_hand_is_restored() {
-    deleted_by_hand_is_restored("filter", "tc filter del dev fan-250-vx egress", "attach fan program", false);
-}
-
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn an_nft_table_deleted_by_hand_is_restored() {
-    deleted_by_hand_is_restored("nft table", "nft delete TABLE", "write nat table", false);
-}
-
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_the_final_rules() {
-    let host = Host::new("hup");
-    let mut daemon = host.start();
-    host.wait_fan(UP, &daemon);
-    let second =
-        |mtu: u32| format!("[[fan]]\noverlay = \"251.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\nmtu = {mtu}\n");
-    let path = host.rules.path().join("60-second.toml");
-    std::fs::write(&path, second(1400)).unwrap();
-    daemon.signal_hup();
-    wait_for("fan-251", SOON, || host.sh("ip -o link show dev fan-251").contains("mtu 1400"));
-    let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let mut atomic_log = String::new();
-    let hups = std::thread::scope(|s| {
-        let storm = s.spawn(|| {
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("the daemon is alive");
-                n += 1;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            n
-        });
-        // First atomically (a complete file renamed over the old one), then in place in
-        // pieces (truncate, a prefix, the rest), as `>` in a shell or many editors write.
-        for round in 0..200u32 {
-            let text = second(1300 + (round % 7) * 10);
-            if round < 100 {
-                let tmp = host.rules.path().join(".60-second.toml.tmp");
-                std::fs::write(&tmp, &text).unwrap();
-                std::fs::rename(&tmp, &path).unwrap();
-            } else {
-                use std::io::Write;
-                let mut f = std::fs::File::create(&path).unwrap();
-                let cut = 12 + round as usize % (text.len() - 12);
-                f.write_all(&text.as_bytes()[..cut]).unwrap();
-                std::thread::sleep(Duration::from_millis(1));
-                f.write_all(&text.as_bytes()[cut..]).unwrap();
-            }
-            if round == 99 {
-                daemon.signal_hup();
-                host.settle();
-                atomic_log = daemon.log();
-            }
-            std::thread::sleep(Duration::from_millis(3));
-        }
-        std::fs::write(&path, second(1280)).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        storm.join().unwrap()
-    });
-    daemon.signal_hup();
-    wait_for(&format!("the final rules; log:\n{}", daemon.log()), SOON, || {
-        host.sh("ip -o link show dev fan-251").contains("mtu 1280")
-    });
-    host.settle();
-    assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon is still running");
-    let log = daemon.log();
-    let refused = log.matches("reload refused").count();
-    let removed = log.matches("fan-251: delete link fan-251-vx").count();
-    eprintln!("[faults] {hups} SIGHUPs during 200 rewrites; {refused} reloads refused; fan-251 removed {removed} time(s)");
-    for line in log.lines() {
-        assert!(!line.contains("panicked"), "{line}");
-        assert!(
-            !line.contains("set fan-250 down") && !line.contains("delete link fan-250"),
-            "{line}; log:\n{log}"
-        );
-        assert!(!line.contains("set fan-251 down"), "{line}; log:\n{log}");
-    }
-    assert!(!atomic_log.contains("delete link"), "atomic rewrites never remove a fan; log:\n{atomic_log}");
-    if removed > 0 {
-        // A truncated file is empty, and an empty file is valid rules without fans: the
-        // daemon cannot tell it from a file emptied on purpose, so it removes fan-251 and
-        // makes it again once the file is complete.
-        eprintln!(
-            "[faults] REPORT: non-atomic rewrites removed fan-251 {removed} time(s) (empty file mid-write)"
-        );
-    }
-    assert_eq!(host.fan(), format!("{UP} [2, 2, 2, 2]"));
-}
-
-/// Starts the daemon with its runtime directory on a tmpfs mounted with `options` in a
-/// private mount namespace (so nothing else sees it); returns its exit status and stderr.
-fn start_on_tmpfs(host: &Host, options: &str, prepare: &str) -> (std::process::ExitStatus, String) {
-    let mnt = host.runtime.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let script = format!(
-        "mount -t tmpfs -o {options} fanlink-fault {m} && {prepare} exec \"$@\"",
-        m = mnt.display(),
-        prepare = prepare.replace("MNT", &mnt.display().to_string())
-    );
-    let wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c", &script, "sh"];
-    let mut daemon = host.start_wrapped(&wrapper, &mnt.join("rt"));
-    let deadline = Instant::now() + SOON;
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the daemon kept running; log:\n{}", daemon.log());
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status, daemon.log())
-}
-
-#[test]
-#[ignore = "needs root, systemd-networkd, dbus-daemon and mount namespaces: run with --include-ignored"]
-fn a_read_only_or_full_runtime_dir_is_a_clear_error_and_the_fans_keep_running() {
-    let host = Host::new("rodir");
-    let mut daemon = host.start();
-    host.wait_fan(UP, &daemon);
-    daemon.kill9();
-
-    // What happens today: without its control socket the daemon does not start (exit 2),
-    // saying why; the fans it made before stay as they are.
-    let (status, log) = start_on_tmpfs(&host, "ro,size=64k", "");
-    eprintln!("[faults] read-only runtime dir: {status}: {}", log.trim());
-    assert_eq!(status.code(), Some(2), "{log}");
-    let rt = host.runtime.path().join("mnt/rt");
-    let want = format!("fanlink: control socket {}/control: Read-only file system", rt.display());
-    assert!(log.contains(&want), "the error says what and why: {log}");
-    assert_eq!(host.fan(), format!("{UP} [1, 1, 1, 1]"), "the fan keeps running");
-
-    // Full: the directory exists but the file system has no inode left for the socket.
-    let (status, log) = start_on_tmpfs(&host, "nr_inodes=2,size=64k", "mkdir -m 700 MNT/rt &&");
-    eprintln!("[faults] full runtime dir: {status}: {}", log.trim());
-    assert_eq!(status.code(), Some(2), "{log}");
-    let want = format!("fanlink: control socket {}/control: No space left on device", rt.display());
-    assert!(log.contains(&want), "the error says what and why: {log}");
-    assert_eq!(host.fan(), format!("{UP} [1, 1, 1, 1]"), "the fan keeps running");
 }
