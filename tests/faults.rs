@@ -7,7 +7,7 @@
 mod tamper;
 
 use crate::cli::TempDir;
-use crate::topology::{sh, wait_for};
+use crate::topology::sh;
 use crate::util::Harness;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -107,9 +107,10 @@ impl Host {
             UP => format!("{UP} [1, 1, 1, 1]"),
             other => other.to_string(),
         };
-        wait_for(&format!("fan-250 {want}; have {}; log:\n{}", self.fan(), daemon.log()), SOON, || {
-            self.fan() == want
-        });
+        wait_for(
+            || format!("fan-250 {want}; have {}; log:\n{}", self.fan(), daemon.log()),
+            || self.fan() == want,
+        );
     }
 
     /// Asks the daemon for its status over the control socket: the reply comes after every
@@ -117,7 +118,7 @@ impl Host {
     pub fn settle(&self) {
         let rt = self.runtime.path().join("rt");
         let status = format!("{BIN} --runtime-dir {} status --json >/dev/null", rt.display());
-        wait_for("the daemon to answer status", SOON, || sh(Some(self.ns()), &status).status.success());
+        wait_for(|| "the daemon to answer status".into(), || sh(Some(self.ns()), &status).status.success());
     }
 }
 
@@ -134,7 +135,7 @@ impl Daemon {
     }
 
     pub fn wait_log(&self, text: &str) {
-        wait_for(&format!("log line {text:?}; log:\n{}", self.log()), SOON, || self.log().contains(text));
+        wait_for(|| format!("log line {text:?}; log:\n{}", self.log()), || self.log().contains(text));
     }
 
     pub fn signal_hup(&self) {
@@ -166,6 +167,16 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Polls `ok` until it holds or [`SOON`] passes; then panics with `what()`, which is only
+/// formatted then (so a log in it is the log at the deadline, not at the start).
+pub(crate) fn wait_for(what: impl Fn() -> String, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SOON;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out after {SOON:?} waiting for {}", what());
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -231,9 +242,10 @@ fn kill_9_at_100_random_moments_while_the_uplink_flaps_converges_every_time() {
                 fan == "down" || fan == "absent"
             }
         };
-        wait_for(&format!("round {round}: uplink up {uplink_up}; log:\n{}", daemon.log()), SOON, || {
-            want(&host.fan())
-        });
+        wait_for(
+            || format!("round {round}: uplink up {uplink_up}; have {}; log:\n{}", host.fan(), daemon.log()),
+            || want(&host.fan()),
+        );
         assert_one_of_everything(&host, uplink_up, &format!("round {round}"));
     }
     eprintln!("[faults] 100 kills in {:.1?}", started.elapsed());
@@ -265,11 +277,14 @@ fn a_storm_of_1000_flaps_ends_up_and_neither_memory_nor_fds_grow() {
     }
     let after_1000 = daemon.footprint();
     eprintln!("[faults] (VmRSS kB, fds) after 100 flaps {after_100:?}, after 1000 {after_1000:?}");
+    // networkd reports only the flaps it sees (the kernel's linkwatch batches fast ones).
     let downs = daemon.log().matches("set fan-250 down").count();
-    assert!(downs >= 10, "the storm reached the daemon ({downs} downs)");
-    // RSS may move by a few pages (allocator arenas, the log line buffer); a leak per flap
-    // would add hundreds of kB over 900 flaps. Fds must not grow at all (+1: a status client).
-    assert!(after_1000.0 <= after_100.0 + 512, "RSS grew: {after_100:?} -> {after_1000:?}");
+    eprintln!("[faults] the daemon took the fan down {downs} time(s) during the storm");
+    assert!(downs >= 1, "the storm reached the daemon");
+    // RSS may move by a few pages (allocator arenas, buffers that grew to their high-water
+    // mark during the first 100); a leak of half a kB per flap would add over 450 kB in
+    // the next 900. Fds must not grow at all (+1: a status client being served).
+    assert!(after_1000.0 <= after_100.0 + 450, "RSS grew: {after_100:?} -> {after_1000:?}");
     assert!(after_1000.1 <= after_100.1 + 1, "fds grew: {after_100:?} -> {after_1000:?}");
     assert_one_of_everything(&host, true, "after the storm");
 }

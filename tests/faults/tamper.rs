@@ -1,8 +1,8 @@
 //! Faults from outside the daemon's inputs: the fan's objects deleted by hand, rule files
 //! rewritten under a SIGHUP storm, and a runtime directory that cannot be written.
 
-use super::{assert_one_of_everything, Host, SOON, UP};
-use crate::topology::{wait_for, Netns};
+use super::{assert_one_of_everything, wait_for, Host, SOON, UP};
+use crate::topology::Netns;
 use std::time::{Duration, Instant};
 
 /// Deletes one of the fan's objects by hand and waits for the daemon to restore it: the op
@@ -104,7 +104,7 @@ fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_t
     let path = host.rules.path().join("60-second.toml");
     std::fs::write(&path, second(1400)).unwrap();
     daemon.signal_hup();
-    wait_for("fan-251", SOON, || host.sh("ip -o link show dev fan-251").contains("mtu 1400"));
+    wait_for(|| "fan-251".into(), || host.sh("ip -o link show dev fan-251").contains("mtu 1400"));
     let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut atomic_log = String::new();
@@ -147,9 +147,10 @@ fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_t
         storm.join().unwrap()
     });
     daemon.signal_hup();
-    wait_for(&format!("the final rules; log:\n{}", daemon.log()), SOON, || {
-        host.sh("ip -o link show dev fan-251").contains("mtu 1280")
-    });
+    wait_for(
+        || format!("the final rules; log:\n{}", daemon.log()),
+        || host.sh("ip -o link show dev fan-251").contains("mtu 1280"),
+    );
     host.settle();
     assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon is still running");
     let log = daemon.log();
