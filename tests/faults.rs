@@ -234,7 +234,8 @@ fn kill_9_at_100_random_moments_while_the_uplink_flaps_converges_every_time() {
         }
         daemon.kill9();
         let daemon = host.start();
-        // Down, or absent when no daemon ever saw the uplink routable since the last `down --all`.
+        daemon.wait_log("running:");
+        // Down, or absent while no daemon has seen the uplink routable yet.
         let want = |fan: &str| {
             if uplink_up {
                 fan == format!("{UP} [1, 1, 1, 1]")
