@@ -135,7 +135,10 @@ impl Daemon {
     }
 
     pub fn wait_log(&self, text: &str) {
-        wait_for(|| format!("log line {text:?}; log:\n{}", self.log()), || self.log().contains(text));
+        wait_for(
+            || format!("log line {text:?}; threads {}; log:\n{}", self.threads(), self.log()),
+            || self.log().contains(text),
+        );
     }
 
     pub fn signal_hup(&self) {
@@ -153,6 +156,16 @@ impl Daemon {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Each thread's name and what it waits in, for messages about a daemon that hangs.
+    pub fn threads(&self) -> String {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).into_iter().flatten().flatten();
+        let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+        tasks
+            .map(|t| format!("{}:{}", read(t.path().join("comm")), read(t.path().join("wchan"))))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// (VmRSS in kB, open fds).
@@ -244,7 +257,10 @@ fn kill_9_at_100_random_moments_while_the_uplink_flaps_converges_every_time() {
             }
         };
         wait_for(
-            || format!("round {round}: uplink up {uplink_up}; have {}; log:\n{}", host.fan(), daemon.log()),
+            || {
+                let (fan, threads, log) = (host.fan(), daemon.threads(), daemon.log());
+                format!("round {round}: uplink up {uplink_up}; have {fan}; threads {threads}; log:\n{log}")
+            },
             || want(&host.fan()),
         );
         assert_one_of_everything(&host, uplink_up, &format!("round {round}"));
