@@ -216,14 +216,16 @@ impl Rng {
 }
 
 /// The fan is up with one of each object, or it is down or absent with at most one of each
-/// and nothing orphaned (a vxlan without its bridge, a filter without its vxlan).
+/// and nothing orphaned (a vxlan without its bridge, a filter without its vxlan). A fan
+/// that was half built when its uplink went away stays half built, and down, until the
+/// uplink is back: then it is completed (a later round checks that).
 pub(crate) fn assert_one_of_everything(host: &Host, uplink_up: bool, what: &str) {
     let (state, [bridges, vxlans, filters, tables]) = host.census("fan-250");
     let all = (state.as_str(), bridges, vxlans, filters, tables);
     if uplink_up {
         assert_eq!((bridges, vxlans, filters, tables), (1, 1, 1, 1), "{what}: {all:?}");
     } else {
-        assert!(bridges <= 1 && tables <= 1 && vxlans == bridges && filters == vxlans, "{what}: {all:?}");
+        assert!(bridges <= 1 && tables <= 1 && vxlans <= bridges && filters <= vxlans, "{what}: {all:?}");
     }
 }
 
