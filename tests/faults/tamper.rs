@@ -1,0 +1,195 @@
+//! Faults from outside the daemon's inputs: the fan's objects deleted by hand, rule files
+//! rewritten under a SIGHUP storm, and a runtime directory that cannot be written.
+
+use super::{assert_one_of_everything, wait_for, Host, UP};
+use crate::topology::Netns;
+use std::time::Duration;
+
+/// Deletes one of the fan's objects by hand and waits for the daemon to restore it by
+/// itself: the op that made it (`remade`) appears in the log a second time. Links and
+/// addresses are seen on rtnetlink, filters on its tc group, NAT tables on nftables' group.
+fn deleted_by_hand_is_restored(what: &str, delete: &str, remade: &str) {
+    let host = Host::new(&format!("del{}", &what[..2]));
+    let daemon = host.start();
+    host.wait_fan(UP, &daemon);
+    let container = Netns::new("flc");
+    crate::topology::run(
+        None,
+        &format!(
+            "ip link add cv0 netns {h} mtu 1450 type veth peer name eth0 netns {c} mtu 1450 && \
+             ip -n {h} link set cv0 master fan-250 up && ip -n {c} addr add 250.1.1.10/8 dev eth0 && \
+             ip -n {c} link set eth0 up",
+            h = host.ns(),
+            c = container.name()
+        ),
+    );
+    assert_eq!(daemon.log().matches(remade).count(), 1, "made once: {remade}");
+    let delete = delete.replace("TABLE", host.sh("nft list tables | grep fanlink").trim());
+    crate::topology::run(Some(host.ns()), &delete);
+    wait_for(
+        || format!("{what} deleted by hand to be restored; log:\n{}", daemon.log()),
+        || daemon.log().matches(remade).count() >= 2,
+    );
+    host.wait_fan(UP, &daemon);
+    assert_one_of_everything(&host, true, &format!("{what} restored"));
+    if what == "bridge" {
+        // The kernel frees a deleted bridge's ports; fanlink does not know whose they were.
+        let attached = host.sh("ip -o link show dev cv0").contains("master fan-250");
+        eprintln!("[faults] a container port of the deleted bridge is attached again: {attached}");
+    } else {
+        assert!(
+            host.sh("ip -o link show dev cv0").contains("master fan-250"),
+            "the container stays attached"
+        );
+        assert!(host.sh("ping -c1 -W2 250.1.1.10").contains(" 0% packet loss"), "host -> container");
+    }
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn a_bridge_deleted_by_hand_is_restored() {
+    deleted_by_hand_is_restored("bridge", "ip link del fan-250", "create bridge fan-250");
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn a_vxlan_deleted_by_hand_is_restored() {
+    deleted_by_hand_is_restored("vxlan", "ip link del fan-250-vx", "create vxlan fan-250-vx");
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn a_bpf_filter_deleted_by_hand_is_restored() {
+    deleted_by_hand_is_restored("filter", "tc filter del dev fan-250-vx egress", "attach fan program");
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn an_nft_table_deleted_by_hand_is_restored() {
+    deleted_by_hand_is_restored("nft table", "nft delete TABLE", "write nat table");
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_the_final_rules() {
+    let host = Host::new("hup");
+    let mut daemon = host.start();
+    host.wait_fan(UP, &daemon);
+    let second =
+        |mtu: u32| format!("[[fan]]\noverlay = \"251.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\nmtu = {mtu}\n");
+    let path = host.rules.path().join("60-second.toml");
+    std::fs::write(&path, second(1400)).unwrap();
+    daemon.signal_hup();
+    wait_for(|| "fan-251".into(), || host.sh("ip -o link show dev fan-251").contains("mtu 1400"));
+    let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut atomic_log = String::new();
+    let hups = std::thread::scope(|s| {
+        let storm = s.spawn(|| {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("the daemon is alive");
+                n += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            n
+        });
+        // First atomically (a complete file renamed over the old one), then in place in
+        // pieces (truncate, a prefix, the rest), as `>` in a shell or many editors write.
+        for round in 0..200u32 {
+            let text = second(1300 + (round % 7) * 10);
+            if round < 100 {
+                let tmp = host.rules.path().join(".60-second.toml.tmp");
+                std::fs::write(&tmp, &text).unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+            } else {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&path).unwrap();
+                let cut = 12 + round as usize % (text.len() - 12);
+                f.write_all(&text.as_bytes()[..cut]).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+                f.write_all(&text.as_bytes()[cut..]).unwrap();
+            }
+            if round == 99 {
+                daemon.signal_hup();
+                host.settle();
+                atomic_log = daemon.log();
+            }
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        std::fs::write(&path, second(1280)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        storm.join().unwrap()
+    });
+    daemon.signal_hup();
+    wait_for(
+        || format!("the final rules; log:\n{}", daemon.log()),
+        || host.sh("ip -o link show dev fan-251").contains("mtu 1280"),
+    );
+    host.settle();
+    assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon is still running");
+    let log = daemon.log();
+    let refused = log.matches("reload refused").count();
+    let removed = log.matches("fan-251: delete link fan-251-vx").count();
+    eprintln!("[faults] {hups} SIGHUPs during 200 rewrites; {refused} reloads refused; fan-251 removed {removed} time(s)");
+    for line in log.lines() {
+        assert!(!line.contains("panicked"), "{line}");
+        assert!(
+            !line.contains("set fan-250 down") && !line.contains("delete link fan-250"),
+            "{line}; log:\n{log}"
+        );
+        assert!(!line.contains("set fan-251 down"), "{line}; log:\n{log}");
+    }
+    assert!(!atomic_log.contains("delete link"), "atomic rewrites never remove a fan; log:\n{atomic_log}");
+    if removed > 0 {
+        // A truncated file is empty, and an empty file is valid rules without fans: the
+        // daemon cannot tell it from a file emptied on purpose, so it removes fan-251 and
+        // makes it again once the file is complete.
+        eprintln!(
+            "[faults] REPORT: non-atomic rewrites removed fan-251 {removed} time(s) (empty file mid-write)"
+        );
+    }
+    assert_eq!(host.fan(), format!("{UP} [2, 2, 2, 2]"));
+}
+
+/// Starts the daemon with its runtime directory on a tmpfs mounted with `options` in a
+/// private mount namespace (so nothing else sees it).
+fn start_on_tmpfs(host: &Host, options: &str, prepare: &str) -> super::Daemon {
+    let mnt = host.runtime.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o {options} fanlink-fault {m} && {prepare} exec \"$@\"",
+        m = mnt.display(),
+        prepare = prepare.replace("MNT", &mnt.display().to_string())
+    );
+    let wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c", &script, "sh"];
+    host.start_wrapped(&wrapper, &mnt.join("rt"))
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd, dbus-daemon and mount namespaces: run with --include-ignored"]
+fn a_read_only_or_full_runtime_dir_is_a_clear_error_and_the_fans_keep_running() {
+    let host = Host::new("rodir");
+    let mut daemon = host.start();
+    host.wait_fan(UP, &daemon);
+    daemon.kill9();
+    let rt = host.runtime.path().join("mnt/rt");
+
+    // Without its control socket the daemon says why and goes on following networkd: only
+    // `fanlink status` falls back to reading the kernel.
+    for (options, prepare, why) in [
+        ("ro,size=64k", "", "Read-only file system"),
+        ("nr_inodes=2,size=64k", "mkdir -m 700 MNT/rt &&", "No space left on device"),
+    ] {
+        let mut daemon = start_on_tmpfs(&host, options, prepare);
+        daemon.wait_log(&format!("control socket {}/control: {why}", rt.display()));
+        daemon.wait_log("running without it (status reads the kernel)");
+        host.wait_fan(UP, &daemon);
+        host.harness.run("carrier", &["down"]);
+        host.wait_fan("down", &daemon);
+        host.harness.run("carrier", &["up"]);
+        host.wait_fan(UP, &daemon);
+        daemon.kill9();
+    }
+}
