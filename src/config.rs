@@ -132,6 +132,15 @@ pub fn parse_all(sources: &[(PathBuf, String)]) -> (Vec<Rule>, Vec<RuleError>) {
     let mut rules: Vec<(Rule, Located)> = Vec::new();
     let mut errors = Vec::new();
     for (path, text) in sources {
+        // A file caught in the middle of an in-place rewrite (truncated, not yet written) would
+        // read as "no fans" and take its fans down; a deliberately empty file has a comment.
+        if text.is_empty() {
+            let message =
+                "the file is empty (is it being written?); a file without fans needs at least a comment"
+                    .into();
+            errors.push(RuleError { path: path.clone(), position: None, message });
+            continue;
+        }
         let at = |span: Range<usize>, message: String| RuleError {
             path: path.clone(),
             position: Some(line_col(text, span.start)),

@@ -101,6 +101,8 @@ pub struct LinkChange {
     pub mac: Option<[u8; 6]>,
     pub master: Option<IfName>,
     pub up: Option<bool>,
+    /// fanlink's mark, for a device it made but could not mark (see `plan`).
+    pub alias: Option<String>,
 }
 
 /// One step of a plan. Each is idempotent at the edge that performs it.
@@ -175,6 +177,9 @@ impl fmt::Display for LinkChange {
         }
         if let Some(master) = &self.master {
             parts.push(format!("master {master}"));
+        }
+        if let Some(alias) = &self.alias {
+            parts.push(format!("alias {alias}"));
         }
         if let Some(up) = self.up {
             parts.push((if up { "up" } else { "down" }).to_string());

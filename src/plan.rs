@@ -47,13 +47,30 @@ pub fn plan(targets: &[(Rule, Want)], observed: &Observed) -> Vec<FanPlan> {
 fn is_link_up(op: &Op) -> bool {
     matches!(
         op,
-        Op::SetLink { change: LinkChange { up: Some(true), mtu: None, mac: None, master: None }, .. }
+        Op::SetLink {
+            change: LinkChange { up: Some(true), mtu: None, mac: None, master: None, alias: None },
+            ..
+        }
     )
+}
+
+/// A device fanlink made but could not mark: the kernel ignores an alias in the message that
+/// creates a link, so fanlink marks it in a second one, and a crash between the two leaves it
+/// unmarked. Such a device is recognised by what only fanlink builds: a bridge with its
+/// `02:fa:` MAC, a vxlan in collect_md + vnifilter mode on port 8472 without learning. It is
+/// adopted, and marked by the next plan.
+fn built_by_fanlink(d: &Device) -> bool {
+    match d.kind.as_deref() {
+        Some("bridge") => d.mac.is_some_and(|m| m[..2] == [0x02, 0xfa]),
+        Some("vxlan") => d.fan_vxlan,
+        _ => false,
+    }
 }
 
 /// A device of ours, or an error if the name is taken by something fanlink does not own.
 fn owned<'a>(device: &'a Option<Device>, name: &IfName, fan: &IfName) -> Result<Option<&'a Device>, String> {
     match device {
+        Some(d) if d.alias.is_none() && built_by_fanlink(d) => Ok(Some(d)),
         Some(d) if d.alias.as_deref().and_then(parse_alias).map(|(f, _)| f).as_ref() != Some(fan) => {
             Err(format!(
                 "a device named {name} exists that fanlink does not own (its alias is {:?}); \
@@ -139,6 +156,7 @@ fn plan_up(
             let change = LinkChange {
                 mtu: (b.mtu != mtu).then_some(mtu),
                 mac: (b.mac != Some(mac)).then_some(mac),
+                alias: b.alias.is_none().then(|| alias.clone()),
                 ..Default::default()
             };
             if change != LinkChange::default() {
@@ -161,6 +179,7 @@ fn plan_up(
             let change = LinkChange {
                 mtu: (v.mtu != mtu).then_some(mtu),
                 master: (!enslaved).then(|| bridge.clone()),
+                alias: v.alias.is_none().then(|| alias.clone()),
                 ..Default::default()
             };
             if change != LinkChange::default() {

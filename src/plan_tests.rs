@@ -142,7 +142,9 @@ fn an_address_that_owns_no_slice_is_an_error() {
 fn devices_fanlink_does_not_own_are_never_touched() {
     let r = rule("");
     let mut seen = built(&r);
+    // Someone's own bridge of that name, as fanctl makes it: no alias, a port's MAC.
     seen.bridge.as_mut().unwrap().alias = None;
+    seen.bridge.as_mut().unwrap().mac = Some([0x52, 0x54, 0, 1, 2, 3]);
     for want in [up_at("10.0.3.4"), Want::Down, Want::Absent] {
         let plans = plan(&[(r.clone(), want)], &observed(&r, seen.clone()));
         assert_eq!(
@@ -218,4 +220,25 @@ fn a_vxlan_of_the_wrong_kind_is_recreated_and_a_new_bridge_gets_it_back() {
         ]
     );
     assert!(ops.contains(&"add address 250.3.4.1/8 to fan-250".to_string()));
+}
+
+#[test]
+fn devices_made_but_not_marked_before_a_crash_are_adopted_and_marked() {
+    let r = rule("");
+    let mut seen = built(&r);
+    seen.bridge.as_mut().unwrap().alias = None;
+    seen.vxlan.as_mut().unwrap().alias = None;
+    let plans = plan(&[(r.clone(), up_at("10.0.3.4"))], &observed(&r, seen.clone()));
+    assert_eq!(
+        lines(&plans[0].result),
+        ["set fan-250 alias fanlink:fan-250", "set fan-250-vx alias fanlink:fan-250"]
+    );
+    // A bridge with another MAC is someone else's, marked or not.
+    seen.bridge.as_mut().unwrap().mac = Some([0x52, 0x54, 0, 1, 2, 3]);
+    let plans = plan(&[(r.clone(), up_at("10.0.3.4"))], &observed(&r, seen));
+    assert!(plans[0]
+        .result
+        .as_ref()
+        .unwrap_err()
+        .starts_with("a device named fan-250 exists that fanlink does not own"));
 }

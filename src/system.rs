@@ -230,8 +230,13 @@ impl System {
                     Some(m) => Some(self.index(m)?),
                     None => None,
                 };
-                let changes =
-                    LinkChanges { up: change.up, mtu: change.mtu, master, alias: None, mac: change.mac };
+                let changes = LinkChanges {
+                    up: change.up,
+                    mtu: change.mtu,
+                    master,
+                    alias: change.alias.clone(),
+                    mac: change.mac,
+                };
                 self.nl.set_link(link.as_str(), &changes)?;
             }
             Op::AddAddress { link, address } => {

@@ -61,6 +61,7 @@ fn every_rule_error_names_file_line_and_column() {
         ("bad-name.toml", "bad-name.toml:2:8: error: `name`: \"fan/250\" contains '/', which interface names cannot contain"),
         ("default-name-clash.toml", "default-name-clash.toml:5:1: error: a fan named \"fan-250\" is already defined at default-name-clash.toml:1; give this one another `name`"),
         ("duplicate-name.toml", "duplicate-name.toml:6:1: error: a fan named \"fan-a\" is already defined at duplicate-name.toml:1; give this one another `name`"),
+        ("empty.toml", "empty.toml: error: the file is empty (is it being written?); a file without fans needs at least a comment"),
         ("long-name.toml", "long-name.toml:2:8: error: `name`: \"fan-250-overlay0\" is 16 bytes long; interface names have at most 15"),
         ("loopback.toml", "loopback.toml:2:11: error: overlay 127.0.0.0/8 overlaps 127.0.0.0/8 (loopback); use an unused range such as 240.0.0.0/8 to 254.0.0.0/8"),
         ("masquerade.toml", "masquerade.toml:4:14: error: `masquerade` must be true or false, not \"yes\""),
