@@ -272,22 +272,15 @@ impl Daemon {
             };
             let observed = self.sys.observe(&snap, &fans, &nat)?;
             self.nat = Some(nat);
+            let mut built = Vec::new();
+            let mut changed = false;
             for (decision, fan_plan) in decisions.iter().zip(self.plans(&decisions, &observed)) {
                 self.log_decision(decision);
                 match fan_plan.result {
                     Ok(ops) => {
-                        for op in &ops {
-                            log::info!("{}: {op}", decision.fan);
-                            if matches!(
-                                op,
-                                crate::model::Op::WriteNat { .. } | crate::model::Op::DeleteNat { .. }
-                            ) {
-                                self.nat = None;
-                            }
-                            if let Err(e) = self.sys.apply(op) {
-                                log::error!("{}: {op}: {e}", decision.fan);
-                                break;
-                            }
+                        changed |= !ops.is_empty();
+                        if self.apply_ops(&decision.fan, &ops) {
+                            built.push(decision.fan.clone());
                         }
                     }
                     Err(e) => log::error!("{}: {e}", decision.fan),
@@ -295,14 +288,16 @@ impl Daemon {
                 // A firewall may have appeared (Docker's FORWARD DROP) since the bridge was
                 // made; the accept rules are re-ensured, which changes nothing if they hold.
                 if self.firewall_changed && matches!(decision.want, Want::Up(_)) {
-                    let op = crate::model::Op::AcceptForwarding { fan: decision.fan.clone() };
-                    if let Err(e) = self.sys.apply(&op) {
-                        log::error!("{}: {op}: {e}", decision.fan);
-                    }
+                    self.apply_ops(
+                        &decision.fan,
+                        &[crate::model::Op::AcceptForwarding { fan: decision.fan.clone() }],
+                    );
                 }
             }
             self.firewall_changed = false;
-            self.supervise_dhcp(&decisions, &snap);
+            self.supervise_dhcp(&decisions, &built);
+            // The interest names devices by index: after creating some, read them again.
+            let snap = if changed { self.sys.snapshot()? } else { snap };
             self.interest = self.interest(&decisions, &snap);
             self.decisions = decisions;
             Ok(())
@@ -336,16 +331,32 @@ impl Daemon {
         interest
     }
 
-    /// dnsmasq runs for each fan with `dhcp = true` that is up; every other one is stopped.
-    fn supervise_dhcp(&mut self, decisions: &[Decision], snap: &crate::system::Snapshot) {
+    /// Applies one fan's ops in order, logging each; the first failure stops the rest (the
+    /// next reconcile retries). Says whether all of them were applied.
+    fn apply_ops(&mut self, fan: &crate::ifname::IfName, ops: &[crate::model::Op]) -> bool {
+        for op in ops {
+            log::info!("{fan}: {op}");
+            if matches!(op, crate::model::Op::WriteNat { .. } | crate::model::Op::DeleteNat { .. }) {
+                self.nat = None;
+            }
+            if let Err(e) = self.sys.apply(op) {
+                log::error!("{fan}: {op}: {e}");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// dnsmasq runs for each fan with `dhcp = true` that is up (its plan applied in full:
+    /// `built`); every other one is stopped.
+    fn supervise_dhcp(&mut self, decisions: &[Decision], built: &[crate::ifname::IfName]) {
         let mut keep = Vec::new();
         for d in decisions {
             let (Want::Up(underlay), Some(rule)) = (&d.want, self.rules.iter().find(|r| r.name == d.fan))
             else {
                 continue;
             };
-            let bridge_up = snap.links.iter().any(|l| l.name == d.fan.as_str() && l.up);
-            if !rule.dhcp || !bridge_up {
+            if !rule.dhcp || !built.contains(&d.fan) {
                 continue;
             }
             let (Ok(slice), Ok(bridge_address)) =
