@@ -74,10 +74,25 @@ def proc_status(pid):
 
 
 def cpu_ticks(pid):
-    """utime+stime+cutime+cstime (/proc/PID/stat fields 14-17), in clock ticks."""
+    """(utime+stime, cutime+cstime): /proc/PID/stat fields 14-15 and 16-17, in clock ticks."""
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15])
+        fields = [int(x) for x in f.read().rsplit(")", 1)[1].split()[11:15]]
+    return fields[0] + fields[1], fields[2] + fields[3]
+
+
+def thread_ctxt(pid):
+    """{thread name: voluntary+involuntary context switches}."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                n = sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+        except FileNotFoundError:
+            continue
+        out[name] = out.get(name, 0) + n
+    return out
 
 
 # ---------------------------------------------------------------- the two hosts
@@ -136,7 +151,7 @@ def acks_of_up(log_text):
     for line in log_text.splitlines():
         m = ACK.search(line)
         if m:
-            if any(f"{FAN}:" in o and " up" in o for o in ops):
+            if any(o.endswith(f"set {FAN} up") for o in ops):
                 out.append(int(m.group(1)))
             ops = []
         elif f"{FAN}:" in line:
@@ -168,6 +183,7 @@ def latency(pump, sides, n, binary):
 def storm(pump, sides, n, binary):
     """n flaps on both hosts at once; CPU (ticks) used by each daemon over them."""
     before = {k: cpu_ticks(s.daemon.pid) for k, s in sides.items()}
+    log_from = os.path.getsize(sides["fanlink"].daemon.log)
     t = time.monotonic()
     for i in range(n):
         flap_down(pump, list(sides.values()), False, binary)
@@ -177,13 +193,27 @@ def storm(pump, sides, n, binary):
             wait_up(pump, s)
     pump.quiet([s.net for s in sides.values()], 0.05, 2)
     log(f"{n} flaps in {time.monotonic() - t:.1f} s")
-    return {k: cpu_ticks(s.daemon.pid) - before[k] for k, s in sides.items()}
+    with open(sides["fanlink"].daemon.log) as f:
+        f.seek(log_from)
+        reconciles = len(ACK.findall(f.read()))
+    out = {}
+    for k, s in sides.items():
+        own, children = cpu_ticks(s.daemon.pid)
+        out[k] = (own - before[k][0], children - before[k][1])
+    out["reconciles"] = reconciles
+    return out
 
 
 def idle(pump, sides, seconds):
-    before = {k: proc_status(s.daemon.pid)["ctxt"] for k, s in sides.items()}
+    """Context switches of each idle daemon, in total and per thread name."""
+    before = {k: thread_ctxt(s.daemon.pid) for k, s in sides.items()}
     pump.run(seconds)
-    return {k: proc_status(s.daemon.pid)["ctxt"] - before[k] for k, s in sides.items()}
+    out = {}
+    for k, s in sides.items():
+        after = thread_ctxt(s.daemon.pid)
+        per = {t: n - before[k].get(t, 0) for t, n in after.items()}
+        out[k] = (sum(per.values()), {t: n for t, n in per.items() if n})
+    return out
 
 
 # ---------------------------------------------------------------- exec -> READY=1
@@ -338,6 +368,10 @@ def us(ns):
     return f"{ns / 1e3:.0f}" if abs(ns) >= 10e3 else f"{ns / 1e3:.1f}"
 
 
+def thread_list(per):
+    return ", ".join(f"{t} {n}" for t, n in sorted(per.items(), key=lambda x: -x[1])) or "none"
+
+
 def machine():
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     return (f"{os.cpu_count()} CPUs ({model}), kernel {os.uname().release}, "
@@ -378,7 +412,12 @@ def report(r):
         f, p = statistics.median(d["samples"]["fanlink"]), statistics.median(d["samples"]["dispatcher"])
         L.append(f"- {path}: ratio of medians dispatcher / fanlink = **{p / f:.0f}x**" if f > 0 else
                  f"- {path}: fanlink median <= 0 (below the monitor's resolution; see its own ack figure)")
-    L.append("")
+    L += ["", "warm = the devices exist (fanlink: 2 netlink messages, set vxlan and bridge up); the peer's hooks "
+          "delete the fan on no-carrier, so both of its paths create it (5 `ip` + 1 `nft` process). cold = "
+          "`fanlink down --all` while the uplink was down: creation incl. BPF load. fanlink's cold figure lacks "
+          "the NAT table: its daemon caches the nft state and misses the external deletion (see "
+          "bench/README.md, \"Found while measuring\"). \"negative\" counts samples where the bridge came up "
+          "before the monitor's copy of the signal arrived (dbus-daemon sends the monitor's copy last).", ""]
 
     st, af = r["start"], r["after"]
     peer = r["peer_size"]
@@ -398,17 +437,21 @@ def report(r):
           f"gir1.2-glib-2.0, libgirepository; {total} KiB with the Python 3.11 interpreter and stdlib "
           f"(dpkg Installed-Size) |", ""]
 
+    idl, sto = r["idle"], r["storm"]
+    ms = lambda ticks: ticks * 1000 / CLK_TCK * 100 / a.storm  # noqa: E731  (ms per 100 flaps)
     L += ["## Quiet and CPU", "",
           "| | fanlink | networkd-dispatcher |", "|---|---|---|",
-          f"| context switches while idle {a.idle:g} s (all threads) | {r['idle']['fanlink']} | {r['idle']['dispatcher']} |"]
-    per = {k: v / CLK_TCK / a.storm * 100 for k, v in r["storm"].items()}
-    L += [f"| CPU per 100 flaps (utime+stime+cutime+cstime) | {per['fanlink'] * 1000:.0f} ms | "
-          f"{per['dispatcher'] * 1000:.0f} ms |",
-          f"| CPU per event (a flap is 2 events: down, up) | {per['fanlink'] / 200 * 1e6:.0f} µs | "
-          f"{per['dispatcher'] / 200 * 1e6:.0f} µs |", "",
-          f"CPU is read in clock ticks ({1000 // CLK_TCK} ms) over {a.storm} flaps; children are included for "
-          "both (the peer's hooks; fanlink's `nft` runs).", ""]
-
+          f"| context switches while idle {a.idle:g} s (all threads) | {idl['fanlink'][0]} | {idl['dispatcher'][0]} |",
+          f"| ... by thread | {thread_list(idl['fanlink'][1])} | {thread_list(idl['dispatcher'][1])} |"]
+    f_own, f_ch = sto["fanlink"]
+    d_own, d_ch = sto["dispatcher"]
+    L += [f"| CPU per 100 flaps, own (utime+stime) | {ms(f_own):.0f} ms | {ms(d_own):.0f} ms |",
+          f"| CPU per 100 flaps, children (cutime+cstime) | {ms(f_ch):.0f} ms | {ms(d_ch):.0f} ms |",
+          f"| CPU per event, all (a flap is 2 events: down, up) | {ms(f_own + f_ch) * 10 / 2:.0f} µs | "
+          f"{ms(d_own + d_ch) * 10 / 2:.0f} µs |", "",
+          f"CPU is read in clock ticks ({1000 // CLK_TCK} ms) over {a.storm} flaps of both hosts at once. "
+          f"fanlink ran {sto['reconciles']} reconciles for them ({sto['reconciles'] / a.storm:.1f} per flap: "
+          "its own link changes and networkd's address/route work each wake it), with RUST_LOG=debug.", ""]
     L += ["## Start: exec -> READY=1", "", "| case | n | min | p50 | max |", "|---|---|---|---|---|"]
     for k, v in r["ready"].items():
         L.append(f"| {k} | {len(v)} | {min(v) / 1e6:.1f} ms | {statistics.median(v) / 1e6:.1f} ms | "
@@ -427,15 +470,22 @@ def report(r):
     L += ["", "MTU 1450 on both; medians of the runs; fan and plain runs alternate.", ""]
 
     L += ["## State per peer on one host", "",
-          "| peers joined | fdb entries | IPv4 neighbours | IPv4 routes (all tables) | flannel vxlan would add |",
+          "Host h0 and N peers on one switch, each `fanlink up`; h0 pings each peer's bridge address once. "
+          "Configured = permanent/static entries an overlay installs per peer; learned = aging caches that "
+          "traffic creates on any network (flannel's hosts get them too, on top of its 3 configured).", "",
+          "| peers joined | fdb configured / learned | IPv4 neigh configured / learned (of which overlay) | "
+          "IPv4 routes, all tables | flannel vxlan configures |",
           "|---|---|---|---|---|"]
     for n, c in r["peers"].items():
-        L.append(f"| {n} | {c['fdb']} | {c['neigh']} | {c['route']} | {3 * n} (route + neigh + fdb per peer, computed) |")
+        L.append(f"| {n} | {c['fdb_fixed']} / {c['fdb'] - c['fdb_fixed']} | {c['neigh_fixed']} / "
+                 f"{c['neigh'] - c['neigh_fixed']} ({c['neigh_overlay']}) | {c['route']} | "
+                 f"{3 * n} (a route, a neighbour, an fdb entry per peer; computed) |")
     ns = sorted(r["peers"])
     lo, hi = r["peers"][ns[0]], r["peers"][ns[-1]]
-    slope = {k: (hi[k] - lo[k]) / (ns[-1] - ns[0]) for k in lo}
-    L += ["", f"Growth per peer between {ns[0]} and {ns[-1]} peers: fdb {slope['fdb']:.2f}, "
-          f"neighbour {slope['neigh']:.2f}, route {slope['route']:.2f}. Every peer was pinged once from the host.", ""]
+    d = lambda k: (hi[k] - lo[k]) / (ns[-1] - ns[0])  # noqa: E731
+    L += ["", f"Per peer joined ({ns[0]} -> {ns[-1]}): configured fdb {d('fdb_fixed'):.2f}, configured "
+          f"neighbours {d('neigh_fixed'):.2f}, routes {d('route'):.2f}; learned fdb {d('fdb') - d('fdb_fixed'):.2f}, "
+          f"learned neighbours {d('neigh') - d('neigh_fixed'):.2f} (overlay {d('neigh_overlay'):.2f}).", ""]
     return "\n".join(L) + "\n"
 
 

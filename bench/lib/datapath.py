@@ -132,12 +132,21 @@ def datapath(work, binary, seconds, reps):
 
 
 def count(host):
-    fdb = subprocess.run(["bridge", "-n", host, "fdb", "show"], capture_output=True, text=True).stdout
-    neigh = subprocess.run(["ip", "-n", host, "-4", "neigh", "show"], capture_output=True, text=True).stdout
-    route = subprocess.run(["ip", "-n", host, "-4", "route", "show", "table", "all"],
-                           capture_output=True, text=True).stdout
-    n = lambda text: len([line for line in text.splitlines() if line.strip()])  # noqa: E731
-    return {"fdb": n(fdb), "neigh": n(neigh), "route": n(route)}
+    """h0's entries: each table split into configured (permanent/static: what an overlay
+    must install per peer) and learned caches (aging; any L2/L3 traffic makes them)."""
+    def lines(*cmd):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return [line for line in out.splitlines() if line.strip()]
+    fdb = lines("bridge", "-n", host, "fdb", "show")
+    neigh = lines("ip", "-n", host, "-4", "neigh", "show")
+    route = lines("ip", "-n", host, "-4", "route", "show", "table", "all")
+    fixed = lambda ls, words: sum(1 for line in ls if any(w in line.split() for w in words))  # noqa: E731
+    return {
+        "fdb": len(fdb), "fdb_fixed": fixed(fdb, ("permanent", "static")),
+        "neigh": len(neigh), "neigh_fixed": fixed(neigh, ("PERMANENT", "NOARP")),
+        "neigh_overlay": sum(1 for line in neigh if line.startswith("250.")),
+        "route": len(route),
+    }
 
 
 def peer_state(work, binary, steps):
