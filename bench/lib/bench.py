@@ -374,8 +374,9 @@ def thread_list(per):
 
 def machine():
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    load = open("/proc/loadavg").read().split()[:3]
     return (f"{os.cpu_count()} CPUs ({model}), kernel {os.uname().release}, "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average at the end {' '.join(load)}")
 
 
 def report(r):
