@@ -1,8 +1,9 @@
 """Datapath and per-peer state, for bench/lib/bench.py. Namespaces only, all recorded.
 
-datapath(): one switch; hosts f1,f2 with a fanlink fan (`fanlink up`, underlay 10.98.0.0/16)
-and hosts p1,p2 with a plain vxlan (VNI 42, dstport 8472, nolearning, one static fdb entry
-to the other host), each with a container on a 1450-MTU bridge. iperf3 TCP and UDP and
+datapath(): one switch; hosts f1,f2 with a fanlink fan (`fanlink up`, underlay 10.98.0.0/16),
+hosts p1,p2 with a plain vxlan (VNI 42, dstport 8472, nolearning, one static fdb entry to
+the other host), and n1,n2 the same plus a masquerade table (conntrack on, as with fanlink's
+NAT), each with a container on a 1450-MTU bridge. iperf3 TCP and UDP and
 ping between the two containers of each pair, fan and plain runs alternated.
 
 peer_state(): host h0 and N peers on a switch, each `fanlink up`; h0 pings every peer's
@@ -110,15 +111,25 @@ def datapath(work, binary, seconds, reps):
     sw = lab.switch()
     f1, f2 = lab.host(sw, "f1", "10.98.0.1"), lab.host(sw, "f2", "10.98.0.2")
     p1, p2 = lab.host(sw, "p1", "10.98.1.1"), lab.host(sw, "p2", "10.98.1.2")
+    n1, n2 = lab.host(sw, "n1", "10.98.2.1"), lab.host(sw, "n2", "10.98.2.2")
     for h in (f1, f2):
         fanlink_up(binary, empty, h)
     plain_vxlan(p1, "10.98.1.1", "10.98.1.2")
     plain_vxlan(p2, "10.98.1.2", "10.98.1.1")
+    # The same plain vxlan plus a masquerade table like fanlink's: its nat hook switches on
+    # conntrack for every packet, which separates that cost from the fan program's.
+    for h, local, remote in ((n1, "10.98.2.1", "10.98.2.2"), (n2, "10.98.2.2", "10.98.2.1")):
+        plain_vxlan(h, local, remote)
+        subprocess.run(["ip", "netns", "exec", h, "nft", "-f", "-"], check=True, capture_output=True, text=True,
+                       input="table ip nat { chain post { type nat hook postrouting priority srcnat; "
+                             "ip saddr 192.168.51.0/24 ip daddr != 192.168.51.0/24 masquerade; } }\n")
     pair = {
         "fan": (lab.container(f1, "fan-250", "fc1", "250.0.1.10/8", "250.0.1.1"),
                 lab.container(f2, "fan-250", "fc2", "250.0.2.10/8", "250.0.2.1"), "250.0.2.10"),
         "plain": (lab.container(p1, "br0", "pc1", "192.168.50.1/24", None),
                   lab.container(p2, "br0", "pc2", "192.168.50.2/24", None), "192.168.50.2"),
+        "plain+nat": (lab.container(n1, "br0", "nc1", "192.168.51.1/24", None),
+                      lab.container(n2, "br0", "nc2", "192.168.51.2/24", None), "192.168.51.2"),
     }
     for c1, _, dst in pair.values():  # ARP, and a working path, before any timing
         hosts.sh("ping", "-c", "3", "-i", "0.2", "-W", "2", dst, ns=c1)

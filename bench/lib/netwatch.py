@@ -220,3 +220,22 @@ class Pump:
             last = max(w.last_msg_ns for w in watches)
             if time.monotonic_ns() - last >= quiet_s * 1e9:
                 return
+
+
+def setlink_ns(ns, names, up):
+    """The kernel's own share of a warm up (or down): RTM_NEWLINK setting IFF_UP on each of
+    `names` in turn, each waiting for its ack, as fanlink does. Returns elapsed ns."""
+    sock = in_netns(ns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))
+    try:
+        sock.bind((0, 0))
+        indexes = [in_netns(ns, lambda n=n: socket.if_nametoindex(n)) for n in names]
+        t = time.monotonic_ns()
+        for seq, index in enumerate(indexes, 1):
+            body = struct.pack("BBHiII", socket.AF_UNSPEC, 0, 0, index, IFF_UP if up else 0, IFF_UP)
+            sock.send(struct.pack("IHHII", 16 + len(body), RTM_NEWLINK, 0x1 | 0x4, seq, 0) + body)
+            ack = sock.recv(4096)
+            if struct.unpack_from("i", ack, 16)[0] != 0:
+                raise OSError(-struct.unpack_from("i", ack, 16)[0], f"RTM_NEWLINK {names}")
+        return time.monotonic_ns() - t
+    finally:
+        sock.close()
