@@ -121,8 +121,8 @@ def datapath(work, binary, seconds, reps):
     for h, local, remote in ((n1, "10.98.2.1", "10.98.2.2"), (n2, "10.98.2.2", "10.98.2.1")):
         plain_vxlan(h, local, remote)
         subprocess.run(["ip", "netns", "exec", h, "nft", "-f", "-"], check=True, capture_output=True, text=True,
-                       input="table ip nat { chain post { type nat hook postrouting priority srcnat; "
-                             "ip saddr 192.168.51.0/24 ip daddr != 192.168.51.0/24 masquerade; } }\n")
+                       input="table ip nat {\n  chain post {\n    type nat hook postrouting priority srcnat;\n"
+                             "    ip saddr 192.168.51.0/24 ip daddr != 192.168.51.0/24 masquerade\n  }\n}\n")
     pair = {
         "fan": (lab.container(f1, "fan-250", "fc1", "250.0.1.10/8", "250.0.1.1"),
                 lab.container(f2, "fan-250", "fc2", "250.0.2.10/8", "250.0.2.1"), "250.0.2.10"),
