@@ -115,7 +115,7 @@ pub enum Command {
     /// Translate ubuntu-fan's /etc/network/fan, or a `fanctl up` command, into a fanlink
     /// rule file printed on stdout.
     ///
-    /// Refuses (exit 2, nothing on stdout) what it cannot translate: DHCP, the ipip type,
+    /// Refuses (exit 2, nothing on stdout) what it cannot translate: the ipip type,
     /// unknown options; each as FILE:LINE:COL: error: MESSAGE.
     Import(crate::import::ImportArgs),
 

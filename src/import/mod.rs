@@ -64,6 +64,7 @@ pub struct Fan {
     pub map: FanMap,
     pub interface: Option<IfName>,
     pub enabled: bool,
+    pub dhcp: bool,
     /// Comment lines saying what the translation did.
     pub notes: Vec<String>,
 }
@@ -187,6 +188,7 @@ fn resolve(
         map,
         interface,
         enabled: l.enabled,
+        dhcp: l.dhcp,
         notes,
     })
 }

@@ -46,6 +46,8 @@ pub struct FanLine {
     pub bridge: Option<(IfName, usize)>,
     /// False for `--disable` / `off`: the fan exists in the file but does not come up.
     pub enabled: bool,
+    /// `--dhcp` / `dhcp`: fanlink serves DHCP on the bridge (`dhcp = true`).
+    pub dhcp: bool,
 }
 
 /// Splits a line into words with their columns, dropping a `#` comment. Surrounding
@@ -122,7 +124,7 @@ fn command_words<'a>(words: &[Token<'a>]) -> Vec<Token<'a>> {
 pub fn fan_line(words: &[Token<'_>], line: usize) -> Result<FanLine, Refusal> {
     let refuse = |col: usize, message: String| Refusal { line, col, message };
     let (mut underlay, mut overlay, mut positional) = (None, None, Vec::new());
-    let (mut bridge, mut enabled) = (None, true);
+    let (mut bridge, mut enabled, mut dhcp) = (None, true, false);
     if let Some(w) = words.iter().find(|w| w.text.contains('$') || w.text.contains('`')) {
         let message = format!("`{}` is a shell expansion; write the value it stands for", w.text);
         return Err(refuse(w.col, message));
@@ -163,7 +165,7 @@ pub fn fan_line(words: &[Token<'_>], line: usize) -> Result<FanLine, Refusal> {
                     }
                 }
             }
-            "--dhcp" | "dhcp" => return Err(refuse(w.col, format!("`{}`: {DHCP}", w.text))),
+            "--dhcp" | "dhcp" => dhcp = true,
             "--enable" => enabled = true,
             "--disable" | "off" => enabled = false,
             _ if w.text.starts_with('-') => {
@@ -182,15 +184,13 @@ pub fn fan_line(words: &[Token<'_>], line: usize) -> Result<FanLine, Refusal> {
     let (u, o) = roles(underlay, overlay, &positional, line)?;
     let underlay = underlay_spec(u, line)?;
     let overlay = prefix(o, "overlay", "250.0.0.0/8", line)?;
-    Ok(FanLine { underlay, underlay_col: u.col, overlay, overlay_col: o.col, bridge, enabled })
+    Ok(FanLine { underlay, underlay_col: u.col, overlay, overlay_col: o.col, bridge, enabled, dhcp })
 }
 
-const KNOWN: &str = "fanlink imports --bridge=NAME, --type=vxlan, --enable, --disable, -u, -o \
-                     and the old words `bridge NAME` and `off`";
+const KNOWN: &str = "fanlink imports --bridge=NAME, --type=vxlan, --dhcp, --enable, --disable, -u, \
+                     -o and the old words `bridge NAME`, `dhcp` and `off`";
 const IPIP: &str = "the ipip fan is not supported: fanlink builds the vxlan fan only (ipip was \
                     removed from LXD); use --type=vxlan on every host of this fan";
-pub const DHCP: &str = "fanlink cannot run DHCP on the fan yet; remove it and serve addresses \
-                        another way (static, or a DHCP server on the bridge)";
 
 /// Which word is the underlay and which the overlay. Positional words are UNDERLAY OVERLAY
 /// (fanctl 0.9 on) or OVERLAY UNDERLAY (fanctl 0.3, still in cloud-init's examples): an
@@ -305,7 +305,6 @@ mod tests {
     #[test]
     fn refusals_name_the_word() {
         let cases = [
-            ("10.0.0.0/16 250.0.0.0/8 --dhcp", format!("25: `--dhcp`: {DHCP}")),
             ("10.0.0.0/16 250.0.0.0/8 -t ipip", format!("25: {IPIP}")),
             ("10.0.0.0/16 250.0.0.0/8 --type=gre", "32: unknown tunnel type `gre`; fanctl knows vxlan and ipip".into()),
             ("10.0.0.0/16 250.0.0.0/8 --mtu=1400", format!("25: unknown fanctl option `--mtu=1400`; {KNOWN}")),

@@ -50,6 +50,9 @@ fn table(fan: &Fan) -> Vec<String> {
     if let Some(interface) = &fan.interface {
         t.push(format!("interface = {}", quoted(interface.as_str())));
     }
+    if fan.dhcp {
+        t.push("dhcp = true".into());
+    }
     t
 }
 
@@ -77,6 +80,7 @@ mod tests {
             map: FanMap::new("250.0.0.0/8".parse().unwrap(), "10.0.0.0/16".parse().unwrap()).unwrap(),
             interface: Some("ens\"3".parse().unwrap()),
             enabled,
+            dhcp: false,
             notes: vec!["a note".into()],
         }
     }

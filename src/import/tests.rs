@@ -93,7 +93,13 @@ fn underlay_prefix_replaces_the_lookup() {
 
 #[test]
 fn every_refusal_is_reported_and_nothing_is_kept() {
-    let text = "10.0.0.0/16 250.0.0.0/8\n10.0.0.0/16 251.0.0.0/8 --dhcp\n10.0.0.0/16 252.0.0.0/8 -t ipip\n";
+    let text = "10.0.0.0/16 250.0.0.0/8\n10.0.0.0/16 251.0.0.0/8 --mtu=9\n10.0.0.0/16 252.0.0.0/8 -t ipip\n";
     let errors = run(text, None, &mut host()).unwrap_err();
     assert_eq!(errors.iter().map(|e| &e[..8]).collect::<Vec<_>>(), ["f:2:25: ", "f:3:25: "]);
+}
+
+#[test]
+fn dhcp_becomes_the_dhcp_key() {
+    let lines = run("10.0.0.0/16 250.0.0.0/8 --dhcp\n", None, &mut host()).unwrap();
+    assert_eq!(lines.last().map(String::as_str), Some("dhcp = true"), "{lines:?}");
 }
