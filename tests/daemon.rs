@@ -43,6 +43,22 @@ impl Host {
         Daemon::start(self)
     }
 
+    /// A container namespace on the fan bridge: veth `cv0` here, `eth0` 250.1.1.10/8 there.
+    pub fn container(&self) -> Netns {
+        let container = Netns::new("flc");
+        sh(
+            None,
+            &format!(
+                "ip link add cv0 netns {h} mtu 1450 type veth peer name eth0 netns {c} mtu 1450 && \
+                 ip -n {h} link set cv0 master fan-250 up && ip -n {c} addr add 250.1.1.10/8 dev eth0 && \
+                 ip -n {c} link set eth0 up",
+                h = self.ns(),
+                c = container.name()
+            ),
+        );
+        container
+    }
+
     /// "up 250.1.1.1/8", "down", or "absent" for the fan bridge `bridge`.
     pub fn fan(&self, bridge: &str) -> String {
         let link = self.sh(&format!("ip -o link show dev {bridge} 2>/dev/null"));
@@ -135,17 +151,7 @@ fn flaps_take_the_fan_down_and_up_and_containers_stay_attached() {
     let host = Host::new("flap", "10.99.1.1/16", &[]);
     let daemon = host.start();
     host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
-    let container = Netns::new("flc");
-    sh(
-        None,
-        &format!(
-            "ip link add cv0 netns {h} mtu 1450 type veth peer name eth0 netns {c} mtu 1450 && \
-             ip -n {h} link set cv0 master fan-250 up && ip -n {c} addr add 250.1.1.10/8 dev eth0 && \
-             ip -n {c} link set eth0 up",
-            h = host.ns(),
-            c = container.name()
-        ),
-    );
+    let _container = host.container();
     host.harness.run("carrier", &["down"]);
     host.wait_fan("fan-250", "down", &daemon);
     host.harness.run("carrier", &["up"]);

@@ -6,41 +6,31 @@
 
 mod tamper;
 
-use crate::cli::TempDir;
 use crate::topology::sh;
-use crate::util::Harness;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fanlink");
-const FAN_250: &str = "[[fan]]\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\n";
 pub(crate) const UP: &str = "up 250.1.1.1/8";
 pub(crate) const SOON: Duration = Duration::from_secs(10);
 
-/// A host (netns + bus + networkd, uplink0 10.99.1.1/16) with fanlink's rules and runtime dir.
-pub(crate) struct Host {
-    pub harness: Harness,
-    pub rules: TempDir,
-    pub runtime: TempDir,
+/// A host of tests/daemon.rs (netns + bus + networkd, uplink0 10.99.1.1/16, fanlink's rules
+/// and runtime dir), with what the fault tests add: a wrapped start, a census of objects.
+pub(crate) struct Host(crate::daemon::Host);
+
+impl std::ops::Deref for Host {
+    type Target = crate::daemon::Host;
+
+    fn deref(&self) -> &crate::daemon::Host {
+        &self.0
+    }
 }
 
 impl Host {
     pub fn new(name: &str) -> Host {
-        let knobs = [("UPLINK_ADDR", "10.99.1.1/16"), ("PEER_ADDR", "10.99.254.254/16"), ("UPLINK_GW", "")];
-        let harness = Harness::start_with(name, &knobs);
-        let rules = TempDir::new("rules");
-        rules.write("50-test.toml", FAN_250);
-        Host { harness, rules, runtime: TempDir::new("run") }
-    }
-
-    pub fn ns(&self) -> &str {
-        self.harness.var("HARNESS_NETNS")
-    }
-
-    pub fn sh(&self, command: &str) -> String {
-        String::from_utf8_lossy(&sh(Some(self.ns()), command).stdout).into_owned()
+        Host(crate::daemon::Host::new(name, "10.99.1.1/16", &[]))
     }
 
     /// `fanlink run` with the host's rules and runtime dir.

@@ -436,12 +436,12 @@ def report(r):
         f, p = statistics.median(d["samples"]["fanlink"]), statistics.median(d["samples"]["dispatcher"])
         L.append(f"- {path}: ratio of medians dispatcher / fanlink = **{p / f:.0f}x**" if f > 0 else
                  f"- {path}: fanlink median <= 0 (below the monitor's resolution; see its own ack figure)")
-    L += ["", "warm = the devices exist (fanlink: 2 netlink messages, set vxlan and bridge up); the peer's hooks "
+    L += ["", "warm = the devices exist (fanlink: one netlink message, set the bridge up); the peer's hooks "
           "delete the fan on no-carrier, so both of its paths create it (5 `ip` + 1 `nft` process). cold = "
-          "`fanlink down --all` while the uplink was down: creation incl. BPF load. fanlink's cold figure lacks "
-          "the NAT table: its daemon caches the nft state and misses the external deletion (see "
-          "bench/README.md, \"Found while measuring\"). \"negative\" counts samples where the bridge came up "
-          "before the monitor's copy of the signal arrived (dbus-daemon sends the monitor's copy last).", ""]
+          "`fanlink down --all` while the uplink was down: creation incl. BPF load, the NAT table and the "
+          "firewall check (three `nft` processes, most of fanlink's cold time). \"negative\" counts samples "
+          "where the bridge came up before the monitor's copy of the signal arrived (dbus-daemon sends the "
+          "monitor's copy last).", ""]
 
     L += ["### The kernel's share", "",
           "The requests fanlink sends for a warm up/down, alone, on the same devices in a scratch netns "
