@@ -2,8 +2,7 @@
 //! `fanlink up` (the binary, as a person would), containers behind their bridges talk.
 
 use crate::cli::TempDir;
-use crate::topology::{wait_for, Background, Host, Netns, Switch};
-use std::time::Duration;
+use crate::topology::{Background, Host, Netns, Switch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fanlink");
 const FAN_250: &str = "[[fan]]\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\n";
@@ -75,12 +74,9 @@ fn on_the_wire_it_is_the_ubuntu_vxlan_fan_and_nothing_unmappable_leaks() {
         &fleet.switch.ns,
         &format!("tcpdump --immediate-mode -T vxlan -l -nn -v -i {port} udp"),
     );
-    wait_for("tcpdump to listen", Duration::from_secs(5), || {
-        fleet.switch.ns.sh(&format!("ip -d link show {port}")).status.success()
-            && fleet.switch.ns.sh("pgrep -x tcpdump").status.success()
-    });
-    std::thread::sleep(Duration::from_millis(300)); // tcpdump attaches after it starts
+    capture.wait_for_output(&["listening on"]);
     assert!(ping(&fleet.containers[0], "250.2.2.10"));
+    capture.wait_for_output(&["> 10.99.2.2.8472: VXLAN", "vni 16384000", "ICMP echo request"]);
     let wire = capture.finish();
     assert!(wire.contains("10.99.1.1.") && wire.contains("> 10.99.2.2.8472: VXLAN"), "{wire}");
     assert!(wire.contains("vni 16384000"), "{wire}");
@@ -91,7 +87,7 @@ fn on_the_wire_it_is_the_ubuntu_vxlan_fan_and_nothing_unmappable_leaks() {
         &fleet.switch.ns,
         &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} udp port 8472"),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    capture.wait_for_output(&["listening on"]);
     let c1 = &fleet.containers[0];
     c1.sh("ping -c1 -W1 -b 250.255.255.255");
     c1.sh("ping -c1 -W1 250.0.0.5");
@@ -138,9 +134,10 @@ fn two_fans_share_udp_8472_each_vni_carrying_its_own_overlay() {
         &fleet.switch.ns,
         &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} udp port 8472"),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    capture.wait_for_output(&["listening on"]);
     assert!(ping(&fleet.containers[0], "250.2.2.10"));
     assert!(ping(&second[0], "251.2.2.10"));
+    capture.wait_for_output(&["vni 16384000", "vni 16449536"]);
     let wire = capture.finish();
     let lines: Vec<&str> = wire.lines().filter(|l| l.contains("VXLAN")).collect();
     assert!(lines.iter().any(|l| l.contains("vni 16384000")), "{wire}");
@@ -153,9 +150,10 @@ fn two_fans_share_udp_8472_each_vni_carrying_its_own_overlay() {
             &fleet.switch.ns,
             &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} '{filter}'"),
         );
-        std::thread::sleep(Duration::from_millis(500));
+        capture.wait_for_output(&["listening on"]);
         assert!(ping(&fleet.containers[0], "250.2.2.10"));
         assert!(ping(&second[0], "251.2.2.10"));
+        capture.wait_for_output(&[&format!(" {overlay}")]);
         let wire = capture.finish();
         assert!(wire.contains(&format!(" {overlay}")), "vni {vni_hex}: {wire}");
         assert!(!wire.contains(&format!(" {other}")), "vni {vni_hex} carried {other}: {wire}");
@@ -175,8 +173,9 @@ fn containers_reach_the_outside_masqueraded_even_where_forward_drops() {
     fanlink(&host.ns, &rules, "up fan-250");
     let container = host.container("fan-250", "250.1.1.10/8", "250.1.1.1", 1450);
     let capture = Background::spawn(&outside.ns, "tcpdump --immediate-mode -l -nn -i uplink0 icmp");
-    std::thread::sleep(Duration::from_millis(500));
+    capture.wait_for_output(&["listening on"]);
     assert!(ping(&container, "10.99.200.200"), "container -> outside");
+    capture.wait_for_output(&["> 10.99.200.200: ICMP echo request"]);
     let seen = capture.finish();
     assert!(seen.contains("10.99.1.1 > 10.99.200.200: ICMP echo request"), "{seen}");
     assert!(!seen.contains("250.1.1.10"), "not masqueraded: {seen}");

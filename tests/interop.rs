@@ -10,7 +10,7 @@
 //! computed host, and inner frames byte for byte as the containers sent and received them.
 
 use crate::cli::TempDir;
-use crate::topology::{run, wait_for, Background, Netns, Switch};
+use crate::topology::{run, sh, wait_for, Background, Netns, Switch};
 use std::path::Path;
 use std::time::Duration;
 
@@ -96,6 +96,24 @@ fn a_patched_kernel_fan_host_and_a_fanlink_host_exchange_arp_and_ip_unchanged() 
         ns.run("ip neigh flush dev eth0");
     }
     assert!(ping(&behind_fanlink, "250.2.2.10"), "fanlink side -> patched-kernel side");
+    // A tcpdump that stops drops what it has not read yet, and under load the wire's lags
+    // behind the containers': stop only once it holds every ICMP frame they saw.
+    wait_for("the wire capture to hold what the containers saw", Duration::from_secs(10), || {
+        let lenient = |file: &Path, args: &str| {
+            String::from_utf8_lossy(
+                &sh(None, &format!("tcpdump -r {} {args} 2>/dev/null", file.display())).stdout,
+            )
+            .into_owned()
+        };
+        let on_wire: Vec<Vec<u8>> = packets(&lenient(&wire, "-nn -x udp port 8472"))
+            .into_iter()
+            .filter(|p| p.len() > OUTER)
+            .map(|p| p[OUTER..].to_vec())
+            .collect();
+        [&at_f, &at_u]
+            .iter()
+            .all(|f| packets(&lenient(f, "-nn -xx icmp")).iter().all(|fr| on_wire.contains(fr)))
+    });
     for c in captures {
         c.finish();
     }

@@ -82,33 +82,66 @@ impl Drop for Netns {
     }
 }
 
-/// A background process, killed on drop.
-pub struct Background(Option<Child>);
+/// A background process, killed on drop. Its output is read as it comes, so a test can wait
+/// for a line instead of stopping the process early (a tcpdump that stops drops what it has
+/// not read yet, and under load it reads late).
+pub struct Background {
+    child: Option<Child>,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
 
 impl Background {
     pub fn spawn(ns: &Netns, command: &str) -> Background {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "sh", "-c", &format!("exec {command}")])
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "sh", "-c", &format!("exec {command} 2>&1")])
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .expect("spawns");
-        Background(Some(child))
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (stdout, sink) = (child.stdout.take().expect("piped"), output.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        Background { child: Some(child), output }
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until its output contains each of `needles`.
+    pub fn wait_for_output(&self, needles: &[&str]) {
+        wait_for(&format!("{needles:?} in the output"), Duration::from_secs(10), || {
+            let out = self.output();
+            needles.iter().all(|n| out.contains(n))
+        });
     }
 
     /// Stops the process (SIGINT, so tcpdump flushes) and returns what it printed.
     pub fn finish(mut self) -> String {
-        let child = self.0.take().expect("running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let out = child.wait_with_output().expect("waits");
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let _ = child.wait();
+        }
+        // The reader ends at EOF, right after the process.
+        wait_for("the output to end", Duration::from_secs(5), || {
+            std::sync::Arc::strong_count(&self.output) == 1
+        });
+        self.output()
     }
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
