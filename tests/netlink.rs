@@ -292,3 +292,23 @@ fn monitor_reports_links_and_addresses() {
     assert!(events.contains(&Event::DelAddr(fanlink::netlink::AddrInfo { index: br, address: net })));
     assert!(events.contains(&Event::DelLink { index: br, name: "fan-250".into() }), "{events:?}");
 }
+
+#[test]
+#[ignore = "needs root (CAP_NET_ADMIN): run with --include-ignored"]
+fn dumps_span_many_datagrams() {
+    let mut nl = netns();
+    // ~1 KiB per link message and at most 32 KiB per datagram: 200 links need several.
+    for i in 0..200 {
+        let index = bridge(&mut nl, &format!("br{i}"));
+        nl.add_address(
+            index,
+            Ipv4Net::new([10, 1, (i / 250) as u8, (i % 250) as u8 + 1].into(), 16).unwrap(),
+        )
+        .unwrap();
+    }
+    let links = nl.links().unwrap();
+    assert_eq!(links.len(), 201);
+    assert!(links.iter().all(|l| l.name == "lo" || l.alias.as_deref() == Some("fanlink:250")));
+    assert_eq!(nl.ipv4_addresses().unwrap().len(), 200);
+    assert_eq!(run("ip", &["-o", "link", "show"]).lines().count(), 201);
+}
