@@ -229,17 +229,21 @@ impl Netlink {
     /// a zero-length MSG_PEEK|MSG_TRUNC read returns the real size without consuming it.
     fn recv(&mut self) -> Result<usize, Errno> {
         let fd = self.fd.as_raw_fd();
-        let size = Errno::result(unsafe {
-            libc::recv(fd, std::ptr::null_mut(), 0, libc::MSG_PEEK | libc::MSG_TRUNC)
-        })? as usize;
-        if size > self.buf.len() {
-            self.buf.resize(size, 0);
+        let flags = libc::MSG_PEEK | libc::MSG_TRUNC;
+        // SAFETY: a zero-length read writes nothing, so the null buffer is never touched.
+        let size = retry_eintr(|| Errno::result(unsafe { libc::recv(fd, std::ptr::null_mut(), 0, flags) }))?;
+        if size as usize > self.buf.len() {
+            self.buf.resize(size as usize, 0);
         }
-        loop {
-            match socket::recv(fd, &mut self.buf, MsgFlags::empty()) {
-                Err(Errno::EINTR) => continue,
-                r => return r,
-            }
+        retry_eintr(|| socket::recv(fd, &mut self.buf, MsgFlags::empty()))
+    }
+}
+
+fn retry_eintr<T>(mut f: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
+    loop {
+        match f() {
+            Err(Errno::EINTR) => continue,
+            r => return r,
         }
     }
 }
