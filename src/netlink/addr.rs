@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use nix::errno::Errno;
 
 use super::msg::{self, DecodeError, MsgBuilder, NLM_F_CREATE, NLM_F_EXCL};
 use super::{Error, Netlink};
@@ -85,11 +86,19 @@ impl Netlink {
         self.request(addr_msg(true, index, net)).map_err(|e| e.context(format!("add address {net}"), None))
     }
 
-    /// Removes `net` from link `index`; EADDRNOTAVAIL (not ENOENT) if it is not there. The
-    /// kernel matches on the local address and the prefix length.
+    /// Removes `net` from link `index`; ENOENT if it is not there. The kernel matches on the
+    /// local address and the prefix length.
     pub fn delete_address(&mut self, index: u32, net: Ipv4Net) -> Result<(), Error> {
-        self.request(addr_msg(false, index, net))
-            .map_err(|e| e.context(format!("delete address {net}"), None))
+        self.request(addr_msg(false, index, net)).map_err(|e| {
+            let e = e.context(format!("delete address {net}"), None);
+            // The kernel says EADDRNOTAVAIL; reported as ENOENT so that `missing_ok` covers
+            // it without also swallowing EADDRNOTAVAIL's other meaning (an invalid MAC).
+            if e.errno == Errno::EADDRNOTAVAIL {
+                Error { errno: Errno::ENOENT, ..e }
+            } else {
+                e
+            }
+        })
     }
 }
 

@@ -76,7 +76,8 @@ impl Error {
         self.errno == Errno::EEXIST
     }
 
-    /// The object is gone: rtnetlink says ENODEV for links and ENOENT for everything else.
+    /// The object is gone: rtnetlink says ENODEV for links; the typed operations report every
+    /// other "not there" as ENOENT, whatever the kernel's own errno.
     pub fn is_not_found(&self) -> bool {
         matches!(self.errno, Errno::ENOENT | Errno::ENODEV)
     }
@@ -300,4 +301,26 @@ fn type_name(ty: u16) -> String {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_link_op_errno_and_reason() {
+        let mut e = Error::new("RTM_NEWTUNNEL", Errno::EADDRINUSE).context("add vni 7", Some("fan-vx"));
+        e.ext_ack = Some("VNI in use".into());
+        assert_eq!(e.to_string(), "fan-vx: add vni 7: EADDRINUSE: Address already in use (VNI in use)");
+        assert_eq!(Error::new("x", Errno::EPERM).to_string(), "x: EPERM: Operation not permitted");
+    }
+
+    #[test]
+    fn tolerate_only_the_named_errno() {
+        let exists: Result<(), Error> = Err(Error::new("x", Errno::EEXIST));
+        assert!(!exists.exists_ok().unwrap());
+        assert!(Err::<(), _>(Error::new("x", Errno::EEXIST)).missing_ok().is_err());
+        assert!(!Err::<(), _>(Error::new("x", Errno::ENODEV)).missing_ok().unwrap());
+        assert!(Ok::<(), Error>(()).exists_ok().unwrap());
+    }
 }
