@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use nix::errno::Errno;
 
 use super::msg::{self, DecodeError, MsgBuilder, NLM_F_CREATE, NLM_F_EXCL};
 use super::{Error, Netlink};
@@ -24,6 +25,8 @@ pub struct AddrInfo {
     pub address: Ipv4Net,
 }
 
+/// `struct ifaddrmsg`: family, prefix length, flags, scope (0 = global), ifindex. In a dump
+/// request the kernel (without strict checking) only looks at the family.
 fn ifaddrmsg(prefix_len: u8, index: u32) -> [u8; IFADDRMSG_LEN] {
     let mut h = [AF_INET, prefix_len, 0, 0, 0, 0, 0, 0];
     h[4..8].copy_from_slice(&index.to_ne_bytes());
@@ -83,10 +86,19 @@ impl Netlink {
         self.request(addr_msg(true, index, net)).map_err(|e| e.context(format!("add address {net}"), None))
     }
 
-    /// Removes `net` from link `index`; EADDRNOTAVAIL if it is not there.
+    /// Removes `net` from link `index`; ENOENT if it is not there. The kernel matches on the
+    /// local address and the prefix length.
     pub fn delete_address(&mut self, index: u32, net: Ipv4Net) -> Result<(), Error> {
-        self.request(addr_msg(false, index, net))
-            .map_err(|e| e.context(format!("delete address {net}"), None))
+        self.request(addr_msg(false, index, net)).map_err(|e| {
+            let e = e.context(format!("delete address {net}"), None);
+            // The kernel says EADDRNOTAVAIL; reported as ENOENT so that `missing_ok` covers
+            // it without also swallowing EADDRNOTAVAIL's other meaning (an invalid MAC).
+            if e.errno == Errno::EADDRNOTAVAIL {
+                Error { errno: Errno::ENOENT, ..e }
+            } else {
+                e
+            }
+        })
     }
 }
 

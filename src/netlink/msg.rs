@@ -80,6 +80,7 @@ impl MsgBuilder {
         self
     }
 
+    /// An attribute with a raw value (MAC and IPv4 addresses are sent this way).
     pub fn bytes(&mut self, ty: u16, value: &[u8]) -> &mut Self {
         let len = u16::try_from(NLA_HDRLEN + value.len()).expect("netlink attribute over 64 KiB");
         self.buf.extend_from_slice(&len.to_ne_bytes());
@@ -89,6 +90,7 @@ impl MsgBuilder {
         self
     }
 
+    /// A u8 attribute; its length is 5, padded to 8 (flags like IFLA_VXLAN_LEARNING).
     pub fn u8(&mut self, ty: u16, v: u8) -> &mut Self {
         self.bytes(ty, &[v])
     }
@@ -97,6 +99,7 @@ impl MsgBuilder {
         self.bytes(ty, &v.to_ne_bytes())
     }
 
+    /// A native-endian u32 (MTU, ifindex, VNI in a filter entry, fds).
     pub fn u32(&mut self, ty: u16, v: u32) -> &mut Self {
         self.bytes(ty, &v.to_ne_bytes())
     }
@@ -165,6 +168,7 @@ pub fn messages(buf: &[u8]) -> Messages<'_> {
     Messages { rest: buf }
 }
 
+/// Iterator returned by `messages`.
 pub struct Messages<'a> {
     rest: &'a [u8],
 }
@@ -268,6 +272,7 @@ impl<'a> Attr<'a> {
         std::str::from_utf8(&self.value[..end]).unwrap_or("\u{fffd}")
     }
 
+    /// The children of a nested attribute (the value parsed as attributes).
     pub fn nested(&self) -> Attrs<'a> {
         attrs(self.value)
     }
@@ -278,6 +283,7 @@ pub fn attrs(buf: &[u8]) -> Attrs<'_> {
     Attrs { rest: buf }
 }
 
+/// Iterator returned by `attrs`; a malformed attribute ends it with one `Err`.
 #[derive(Clone)]
 pub struct Attrs<'a> {
     rest: &'a [u8],
@@ -311,10 +317,12 @@ pub fn split(payload: &[u8], size: usize) -> Result<(&[u8], Attrs<'_>), DecodeEr
     Ok((&payload[..size], attrs(payload.get(align(size)..).unwrap_or(&[]))))
 }
 
+/// Reads a native-endian u16 from the first two bytes (callers have checked the length).
 pub fn ne_u16(b: &[u8]) -> u16 {
     u16::from_ne_bytes([b[0], b[1]])
 }
 
+/// Reads a native-endian u32 from the first four bytes (callers have checked the length).
 pub fn ne_u32(b: &[u8]) -> u32 {
     u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
 }

@@ -205,7 +205,7 @@ impl Netlink {
     /// if the link has no clsact qdisc.
     pub fn qdisc_drops(&mut self, index: u32) -> Result<Option<u64>, Error> {
         let m = MsgBuilder::new(RTM_GETQDISC, 0).header(&tcmsg(index, 0, 0, 0));
-        // The kernel dumps every device's qdiscs whatever the ifindex; filter here.
+        // Whether a qdisc dump honours tcm_ifindex has varied by kernel; filter here too.
         let replies = self.dump(m).map_err(|e| e.context("list qdiscs", None))?;
         for p in &replies {
             if let Some(d) = parse_clsact_drops(p, index).map_err(|e| super::malformed("list qdiscs", e))? {
