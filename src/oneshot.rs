@@ -72,10 +72,17 @@ fn nat_tables() -> Vec<nft::NatTable> {
     })
 }
 
-/// Plans `want` for `rule` against the kernel as it is now.
-fn plan_one(sys: &mut System, snap: &Snapshot, rule: &Rule, want: Want) -> Result<Vec<Op>> {
+/// Plans `want` for `rule` against the kernel as it is now (`nat`: fanlink's NAT tables,
+/// read once per command: each read is an `nft` process).
+fn plan_one(
+    sys: &mut System,
+    snap: &Snapshot,
+    nat: &[nft::NatTable],
+    rule: &Rule,
+    want: Want,
+) -> Result<Vec<Op>> {
     let fans = BTreeSet::from([rule.name.clone()]);
-    let observed: Observed = sys.observe(snap, &fans, &nat_tables())?;
+    let observed: Observed = sys.observe(snap, &fans, nat)?;
     let plans = plan(&[(rule.clone(), want)], &observed);
     plans.into_iter().next().expect("one plan per target").result.map_err(|e| anyhow!("{}: {e}", rule.name))
 }
@@ -98,7 +105,7 @@ pub fn up(dirs: &[PathBuf], target: &UpTarget, stop_after: Option<usize>) -> Res
     let mut sys = System::open()?;
     let snap = sys.snapshot()?;
     let underlay = underlay_for(&rule, &snap, target.address)?;
-    let ops = plan_one(&mut sys, &snap, &rule, Want::Up(underlay.clone()))?;
+    let ops = plan_one(&mut sys, &snap, &nat_tables(), &rule, Want::Up(underlay.clone()))?;
     if ops.is_empty() {
         println!("{}: up on {} with {}", rule.name, underlay.link, underlay.address);
     }
@@ -147,10 +154,11 @@ pub fn plan_cmd(dirs: &[PathBuf], name: Option<&str>, address: Option<Ipv4Addr>)
     };
     let mut sys = System::open()?;
     let snap = sys.snapshot()?;
+    let nat = nat_tables();
     let mut problems = false;
     for rule in &rules {
         let ops = underlay_for(rule, &snap, address)
-            .and_then(|underlay| plan_one(&mut sys, &snap, rule, Want::Up(underlay)));
+            .and_then(|underlay| plan_one(&mut sys, &snap, &nat, rule, Want::Up(underlay)));
         match ops {
             Ok(ops) if ops.is_empty() => println!("{}: nothing to do", rule.name),
             Ok(ops) => ops.iter().for_each(|op| println!("{}: {op}", rule.name)),

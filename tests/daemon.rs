@@ -43,6 +43,35 @@ impl Host {
         Daemon::start(self)
     }
 
+    /// `fanlink run` in this host's namespace under `wrapper` (e.g. `unshare -m sh -c ...`;
+    /// empty for none), with `runtime` as its runtime directory: the process and its log file.
+    pub fn spawn(&self, wrapper: &[&str], runtime: &std::path::Path) -> (Child, std::path::PathBuf) {
+        let log = self.runtime.path().join(format!("fanlink-{}.log", crate::topology::unique("d")));
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg("ip");
+                c
+            }
+            None => Command::new("ip"),
+        };
+        let child = cmd
+            .args(["netns", "exec", self.ns(), "env"])
+            .arg(format!("DBUS_SYSTEM_BUS_ADDRESS={}", self.harness.bus()))
+            .args(["RUST_LOG=info", BIN, "--rules-dir"])
+            .arg(self.rules.path())
+            .arg("--runtime-dir")
+            .arg(runtime)
+            .arg("--state-dir")
+            .arg(self.runtime.path().join("state"))
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("fanlink runs");
+        (child, log)
+    }
+
     /// A container namespace on the fan bridge: veth `cv0` here, `eth0` 250.1.1.10/8 there.
     pub fn container(&self) -> Netns {
         let container = Netns::new("flc");
@@ -89,21 +118,7 @@ pub struct Daemon {
 
 impl Daemon {
     fn start(host: &Host) -> Daemon {
-        let log = host.runtime.path().join(format!("fanlink-{}.log", crate::topology::unique("d")));
-        let child = Command::new("ip")
-            .args(["netns", "exec", host.ns(), "env"])
-            .arg(format!("DBUS_SYSTEM_BUS_ADDRESS={}", host.harness.bus()))
-            .args(["RUST_LOG=info", BIN, "--rules-dir"])
-            .arg(host.rules.path())
-            .arg("--runtime-dir")
-            .arg(host.runtime.path().join("rt"))
-            .arg("--state-dir")
-            .arg(host.runtime.path().join("state"))
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("fanlink runs");
+        let (child, log) = host.spawn(&[], &host.runtime.path().join("rt"));
         Daemon { child, log }
     }
 

@@ -7,9 +7,8 @@
 mod tamper;
 
 use crate::topology::sh;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fanlink");
@@ -40,27 +39,7 @@ impl Host {
 
     /// `fanlink run` under `wrapper` (e.g. `unshare -m sh -c ...`), with `runtime` as its dir.
     pub fn start_wrapped(&self, wrapper: &[&str], runtime: &Path) -> Daemon {
-        let log = self.runtime.path().join(format!("fanlink-{}.log", crate::topology::unique("d")));
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg("ip");
-                c
-            }
-            None => Command::new("ip"),
-        };
-        cmd.args(["netns", "exec", self.ns(), "env"]);
-        let child = cmd
-            .arg(format!("DBUS_SYSTEM_BUS_ADDRESS={}", self.harness.bus()))
-            .args(["RUST_LOG=info", BIN, "--rules-dir"])
-            .arg(self.rules.path())
-            .arg("--runtime-dir")
-            .arg(runtime)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("fanlink runs");
+        let (child, log) = self.0.spawn(wrapper, runtime);
         Daemon { child, log }
     }
 
