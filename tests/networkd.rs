@@ -300,11 +300,14 @@ fn reconfigure_passes_through_carrier() {
         "configured",
         |e| matches!(e, BusEvent::LinkChanged { index: i, admin: Some(AdminState::Configured), .. } if *i == index),
     );
-    let out = std::process::Command::new("ip")
-        .args(["-n", h.var("HARNESS_NETNS"), "-4", "-o", "addr", "show", "dev", "uplink0"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("10.99.1.7/24"));
+    // The signals can run ahead of the address itself under load: wait for it.
+    wait_for(WITHIN, "the new address on uplink0", || {
+        let out = std::process::Command::new("ip")
+            .args(["-n", h.var("HARNESS_NETNS"), "-4", "-o", "addr", "show", "dev", "uplink0"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("10.99.1.7/24")
+    });
     assert_eq!(a.reader.dropped(), 0);
 }
 
