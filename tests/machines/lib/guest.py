@@ -2,7 +2,7 @@
 
 The guest's disk is a per-guest qcow2 overlay on the suite's base image, so a reboot inside
 qemu keeps what the test wrote (-snapshot would too, but the overlay is also what a failed
-step leaves to look at). The agent (guest/fl-agent) answers on a virtio-serial port whose
+step leaves to look at). The agent (tests/machines/fl-agent) answers on a virtio-serial port whose
 host end is a unix socket this process connects to once: the connection outlives reboots.
 """
 

@@ -69,22 +69,29 @@ def build(suite, say):
             return img
         t0 = time.monotonic()
         for old in CACHE.glob(f"{suite}-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        work = CACHE / f".build-{suite}-{os.getpid()}"
-        remove_tree(work)
-        work.mkdir()
-        log = work / "build.log"
-        root = work / "root"
+            remove_tree(old)
+        # The debootstrap tree is kept until an image is made from it (keyed by suite and
+        # packages only): a failure after it costs no second download.
+        pkey = hashlib.sha256(f"{suite} {packages(suite)}".encode()).hexdigest()[:12]
+        root, done = CACHE / f".root-{suite}-{pkey}", CACHE / f".root-{suite}-{pkey}.ok"
+        for stale in CACHE.glob(f".root-{suite}-*"):
+            if not str(stale).startswith(str(root)):
+                remove_tree(stale)
+        log = CACHE / f".build-{suite}.log"
+        log.write_text("")
         try:
-            run(["debootstrap", "--variant=minbase", "--include=" + ",".join(packages(suite)),
-                 suite, str(root), "http://deb.debian.org/debian"], log)
+            if not done.exists():
+                remove_tree(root)
+                run(["debootstrap", "--variant=minbase", "--include=" + ",".join(packages(suite)),
+                     suite, str(root), "http://deb.debian.org/debian"], log)
+                done.touch()
             t1 = time.monotonic()
             customise(root, log)
             t2 = time.monotonic()
             img.dir.mkdir()
             shutil.copy(sorted(root.glob("boot/vmlinuz-*"))[-1], img.kernel)
             shutil.copy(sorted(root.glob("boot/initrd.img-*"))[-1], img.initrd)
-            raw = work / "disk.img"
+            raw = img.dir / "disk.img.part"
             with open(raw, "wb") as f:
                 f.truncate(3 << 30)
             run(["mkfs.ext4", "-q", "-L", "root", "-d", str(root), str(raw)], log)
@@ -93,10 +100,11 @@ def build(suite, say):
             t3 = time.monotonic()
         except (subprocess.CalledProcessError, OSError, IndexError) as e:
             tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
-            shutil.rmtree(img.dir, ignore_errors=True)
+            remove_tree(img.dir)
             raise RuntimeError(f"image {suite}: build failed: {e}\n" + "\n".join(tail)) from e
-        finally:
-            remove_tree(work)
+        remove_tree(root)
+        done.unlink()
+        log.unlink()
         say(f"image {suite}: built in {t3 - t0:.0f} s (debootstrap {t1 - t0:.0f} s, "
             f"setup {t2 - t1:.0f} s, mkfs {t3 - t2:.0f} s)")
         return img
@@ -117,11 +125,11 @@ def customise(root, log):
     """What turns a debootstrap tree into a test guest: fstab, networkd, the agent."""
     (root / "etc/fstab").write_text("/dev/vda / ext4 defaults 0 1\n")
     (root / "etc/hostname").write_text("guest\n")
-    for name in ("fl-agent", "fl-uplink"):
-        dst = root / "usr/local/sbin" / name
-        shutil.copy(GUEST_FILES / name, dst)
-        dst.chmod(0o755)
-        shutil.copy(GUEST_FILES / f"{name}.service", root / "etc/systemd/system")
+    dst = root / "usr/local/sbin/fl-uplink"
+    shutil.copy(GUEST_FILES / "fl-uplink", dst)
+    dst.chmod(0o755)
+    for unit in ("fl-agent.service", "fl-uplink.service"):
+        shutil.copy(GUEST_FILES / unit, root / "etc/systemd/system")
     # The journal kept across reboots, so a failed step after a reboot still shows the boot before.
     (root / "var/log/journal").mkdir(parents=True, exist_ok=True)
     run(["chroot", str(root), "systemctl", "enable", "systemd-networkd", "fl-agent.service",
