@@ -21,6 +21,19 @@ class StepFailed(Exception):
     pass
 
 
+def accel():
+    """kvm where the CPU exposes virtualization, else software emulation. An openable
+    /dev/kvm is not enough: on a CPU without vmx/svm qemu starts with kvm and then aborts
+    ("failed to set MSR"), so a fallback list (-accel kvm -accel tcg) does not help."""
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+        if ("vmx" in flags or "svm" in flags) and os.access("/dev/kvm", os.R_OK | os.W_OK):
+            return "kvm"
+    except OSError:
+        pass
+    return "tcg"
+
+
 class Guest:
     def __init__(self, name, image, work, netns, addr, mac, files_tar, mcast=1234, mem=640):
         self.name, self.image, self.addr = name, image, addr
@@ -32,11 +45,12 @@ class Guest:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
                         str(image.disk), str(self.disk)], check=True)
         cmdline = (f"root=/dev/vda rw console=ttyS0 quiet systemd.show_status=0 "
-                   f"systemd.hostname={name} fl.addr={addr}")
+                   f"systemd.hostname={name} fl.addr={addr} "
+                   # For a look at a boot: e.g. "systemd.show_status=1 loglevel=6".
+                   + os.environ.get("FANLINK_MACHINES_APPEND", ""))
         self.cmd = [
             "ip", "netns", "exec", netns, "qemu-system-x86_64",
-            # kvm where it works, else software emulation: qemu tries them in order.
-            "-accel", "kvm", "-accel", "tcg", "-cpu", "max",
+            "-accel", accel(), "-cpu", "max",
             "-m", str(mem), "-smp", "1", "-nographic", "-nodefaults",
             "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", cmdline,
             "-drive", f"file={self.disk},format=qcow2,if=virtio",
