@@ -27,12 +27,14 @@ def is_up(name=FAN):
     return f"ip -o link show dev {name} 2>/dev/null | grep -q '[<,]UP[,>]'"
 
 
-def wait(g, cond, secs, what):
-    """Polls a shell condition in the guest (no fixed sleeps); fails with `what`."""
+def wait(g, cond, secs, what, show=None):
+    """Polls a shell condition in the guest (no fixed sleeps); fails with `what` and the
+    output of the `show` script, run then."""
     rc, _ = g.sh(f"for i in $(seq {int(secs * 5)}); do ({cond}) && exit 0; sleep 0.2; done; exit 1",
                  timeout=secs + 30, check=False)
     if rc != 0:
-        raise StepFailed(f"{g.name}: {what} (not within {secs} s)")
+        detail = "\n" + g.sh(show, check=False)[1] if show else ""
+        raise StepFailed(f"{g.name}: {what} (not within {secs} s){detail}")
 
 
 def ping(g, dst, ns=None, count=3):
@@ -59,7 +61,7 @@ def install_and_reboot(bed):
         g.sh("mkdir -p /root/files && tar -xf /dev/vdb -C /root/files")
         # Everything under the package's reach, before it is installed: scenario 4 compares.
         g.sh("find /etc /usr /var/lib /opt /srv -xdev \\( -path /var/lib/dpkg -o -path /var/lib/apt "
-             "-o -path /var/lib/systemd \\) -prune -o -print | sort >/root/before-install")
+             "-o -path /var/lib/systemd \\) -prune -o -print | sort >/root/before-install", timeout=300)
         g.sh(f"cd /root/files && DEBIAN_FRONTEND=noninteractive apt-get install -y -q ./{bed.deb}",
              timeout=180)
         g.sh(f"printf '{RULE}' >/etc/fanlink.d/50-test.toml && fanlink check && systemctl enable fanlink")
@@ -70,13 +72,13 @@ def install_and_reboot(bed):
     for g in bed.guests:
         # READY (or the failed apply) within a minute of the guest's multi-user.
         wait(g, "systemctl show fanlink -p ActiveState | grep -qE '=(active|failed)' && "
-             f"journalctl -b -u fanlink | grep -qE '{FAN}: up:|{VNIFILTER}'", 60,
-             "no decision from fanlink after boot")
+             f"journalctl -b -u fanlink | grep -qE '{FAN}: up:|{VNIFILTER}'", 120,
+             "no decision from fanlink after boot", "systemctl status fanlink; journalctl -b -u fanlink")
         if g.sh(f"journalctl -b -u fanlink | grep -q '{VNIFILTER}'", check=False)[0] == 0:
             skipped = Skip("needs the no-vnifilter datapath (issue 13)")
             continue
         wait(g, is_up() + " && fanlink status | grep -q 'drift     none'", 60,
-             f"{FAN} not up with no drift after boot:\n" + g.out("fanlink status; journalctl -b -u fanlink | tail -20"))
+             f"{FAN} not up with no drift after boot", "fanlink status; journalctl -b -u fanlink | tail -20")
         status = g.out("fanlink status")
         for want in ("source: daemon", f"{FAN}: wanted up", "actually up", f"244.{bed.index(g)}.1.1/8"):
             if want not in status:
