@@ -168,7 +168,7 @@ class Guest:
         try:
             j = self.out("journalctl -b --no-pager -o short-monotonic | tail -n 150; "
                          "echo; journalctl -k --no-pager | grep -Ei 'audit|seccomp|denied' | tail -n 20",
-                         timeout=20)
+                         timeout=180)
             text += [f"---- {self.name}: journalctl -b (tail)", j]
         except (StepFailed, OSError) as e:
             text.append(f"---- {self.name}: journal unavailable: {e}")

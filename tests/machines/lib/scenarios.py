@@ -8,7 +8,7 @@ network namespace on the bridge) is 244.i.1.2.
 
 import time
 
-from guest import StepFailed
+from guest import SLOW, StepFailed
 
 FAN = "fan-244"
 RULE = '[[fan]]\nname = "fan-244"\noverlay = "244.0.0.0/8"\nunderlay = "10.66.0.0/16"\n'
@@ -30,8 +30,10 @@ def is_up(name=FAN):
 def wait(g, cond, secs, what, show=None):
     """Polls a shell condition in the guest (no fixed sleeps); fails with `what` and the
     output of the `show` script, run then."""
-    rc, _ = g.sh(f"for i in $(seq {int(secs * 5)}); do ({cond}) && exit 0; sleep 0.2; done; exit 1",
-                 timeout=secs + 30, check=False)
+    # By the guest's clock, not by a count of tries: under load one try can take seconds.
+    secs = int(secs * SLOW)
+    rc, _ = g.sh(f"end=$((SECONDS + {secs})); while [ $SECONDS -lt $end ]; do ({cond}) && exit 0; "
+                 "sleep 0.2; done; exit 1", timeout=secs + 120, check=False)
     if rc != 0:
         detail = "\n" + g.sh(show, check=False)[1] if show else ""
         raise StepFailed(f"{g.name}: {what} (not within {secs} s){detail}")
