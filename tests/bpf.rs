@@ -2,6 +2,7 @@
 //! expected size, explains a rejection, and (end to end, in a private network and mount
 //! namespace) a ping into the overlay leaves the underlay as the Ubuntu fan's VXLAN packet.
 
+use crate::util::{output, spawn};
 use fanlink::datapath::bpf::insn::{exit, mov64_imm, R0};
 use fanlink::datapath::bpf::{fan_egress, load, load_fan, pin, prog_id, prog_info, FanProgram, LoadError};
 use fanlink::fan::FanMap;
@@ -38,10 +39,16 @@ fn kernel_accepts_fan_programs() {
     assert_eq!(prog_id(fd.as_fd()).unwrap(), info.id);
 
     // The kernel's own rendering shows the immediates where fan.md's arithmetic puts them.
-    let out = Command::new("bpftool")
-        .args(["prog", "dump", "xlated", "id", &info.id.to_string(), "opcodes"])
-        .output();
-    let dump = String::from_utf8_lossy(&out.expect("bpftool").stdout).into_owned();
+    let out = output(Command::new("bpftool").args([
+        "prog",
+        "dump",
+        "xlated",
+        "id",
+        &info.id.to_string(),
+        "opcodes",
+    ]));
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let dump = String::from_utf8_lossy(&out.stdout).into_owned();
     for line in [
         "w4 &= -16777216",
         "if w4 != 0xfa000000 goto",
@@ -99,7 +106,7 @@ fn rejection_carries_the_verifier_log() {
 
 fn run(cmd: &str) {
     let args: Vec<&str> = cmd.split_whitespace().collect();
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    let out = output(Command::new(args[0]).args(&args[1..]));
     assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -130,13 +137,13 @@ struct Capture(std::process::Child);
 
 impl Capture {
     fn start(dev: &str, file: &Path) -> Capture {
-        let mut child = Command::new("tcpdump")
-            .args(["-i", dev, "-n", "-U", "-w"])
-            .arg(file)
-            .args(["udp", "port", "8472"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump");
+        let mut child = spawn(
+            Command::new("tcpdump")
+                .args(["-i", dev, "-n", "-U", "-w"])
+                .arg(file)
+                .args(["udp", "port", "8472"])
+                .stderr(Stdio::piped()),
+        );
         // Packets sent before tcpdump listens would be missed.
         let mut line = String::new();
         BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();

@@ -23,7 +23,7 @@ fn netns() -> Netlink {
 
 /// Runs a tool in this thread's namespace and returns its stdout.
 fn run(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+    let out = crate::util::output(Command::new(tool).args(args));
     assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }

@@ -4,6 +4,7 @@ mod bpf;
 mod cli;
 mod daemon;
 mod datapath;
+mod deps;
 mod dhcp;
 mod faults;
 mod fuzz;
