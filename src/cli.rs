@@ -62,6 +62,8 @@ pub enum Command {
     DockerArgs {
         #[command(flatten)]
         fan: FanSelector,
+        #[command(flatten)]
+        name: FanName,
         /// The fan MTU (default: the rule's `mtu`, else 1450 for a 1500-byte underlay).
         #[arg(long)]
         mtu: Option<u32>,
@@ -153,14 +155,40 @@ pub struct FanRef {
     pub underlay: Option<Ipv4Net>,
 }
 
+/// The name of a fan given by prefixes: a rule's `name`, which is its bridge's name.
+#[derive(Args, Debug)]
+pub struct FanName {
+    /// Name of a fan given by --overlay/--underlay, as a rule's `name` (its bridge's name;
+    /// default fan-<first overlay octet>).
+    // `--bridge` is fanctl's word for it, kept working but not shown: the rules say `name`.
+    #[arg(
+        id = "fan_name",
+        long = "name",
+        alias = "bridge",
+        value_name = "NAME",
+        requires = "overlay",
+        conflicts_with = "name"
+    )]
+    pub name: Option<String>,
+}
+
+impl FanName {
+    /// The given name, or the default one of a fan on `map`.
+    pub fn or_default(&self, map: &crate::fan::FanMap) -> anyhow::Result<crate::ifname::IfName> {
+        match &self.name {
+            Some(name) => name.parse().map_err(|e| anyhow::anyhow!("--name: {e}")),
+            None => Ok(crate::config::default_name(map)),
+        }
+    }
+}
+
 /// Which fan `up` brings up, and where.
 #[derive(Args, Debug)]
 pub struct UpTarget {
     #[command(flatten)]
     pub fan: FanRef,
-    /// Bridge name for a fan given by prefixes (default fan-<first overlay octet>).
-    #[arg(long = "bridge", value_name = "NAME", requires = "overlay")]
-    pub bridge: Option<String>,
+    #[command(flatten)]
+    pub name: FanName,
     /// This host's underlay address (default: its address inside the underlay).
     #[arg(long)]
     pub address: Option<Ipv4Addr>,

@@ -45,6 +45,11 @@ impl Rule {
     }
 }
 
+/// A fan's name when its rule gives none: "fan-" and the overlay's first octet.
+pub fn default_name(map: &FanMap) -> IfName {
+    format!("fan-{}", map.overlay().addr().octets()[0]).parse().expect("short name")
+}
+
 pub fn vxlan_name_for(bridge: &IfName) -> IfName {
     let stem: String = bridge.as_str().chars().take(12).collect();
     format!("{}-vx", stem.trim_end_matches('-')).parse().expect("at most 15 valid bytes")
@@ -337,9 +342,7 @@ fn convert(
     let name_span = t.get("name").map_or(header.clone(), |v| v.span());
     let name = match (t.get("name"), map) {
         (Some(_), _) => t.ifname("name"),
-        (None, Some(m)) => {
-            Some(format!("fan-{}", m.overlay().addr().octets()[0]).parse().expect("short name"))
-        }
+        (None, Some(m)) => Some(default_name(&m)),
         (None, None) => None,
     };
     let interface = t.get("interface").and_then(|_| t.ifname("interface"));

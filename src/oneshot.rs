@@ -18,10 +18,7 @@ use std::path::PathBuf;
 fn target_rule(dirs: &[PathBuf], target: &UpTarget) -> Result<Rule> {
     if let (Some(overlay), Some(underlay)) = (target.fan.overlay, target.fan.underlay) {
         let map = FanMap::new(overlay, underlay).map_err(|e| anyhow!(e))?;
-        let name = match &target.bridge {
-            Some(b) => b.parse::<IfName>().map_err(|e| anyhow!("--bridge: {e}"))?,
-            None => format!("fan-{}", overlay.addr().octets()[0]).parse().expect("short name"),
-        };
+        let name = target.name.or_default(&map)?;
         let origin = "the command line".to_string();
         return Ok(Rule {
             name,

@@ -220,6 +220,40 @@ fn docker_args_put_containers_on_the_slice() {
 }
 
 #[test]
+fn a_fan_given_by_prefixes_is_named_with_name_or_its_alias_bridge() {
+    let by = |flag: &str| {
+        let args =
+            ["docker-args", "--overlay", "250.0.0.0/8", "--underlay", "10.0.0.0/16", "--address", "10.0.3.4"];
+        fanlink(&[&args[..], &[flag, "lab0"]].concat())
+    };
+    let (name, bridge) = (by("--name"), by("--bridge"));
+    assert_eq!(name.status.code(), Some(0), "{}", text(&name.stderr));
+    assert!(
+        text(&name.stdout).contains("-o com.docker.network.bridge.name=lab0 \\\n"),
+        "{}",
+        text(&name.stdout)
+    );
+    assert!(text(&name.stdout).ends_with("    lab0\n"), "{}", text(&name.stdout));
+    assert_eq!(text(&bridge.stdout), text(&name.stdout), "--bridge is an alias of --name");
+    // `up` checks the name before it touches the kernel, so this runs without root.
+    for flag in ["--name", "--bridge"] {
+        let out = fanlink(&["up", "--overlay", "250.0.0.0/8", "--underlay", "10.0.0.0/16", flag, "a b"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(
+            text(&out.stderr),
+            "fanlink: --name: \"a b\" contains ' ', which interface names cannot contain\n"
+        );
+    }
+    // One word in the help: the rule's.
+    for sub in ["up", "docker-args"] {
+        let help = text(&fanlink(&[sub, "--help"]).stdout);
+        assert!(help.contains("--name <NAME>") && !help.contains("--bridge"), "{sub}: {help}");
+    }
+    let out = fanlink(&["up", "fan-250", "--name", "lab0"]);
+    assert_eq!(out.status.code(), Some(2), "a configured fan has its name already");
+}
+
+#[test]
 fn help_and_version() {
     let out = fanlink(&["-V"]);
     assert_eq!(text(&out.stdout), format!("fanlink {}\n", env!("CARGO_PKG_VERSION")));

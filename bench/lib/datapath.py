@@ -62,7 +62,7 @@ class Lab:
 
 def fanlink_up(binary, empty_rules, host):
     hosts.sh(binary, "--rules-dir", empty_rules, "up", "--overlay", "250.0.0.0/8", "--underlay", "10.98.0.0/16",
-             "--bridge", "fan-250", ns=host)
+             "--name", "fan-250", ns=host)
 
 
 def plain_vxlan(host, local, remote):

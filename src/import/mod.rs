@@ -72,9 +72,7 @@ pub struct Fan {
 impl Fan {
     /// The bridge name fanlink will use: the given one, or its default.
     fn bridge(&self) -> IfName {
-        let default =
-            || format!("fan-{}", self.map.overlay().addr().octets()[0]).parse().expect("short name");
-        self.name.clone().unwrap_or_else(default)
+        self.name.clone().unwrap_or_else(|| crate::config::default_name(&self.map))
     }
 }
 
