@@ -114,8 +114,8 @@ pub enum Command {
         json: bool,
     },
 
-    /// Translate ubuntu-fan's /etc/network/fan, or a `fanctl up` command, into a fanlink
-    /// rule file printed on stdout.
+    /// Translate ubuntu-fan's /etc/network/fan, a hook script that runs `fanctl up`, or a
+    /// `fanctl up` command, into a fanlink rule file printed on stdout.
     ///
     /// Refuses (exit 2, nothing on stdout) what it cannot translate: the ipip type,
     /// unknown options; each as FILE:LINE:COL: error: MESSAGE.

@@ -84,12 +84,12 @@ fn plan_one(
     plans.into_iter().next().expect("one plan per target").result.map_err(|e| anyhow!("{}: {e}", rule.name))
 }
 
-/// Applies ops in order, printing each; the first failure stops the rest (the next run
-/// completes what is missing).
+/// Applies ops in order, printing each on stdout once it is done (not also as a log line:
+/// `-v` would show it twice); the first failure stops the rest (the next run completes
+/// what is missing).
 fn apply_all(sys: &mut System, fan: &IfName, ops: &[Op], limit: Option<usize>) -> Result<()> {
     crate::system::preflight(ops).map_err(|e| anyhow!("{fan}: {e}"))?;
     for op in ops.iter().take(limit.unwrap_or(usize::MAX)) {
-        log::info!("{fan}: {op}");
         sys.apply(op).with_context(|| format!("{fan}: {op}"))?;
         println!("{fan}: {op}");
     }

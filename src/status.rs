@@ -2,10 +2,12 @@
 //! between the two (the ops a reconcile would still apply). The daemon builds it from its
 //! own decisions; without a daemon the CLI builds it from the rules and the kernel.
 
+use crate::fan::FanMap;
 use crate::model::{Observed, ObservedFan, Op, Want};
 use crate::plan::FanPlan;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 
 /// The status of one fan, as `status --json` prints it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -62,13 +64,38 @@ fn actual(seen: &ObservedFan) -> &'static str {
     }
 }
 
+/// What a fan's program says about it: its map, the host's underlay address and the VNI,
+/// read back from the tc filter name that `FanProgram::tag` writes
+/// (`fanlink OVERLAY UNDERLAY LOCAL [vni N] [ttl N]`).
+fn from_program(tag: &str) -> Option<(FanMap, Ipv4Addr, u32)> {
+    let mut words = tag.split(' ');
+    if words.next() != Some("fanlink") {
+        return None;
+    }
+    let overlay = words.next()?.parse().ok()?;
+    let underlay = words.next()?.parse().ok()?;
+    let map = FanMap::new(overlay, underlay).ok()?;
+    let local = words.next()?.parse().ok()?;
+    let vni = match (words.next(), words.next()) {
+        (Some("vni"), Some(vni)) => vni.parse().ok()?,
+        _ => map.vni(),
+    };
+    Some((map, local, vni))
+}
+
 /// One fan's status from its decision, the kernel and its plan. `drops` is read by the
-/// caller (a netlink request per fan).
+/// caller (a netlink request per fan). A fan without a rule (made by hand with `fanlink up
+/// --overlay`) is described by what its program says.
 pub fn fan_status(wanted: Wanted<'_>, seen: &ObservedFan, plan: &FanPlan, drops: Option<u64>) -> FanStatus {
-    let map = wanted.rule.map(|r| r.map);
+    let kernel = seen.program.as_deref().and_then(from_program);
     let (link, address) = match wanted.want {
         Want::Up(u) => (Some(u.link.to_string()), Some(u.address)),
-        _ => (None, None),
+        _ => (None, kernel.map(|(_, local, _)| local)),
+    };
+    let map = wanted.rule.map(|r| r.map).or(kernel.map(|(map, _, _)| map));
+    let vni = match wanted.rule {
+        Some(rule) => Some(rule.map.vni()),
+        None => kernel.map(|(_, _, vni)| vni),
     };
     let drift = match &plan.result {
         Ok(ops) => ops.iter().map(Op::to_string).collect(),
@@ -78,7 +105,7 @@ pub fn fan_status(wanted: Wanted<'_>, seen: &ObservedFan, plan: &FanPlan, drops:
         name: plan.fan.to_string(),
         overlay: map.map(|m| m.overlay().to_string()),
         underlay: map.map(|m| m.underlay().to_string()),
-        vni: map.map(|m| m.vni()),
+        vni,
         wanted: match wanted.want {
             Want::Up(_) => "up",
             Want::Down => "down",
@@ -163,4 +190,39 @@ pub fn collect(
         })
         .collect();
     Status { source: source.to_string(), fans }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::bpf::FanProgram;
+    use crate::ifname::IfName;
+
+    #[test]
+    fn a_fan_without_a_rule_is_described_by_its_program() {
+        let map = FanMap::new("250.0.0.0/8".parse().unwrap(), "10.99.0.0/16".parse().unwrap()).unwrap();
+        let program = FanProgram::new(map, "10.99.1.1".parse().unwrap());
+        let seen = ObservedFan { program: Some(program.tag()), program_id: Some(7), ..Default::default() };
+        let fan: IfName = "fan-250".parse().unwrap();
+        let plan = FanPlan { fan, result: Ok(Vec::new()) };
+        let why = "made by hand";
+        let status = fan_status(Wanted { rule: None, want: &Want::Keep, why }, &seen, &plan, Some(0));
+        assert_eq!(status.overlay.as_deref(), Some("250.0.0.0/8"));
+        assert_eq!(status.underlay.as_deref(), Some("10.99.0.0/16"));
+        assert_eq!(status.vni, Some(16_384_000));
+        assert_eq!(status.underlay_address.as_deref(), Some("10.99.1.1"));
+        assert_eq!(status.slice.as_deref(), Some("250.1.1.0/24"));
+        assert_eq!(status.underlay_link, None, "the program does not name the link");
+    }
+
+    #[test]
+    fn program_tags_read_back() {
+        let map = FanMap::new("241.0.0.0/8".parse().unwrap(), "192.168.0.0/16".parse().unwrap()).unwrap();
+        let program = FanProgram::new(map, "192.168.3.4".parse().unwrap());
+        assert_eq!(from_program(&program.tag()), Some((map, "192.168.3.4".parse().unwrap(), map.vni())));
+        let tag = "fanlink 241.0.0.0/8 192.168.0.0/16 192.168.3.4 vni 42 ttl 8";
+        assert_eq!(from_program(tag), Some((map, "192.168.3.4".parse().unwrap(), 42)));
+        assert_eq!(from_program("fanlink 241.0.0.0/8"), None);
+        assert_eq!(from_program("other 241.0.0.0/8 192.168.0.0/16 192.168.3.4"), None);
+    }
 }
