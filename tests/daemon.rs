@@ -6,13 +6,14 @@ use crate::cli::TempDir;
 use crate::topology::{sh, wait_for, Netns};
 use crate::util::Harness;
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fanlink");
 const FAN_250: &str = "[[fan]]\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\n";
 const FAN_251: &str = "[[fan]]\noverlay = \"251.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\n";
-const SOON: Duration = Duration::from_secs(10);
+pub const SOON: Duration = Duration::from_secs(10);
 
 /// A host: networkd on its own bus, with uplink0 at `address`, and fanlink's rules.
 pub struct Host {
@@ -39,37 +40,24 @@ impl Host {
         String::from_utf8_lossy(&sh(Some(self.ns()), command).stdout).into_owned()
     }
 
+    /// `fanlink run` with the host's rules and runtime dir.
     pub fn start(&self) -> Daemon {
-        Daemon::start(self)
+        self.start_wrapped(&[], &self.runtime.path().join("rt"))
     }
 
     /// `fanlink run` in this host's namespace under `wrapper` (e.g. `unshare -m sh -c ...`;
-    /// empty for none), with `runtime` as its runtime directory: the process and its log file.
-    pub fn spawn(&self, wrapper: &[&str], runtime: &std::path::Path) -> (Child, std::path::PathBuf) {
-        let log = self.runtime.path().join(format!("fanlink-{}.log", crate::topology::unique("d")));
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg("ip");
-                c
-            }
-            None => Command::new("ip"),
-        };
-        let child = cmd
-            .args(["netns", "exec", self.ns(), "env"])
-            .arg(format!("DBUS_SYSTEM_BUS_ADDRESS={}", self.harness.bus()))
-            .args(["RUST_LOG=info", BIN, "--rules-dir"])
-            .arg(self.rules.path())
-            .arg("--runtime-dir")
-            .arg(runtime)
-            .arg("--state-dir")
-            .arg(self.runtime.path().join("state"))
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("fanlink runs");
-        (child, log)
+    /// empty for none), with `runtime` as its runtime directory.
+    pub fn start_wrapped(&self, wrapper: &[&str], runtime: &Path) -> Daemon {
+        Daemon::start(&Launch {
+            ns: self.ns(),
+            bus: self.harness.bus(),
+            rules: self.rules.path(),
+            runtime,
+            state: &self.runtime.path().join("state"),
+            logs: self.runtime.path(),
+            wrapper,
+            args: &[],
+        })
     }
 
     /// A container namespace on the fan bridge: veth `cv0` here, `eth0` 250.1.1.10/8 there.
@@ -104,22 +92,59 @@ impl Host {
     }
 
     pub fn wait_fan(&self, bridge: &str, want: &str, daemon: &Daemon) {
-        wait_for(&format!("{bridge} to be {want}; log:\n{}", daemon.log()), SOON, || {
-            self.fan(bridge) == want
-        });
+        wait_until(|| format!("{bridge} to be {want}; log:\n{}", daemon.log()), || self.fan(bridge) == want);
     }
 }
 
-/// `fanlink run` inside a host's namespace; SIGKILLed on drop (fans stay, by design).
+/// How the tests start `fanlink run`: what differs between one daemon and the next.
+pub struct Launch<'a> {
+    pub ns: &'a str,
+    /// `DBUS_SYSTEM_BUS_ADDRESS` for the daemon.
+    pub bus: &'a str,
+    pub rules: &'a Path,
+    /// `--runtime-dir` and `--state-dir`.
+    pub runtime: &'a Path,
+    pub state: &'a Path,
+    /// Where the daemon's log file goes.
+    pub logs: &'a Path,
+    /// A command the daemon runs under (`unshare -m sh -c ...`); empty for none.
+    pub wrapper: &'a [&'a str],
+    /// After `run` (`--source kernel`).
+    pub args: &'a [&'a str],
+}
+
+/// `fanlink run` in a namespace (the child's PID is fanlink's: `ip netns exec` and `env`
+/// exec), logging to a file. SIGKILLed on drop; fans stay, by design.
 pub struct Daemon {
-    child: Child,
-    log: std::path::PathBuf,
+    pub child: Child,
+    log: PathBuf,
 }
 
 impl Daemon {
-    fn start(host: &Host) -> Daemon {
-        let (child, log) = host.spawn(&[], &host.runtime.path().join("rt"));
-        Daemon { child, log }
+    pub fn start(l: &Launch<'_>) -> Daemon {
+        let log = l.logs.join(format!("fanlink-{}.log", crate::topology::unique("d")));
+        let mut cmd = match l.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg("ip");
+                c
+            }
+            None => Command::new("ip"),
+        };
+        let child = cmd
+            .args(["netns", "exec", l.ns, "env"])
+            .arg(format!("DBUS_SYSTEM_BUS_ADDRESS={}", l.bus))
+            .args(["RUST_LOG=info", BIN, "--rules-dir"])
+            .arg(l.rules)
+            .arg("--runtime-dir")
+            .arg(l.runtime)
+            .arg("--state-dir")
+            .arg(l.state)
+            .arg("run")
+            .args(l.args)
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap());
+        Daemon { child: crate::util::spawn(child), log }
     }
 
     pub fn log(&self) -> String {
@@ -127,18 +152,58 @@ impl Daemon {
     }
 
     pub fn wait_log(&self, text: &str) {
-        wait_for(&format!("log line {text:?}; log:\n{}", self.log()), SOON, || self.log().contains(text));
+        wait_until(
+            || format!("log line {text:?}; threads {}; log:\n{}", self.threads(), self.log()),
+            || self.log().contains(text),
+        );
     }
 
-    fn signal(&self, signal: &str) {
-        Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+    pub fn signal_hup(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("the daemon is alive");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Each thread's name and what it waits in, for messages about a daemon that hangs.
+    pub fn threads(&self) -> String {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).into_iter().flatten().flatten();
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+        tasks
+            .map(|t| format!("{}:{}", read(t.path().join("comm")), read(t.path().join("wchan"))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// (VmRSS in kB, open fds).
+    pub fn footprint(&self) -> (u64, usize) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
+        let rss = rss.trim().trim_end_matches(" kB").trim().parse().unwrap();
+        (rss, std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count())
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill9();
+    }
+}
+
+/// Polls `ok` until it holds or [`SOON`] passes; then panics with `what()`, which is only
+/// formatted then (so a log in it is the log at the deadline, not at the start).
+pub fn wait_until(what: impl Fn() -> String, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SOON;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out after {SOON:?} waiting for {}", what());
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -259,18 +324,18 @@ fn sighup_reloads_and_a_broken_rule_file_changes_nothing() {
     let daemon = host.start();
     host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
     host.rules.write("60-second.toml", FAN_251);
-    daemon.signal("HUP");
+    daemon.signal_hup();
     host.wait_fan("fan-251", "up 251.1.1.1/8", &daemon);
 
     host.rules.write("70-broken.toml", "[[fan]]\noverlay = \"252.0.0.0/8\"\nunderlay = 7\n");
     std::fs::remove_file(host.rules.path().join("60-second.toml")).unwrap();
-    daemon.signal("HUP");
+    daemon.signal_hup();
     daemon.wait_log("reload refused: 1 error(s) in the rules; running fans are untouched");
     assert!(daemon.log().contains("70-broken.toml:3:12: error: `underlay` must be a string"));
     assert_eq!(host.fan("fan-251"), "up 251.1.1.1/8", "a broken reload changes nothing");
 
     std::fs::remove_file(host.rules.path().join("70-broken.toml")).unwrap();
-    daemon.signal("HUP");
+    daemon.signal_hup();
     host.wait_fan("fan-251", "absent", &daemon);
     assert_eq!(host.fan("fan-250"), "up 250.1.1.1/8");
 }
@@ -349,7 +414,7 @@ fn a_fan_made_by_hand_is_left_alone_by_the_daemon() {
     host.sh(&format!("{BIN} up --overlay 252.0.0.0/8 --underlay 10.99.0.0/16"));
     assert_eq!(host.fan("fan-252"), "up 252.1.1.1/8");
     // Any change makes the daemon reconcile; the fan made by hand has no rule and stays.
-    daemon.signal("HUP");
+    daemon.signal_hup();
     daemon.wait_log("reloaded the rules");
     host.harness.run("carrier", &["down"]);
     host.wait_fan("fan-250", "down", &daemon);
@@ -365,19 +430,16 @@ fn a_fan_made_by_hand_is_left_alone_by_the_daemon() {
 
 /// `fanlink run` in a namespace without networkd: the kernel decides "routable".
 fn start_without_networkd(ns: &Netns, rules: &TempDir, runtime: &TempDir, source: &str) -> Daemon {
-    let log = runtime.path().join(format!("fanlink-{}.log", crate::topology::unique("k")));
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "env", "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent/bus"])
-        .args(["RUST_LOG=info", BIN, "--rules-dir"])
-        .arg(rules.path())
-        .arg("--runtime-dir")
-        .arg(runtime.path().join("rt"))
-        .args(["run", "--source", source])
-        .stdout(Stdio::null())
-        .stderr(File::create(&log).unwrap())
-        .spawn()
-        .expect("fanlink runs");
-    Daemon { child, log }
+    Daemon::start(&Launch {
+        ns: ns.name(),
+        bus: "unix:path=/nonexistent/bus",
+        rules: rules.path(),
+        runtime: &runtime.path().join("rt"),
+        state: &runtime.path().join("state"),
+        logs: runtime.path(),
+        wrapper: &[],
+        args: &["--source", source],
+    })
 }
 
 #[test]

@@ -6,17 +6,15 @@
 
 mod tamper;
 
+pub(crate) use crate::daemon::{wait_until as wait_for, Daemon};
 use crate::topology::sh;
-use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fanlink");
 pub(crate) const UP: &str = "up 250.1.1.1/8";
-pub(crate) const SOON: Duration = Duration::from_secs(10);
 
 /// A host of tests/daemon.rs (netns + bus + networkd, uplink0 10.99.1.1/16, fanlink's rules
-/// and runtime dir), with what the fault tests add: a wrapped start, a census of objects.
+/// and runtime dir, its daemon launcher), with what the fault tests add: a census of objects.
 pub(crate) struct Host(crate::daemon::Host);
 
 impl std::ops::Deref for Host {
@@ -30,17 +28,6 @@ impl std::ops::Deref for Host {
 impl Host {
     pub fn new(name: &str) -> Host {
         Host(crate::daemon::Host::new(name, "10.99.1.1/16", &[]))
-    }
-
-    /// `fanlink run` with the host's rules and runtime dir.
-    pub fn start(&self) -> Daemon {
-        self.start_wrapped(&[], &self.runtime.path().join("rt"))
-    }
-
-    /// `fanlink run` under `wrapper` (e.g. `unshare -m sh -c ...`), with `runtime` as its dir.
-    pub fn start_wrapped(&self, wrapper: &[&str], runtime: &Path) -> Daemon {
-        let (child, log) = self.0.spawn(wrapper, runtime);
-        Daemon { child, log }
     }
 
     /// "up ADDR", "down" or "absent" for `bridge`, then how many bridges, vxlans, fanlink
@@ -88,77 +75,6 @@ impl Host {
         let rt = self.runtime.path().join("rt");
         let status = format!("{BIN} --runtime-dir {} status --json >/dev/null", rt.display());
         wait_for(|| "the daemon to answer status".into(), || sh(Some(self.ns()), &status).status.success());
-    }
-}
-
-/// `fanlink run` in a host's namespace (the child's PID is fanlink's: `ip netns exec` and
-/// `env` exec). SIGKILLed on drop; fans stay, by design.
-pub(crate) struct Daemon {
-    pub child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn wait_log(&self, text: &str) {
-        wait_for(
-            || format!("log line {text:?}; threads {}; log:\n{}", self.threads(), self.log()),
-            || self.log().contains(text),
-        );
-    }
-
-    pub fn signal_hup(&self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid() as i32),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .expect("the daemon is alive");
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Each thread's name and what it waits in, for messages about a daemon that hangs.
-    pub fn threads(&self) -> String {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).into_iter().flatten().flatten();
-        let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
-        tasks
-            .map(|t| format!("{}:{}", read(t.path().join("comm")), read(t.path().join("wchan"))))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    /// (VmRSS in kB, open fds).
-    pub fn footprint(&self) -> (u64, usize) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
-        let rss = rss.trim().trim_end_matches(" kB").trim().parse().unwrap();
-        (rss, std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Polls `ok` until it holds or [`SOON`] passes; then panics with `what()`, which is only
-/// formatted then (so a log in it is the log at the deadline, not at the start).
-pub(crate) fn wait_for(what: impl Fn() -> String, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out after {SOON:?} waiting for {}", what());
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
