@@ -134,7 +134,7 @@ pub enum Command {
     /// packaging/build-deb; hidden because it is for packagers).
     #[command(hide = true)]
     Generate {
-        what: crate::generate::Artifact,
+        what: Artifact,
         /// Write DIR/<file> instead of stdout.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
@@ -202,4 +202,17 @@ pub struct FanSelector {
     /// This host's underlay address, e.g. 10.0.3.4.
     #[arg(long)]
     pub address: Ipv4Addr,
+}
+
+/// What `fanlink generate` writes (rendered by `generate`, which depends on this module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Artifact {
+    /// The manual page, fanlink.8 (roff).
+    Man,
+    /// bash completion, fanlink.bash.
+    CompleteBash,
+    /// zsh completion, _fanlink.
+    CompleteZsh,
+    /// fish completion, fanlink.fish.
+    CompleteFish,
 }

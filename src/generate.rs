@@ -1,42 +1,29 @@
 //! `fanlink generate`: the manual page `fanlink(8)` and the bash, zsh and fish completions,
 //! rendered from the clap definitions in `cli.rs` so that they cannot drift from the binary.
+//! The dependency runs one way: this module reads `cli` (the command and `Artifact`), `cli`
+//! knows nothing of it.
 //! `packaging/build-deb` runs it before `cargo deb`; the output is not committed.
 //!
 //! The man page is one page for the whole tool: clap_mangen's own subcommand list points at
 //! `fanlink-check(8)` and friends, pages a tool this small should not need, so each command
 //! gets a subsection of `fanlink(8)` instead, built from clap_mangen's section renderers.
 
-use crate::cli::Cli;
+use crate::cli::{Artifact, Cli};
 use anyhow::{Context, Result};
-use clap::{CommandFactory, ValueEnum};
+use clap::CommandFactory;
 use clap_complete::Shell;
 use clap_mangen::roff::{bold, italic, roman, Roff};
 use clap_mangen::Man;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// What `fanlink generate` writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Artifact {
-    /// The manual page, fanlink.8 (roff).
-    Man,
-    /// bash completion, fanlink.bash.
-    CompleteBash,
-    /// zsh completion, _fanlink.
-    CompleteZsh,
-    /// fish completion, fanlink.fish.
-    CompleteFish,
-}
-
-impl Artifact {
-    /// The file name written under `--out`.
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Artifact::Man => "fanlink.8",
-            Artifact::CompleteBash => "fanlink.bash",
-            Artifact::CompleteZsh => "_fanlink",
-            Artifact::CompleteFish => "fanlink.fish",
-        }
+/// The file name an artifact is written to under `--out`.
+pub fn file_name(what: Artifact) -> &'static str {
+    match what {
+        Artifact::Man => "fanlink.8",
+        Artifact::CompleteBash => "fanlink.bash",
+        Artifact::CompleteZsh => "_fanlink",
+        Artifact::CompleteFish => "fanlink.fish",
     }
 }
 
@@ -47,7 +34,7 @@ pub fn run(what: Artifact, out: Option<&Path>) -> Result<u8> {
         None => std::io::stdout().write_all(&text).context("stdout")?,
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-            let path: PathBuf = dir.join(what.file_name());
+            let path: PathBuf = dir.join(file_name(what));
             std::fs::write(&path, &text).with_context(|| path.display().to_string())?;
             println!("{}", path.display());
         }
