@@ -9,6 +9,7 @@ mod deps;
 mod dhcp;
 mod faults;
 mod fuzz;
+mod house;
 mod import;
 mod interop;
 mod nat;
