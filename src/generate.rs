@@ -173,6 +173,9 @@ mod tests {
         }
         assert!(!page.contains("fanlink-check"), "no reference to per-command pages");
         assert!(!page.contains("generate"), "the packaging helper stays out of the manual");
+        // One word for a fan's name, the rule's: `--bridge` is a hidden alias of `--name`.
+        assert!(page.contains("\\fB\\-\\-name\\fR \\fI<NAME>\\fR"));
+        assert!(!page.contains("\\-\\-bridge"));
     }
 
     #[test]
