@@ -130,11 +130,8 @@ fn read_line(source: &str, line: usize, syntax: Syntax) -> Result<Option<FanLine
         Syntax::FanFile if words.is_empty() => return Ok(None),
         Syntax::FanFile => {}
         Syntax::Command | Syntax::Script => {
-            fanctl = words.iter().find(|w| parse::runs_fanctl(w.text)).map(|w| w.col);
-            match parse::fanctl_up(&words, line)? {
-                Some(rest) => words = rest,
-                None => return Ok(None),
-            }
+            let Some((col, rest)) = parse::fanctl_up(&words, line)? else { return Ok(None) };
+            (fanctl, words) = (Some(col), rest);
         }
     }
     parse::fan_line(&words, line, fanctl).map(Some)

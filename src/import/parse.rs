@@ -85,13 +85,14 @@ pub fn is_script(text: &str) -> bool {
     text.starts_with("#!") || text.lines().any(|l| tokens(l).iter().any(|w| runs_fanctl(w.text)))
 }
 
-pub fn runs_fanctl(word: &str) -> bool {
+fn runs_fanctl(word: &str) -> bool {
     word.rsplit('/').next() == Some("fanctl")
 }
 
-/// Finds `fanctl up` among `words` (after `sudo`, a path, ...) and returns the words after
-/// it; `Ok(None)` when the words do not run fanctl, or run it for something else than `up`.
-pub fn fanctl_up<'a>(words: &[Token<'a>], line: usize) -> Result<Option<Vec<Token<'a>>>, Refusal> {
+/// Finds `fanctl up` among `words` (after `sudo`, a path, ...) and returns the column of
+/// `fanctl` and the words after `up`; `Ok(None)` when the words do not run fanctl, or run it
+/// for something else than `up`.
+pub fn fanctl_up<'a>(words: &[Token<'a>], line: usize) -> Result<Option<(usize, Vec<Token<'a>>)>, Refusal> {
     let Some(at) = words.iter().position(|w| runs_fanctl(w.text)) else {
         return Ok(None);
     };
@@ -104,7 +105,7 @@ pub fn fanctl_up<'a>(words: &[Token<'a>], line: usize) -> Result<Option<Vec<Toke
                         .to_string();
                 return Err(Refusal { line, col: all.col, message });
             }
-            Ok(Some(rest))
+            Ok(Some((words[at].col, rest)))
         }
         _ => Ok(None),
     }
@@ -348,8 +349,8 @@ mod tests {
     fn fanctl_lines_are_refused_in_fanctl_terms() {
         let refusal = |line: &str| {
             let words = tokens(line);
-            let rest = fanctl_up(&words, 1).unwrap().unwrap();
-            let r = fan_line(&rest, 1, Some(3)).unwrap_err();
+            let (col, rest) = fanctl_up(&words, 1).unwrap().unwrap();
+            let r = fan_line(&rest, 1, Some(col)).unwrap_err();
             format!("{}: {}", r.col, r.message)
         };
         let needs = "3: `fanctl up` takes -u UNDERLAY -o OVERLAY [OPTIONS], e.g. `fanctl up -u 10.0.0.0/16 -o 250.0.0.0/8`";
@@ -376,16 +377,17 @@ mod tests {
     #[test]
     fn fanctl_is_found_after_sudo_and_paths() {
         let words = tokens("sudo /usr/sbin/fanctl up -u 10.0.0.0/16 -o 250.0.0.0/8");
-        let rest = fanctl_up(&words, 1).unwrap().unwrap();
+        let (col, rest) = fanctl_up(&words, 1).unwrap().unwrap();
+        assert_eq!(col, 6);
         assert_eq!(rest.first().map(|t| (t.text, t.col)), Some(("-u", 26)));
         assert_eq!(fanctl_up(&tokens("fanctl show"), 1), Ok(None));
         assert_eq!(fanctl_up(&tokens("echo hello"), 1), Ok(None));
         assert_eq!(fanctl_up(&tokens("fanctl up -a"), 3).unwrap_err().col, 11);
         let rest =
-            fanctl_up(&tokens("fanctl up -u 10.0.0.0/16 -o 250.0.0.0/8; echo ok"), 1).unwrap().unwrap();
+            fanctl_up(&tokens("fanctl up -u 10.0.0.0/16 -o 250.0.0.0/8; echo ok"), 1).unwrap().unwrap().1;
         assert_eq!(rest.last().map(|t| t.text), Some("250.0.0.0/8"));
         let rest =
-            fanctl_up(&tokens("fanctl up -o 250.0.0.0/8 -u ens3 2>/dev/null || true"), 1).unwrap().unwrap();
+            fanctl_up(&tokens("fanctl up -o 250.0.0.0/8 -u ens3 2>/dev/null || true"), 1).unwrap().unwrap().1;
         assert_eq!(rest.len(), 4);
     }
 }
