@@ -25,7 +25,6 @@ const SCRIPTS_RUN: &[&str] = &[
     "dnsmasq",
     "busybox",
     "bpftool",
-    "kill",
     "sysctl",
     "free",
     "lintian",
