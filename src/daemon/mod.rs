@@ -7,10 +7,12 @@
 //! `decide`, `plan`, apply. A burst of events is drained first and reconciled once.
 
 mod decide;
+mod failures;
 mod follow;
 mod sources;
 
 pub use decide::{decide, decide_all, kernel_change_matters, kernel_views, Decision, Interest, LinkView};
+use failures::Failures;
 use follow::Bus;
 pub use follow::Source;
 pub use sources::control_path;
@@ -82,7 +84,10 @@ struct Daemon {
     /// nftables changed since the accept rules were last ensured.
     firewall_changed: bool,
     reconnect_at: Option<Instant>,
+    /// Bus reconnects that failed in a row (their backoff).
     failures: usize,
+    /// Fans whose last plan or apply failed: retried with backoff, reported in the status.
+    fan_failures: Failures,
     notifier: Notifier,
     dhcp: crate::dhcp::Supervisor,
     tx: Sender<Event>,
@@ -126,6 +131,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         ever_followed_networkd: false,
         reconnect_at: None,
         failures: 0,
+        fan_failures: Failures::default(),
         notifier: Notifier::from_env(),
         dhcp: {
             let tx = tx.clone();
@@ -151,7 +157,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 impl Daemon {
     fn serve(&mut self, rx: Receiver<Event>) {
         loop {
-            let wake = [self.reconnect_at, self.dhcp.next_retry()].into_iter().flatten().min();
+            let wake = [self.reconnect_at, self.dhcp.next_retry(), self.fan_failures.next_retry()]
+                .into_iter()
+                .flatten()
+                .min();
             let first = match wake {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(e) => Some(e),
@@ -276,25 +285,33 @@ impl Daemon {
             let mut changed = false;
             for (decision, fan_plan) in decisions.iter().zip(self.plans(&decisions, &observed)) {
                 self.log_decision(decision);
-                match fan_plan.result {
+                let applied = match fan_plan.result {
                     Ok(ops) => {
                         changed |= !ops.is_empty();
-                        if self.apply_ops(&decision.fan, &ops) {
-                            built.push(decision.fan.clone());
+                        self.apply_ops(&decision.fan, &ops)
+                    }
+                    Err(e) => Err(("plan".to_string(), e.to_string())),
+                };
+                match applied {
+                    Ok(()) => {
+                        built.push(decision.fan.clone());
+                        if let Some(f) = self.fan_failures.succeeded(&decision.fan) {
+                            log::info!("{}: recovered after {} failed attempt(s)", decision.fan, f.attempts);
                         }
                     }
-                    Err(e) => log::error!("{}: {e}", decision.fan),
+                    Err((step, error)) => self.failed(&decision.fan, step, error),
                 }
                 // A firewall may have appeared (Docker's FORWARD DROP) since the bridge was
                 // made; the accept rules are re-ensured, which changes nothing if they hold.
                 if self.firewall_changed && matches!(decision.want, Want::Up(_)) {
-                    self.apply_ops(
-                        &decision.fan,
-                        &[crate::model::Op::AcceptForwarding { fan: decision.fan.clone() }],
-                    );
+                    let accept = [crate::model::Op::AcceptForwarding { fan: decision.fan.clone() }];
+                    if let Err((step, error)) = self.apply_ops(&decision.fan, &accept) {
+                        self.failed(&decision.fan, step, error);
+                    }
                 }
             }
             self.firewall_changed = false;
+            self.fan_failures.retain(&decisions.iter().map(|d| d.fan.clone()).collect::<Vec<_>>());
             self.supervise_dhcp(&decisions, &built);
             // The interest names devices by index: after creating some, read them again.
             let snap = if changed { self.sys.snapshot()? } else { snap };
@@ -332,19 +349,32 @@ impl Daemon {
     }
 
     /// Applies one fan's ops in order, logging each; the first failure stops the rest (the
-    /// next reconcile retries). Says whether all of them were applied.
-    fn apply_ops(&mut self, fan: &crate::ifname::IfName, ops: &[crate::model::Op]) -> bool {
+    /// next reconcile, or the retry timer, tries again). The error names the op that failed.
+    fn apply_ops(
+        &mut self,
+        fan: &crate::ifname::IfName,
+        ops: &[crate::model::Op],
+    ) -> Result<(), (String, String)> {
+        // A fan that keeps failing repeats its ops on every retry: those lines go to debug.
+        let level = if self.fan_failures.get(fan).is_some() { log::Level::Debug } else { log::Level::Info };
         for op in ops {
-            log::info!("{fan}: {op}");
+            log::log!(level, "{fan}: {op}");
             if matches!(op, crate::model::Op::WriteNat { .. } | crate::model::Op::DeleteNat { .. }) {
                 self.nat = None;
             }
-            if let Err(e) = self.sys.apply(op) {
-                log::error!("{fan}: {op}: {e}");
-                return false;
-            }
+            self.sys.apply(op).map_err(|e| (op.to_string(), e.to_string()))?;
         }
-        true
+        Ok(())
+    }
+
+    /// Records a failed step; its error is logged in full once per cause, at error priority.
+    fn failed(&mut self, fan: &crate::ifname::IfName, step: String, error: String) {
+        let line = format!("{fan}: {step}: {error}");
+        if self.fan_failures.failed(fan, step, error, Instant::now()) {
+            log::error!("{line}");
+        } else {
+            log::debug!("{line}");
+        }
     }
 
     /// dnsmasq runs for each fan with `dhcp = true` that is up (its plan applied in full:
@@ -400,9 +430,10 @@ impl Daemon {
         let parts: Vec<String> = self
             .decisions
             .iter()
-            .map(|d| match &d.want {
-                Want::Up(u) => format!("{} up on {}", d.fan, u.link),
-                other => format!("{} {} ({})", d.fan, want_word(other), d.why),
+            .map(|d| match (&d.want, self.fan_failures.get(&d.fan)) {
+                (want, Some(f)) => format!("{} not {}: {}", d.fan, want_word(want), f.describe()),
+                (Want::Up(u), None) => format!("{} up on {}", d.fan, u.link),
+                (other, None) => format!("{} {} ({})", d.fan, want_word(other), d.why),
             })
             .collect();
         format!("{} fan(s): {}", self.decisions.len(), parts.join(", "))
@@ -437,6 +468,8 @@ impl Daemon {
         for fan in &mut status.fans {
             let pid = fan.name.parse().ok().and_then(|name| self.dhcp.pid(&name));
             fan.dhcp = pid.map(|pid| format!("dnsmasq {pid}"));
+            fan.error =
+                fan.name.parse().ok().and_then(|name| self.fan_failures.get(&name)).map(|f| f.describe());
         }
         Ok(status)
     }
