@@ -19,13 +19,15 @@ pub use sources::control_path;
 
 use crate::config::{self, Rule};
 use crate::datapath::nft;
+use crate::ifname::IfName;
 use crate::model::Want;
 use crate::networkd::BusEvent;
 use crate::notify::Notifier;
 use crate::plan::{plan, plan_absent, FanPlan};
 use crate::status::{self, Status};
 use crate::system::System;
-use std::collections::HashMap;
+use crate::underlay::HostLink;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
@@ -77,6 +79,10 @@ struct Daemon {
     /// fanlink's NAT tables, re-read only after fanlink changed them (`nft` is a process).
     nat: Option<Vec<nft::NatTable>>,
     decisions: Vec<Decision>,
+    /// The kernel's part of the last decisions (fanlink's fans, the host's links): a bus
+    /// event is decided against it without reading the kernel, and costs a reconcile only
+    /// when it changes what some fan should be.
+    kernel_inputs: Option<(BTreeSet<IfName>, Vec<HostLink>)>,
     /// What kernel changes can matter, as of the last reconcile.
     interest: Interest,
     /// networkd has been followed once: from then on its absence is a restart to wait out.
@@ -126,6 +132,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         links: None,
         nat: None,
         decisions: Vec::new(),
+        kernel_inputs: None,
         interest: Interest::default(),
         firewall_changed: false,
         ever_followed_networkd: false,
@@ -207,7 +214,9 @@ impl Daemon {
                 self.reload();
                 true
             }
-            Event::Bus(BusEvent::LinkChanged { index, oper, admin }) => self.link_changed(index, oper, admin),
+            Event::Bus(BusEvent::LinkChanged { index, oper, admin }) => {
+                self.link_changed(index, oper, admin) && self.wants_change()
+            }
             Event::Bus(_) if self.opts.source == Source::Kernel => false,
             Event::Bus(BusEvent::OwnerChanged { new_owner: None }) => {
                 if !self.following_kernel {
@@ -266,9 +275,7 @@ impl Daemon {
                 Some(links) if !self.following_kernel => links.clone(),
                 _ => kernel_views(&snap.links, &self.sys.routes()?),
             };
-            // Fans made by hand have no rule by design: never orphans.
-            let kernel_fans =
-                snap.kernel_fans().into_iter().filter(|(_, by_hand)| !by_hand).map(|(f, _)| f).collect();
+            let kernel_fans = managed_fans(&snap);
             let decisions =
                 decide_all(&self.rules, &kernel_fans, &snap.host_links(), &links, self.rules_sound);
             let fans = decisions.iter().map(|d| d.fan.clone()).collect();
@@ -316,6 +323,7 @@ impl Daemon {
             // The interest names devices by index: after creating some, read them again.
             let snap = if changed { self.sys.snapshot()? } else { snap };
             self.interest = self.interest(&decisions, &snap);
+            self.kernel_inputs = Some((managed_fans(&snap), snap.host_links()));
             self.decisions = decisions;
             Ok(())
         })();
@@ -325,6 +333,35 @@ impl Daemon {
         if self.notifier.is_active() {
             self.notifier.status(&self.summary());
         }
+    }
+
+    /// Whether networkd's new view of the links changes what some fan should be. When it
+    /// does not (a link passing through `carrier` or `degraded`, the fan bridge's own state),
+    /// the new reasons are logged and no reconcile runs. A kernel change that came with the
+    /// bus event wakes a reconcile of its own.
+    fn wants_change(&mut self) -> bool {
+        let (Some((kernel_fans, host_links)), Some(links), false) =
+            (&self.kernel_inputs, &self.links, self.following_kernel)
+        else {
+            return true;
+        };
+        let decisions = decide_all(&self.rules, kernel_fans, host_links, links, self.rules_sound);
+        let same_wants = decisions.len() == self.decisions.len()
+            && decisions
+                .iter()
+                .zip(&self.decisions)
+                .all(|(new, old)| new.fan == old.fan && new.want == old.want);
+        if !same_wants {
+            return true;
+        }
+        for d in &decisions {
+            self.log_decision(d);
+        }
+        self.decisions = decisions;
+        if self.notifier.is_active() {
+            self.notifier.status(&self.summary());
+        }
+        false
     }
 
     /// What the next kernel changes must touch to be worth a reconcile.
@@ -473,6 +510,11 @@ impl Daemon {
         }
         Ok(status)
     }
+}
+
+/// fanlink's fans in the kernel; those made by hand have no rule by design: never orphans.
+fn managed_fans(snap: &crate::system::Snapshot) -> BTreeSet<IfName> {
+    snap.kernel_fans().into_iter().filter(|(_, by_hand)| !by_hand).map(|(f, _)| f).collect()
 }
 
 pub fn want_word(want: &Want) -> &'static str {
