@@ -35,7 +35,7 @@ fn kernel_accepts_fan_programs() {
     let info = prog_info(fd.as_fd()).unwrap();
     assert_eq!(info.name, "fanlink_fa0000");
     assert_eq!(info.xlated_insns as usize, insns.len(), "the verifier rewrote only in place");
-    assert_eq!(insns.len(), 57);
+    assert_eq!(insns.len(), 58);
     assert_eq!(prog_id(fd.as_fd()).unwrap(), info.id);
 
     // The kernel's own rendering shows the immediates where fan.md's arithmetic puts them.
@@ -56,8 +56,11 @@ fn kernel_accepts_fan_programs() {
         "if w5 == 0xffff goto",
         "w5 |= 167772160",
         "if w5 == 0xa000304 goto",
-        "*(u32 *)(r10 -32) = 16384000",
-        "*(u8 *)(r10 -11) = 64",
+        "r5 <<= 32",
+        "r5 |= 16384000",
+        "*(u64 *)(r10 -32) = r5",
+        "r4 <<= 40",
+        "*(u64 *)(r10 -16) = r4",
         "r3 = 28",
         "call bpf_skb_pull_data",
         "call bpf_skb_set_tunnel_key",
@@ -100,6 +103,7 @@ fn rejection_carries_the_verifier_log() {
     assert!(matches!(err, LoadError::Rejected { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.starts_with("the kernel's verifier rejected BPF program fanlink_bad (EACCES"), "{text}");
+    assert!(text.lines().next().unwrap().ends_with("): R0 !read_ok"), "the reason on the first line: {text}");
     assert!(text.contains("R0 !read_ok"), "{text}");
     load(&[mov64_imm(R0, 0), exit()], "fanlink_ok").unwrap();
 }

@@ -3,17 +3,15 @@
 //! ignores forged signals, reloads rules, and recovers from `kill -9`.
 
 use crate::cli::TempDir;
+pub use crate::launch::{wait_until, Daemon, Launch, SOON};
 use crate::topology::{sh, wait_for, Netns};
 use crate::util::Harness;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fanlink");
 const FAN_250: &str = "[[fan]]\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\n";
 const FAN_251: &str = "[[fan]]\noverlay = \"251.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\n";
-pub const SOON: Duration = Duration::from_secs(10);
 
 /// A host: networkd on its own bus, with uplink0 at `address`, and fanlink's rules.
 pub struct Host {
@@ -48,16 +46,8 @@ impl Host {
     /// `fanlink run` in this host's namespace under `wrapper` (e.g. `unshare -m sh -c ...`;
     /// empty for none), with `runtime` as its runtime directory.
     pub fn start_wrapped(&self, wrapper: &[&str], runtime: &Path) -> Daemon {
-        Daemon::start(&Launch {
-            ns: self.ns(),
-            bus: self.harness.bus(),
-            rules: self.rules.path(),
-            runtime,
-            state: &self.runtime.path().join("state"),
-            logs: self.runtime.path(),
-            wrapper,
-            args: &[],
-        })
+        let launch = Launch::new(self.ns(), self.harness.bus(), self.rules.path(), self.runtime.path());
+        Daemon::start(&Launch { wrapper, runtime: Some(runtime), ..launch })
     }
 
     /// A container namespace on the fan bridge: veth `cv0` here, `eth0` 250.1.1.10/8 there.
@@ -93,117 +83,6 @@ impl Host {
 
     pub fn wait_fan(&self, bridge: &str, want: &str, daemon: &Daemon) {
         wait_until(|| format!("{bridge} to be {want}; log:\n{}", daemon.log()), || self.fan(bridge) == want);
-    }
-}
-
-/// How the tests start `fanlink run`: what differs between one daemon and the next.
-pub struct Launch<'a> {
-    pub ns: &'a str,
-    /// `DBUS_SYSTEM_BUS_ADDRESS` for the daemon.
-    pub bus: &'a str,
-    pub rules: &'a Path,
-    /// `--runtime-dir` and `--state-dir`.
-    pub runtime: &'a Path,
-    pub state: &'a Path,
-    /// Where the daemon's log file goes.
-    pub logs: &'a Path,
-    /// A command the daemon runs under (`unshare -m sh -c ...`); empty for none.
-    pub wrapper: &'a [&'a str],
-    /// After `run` (`--source kernel`).
-    pub args: &'a [&'a str],
-}
-
-/// `fanlink run` in a namespace (the child's PID is fanlink's: `ip netns exec` and `env`
-/// exec), logging to a file. SIGKILLed on drop; fans stay, by design.
-pub struct Daemon {
-    pub child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    pub fn start(l: &Launch<'_>) -> Daemon {
-        let log = l.logs.join(format!("fanlink-{}.log", crate::topology::unique("d")));
-        let mut cmd = match l.wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg("ip");
-                c
-            }
-            None => Command::new("ip"),
-        };
-        let child = cmd
-            .args(["netns", "exec", l.ns, "env"])
-            .arg(format!("DBUS_SYSTEM_BUS_ADDRESS={}", l.bus))
-            .args(["RUST_LOG=info", BIN, "--rules-dir"])
-            .arg(l.rules)
-            .arg("--runtime-dir")
-            .arg(l.runtime)
-            .arg("--state-dir")
-            .arg(l.state)
-            .arg("run")
-            .args(l.args)
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap());
-        Daemon { child: crate::util::spawn(child), log }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn wait_log(&self, text: &str) {
-        wait_until(
-            || format!("log line {text:?}; threads {}; log:\n{}", self.threads(), self.log()),
-            || self.log().contains(text),
-        );
-    }
-
-    pub fn signal_hup(&self) {
-        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("the daemon is alive");
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Each thread's name and what it waits in, for messages about a daemon that hangs.
-    pub fn threads(&self) -> String {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).into_iter().flatten().flatten();
-        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
-        tasks
-            .map(|t| format!("{}:{}", read(t.path().join("comm")), read(t.path().join("wchan"))))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    /// (VmRSS in kB, open fds).
-    pub fn footprint(&self) -> (u64, usize) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
-        let rss = rss.trim().trim_end_matches(" kB").trim().parse().unwrap();
-        (rss, std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Polls `ok` until it holds or [`SOON`] passes; then panics with `what()`, which is only
-/// formatted then (so a log in it is the log at the deadline, not at the start).
-pub fn wait_until(what: impl Fn() -> String, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out after {SOON:?} waiting for {}", what());
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -430,16 +309,8 @@ fn a_fan_made_by_hand_is_left_alone_by_the_daemon() {
 
 /// `fanlink run` in a namespace without networkd: the kernel decides "routable".
 fn start_without_networkd(ns: &Netns, rules: &TempDir, runtime: &TempDir, source: &str) -> Daemon {
-    Daemon::start(&Launch {
-        ns: ns.name(),
-        bus: "unix:path=/nonexistent/bus",
-        rules: rules.path(),
-        runtime: &runtime.path().join("rt"),
-        state: &runtime.path().join("state"),
-        logs: runtime.path(),
-        wrapper: &[],
-        args: &["--source", source],
-    })
+    let launch = Launch::new(ns.name(), "unix:path=/nonexistent/bus", rules.path(), runtime.path());
+    Daemon::start(&Launch { args: &["--source", source], ..launch })
 }
 
 #[test]
@@ -505,4 +376,62 @@ fn auto_switches_to_networkd_when_it_appears() {
     host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
     host.harness.run("carrier", &["down"]);
     host.wait_fan("fan-250", "down", &daemon);
+}
+
+/// Every `STATUS=` line the daemon sent so far, read from a notify socket of the test's own.
+fn status_lines(notify: &std::os::unix::net::UnixDatagram) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = notify.recv(&mut buf) {
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        lines.extend(text.lines().filter_map(|l| l.strip_prefix("STATUS=")).map(str::to_string));
+    }
+    lines
+}
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn a_fan_that_cannot_be_built_is_reported_failed_retried_and_logged_once() {
+    let host = Host::new("fail", "10.99.1.1/16", &[]);
+    let notify_path = host.runtime.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_nonblocking(true).unwrap();
+    // Without CAP_BPF (or CAP_SYS_ADMIN) the program cannot load: the daemon's view of a
+    // kernel that refuses the program, as Debian 12's did under the unit (issue 11).
+    let notify_env = format!("NOTIFY_SOCKET={}", notify_path.display());
+    let launch = Launch::new(host.ns(), host.harness.bus(), host.rules.path(), host.runtime.path());
+    let mut daemon = Daemon::start(&Launch {
+        inside: &["setpriv", "--inh-caps=-all", "--bounding-set=-bpf,-sys_admin,-perfmon"],
+        env: &[&notify_env, "RUST_LOG=debug"],
+        ..launch
+    });
+    let daemon_log = || daemon.log();
+    let status =
+        || host.sh(&format!("{BIN} --runtime-dir {} status", host.runtime.path().join("rt").display()));
+    // Retried with backoff (1 s, then 2 s) with no event to wake it: attempt 3 within ~3 s.
+    wait_for(&format!("a third attempt; log:\n{}", daemon_log()), SOON, || status().contains("(attempt 3)"));
+    let text = status();
+    assert!(text.contains("  failed    attach fan program"), "{text}");
+    assert!(text.contains("EPERM"), "{text}");
+    let json =
+        host.sh(&format!("{BIN} --runtime-dir {} status --json", host.runtime.path().join("rt").display()));
+    assert!(json.contains("\"error\": \"attach fan program"), "{json}");
+    let lines = status_lines(&notify);
+    let last = lines.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with("1 fan(s): fan-250 not up: attach fan program"),
+        "STATUS= says what failed: {lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("fan-250 up on")), "never announced as up: {lines:?}");
+    let errors = daemon_log()
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("fan-250: attach fan program"))
+        .count();
+    assert_eq!(errors, 1, "logged once per cause, not once per attempt:\n{}", daemon_log());
+    daemon.kill9();
+
+    // The same host with the capabilities back: the fan comes up, the status says so.
+    let daemon = host.start();
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    wait_for("the status to be clean", SOON, || !status().contains("failed"));
 }

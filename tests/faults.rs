@@ -6,7 +6,7 @@
 
 mod tamper;
 
-pub(crate) use crate::daemon::{wait_until as wait_for, Daemon};
+pub(crate) use crate::launch::{wait_until as wait_for, Daemon};
 use crate::topology::sh;
 use std::time::{Duration, Instant};
 

@@ -53,8 +53,8 @@ fn the_tests_start_the_daemon_in_one_place() {
         .filter(|(_, text)| text.contains("struct Daemon") || text.contains(".arg(\"run\")"))
         .map(|(name, _)| name)
         .collect();
-    assert_eq!(launchers, ["tests/daemon.rs"], "the daemon launcher is in one file");
-    let daemon = source("tests/daemon.rs");
-    assert_eq!(daemon.matches("struct Daemon").count(), 1);
-    assert_eq!(daemon.matches(".arg(\"run\")").count(), 1, "one place builds `fanlink run`");
+    assert_eq!(launchers, ["tests/launch.rs"], "the daemon launcher is in one file");
+    let launch = source("tests/launch.rs");
+    assert_eq!(launch.matches("struct Daemon").count(), 1);
+    assert_eq!(launch.matches(".arg(\"run\")").count(), 1, "one place builds `fanlink run`");
 }

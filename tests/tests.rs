@@ -12,6 +12,7 @@ mod fuzz;
 mod house;
 mod import;
 mod interop;
+mod launch;
 mod nat;
 mod netlink;
 mod networkd;

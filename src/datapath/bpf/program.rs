@@ -29,10 +29,10 @@ pub(crate) const SKB_DATA_END: i16 = 80;
 pub const TUNNEL_KEY_SIZE: i32 = 28;
 /// Where the key lives on the stack (8-byte aligned, 28 bytes rounded up to 32).
 const KEY: i16 = -32;
-/// Field offsets in `struct bpf_tunnel_key`.
-const KEY_TUNNEL_ID: i16 = 0;
-const KEY_REMOTE_IPV4: i16 = 4;
+/// `offsetof(struct bpf_tunnel_key, tunnel_ttl)`; tunnel_id is at 0, remote_ipv4 at 4.
 const KEY_TUNNEL_TTL: i16 = 21;
+/// A VNI is 24 bits; masked so that the 64-bit OR's sign extension cannot reach remote_ipv4.
+const VNI_MASK: u32 = 0x00ff_ffff;
 
 /// Frame layout: Ethernet header, then the IPv4 destination or the ARP target address.
 const ETH_TYPE: i16 = 12;
@@ -159,15 +159,23 @@ pub fn fan_egress(p: &FanProgram) -> Vec<Insn> {
     // Our own slice is local: the bridge delivers it, the tunnel must not loop it back.
     a.jump(jmp32_imm(Cond::Eq, R5, imm(u32::from(p.local))), "out");
 
-    // Zero the key (the helper rejects a non-zero tunnel_ext), then fill it in.
-    // remote_ipv4 is in host order: the helper converts it with cpu_to_be32.
-    a.emit(st_imm(Size::DW, R10, KEY, 0));
+    // The key, built in registers and written one whole 8-byte stack slot per store: the
+    // helper rejects a non-zero tunnel_ext, so every byte is written. Two narrower stores
+    // into one slot are refused before Linux 6.2 without CAP_PERFMON ("attempt to corrupt
+    // spilled pointer on stack"), which the unit does not grant.
+    // Slot 0: tunnel_id, then remote_ipv4 in host order (the helper converts it with
+    // cpu_to_be32); w5's upper half is zero after the 32-bit operations above.
+    a.emit(alu64_imm(Alu::Lsh, R5, 32));
+    a.emit(alu64_imm(Alu::Or, R5, imm(p.vni & VNI_MASK)));
+    a.emit(stx(Size::DW, R10, KEY, R5));
+    // Slot 1: the rest of remote_ipv6, unused.
     a.emit(st_imm(Size::DW, R10, KEY + 8, 0));
-    a.emit(st_imm(Size::DW, R10, KEY + 16, 0));
-    a.emit(st_imm(Size::W, R10, KEY + 24, 0));
-    a.emit(st_imm(Size::W, R10, KEY + KEY_TUNNEL_ID, imm(p.vni)));
-    a.emit(stx(Size::W, R10, KEY + KEY_REMOTE_IPV4, R5));
-    a.emit(st_imm(Size::B, R10, KEY + KEY_TUNNEL_TTL, i32::from(p.ttl)));
+    // Slot 2: tunnel_tos 0, tunnel_ttl, tunnel_ext 0.
+    a.emit(mov64_imm(R4, i32::from(p.ttl)));
+    a.emit(alu64_imm(Alu::Lsh, R4, 8 * i32::from(KEY_TUNNEL_TTL - 16)));
+    a.emit(stx(Size::DW, R10, KEY + 16, R4));
+    // Slot 3: tunnel_label 0 and 4 bytes past the key's 28.
+    a.emit(st_imm(Size::DW, R10, KEY + 24, 0));
     a.emit(mov64_reg(R1, R6));
     a.emit(mov64_reg(R2, R10)).emit(add64_imm(R2, i32::from(KEY)));
     a.emit(mov64_imm(R3, TUNNEL_KEY_SIZE));
