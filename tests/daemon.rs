@@ -428,7 +428,24 @@ fn a_fan_that_cannot_be_built_is_reported_failed_retried_and_logged_once() {
         .filter(|l| l.contains("ERROR") && l.contains("fan-250: attach fan program"))
         .count();
     assert_eq!(errors, 1, "logged once per cause, not once per attempt:\n{}", daemon_log());
+    // With the bus gone no reconcile can run: a due retry must wait for its next slot, not
+    // wake the daemon at once, again and again (it did: a busy loop).
+    host.harness.run("kill-bus", &[]);
+    daemon.wait_log("lost the system bus");
+    let wakes = || daemon_log().matches("event to last ack").count();
+    let before = wakes();
+    // Attempt 3 was just made; attempt 4 falls due 4 s after it, inside this window.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        wakes() - before <= 20,
+        "a few wakes in 5 s (the retry timer, kernel events), not {}",
+        wakes() - before
+    );
     daemon.kill9();
+    // networkd does not reconnect by itself: it restarts with the bus.
+    host.harness.run("kill-networkd", &[]);
+    host.harness.run("start-bus", &[]);
+    host.harness.run("start-networkd", &[]);
 
     // The same host with the capabilities back: the fan comes up, the status says so.
     let daemon = host.start();

@@ -42,9 +42,17 @@ impl Failures {
             Some(f) => (f.attempts + 1, true),
             None => (1, true),
         };
-        let backoff = FIRST_RETRY.saturating_mul(1 << (attempts - 1).min(6)).min(LAST_RETRY);
-        self.by_fan.insert(fan.clone(), Failure { step, error, attempts, retry_at: now + backoff });
+        self.by_fan.insert(fan.clone(), Failure { step, error, attempts, retry_at: now + backoff(attempts) });
         new_cause
+    }
+
+    /// The retry timer fired: every retry due is moved to its next slot before anything is
+    /// tried. A reconcile that cannot run (networkd gone, a dump failing) then waits for the
+    /// next slot instead of waking the daemon again at once.
+    pub fn retrying(&mut self, now: Instant) {
+        for f in self.by_fan.values_mut().filter(|f| f.retry_at <= now) {
+            f.retry_at = now + backoff(f.attempts);
+        }
     }
 
     /// The fan's plan now applied in full: forgets its failure and returns it, if any.
@@ -65,6 +73,11 @@ impl Failures {
     pub fn retain(&mut self, fans: &[IfName]) {
         self.by_fan.retain(|fan, _| fans.contains(fan));
     }
+}
+
+/// 1 s after the first failure, doubling up to 64 s.
+fn backoff(attempts: u32) -> Duration {
+    FIRST_RETRY.saturating_mul(1 << attempts.saturating_sub(1).min(6)).min(LAST_RETRY)
 }
 
 fn first_line(error: &str) -> &str {
@@ -95,6 +108,20 @@ mod tests {
         assert!(f.failed(&fan(), "nat".into(), "EINVAL".into(), t0), "another step: log it");
         assert_eq!(f.get(&fan()).unwrap().attempts, 14);
         assert_eq!(f.get(&fan()).unwrap().describe(), "nat: EINVAL (attempt 14)");
+    }
+
+    #[test]
+    fn a_retry_that_cannot_run_still_moves_the_timer() {
+        let mut f = Failures::default();
+        let t0 = Instant::now();
+        f.failed(&fan(), "load".into(), "EPERM".into(), t0);
+        f.failed(&fan(), "load".into(), "EPERM".into(), t0);
+        let due = t0 + Duration::from_secs(2);
+        f.retrying(due);
+        assert_eq!(f.next_retry(), Some(due + Duration::from_secs(2)), "never in the past");
+        assert_eq!(f.get(&fan()).unwrap().attempts, 2, "not an attempt of its own");
+        f.retrying(due);
+        assert_eq!(f.next_retry(), Some(due + Duration::from_secs(2)), "a retry not yet due stays");
     }
 
     #[test]

@@ -184,6 +184,9 @@ impl Daemon {
             if first.is_none() && self.reconnect_at.is_some_and(|at| at <= Instant::now()) {
                 self.connect();
             }
+            if first.is_none() {
+                self.fan_failures.retrying(Instant::now());
+            }
             // Drain the burst: one reconcile for all of it.
             for event in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
                 match event {
