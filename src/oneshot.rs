@@ -7,7 +7,7 @@ use crate::datapath::nft;
 use crate::fan::{FanMap, VXLAN_OVERHEAD};
 use crate::ifname::IfName;
 use crate::model::{Observed, Op, Underlay, Want};
-use crate::plan::{plan, plan_absent};
+use crate::plan::{plan, plan_absent_all, FanPlan};
 use crate::system::{Snapshot, System};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeSet;
@@ -127,13 +127,14 @@ pub fn down(name: Option<&str>, all: bool) -> Result<u8> {
         BTreeSet::from([name.parse::<IfName>().map_err(|e| anyhow!("{e}"))?])
     };
     let observed = sys.observe(&snap, &fans, &nat)?;
+    let names: Vec<IfName> = observed.fans.keys().cloned().collect();
     let mut failed = Vec::new();
-    for (fan, seen) in &observed.fans {
-        let result = plan_absent(fan, seen).map_err(|e| anyhow!(e)).and_then(|ops| {
+    for FanPlan { fan, result } in plan_absent_all(&names, &observed) {
+        let result = result.map_err(|e| anyhow!(e)).and_then(|ops| {
             if ops.is_empty() {
                 println!("{fan}: not on this host");
             }
-            apply_all(&mut sys, fan, &ops, None)
+            apply_all(&mut sys, &fan, &ops, None)
         });
         if let Err(e) = result {
             eprintln!("fanlink: {e:#}");
@@ -225,18 +226,19 @@ fn local_status(dirs: &[PathBuf]) -> Result<crate::status::Status> {
     }
     let names = fans.iter().map(|f| f.0.clone()).collect();
     let observed = sys.observe(&snap, &names, &nat_tables())?;
-    let plans: Vec<crate::plan::FanPlan> = fans
+    let targets: Vec<_> =
+        fans.iter().filter_map(|(_, rule, want, _)| Some(((*rule)?.clone(), want.clone()))).collect();
+    let orphans: Vec<IfName> =
+        fans.iter().filter(|f| f.1.is_none() && f.2 != Want::Keep).map(|f| f.0.clone()).collect();
+    let mut by_fan: std::collections::BTreeMap<IfName, FanPlan> = plan(&targets, &observed)
+        .into_iter()
+        .chain(plan_absent_all(&orphans, &observed))
+        .map(|p| (p.fan.clone(), p))
+        .collect();
+    let plans: Vec<FanPlan> = fans
         .iter()
-        .map(|(name, rule, want, _)| match rule {
-            Some(rule) => plan(&[((*rule).clone(), want.clone())], &observed).remove(0),
-            None => {
-                let seen = observed.fans.get(name).cloned().unwrap_or_default();
-                let result = match want {
-                    Want::Keep => Ok(Vec::new()),
-                    _ => plan_absent(name, &seen),
-                };
-                crate::plan::FanPlan { fan: name.clone(), result }
-            }
+        .map(|(name, ..)| {
+            by_fan.remove(name).unwrap_or(FanPlan { fan: name.clone(), result: Ok(Vec::new()) })
         })
         .collect();
     let decided: Vec<_> = fans.into_iter().map(|(_, rule, want, why)| (rule, want, why)).collect();

@@ -20,7 +20,7 @@ use crate::datapath::nft;
 use crate::model::Want;
 use crate::networkd::BusEvent;
 use crate::notify::Notifier;
-use crate::plan::{plan, plan_absent, FanPlan};
+use crate::plan::{plan, plan_absent_all, FanPlan};
 use crate::status::{self, Status};
 use crate::system::System;
 use std::collections::HashMap;
@@ -371,17 +371,20 @@ impl Daemon {
         self.dhcp.retain(&keep);
     }
 
+    /// One `plan` for the fans with rules (the host's datapath is planned once), and the
+    /// removal of the others; in the order of `decisions`.
     fn plans(&self, decisions: &[Decision], observed: &crate::model::Observed) -> Vec<FanPlan> {
-        decisions
-            .iter()
-            .map(|d| match self.rules.iter().find(|r| r.name == d.fan) {
-                Some(rule) => plan(&[(rule.clone(), d.want.clone())], observed).remove(0),
-                None => {
-                    let seen = observed.fans.get(&d.fan).cloned().unwrap_or_default();
-                    FanPlan { fan: d.fan.clone(), result: plan_absent(&d.fan, &seen) }
-                }
-            })
-            .collect()
+        let rule = |fan: &crate::ifname::IfName| self.rules.iter().find(|r| &r.name == fan);
+        let targets: Vec<_> =
+            decisions.iter().filter_map(|d| Some((rule(&d.fan)?.clone(), d.want.clone()))).collect();
+        let orphans: Vec<_> =
+            decisions.iter().filter(|d| rule(&d.fan).is_none()).map(|d| d.fan.clone()).collect();
+        let mut plans: std::collections::BTreeMap<_, _> = plan(&targets, observed)
+            .into_iter()
+            .chain(plan_absent_all(&orphans, observed))
+            .map(|p| (p.fan.clone(), p))
+            .collect();
+        decisions.iter().filter_map(|d| plans.remove(&d.fan)).collect()
     }
 
     /// One line per change of mind, saying why.
