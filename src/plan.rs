@@ -395,3 +395,7 @@ fn plan_up(
 #[cfg(test)]
 #[path = "plan_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "plan_shared_tests.rs"]
+mod shared_tests;
