@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::parse_all;
-use crate::model::{steer_tag, Datapath, Observed, SharedVxlan, Underlay, DROP_TAG};
+use crate::model::{steer_tag, Datapath, Observed, SharedVxlan, Underlay};
 use std::path::PathBuf;
 
 fn rule(octet: u8) -> Rule {
@@ -169,7 +169,7 @@ fn the_shared_vxlan_goes_with_the_last_fan() {
     assert_eq!(last.last().unwrap(), "delete link fanlink-vx");
     assert!(!last.iter().any(|o| o.starts_with("stop steering")), "the filter goes with the device");
     // One fan of two removed: the other keeps the shared vxlan.
-    let plans = plan_absent_all(&[b.name.clone()], &seen);
+    let plans = plan_absent_all(std::slice::from_ref(&b.name), &seen);
     assert!(!lines(&plans[0].result).contains(&"delete link fanlink-vx".to_string()));
 }
 
