@@ -108,9 +108,32 @@ pub fn up(dirs: &[PathBuf], target: &UpTarget, stop_after: Option<usize>) -> Res
     let ops = plan_one(&mut sys, &snap, &nat_tables(), &rule, Want::Up(underlay.clone()))?;
     if ops.is_empty() {
         println!("{}: up on {} with {}", rule.name, underlay.link, underlay.address);
+    } else {
+        sys.check_kernel().map_err(|e| anyhow!("{}: {e}", rule.name))?;
     }
-    apply_all(&mut sys, &rule.name, &ops, stop_after)?;
+    let result = apply_all(&mut sys, &rule.name, &ops, stop_after);
+    // A failed `up` of a new fan takes away what it made (a completed one stays as it is:
+    // the next `up` or the daemon finishes it).
+    if result.is_err() && ops.iter().any(|op| matches!(op, Op::CreateBridge { .. })) {
+        if let Err(e) = take_down(&mut sys, &rule.name) {
+            eprintln!("fanlink: {}: removing what the failed up made: {e:#}", rule.name);
+        }
+    }
+    result?;
     Ok(0)
+}
+
+/// Removes a fan as `down` does, quietly.
+fn take_down(sys: &mut System, fan: &IfName) -> Result<()> {
+    let snap = sys.snapshot()?;
+    let observed = sys.observe(&snap, &BTreeSet::from([fan.clone()]), &nat_tables())?;
+    for p in plan_absent_all(std::slice::from_ref(fan), &observed) {
+        for op in p.result.map_err(|e| anyhow!(e))? {
+            log::info!("{fan}: undo: {op}");
+            sys.apply(&op)?;
+        }
+    }
+    Ok(())
 }
 
 /// `fanlink down NAME` or `--all`: removes exactly what fanlink made, rule or not.

@@ -2,7 +2,8 @@
 //! between the two (the ops a reconcile would still apply). The daemon builds it from its
 //! own decisions; without a daemon the CLI builds it from the rules and the kernel.
 
-use crate::model::{Observed, ObservedFan, Op, Want};
+use crate::config::vxlan_name_for;
+use crate::model::{Observed, ObservedFan, Op, Want, SHARED_VXLAN};
 use crate::plan::FanPlan;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
@@ -25,6 +26,10 @@ pub struct FanStatus {
     pub bridge_address: Option<String>,
     pub bridge: Option<String>,
     pub vxlan: Option<String>,
+    /// The datapath the fan's devices are built for: "vnifilter" (its own vxlan) or
+    /// "shared" (a veth into the host's shared vxlan, for kernels without vnifilter).
+    #[serde(default)]
+    pub datapath: Option<String>,
     /// The attached program's tc filter name (its parameters) and kernel id.
     pub program: Option<String>,
     pub program_id: Option<u32>,
@@ -70,10 +75,22 @@ pub fn fan_status(wanted: Wanted<'_>, seen: &ObservedFan, plan: &FanPlan, drops:
         Want::Up(u) => (Some(u.link.to_string()), Some(u.address)),
         _ => (None, None),
     };
-    let drift = match &plan.result {
+    let mut drift: Vec<String> = match &plan.result {
         Ok(ops) => ops.iter().map(Op::to_string).collect(),
         Err(e) => vec![format!("cannot plan: {e}")],
     };
+    // A fan left half built while it is wanted down is not repaired until it comes up, but
+    // it is not what the rules describe either.
+    if drift.is_empty() && actual(seen) == "partial" {
+        let missing =
+            if seen.bridge.is_none() { plan.fan.to_string() } else { vxlan_name_for(&plan.fan).to_string() };
+        drift.push(format!("half built: {missing} is missing (completed when the fan comes up)"));
+    }
+    let datapath = seen.vxlan.as_ref().and_then(|v| match v.kind.as_deref() {
+        Some("vxlan") => Some("vnifilter".to_string()),
+        Some("veth") => Some("shared".to_string()),
+        _ => None,
+    });
     FanStatus {
         name: plan.fan.to_string(),
         overlay: map.map(|m| m.overlay().to_string()),
@@ -93,7 +110,8 @@ pub fn fan_status(wanted: Wanted<'_>, seen: &ObservedFan, plan: &FanPlan, drops:
         slice: map.zip(address).and_then(|(m, a)| m.slice(a).ok()).map(|s| s.to_string()),
         bridge_address: seen.bridge_addresses.first().map(|a| a.to_string()),
         bridge: seen.bridge.as_ref().map(|_| plan.fan.to_string()),
-        vxlan: seen.vxlan.as_ref().map(|_| crate::config::vxlan_name_for(&plan.fan).to_string()),
+        vxlan: seen.vxlan.as_ref().map(|_| vxlan_name_for(&plan.fan).to_string()),
+        datapath,
         program: seen.program.clone(),
         program_id: seen.program_id,
         drops,
@@ -123,6 +141,16 @@ pub fn render(status: &Status) -> String {
         let devices = [f.bridge.as_deref(), f.vxlan.as_deref()].iter().flatten().copied().collect::<Vec<_>>();
         let _ =
             writeln!(out, "  devices   {}", if devices.is_empty() { "-".into() } else { devices.join(", ") });
+        match f.datapath.as_deref() {
+            Some("shared") => {
+                let _ =
+                    writeln!(out, "  datapath  shared: {SHARED_VXLAN} steers the fan's VNI into its veth");
+            }
+            Some(d) => {
+                let _ = writeln!(out, "  datapath  {d}: the fan's own vxlan");
+            }
+            None => {}
+        }
         match (&f.program, f.program_id) {
             (Some(p), Some(id)) => {
                 let drops = f.drops.map_or("-".to_string(), |d| d.to_string());

@@ -90,6 +90,10 @@ struct Daemon {
 
 /// Runs until SIGTERM or SIGINT. Fans are left as they are on exit.
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    // A kernel below fanlink's minimum is refused before anything is touched.
+    let mut sys = System::open()?;
+    sys.check_kernel()?;
+    log::info!("datapath: {}", sys.datapath()?.as_str());
     // Before any thread exists, so that every thread inherits the mask and only the
     // signal thread receives these.
     sources::handled_signals().thread_block()?;
@@ -115,7 +119,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         opts,
         rules,
         rules_sound: errors.is_empty(),
-        sys: System::open()?,
+        sys,
         bus: None,
         following_kernel: opts_source_is_kernel,
         links: None,
