@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 mod datapath;
 mod dhcp;
+mod fans;
 mod faults;
 mod fuzz;
 mod import;
