@@ -117,6 +117,8 @@ pub struct Device {
     pub up: bool,
     pub mtu: u32,
     pub master: Option<u32>,
+    /// For a veth: its peer's ifindex.
+    pub link: Option<u32>,
     pub alias: Option<String>,
     pub mac: Option<[u8; 6]>,
     /// `IFLA_INFO_KIND`: "bridge", "vxlan", ...

@@ -129,8 +129,19 @@ fn built_by_fanlink(d: &Device) -> bool {
 
 /// A device of ours, or an error if the name is taken by something fanlink does not own.
 fn owned<'a>(device: &'a Option<Device>, name: &IfName, fan: &IfName) -> Result<Option<&'a Device>, String> {
+    owned_or_adopted(device, name, fan, false)
+}
+
+/// `owned`, where `adopt` says the device, unmarked, is recognised by its place (see
+/// `shared_ports`).
+fn owned_or_adopted<'a>(
+    device: &'a Option<Device>,
+    name: &IfName,
+    fan: &IfName,
+    adopt: bool,
+) -> Result<Option<&'a Device>, String> {
     match device {
-        Some(d) if d.alias.is_none() && built_by_fanlink(d) => Ok(Some(d)),
+        Some(d) if d.alias.is_none() && (adopt || built_by_fanlink(d)) => Ok(Some(d)),
         Some(d) if d.alias.as_deref().and_then(parse_alias).map(|(f, _)| f).as_ref() != Some(fan) => {
             Err(format!(
                 "a device named {name} exists that fanlink does not own (its alias is {:?}); \
@@ -142,6 +153,25 @@ fn owned<'a>(device: &'a Option<Device>, name: &IfName, fan: &IfName) -> Result<
     }
 }
 
+/// The fan's port and peer, ours or not. A veth pair fanlink made but could not mark (a
+/// crash between the create and the alias) is recognised by its place: `<fan>-vx` a port
+/// of the fan's bridge, `<fan>-vp` its peer.
+#[allow(clippy::type_complexity)]
+fn ports<'a>(
+    fan: &IfName,
+    seen: &'a ObservedFan,
+    bridge: Option<&Device>,
+) -> Result<(Option<&'a Device>, Option<&'a Device>), String> {
+    let vx = &seen.vxlan;
+    let veth = |d: &Device| d.kind.as_deref() == Some("veth") && d.alias.is_none();
+    let adopt_vx = vx.as_ref().is_some_and(|d| veth(d) && bridge.is_some_and(|b| d.master == Some(b.index)));
+    let port = owned_or_adopted(vx, &crate::config::vxlan_name_for(fan), fan, adopt_vx)?;
+    let adopt_vp =
+        seen.peer.as_ref().is_some_and(|p| veth(p) && port.is_some_and(|v| p.link == Some(v.index)));
+    let peer = owned_or_adopted(&seen.peer, &peer_name_for(fan), fan, adopt_vp)?;
+    Ok((port, peer))
+}
+
 pub fn plan_fan(
     rule: &Rule,
     want: &Want,
@@ -149,10 +179,8 @@ pub fn plan_fan(
     observed: &Observed,
     shared_index: Option<u32>,
 ) -> Result<Vec<Op>, String> {
-    let (bridge, vxlan) = (rule.name.clone(), rule.vxlan_name());
-    let seen_bridge = owned(&seen.bridge, &bridge, &rule.name)?;
-    let seen_vxlan = owned(&seen.vxlan, &vxlan, &rule.name)?;
-    owned(&seen.peer, &peer_name_for(&rule.name), &rule.name)?;
+    let seen_bridge = owned(&seen.bridge, &rule.name, &rule.name)?;
+    let (seen_vxlan, _) = ports(&rule.name, seen, seen_bridge)?;
     match want {
         Want::Up(underlay) => {
             let host = Host { datapath: observed.datapath, shared_index };
@@ -184,8 +212,7 @@ pub fn plan_absent(
 ) -> Result<Vec<Op>, String> {
     let vxlan = crate::config::vxlan_name_for(fan);
     let seen_bridge = owned(&seen.bridge, fan, fan)?;
-    let seen_vxlan = owned(&seen.vxlan, &vxlan, fan)?;
-    let seen_peer = owned(&seen.peer, &peer_name_for(fan), fan)?;
+    let (seen_vxlan, seen_peer) = ports(fan, seen, seen_bridge)?;
     let mut ops = Vec::new();
     if seen.nat.is_some() {
         ops.push(Op::DeleteNat { fan: fan.clone() });
@@ -310,9 +337,15 @@ fn plan_up(
             if !shared && !seen.vnis.contains(&rule.map.vni()) {
                 ops.push(Op::AddVni { vxlan: vxlan.clone(), vni: rule.map.vni() });
             }
-            if shared && seen.peer.as_ref().is_some_and(|p| p.mtu != mtu) {
-                let change = LinkChange { mtu: Some(mtu), ..Default::default() };
-                ops.push(Op::SetLink { link: peer.clone(), change });
+            if let Some(p) = seen.peer.as_ref().filter(|_| shared) {
+                let change = LinkChange {
+                    mtu: (p.mtu != mtu).then_some(mtu),
+                    alias: p.alias.is_none().then(|| alias.clone()),
+                    ..Default::default()
+                };
+                if change != LinkChange::default() {
+                    ops.push(Op::SetLink { link: peer.clone(), change });
+                }
             }
         }
         (stale, None) => {

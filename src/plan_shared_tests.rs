@@ -223,3 +223,26 @@ fn a_foreign_device_with_the_shared_name_blocks_the_shared_datapath_only() {
     seen.datapath = Datapath::Vnifilter;
     assert!(plan(&[(a.clone(), up())], &seen)[0].result.is_ok());
 }
+
+#[test]
+fn a_veth_pair_made_but_not_marked_before_a_crash_is_adopted_and_marked() {
+    let a = rule(250);
+    let mut seen = built(&a);
+    seen.vxlan.as_mut().unwrap().alias = None;
+    let peer = seen.peer.as_mut().unwrap();
+    (peer.alias, peer.link) = (None, Some(11));
+    let host = Some(shared(&[&a]));
+    let plans = plan(&[(a.clone(), up())], &observed(Datapath::Shared, &[(&a, seen.clone())], host.clone()));
+    assert_eq!(
+        lines(&plans[0].result),
+        ["set fan-250-vx alias fanlink:fan-250", "set fan-250-vp alias fanlink:fan-250"]
+    );
+    // A veth of that name in no bridge of ours is someone else's.
+    seen.vxlan.as_mut().unwrap().master = Some(99);
+    let plans = plan(&[(a.clone(), up())], &observed(Datapath::Shared, &[(&a, seen)], host));
+    assert!(plans[0]
+        .result
+        .as_ref()
+        .unwrap_err()
+        .starts_with("a device named fan-250-vx exists that fanlink does not own"));
+}

@@ -99,6 +99,7 @@ fn device(link: &LinkInfo) -> Device {
         up: link.up,
         mtu: link.mtu,
         master: link.master,
+        link: link.link,
         alias: link.alias.clone(),
         mac: link.mac,
         kind: link.kind.clone(),

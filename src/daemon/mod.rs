@@ -322,11 +322,17 @@ impl Daemon {
             following_kernel: self.following_kernel,
             ..Default::default()
         };
+        // The shared datapath's vxlan: its steering filters (tc events) and its state.
+        let shared = crate::model::SHARED_VXLAN;
+        interest.vxlans.insert(shared.to_string(), index(shared));
         for d in decisions {
             interest.bridges.insert(d.fan.to_string(), matches!(d.want, Want::Up(_)));
             interest.bridge_indexes.extend(index(d.fan.as_str()));
             let vxlan = crate::config::vxlan_name_for(&d.fan).to_string();
             interest.vxlans.insert(vxlan.clone(), index(&vxlan));
+            // The shared datapath's peer: it matters as the port does (deleted, or down).
+            let peer = crate::plan::peer_name_for(&d.fan).to_string();
+            interest.vxlans.insert(peer.clone(), index(&peer));
             if let Want::Up(u) = &d.want {
                 let link_mtu = snap.links.iter().find(|l| l.name == u.link.as_str()).map(|l| l.mtu);
                 interest.underlay_links.insert(u.link.to_string(), link_mtu.unwrap_or(0));

@@ -16,6 +16,7 @@ const RTM_SETLINK: u16 = 19;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_IFALIAS: u16 = 20;
@@ -47,6 +48,8 @@ pub struct LinkInfo {
     pub carrier: bool,
     pub mtu: u32,
     pub master: Option<u32>,
+    /// IFLA_LINK: for a veth, its peer's ifindex.
+    pub link: Option<u32>,
     /// IFLA_IFALIAS, where fanlink marks the links it owns.
     pub alias: Option<String>,
     pub mac: Option<[u8; 6]>,
@@ -241,6 +244,7 @@ pub fn parse_link(payload: &[u8]) -> Result<LinkInfo, DecodeError> {
         carrier: msg::ne_u32(&hdr[8..12]) & IFF_LOWER_UP != 0,
         mtu: 0,
         master: None,
+        link: None,
         alias: None,
         mac: None,
         kind: None,
@@ -252,6 +256,7 @@ pub fn parse_link(payload: &[u8]) -> Result<LinkInfo, DecodeError> {
             IFLA_IFNAME => l.name = a.str().to_owned(),
             IFLA_MTU => l.mtu = a.u32().ok_or(DecodeError("short IFLA_MTU"))?,
             IFLA_MASTER => l.master = a.u32().filter(|&m| m != 0),
+            IFLA_LINK => l.link = a.u32().filter(|&m| m != 0),
             IFLA_IFALIAS => l.alias = Some(a.str().to_owned()),
             IFLA_ADDRESS => l.mac = a.value.try_into().ok(),
             IFLA_LINKINFO => parse_linkinfo(a.nested(), &mut l)?,
