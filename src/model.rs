@@ -171,6 +171,9 @@ pub struct Observed {
     pub shared: Option<SharedVxlan>,
     /// Why the shared datapath cannot be built: something not fanlink's has its name.
     pub shared_blocked: Option<String>,
+    /// Every fan's vxlan of the vnifilter datapath, whatever fans were asked about: in the
+    /// shared datapath (a kernel change) they hold UDP 8472 and must go first.
+    pub vnifilter_vxlans: Vec<IfName>,
 }
 
 /// A change to an existing link; `None` fields stay as they are.

@@ -87,6 +87,17 @@ fn plan_host(observed: &Observed, mtu: Option<u32>) -> (Vec<Op>, Option<u32>) {
             Some(_) => (vec![Op::DeleteLink { link: shared_name }], None),
             None => (Vec::new(), None),
         },
+        // A kernel that lost vnifilter (or the datapath forced): the fans' own vxlans hold
+        // UDP 8472 and go first; each fan's plan builds its veth.
+        Datapath::Shared if !observed.vnifilter_vxlans.is_empty() => {
+            let mut ops: Vec<Op> =
+                observed.vnifilter_vxlans.iter().map(|v| Op::DeleteLink { link: v.clone() }).collect();
+            if seen.is_some() {
+                ops.push(Op::DeleteLink { link: shared_name });
+            }
+            ops.push(Op::CreateSharedVxlan { mtu });
+            (ops, None)
+        }
         Datapath::Shared => match seen {
             Some(s) if s.device.kind.as_deref() == Some("vxlan") && s.device.shared_vxlan => {
                 let mut ops = Vec::new();

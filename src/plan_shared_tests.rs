@@ -64,6 +64,7 @@ fn observed(datapath: Datapath, fans: &[(&Rule, ObservedFan)], shared: Option<Sh
         datapath,
         shared,
         shared_blocked: None,
+        vnifilter_vxlans: Vec::new(),
     }
 }
 
@@ -203,10 +204,14 @@ fn a_kernel_that_lost_vnifilter_replaces_the_fans_vxlan() {
         ..device(11, "vxlan", Some(owner_alias(&a.name, false)))
     });
     (seen.peer, seen.steer) = (None, None);
-    let ops = lines(&plan(&[(a.clone(), up())], &observed(Datapath::Shared, &[(&a, seen)], None))[0].result);
-    assert!(ops[0].starts_with("create vxlan fanlink-vx"));
+    let mut host = observed(Datapath::Shared, &[(&a, seen)], None);
+    // Another fan's vxlan too, not asked about: every one holds UDP 8472.
+    host.vnifilter_vxlans = vec!["fan-250-vx".parse().unwrap(), "fan-240-vx".parse().unwrap()];
+    let ops = lines(&plan(&[(a.clone(), up())], &host)[0].result);
+    assert_eq!(ops[..2], ["delete link fan-250-vx", "delete link fan-240-vx"]);
+    assert!(ops[2].starts_with("create vxlan fanlink-vx"));
     assert_eq!(
-        ops[1..3],
+        ops[3..5],
         [
             "delete link fan-250-vx",
             "create veth fan-250-vx peer fan-250-vp mtu 1450 master fan-250 alias fanlink:fan-250"

@@ -211,6 +211,12 @@ impl System {
             datapath: self.datapath()?,
             ..Default::default()
         };
+        observed.vnifilter_vxlans = snap
+            .links
+            .iter()
+            .filter(|l| l.alias.as_deref().and_then(parse_alias).is_some() && device(l).fan_vxlan)
+            .filter_map(|l| l.name.parse().ok())
+            .collect();
         let mut steers = BTreeMap::new();
         if let Some(l) = snap.link(SHARED_VXLAN) {
             let device = device(l);

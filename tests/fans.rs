@@ -143,3 +143,49 @@ crate::in_both_datapaths! {
         isolation(mode, 3);
     }
 }
+
+#[test]
+#[ignore = "needs root (network namespaces, netlink, BPF): run with --include-ignored"]
+fn a_host_that_changes_kernels_converges_to_the_other_datapath_and_back() {
+    // A reboot into a kernel with (or without) vnifilter, as the probe would see it.
+    let bed = bed(Mode::Vnifilter, 2);
+    let host = &bed.hosts[0].ns;
+    for mode in [Mode::Shared, Mode::Vnifilter, Mode::Shared] {
+        for o in &OCTETS[..2] {
+            fanlink(mode, host, &bed.rules, &format!("up fan-{o}"));
+        }
+        all_pairs(&bed, &[0, 1]);
+        let links = host.run("ip -o -d link show");
+        let shared =
+            links.contains("fanlink-vx") && links.contains("fan-250-vp") && links.contains("fan-251-vp");
+        let per_fan_vxlans = links.lines().filter(|l| l.contains("-vx") && l.contains("vnifilter")).count();
+        match mode {
+            Mode::Shared => assert!(shared && per_fan_vxlans == 0, "{mode:?}: {links}"),
+            Mode::Vnifilter => {
+                assert!(!links.contains("fanlink-vx") && !links.contains("-vp"), "{mode:?}: {links}");
+                assert_eq!(per_fan_vxlans, 2, "{links}");
+            }
+        }
+        let json = fanlink(mode, host, &bed.rules, "status --json");
+        let want = format!("\"datapath\": \"{}\"", if mode == Mode::Shared { "shared" } else { "vnifilter" });
+        assert_eq!(json.matches(&want).count(), 2, "{json}");
+        assert!(!json.contains("half built"), "{json}");
+    }
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, netlink, BPF, nft): run with --include-ignored"]
+fn a_failed_up_leaves_nothing_behind() {
+    // Another external vxlan holds UDP 8472 (as the shared one would on a kernel that gained
+    // vnifilter but was not recognised): the fan's vxlan cannot come up.
+    let switch = Switch::new();
+    let host = switch.host("10.99.1.1/16");
+    let rules = rules();
+    host.ns.run("ip link add other type vxlan external dstport 8472 && ip link set other up");
+    let cmd = format!("{} {BIN} --rules-dir {} up fan-250", Mode::Vnifilter.env(), rules.path().display());
+    let out = host.ns.sh(&cmd);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let links = host.ns.run("ip -o link show");
+    assert!(!links.contains("fan-250"), "the failed up removed what it made: {links}");
+    assert!(!host.ns.run("nft list tables").contains("fanlink"), "and its NAT table");
+}
