@@ -41,6 +41,9 @@ pub struct FanStatus {
     pub dhcp: Option<String>,
     /// What a reconcile would still change; empty when the kernel matches the rules.
     pub drift: Vec<String>,
+    /// The daemon's last attempt for this fan failed: the step, the error, the attempt count.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// The whole report.
@@ -118,6 +121,7 @@ pub fn fan_status(wanted: Wanted<'_>, seen: &ObservedFan, plan: &FanPlan, drops:
         nat: seen.nat.is_some(),
         dhcp: None,
         drift,
+        error: None,
     }
 }
 
@@ -161,6 +165,9 @@ pub fn render(status: &Status) -> String {
         let _ = writeln!(out, "  nat       {}", if f.nat { "masquerade" } else { "-" });
         if let Some(dhcp) = &f.dhcp {
             let _ = writeln!(out, "  dhcp      {dhcp}");
+        }
+        if let Some(error) = &f.error {
+            let _ = writeln!(out, "  failed    {error}");
         }
         if f.drift.is_empty() {
             out.push_str("  drift     none\n");

@@ -96,6 +96,7 @@ fn rejection_carries_the_verifier_log() {
     assert!(matches!(err, LoadError::Rejected { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.starts_with("the kernel's verifier rejected BPF program fanlink_bad (EACCES"), "{text}");
+    assert!(text.lines().next().unwrap().ends_with("): R0 !read_ok"), "the reason on the first line: {text}");
     assert!(text.contains("R0 !read_ok"), "{text}");
     load(&[mov64_imm(R0, 0), exit()], "fanlink_ok").unwrap();
 }

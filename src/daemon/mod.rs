@@ -7,23 +7,27 @@
 //! `decide`, `plan`, apply. A burst of events is drained first and reconciled once.
 
 mod decide;
+mod failures;
 mod follow;
 mod sources;
 
 pub use decide::{decide, decide_all, kernel_change_matters, kernel_views, Decision, Interest, LinkView};
+use failures::Failures;
 use follow::Bus;
 pub use follow::Source;
 pub use sources::control_path;
 
 use crate::config::{self, Rule};
 use crate::datapath::nft;
+use crate::ifname::IfName;
 use crate::model::Want;
 use crate::networkd::BusEvent;
 use crate::notify::Notifier;
 use crate::plan::{plan, plan_absent_all, FanPlan};
 use crate::status::{self, Status};
 use crate::system::System;
-use std::collections::HashMap;
+use crate::underlay::HostLink;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
@@ -75,6 +79,10 @@ struct Daemon {
     /// fanlink's NAT tables, re-read only after fanlink changed them (`nft` is a process).
     nat: Option<Vec<nft::NatTable>>,
     decisions: Vec<Decision>,
+    /// The kernel's part of the last decisions (fanlink's fans, the host's links): a bus
+    /// event is decided against it without reading the kernel, and costs a reconcile only
+    /// when it changes what some fan should be.
+    kernel_inputs: Option<(BTreeSet<IfName>, Vec<HostLink>)>,
     /// What kernel changes can matter, as of the last reconcile.
     interest: Interest,
     /// networkd has been followed once: from then on its absence is a restart to wait out.
@@ -82,7 +90,10 @@ struct Daemon {
     /// nftables changed since the accept rules were last ensured.
     firewall_changed: bool,
     reconnect_at: Option<Instant>,
+    /// Bus reconnects that failed in a row (their backoff).
     failures: usize,
+    /// Fans whose last plan or apply failed: retried with backoff, reported in the status.
+    fan_failures: Failures,
     notifier: Notifier,
     dhcp: crate::dhcp::Supervisor,
     tx: Sender<Event>,
@@ -125,11 +136,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         links: None,
         nat: None,
         decisions: Vec::new(),
+        kernel_inputs: None,
         interest: Interest::default(),
         firewall_changed: false,
         ever_followed_networkd: false,
         reconnect_at: None,
         failures: 0,
+        fan_failures: Failures::default(),
         notifier: Notifier::from_env(),
         dhcp: {
             let tx = tx.clone();
@@ -155,7 +168,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 impl Daemon {
     fn serve(&mut self, rx: Receiver<Event>) {
         loop {
-            let wake = [self.reconnect_at, self.dhcp.next_retry()].into_iter().flatten().min();
+            let wake = [self.reconnect_at, self.dhcp.next_retry(), self.fan_failures.next_retry()]
+                .into_iter()
+                .flatten()
+                .min();
             let first = match wake {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(e) => Some(e),
@@ -202,7 +218,9 @@ impl Daemon {
                 self.reload();
                 true
             }
-            Event::Bus(BusEvent::LinkChanged { index, oper, admin }) => self.link_changed(index, oper, admin),
+            Event::Bus(BusEvent::LinkChanged { index, oper, admin }) => {
+                self.link_changed(index, oper, admin) && self.wants_change()
+            }
             Event::Bus(_) if self.opts.source == Source::Kernel => false,
             Event::Bus(BusEvent::OwnerChanged { new_owner: None }) => {
                 if !self.following_kernel {
@@ -261,9 +279,7 @@ impl Daemon {
                 Some(links) if !self.following_kernel => links.clone(),
                 _ => kernel_views(&snap.links, &self.sys.routes()?),
             };
-            // Fans made by hand have no rule by design: never orphans.
-            let kernel_fans =
-                snap.kernel_fans().into_iter().filter(|(_, by_hand)| !by_hand).map(|(f, _)| f).collect();
+            let kernel_fans = managed_fans(&snap);
             let decisions =
                 decide_all(&self.rules, &kernel_fans, &snap.host_links(), &links, self.rules_sound);
             let fans = decisions.iter().map(|d| d.fan.clone()).collect();
@@ -280,29 +296,38 @@ impl Daemon {
             let mut changed = false;
             for (decision, fan_plan) in decisions.iter().zip(self.plans(&decisions, &observed)) {
                 self.log_decision(decision);
-                match fan_plan.result {
+                let applied = match fan_plan.result {
                     Ok(ops) => {
                         changed |= !ops.is_empty();
-                        if self.apply_ops(&decision.fan, &ops) {
-                            built.push(decision.fan.clone());
+                        self.apply_ops(&decision.fan, &ops)
+                    }
+                    Err(e) => Err(("plan".to_string(), e.to_string())),
+                };
+                match applied {
+                    Ok(()) => {
+                        built.push(decision.fan.clone());
+                        if let Some(f) = self.fan_failures.succeeded(&decision.fan) {
+                            log::info!("{}: recovered after {} failed attempt(s)", decision.fan, f.attempts);
                         }
                     }
-                    Err(e) => log::error!("{}: {e}", decision.fan),
+                    Err((step, error)) => self.failed(&decision.fan, step, error),
                 }
                 // A firewall may have appeared (Docker's FORWARD DROP) since the bridge was
                 // made; the accept rules are re-ensured, which changes nothing if they hold.
                 if self.firewall_changed && matches!(decision.want, Want::Up(_)) {
-                    self.apply_ops(
-                        &decision.fan,
-                        &[crate::model::Op::AcceptForwarding { fan: decision.fan.clone() }],
-                    );
+                    let accept = [crate::model::Op::AcceptForwarding { fan: decision.fan.clone() }];
+                    if let Err((step, error)) = self.apply_ops(&decision.fan, &accept) {
+                        self.failed(&decision.fan, step, error);
+                    }
                 }
             }
             self.firewall_changed = false;
+            self.fan_failures.retain(&decisions.iter().map(|d| d.fan.clone()).collect::<Vec<_>>());
             self.supervise_dhcp(&decisions, &built);
             // The interest names devices by index: after creating some, read them again.
             let snap = if changed { self.sys.snapshot()? } else { snap };
             self.interest = self.interest(&decisions, &snap);
+            self.kernel_inputs = Some((managed_fans(&snap), snap.host_links()));
             self.decisions = decisions;
             Ok(())
         })();
@@ -312,6 +337,35 @@ impl Daemon {
         if self.notifier.is_active() {
             self.notifier.status(&self.summary());
         }
+    }
+
+    /// Whether networkd's new view of the links changes what some fan should be. When it
+    /// does not (a link passing through `carrier` or `degraded`, the fan bridge's own state),
+    /// the new reasons are logged and no reconcile runs. A kernel change that came with the
+    /// bus event wakes a reconcile of its own.
+    fn wants_change(&mut self) -> bool {
+        let (Some((kernel_fans, host_links)), Some(links), false) =
+            (&self.kernel_inputs, &self.links, self.following_kernel)
+        else {
+            return true;
+        };
+        let decisions = decide_all(&self.rules, kernel_fans, host_links, links, self.rules_sound);
+        let same_wants = decisions.len() == self.decisions.len()
+            && decisions
+                .iter()
+                .zip(&self.decisions)
+                .all(|(new, old)| new.fan == old.fan && new.want == old.want);
+        if !same_wants {
+            return true;
+        }
+        for d in &decisions {
+            self.log_decision(d);
+        }
+        self.decisions = decisions;
+        if self.notifier.is_active() {
+            self.notifier.status(&self.summary());
+        }
+        false
     }
 
     /// What the next kernel changes must touch to be worth a reconcile.
@@ -342,19 +396,32 @@ impl Daemon {
     }
 
     /// Applies one fan's ops in order, logging each; the first failure stops the rest (the
-    /// next reconcile retries). Says whether all of them were applied.
-    fn apply_ops(&mut self, fan: &crate::ifname::IfName, ops: &[crate::model::Op]) -> bool {
+    /// next reconcile, or the retry timer, tries again). The error names the op that failed.
+    fn apply_ops(
+        &mut self,
+        fan: &crate::ifname::IfName,
+        ops: &[crate::model::Op],
+    ) -> Result<(), (String, String)> {
+        // A fan that keeps failing repeats its ops on every retry: those lines go to debug.
+        let level = if self.fan_failures.get(fan).is_some() { log::Level::Debug } else { log::Level::Info };
         for op in ops {
-            log::info!("{fan}: {op}");
+            log::log!(level, "{fan}: {op}");
             if matches!(op, crate::model::Op::WriteNat { .. } | crate::model::Op::DeleteNat { .. }) {
                 self.nat = None;
             }
-            if let Err(e) = self.sys.apply(op) {
-                log::error!("{fan}: {op}: {e}");
-                return false;
-            }
+            self.sys.apply(op).map_err(|e| (op.to_string(), e.to_string()))?;
         }
-        true
+        Ok(())
+    }
+
+    /// Records a failed step; its error is logged in full once per cause, at error priority.
+    fn failed(&mut self, fan: &crate::ifname::IfName, step: String, error: String) {
+        let line = format!("{fan}: {step}: {error}");
+        if self.fan_failures.failed(fan, step, error, Instant::now()) {
+            log::error!("{line}");
+        } else {
+            log::debug!("{line}");
+        }
     }
 
     /// dnsmasq runs for each fan with `dhcp = true` that is up (its plan applied in full:
@@ -413,9 +480,10 @@ impl Daemon {
         let parts: Vec<String> = self
             .decisions
             .iter()
-            .map(|d| match &d.want {
-                Want::Up(u) => format!("{} up on {}", d.fan, u.link),
-                other => format!("{} {} ({})", d.fan, want_word(other), d.why),
+            .map(|d| match (&d.want, self.fan_failures.get(&d.fan)) {
+                (want, Some(f)) => format!("{} not {}: {}", d.fan, want_word(want), f.describe()),
+                (Want::Up(u), None) => format!("{} up on {}", d.fan, u.link),
+                (other, None) => format!("{} {} ({})", d.fan, want_word(other), d.why),
             })
             .collect();
         format!("{} fan(s): {}", self.decisions.len(), parts.join(", "))
@@ -450,9 +518,16 @@ impl Daemon {
         for fan in &mut status.fans {
             let pid = fan.name.parse().ok().and_then(|name| self.dhcp.pid(&name));
             fan.dhcp = pid.map(|pid| format!("dnsmasq {pid}"));
+            fan.error =
+                fan.name.parse().ok().and_then(|name| self.fan_failures.get(&name)).map(|f| f.describe());
         }
         Ok(status)
     }
+}
+
+/// fanlink's fans in the kernel; those made by hand have no rule by design: never orphans.
+fn managed_fans(snap: &crate::system::Snapshot) -> BTreeSet<IfName> {
+    snap.kernel_fans().into_iter().filter(|(_, by_hand)| !by_hand).map(|(f, _)| f).collect()
 }
 
 pub fn want_word(want: &Want) -> &'static str {

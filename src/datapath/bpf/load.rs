@@ -30,10 +30,23 @@ pub enum LoadError {
     Name(String),
     #[error("BPF pin path {0:?} contains a NUL byte")]
     Path(String),
-    #[error("the kernel's verifier rejected BPF program {name} ({errno}):\n{log}")]
+    #[error("the kernel's verifier rejected BPF program {name} ({errno}): {}\n{log}", verdict(log))]
     Rejected { name: String, errno: Errno, log: String },
     #[error("{op}: {errno}{}", hint(*.errno))]
     Syscall { op: &'static str, errno: Errno },
+}
+
+/// The verifier's reason, for a one-line report: the last line of its log that is neither an
+/// instruction it walked nor its closing statistics.
+fn verdict(log: &str) -> &str {
+    let walked = |l: &str| l.split_once(": ").is_some_and(|(n, _)| n.parse::<u32>().is_ok());
+    let statistics =
+        |l: &str| ["processed ", "verification time", "stack depth"].iter().any(|s| l.starts_with(s));
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !walked(l) && !statistics(l))
+        .unwrap_or("see the log")
 }
 
 /// What a person can do about an errno the BPF syscall returned without a verifier log.
@@ -234,5 +247,16 @@ mod tests {
             e.to_string(),
             "BPF_PROG_LOAD: EPERM: Operation not permitted (needs CAP_BPF and CAP_NET_ADMIN, or root)"
         );
+    }
+
+    #[test]
+    fn the_verdict_is_the_reason_line() {
+        let debian12 = "43: (62) *(u32 *)(r10 -32) = 15990784   ; R10=fp0 fp-32_w=15990784\n\
+                        44: (63) *(u32 *)(r10 -28) = r5\n\
+                        attempt to corrupt spilled pointer on stack\n\
+                        processed 44 insns (limit 1000000) max_states_per_insn 0 total_states 2\n";
+        assert_eq!(verdict(debian12), "attempt to corrupt spilled pointer on stack");
+        assert_eq!(verdict("0: (95) exit\nR0 !read_ok\nprocessed 1 insns\n"), "R0 !read_ok");
+        assert_eq!(verdict(""), "see the log");
     }
 }
