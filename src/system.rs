@@ -363,6 +363,9 @@ impl System {
                     alias: Some(alias.clone()),
                 };
                 self.nl.create_veth(&new).exists_ok()?;
+                // Nothing of the host's may enter the fan's bridge through the peer (its
+                // IPv6 link-local chatter would teach the bridge the peer's MAC).
+                self.nl.no_ipv6_addresses(peer.as_str())?;
             }
             Op::AttachSteer { fan, vni, port } => {
                 let (shared, port) = (self.index(&shared_name())?, self.index(port)?);

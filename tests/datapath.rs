@@ -190,6 +190,11 @@ crate::in_both_datapaths! {
 /// Everything a namespace's network state is made of, for before/after comparisons; without
 /// what changes by itself (carrier, bridge timers, IPv6 link-local and its multicast).
 fn dump(ns: &Netns) -> String {
+    // A new veth port's carrier reaches the bridge through the kernel's linkwatch, up to a
+    // second later: its port state is compared once it has.
+    crate::topology::wait_for("bridge ports past disabled", std::time::Duration::from_secs(3), || {
+        !ns.run("bridge link show").contains("state disabled")
+    });
     ns.run(
         "{ ip -d link show; ip -4 addr; ip -4 route show table all; \
            for d in $(ls /sys/class/net); do tc qdisc show dev $d; tc filter show dev $d egress; done; \

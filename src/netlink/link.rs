@@ -20,7 +20,10 @@ const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_IFALIAS: u16 = 20;
+const IFLA_AF_SPEC: u16 = 26;
 const IFLA_EXT_MASK: u16 = 29;
+const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const IFLA_VXLAN_ID: u16 = 1;
@@ -190,6 +193,16 @@ pub fn new_veth_msg(v: &NewVeth) -> MsgBuilder {
     m
 }
 
+pub fn addr_gen_none_msg(name: &str) -> MsgBuilder {
+    let mut m = MsgBuilder::new(RTM_SETLINK, 0).header(&ifinfomsg(0, 0, 0));
+    m.str(IFLA_IFNAME, name).nest(IFLA_AF_SPEC, |m| {
+        m.nest(libc::AF_INET6 as u16, |m| {
+            m.u8(IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE);
+        });
+    });
+    m
+}
+
 /// A message that makes the kernel load the vxlan driver if it is a module (on a kernel
 /// with vnifilter, its RTM_*TUNNEL handlers exist only once it is loaded) and then fails
 /// its validation: a VNI of 2^24 is out of range, so nothing is created.
@@ -335,6 +348,12 @@ impl Netlink {
         self.request(new_veth_msg(v)).map_err(|e| e.context("create veth", Some(&v.name)))?;
         self.set_new_alias(&v.name, v.alias.as_deref())?;
         self.set_new_alias(&v.peer, v.alias.as_deref())
+    }
+
+    /// `ip link set NAME addrgenmode none`: the link gets no IPv6 link-local address, so the
+    /// host sends nothing from it (no DAD, router solicitation or MLD). Before it is up.
+    pub fn no_ipv6_addresses(&mut self, name: &str) -> Result<(), Error> {
+        self.request(addr_gen_none_msg(name)).map_err(|e| e.context("set addrgenmode none", Some(name)))
     }
 
     /// Asks the kernel to load the vxlan driver (see `load_vxlan_msg`); the expected answer
