@@ -199,3 +199,30 @@ pub fn collect(
         .collect();
     Status { source: source.to_string(), fans }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Device;
+
+    #[test]
+    fn a_half_built_fan_is_drift_and_the_datapath_is_named() {
+        let plan = FanPlan { fan: "fan-250".parse().unwrap(), result: Ok(Vec::new()) };
+        let bridge = Device { kind: Some("bridge".into()), ..Default::default() };
+        let half = ObservedFan { bridge: Some(bridge.clone()), ..Default::default() };
+        let wanted = || Wanted { rule: None, want: &Want::Down, why: "no address" };
+        let s = fan_status(wanted(), &half, &plan, None);
+        assert_eq!(s.actual, "partial");
+        assert_eq!(s.drift, ["half built: fan-250-vx is missing (completed when the fan comes up)"]);
+        assert!(render(&Status { source: "t".into(), fans: vec![s] }).contains("drift     half built"));
+        let veth = Device { kind: Some("veth".into()), up: true, ..Default::default() };
+        let built = ObservedFan {
+            bridge: Some(Device { up: true, ..bridge }),
+            vxlan: Some(veth),
+            ..Default::default()
+        };
+        let s = fan_status(wanted(), &built, &plan, None);
+        assert_eq!((s.datapath.as_deref(), s.drift.len()), (Some("shared"), 0));
+        assert!(render(&Status { source: "t".into(), fans: vec![s] }).contains("datapath  shared"));
+    }
+}
