@@ -32,6 +32,13 @@ pub struct Cli {
     #[arg(long = "runtime-dir", value_name = "DIR", default_value = "/run/fanlink", global = true)]
     pub runtime_dir: PathBuf,
 
+    /// How fans are built: `vnifilter` (a vxlan per fan; Linux 5.18+), `shared` (one vxlan
+    /// for the host, a veth per fan, VNIs steered by tc-BPF; any kernel from 5.1), or `auto`:
+    /// what the kernel supports, by a probe. For tests and for hosts whose probe misleads.
+    #[arg(long, value_name = "MODE", env = "FANLINK_DATAPATH", default_value = "auto", global = true,
+          value_parser = ["auto", "vnifilter", "shared"])]
+    pub datapath: String,
+
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,

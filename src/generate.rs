@@ -105,6 +105,26 @@ fn command_section(sub: clap::Command) -> Result<String> {
     Ok(text)
 }
 
+/// The kernel features fanlink uses and the release that brought each (README: Kernels).
+const KERNEL_FEATURES: &[(&str, &str)] = &[
+    ("vxlan external (collect_md)", "Linux 4.3."),
+    ("tc clsact, cls_bpf direct-action", "Linux 4.5."),
+    ("bpf_skb_set_tunnel_key, bpf_skb_get_tunnel_key, bpf_redirect to ingress", "Linux 4.5."),
+    ("BPF JMP32 instructions", "Linux 5.1: the minimum."),
+    (
+        "CAP_BPF",
+        "Linux 5.8. The unit grants CAP_NET_ADMIN and CAP_BPF; before 5.8 loading a program needs \
+         CAP_SYS_ADMIN instead.",
+    ),
+    ("BPF memory charged to the cgroup", "Linux 5.11; before, fanlink raises its RLIMIT_MEMLOCK soft limit."),
+    (
+        "vxlan vnifilter",
+        "Linux 5.18: the vnifilter datapath, a vxlan per fan. Without it (probed, not read from \
+         the version) the shared datapath: one external vxlan for the host, a veth per fan, and \
+         tc programs that steer each VNI into its fan. Both are the same on the wire.",
+    ),
+];
+
 /// EXIT STATUS, FILES, ENVIRONMENT, SEE ALSO: facts about the program, not its arguments.
 fn trailer() -> Roff {
     let mut r = Roff::new();
@@ -125,9 +145,19 @@ fn trailer() -> Roff {
     ] {
         r.control("TP", []).text([italic(path)]).text([roman(what)]);
     }
+    r.control("SH", ["KERNEL"]);
+    r.text([roman(
+        "fanlink needs Linux 5.1 or later; up and run refuse an older kernel before changing anything, \
+         naming what it lacks. What it uses, and the kernel that brings it:",
+    )]);
+    for (feature, what) in KERNEL_FEATURES {
+        r.control("TP", []).text([bold(*feature)]).text([roman(*what)]);
+    }
     r.control("SH", ["ENVIRONMENT"]);
     r.control("TP", []).text([bold("RUST_LOG")]);
     r.text([roman("Log filter, e.g. debug or fanlink=trace; overrides -v.")]);
+    r.control("TP", []).text([bold("FANLINK_DATAPATH")]);
+    r.text([roman("auto (the default), vnifilter or shared: as --datapath.")]);
     r.control("SH", ["SEE ALSO"]);
     r.text([
         bold("fanlink.d"),

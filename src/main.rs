@@ -18,6 +18,8 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose);
+    // The option reaches `System` as the variable it also documents; no thread runs yet.
+    std::env::set_var(fanlink::system::DATAPATH_ENV, &cli.datapath);
     match run(cli) {
         Ok(status) => ExitCode::from(status),
         Err(err) => {

@@ -2,8 +2,9 @@
 //! between the two (the ops a reconcile would still apply). The daemon builds it from its
 //! own decisions; without a daemon the CLI builds it from the rules and the kernel.
 
+use crate::config::vxlan_name_for;
 use crate::fan::FanMap;
-use crate::model::{Observed, ObservedFan, Op, Want};
+use crate::model::{Observed, ObservedFan, Op, Want, SHARED_VXLAN};
 use crate::plan::FanPlan;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
@@ -27,6 +28,10 @@ pub struct FanStatus {
     pub bridge_address: Option<String>,
     pub bridge: Option<String>,
     pub vxlan: Option<String>,
+    /// The datapath the fan's devices are built for: "vnifilter" (its own vxlan) or
+    /// "shared" (a veth into the host's shared vxlan, for kernels without vnifilter).
+    #[serde(default)]
+    pub datapath: Option<String>,
     /// The attached program's tc filter name (its parameters) and kernel id.
     pub program: Option<String>,
     pub program_id: Option<u32>,
@@ -100,10 +105,22 @@ pub fn fan_status(wanted: Wanted<'_>, seen: &ObservedFan, plan: &FanPlan, drops:
         Some(rule) => Some(rule.map.vni()),
         None => kernel.map(|(_, _, vni)| vni),
     };
-    let drift = match &plan.result {
+    let mut drift: Vec<String> = match &plan.result {
         Ok(ops) => ops.iter().map(Op::to_string).collect(),
         Err(e) => vec![format!("cannot plan: {e}")],
     };
+    // A fan left half built while it is wanted down is not repaired until it comes up, but
+    // it is not what the rules describe either.
+    if drift.is_empty() && actual(seen) == "partial" {
+        let missing =
+            if seen.bridge.is_none() { plan.fan.to_string() } else { vxlan_name_for(&plan.fan).to_string() };
+        drift.push(format!("half built: {missing} is missing (completed when the fan comes up)"));
+    }
+    let datapath = seen.vxlan.as_ref().and_then(|v| match v.kind.as_deref() {
+        Some("vxlan") => Some("vnifilter".to_string()),
+        Some("veth") => Some("shared".to_string()),
+        _ => None,
+    });
     FanStatus {
         name: plan.fan.to_string(),
         overlay: map.map(|m| m.overlay().to_string()),
@@ -123,7 +140,8 @@ pub fn fan_status(wanted: Wanted<'_>, seen: &ObservedFan, plan: &FanPlan, drops:
         slice: map.zip(address).and_then(|(m, a)| m.slice(a).ok()).map(|s| s.to_string()),
         bridge_address: seen.bridge_addresses.first().map(|a| a.to_string()),
         bridge: seen.bridge.as_ref().map(|_| plan.fan.to_string()),
-        vxlan: seen.vxlan.as_ref().map(|_| crate::config::vxlan_name_for(&plan.fan).to_string()),
+        vxlan: seen.vxlan.as_ref().map(|_| vxlan_name_for(&plan.fan).to_string()),
+        datapath,
         program: seen.program.clone(),
         program_id: seen.program_id,
         drops,
@@ -154,6 +172,16 @@ pub fn render(status: &Status) -> String {
         let devices = [f.bridge.as_deref(), f.vxlan.as_deref()].iter().flatten().copied().collect::<Vec<_>>();
         let _ =
             writeln!(out, "  devices   {}", if devices.is_empty() { "-".into() } else { devices.join(", ") });
+        match f.datapath.as_deref() {
+            Some("shared") => {
+                let _ =
+                    writeln!(out, "  datapath  shared: {SHARED_VXLAN} steers the fan's VNI into its veth");
+            }
+            Some(d) => {
+                let _ = writeln!(out, "  datapath  {d}: the fan's own vxlan");
+            }
+            None => {}
+        }
         match (&f.program, f.program_id) {
             (Some(p), Some(id)) => {
                 let drops = f.drops.map_or("-".to_string(), |d| d.to_string());
@@ -204,6 +232,7 @@ mod tests {
     use super::*;
     use crate::datapath::bpf::FanProgram;
     use crate::ifname::IfName;
+    use crate::model::Device;
 
     #[test]
     fn a_fan_without_a_rule_is_described_by_its_program() {
@@ -231,5 +260,26 @@ mod tests {
         assert_eq!(from_program(tag), Some((map, "192.168.3.4".parse().unwrap(), 42)));
         assert_eq!(from_program("fanlink 241.0.0.0/8"), None);
         assert_eq!(from_program("other 241.0.0.0/8 192.168.0.0/16 192.168.3.4"), None);
+    }
+
+    #[test]
+    fn a_half_built_fan_is_drift_and_the_datapath_is_named() {
+        let plan = FanPlan { fan: "fan-250".parse().unwrap(), result: Ok(Vec::new()) };
+        let bridge = Device { kind: Some("bridge".into()), ..Default::default() };
+        let half = ObservedFan { bridge: Some(bridge.clone()), ..Default::default() };
+        let wanted = || Wanted { rule: None, want: &Want::Down, why: "no address" };
+        let s = fan_status(wanted(), &half, &plan, None);
+        assert_eq!(s.actual, "partial");
+        assert_eq!(s.drift, ["half built: fan-250-vx is missing (completed when the fan comes up)"]);
+        assert!(render(&Status { source: "t".into(), fans: vec![s] }).contains("drift     half built"));
+        let veth = Device { kind: Some("veth".into()), up: true, ..Default::default() };
+        let built = ObservedFan {
+            bridge: Some(Device { up: true, ..bridge }),
+            vxlan: Some(veth),
+            ..Default::default()
+        };
+        let s = fan_status(wanted(), &built, &plan, None);
+        assert_eq!((s.datapath.as_deref(), s.drift.len()), (Some("shared"), 0));
+        assert!(render(&Status { source: "t".into(), fans: vec![s] }).contains("datapath  shared"));
     }
 }

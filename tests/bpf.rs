@@ -259,3 +259,20 @@ fn fan_vxlan(f: &[u8]) -> &'static str {
         _ => panic!("unexpected frame {f:02x?}"),
     }
 }
+
+#[test]
+#[ignore = "needs root (CAP_BPF): run with --include-ignored"]
+fn kernel_accepts_the_shared_datapaths_programs() {
+    use fanlink::datapath::bpf::{drop_all, fan_steer, steer_prog_name};
+    let shared = FanProgram { redirect: Some(1), ..example() };
+    for (insns, name, len) in [
+        (fan_egress(&shared), shared.prog_name(), 60),
+        (fan_steer(shared.vni, 1), steer_prog_name(shared.vni), 14),
+        (drop_all(), "fanlink_drop".to_string(), 2),
+    ] {
+        let fd = load(&insns, &name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let info = prog_info(fd.as_fd()).unwrap();
+        assert_eq!((info.name.as_str(), insns.len()), (name.as_str(), len));
+        assert_eq!(info.xlated_insns as usize, insns.len(), "{name}: the verifier rewrote only in place");
+    }
+}

@@ -4,7 +4,7 @@
 
 use crate::cli::TempDir;
 pub use crate::launch::{wait_until, Daemon, Launch, SOON};
-use crate::topology::{sh, wait_for, Netns};
+use crate::topology::{sh, wait_for, Mode, Netns};
 use crate::util::Harness;
 use std::path::Path;
 use std::time::Duration;
@@ -18,16 +18,24 @@ pub struct Host {
     pub harness: Harness,
     pub rules: TempDir,
     pub runtime: TempDir,
+    pub mode: Mode,
 }
 
 impl Host {
     pub fn new(name: &str, address: &str, knobs: &[(&str, &str)]) -> Host {
+        Host::new_in(Mode::Vnifilter, name, address, knobs)
+    }
+
+    /// A host whose fanlink builds the datapath `mode`.
+    pub fn new_in(mode: Mode, name: &str, address: &str, knobs: &[(&str, &str)]) -> Host {
         let mut all = vec![("UPLINK_ADDR", address), ("PEER_ADDR", "10.99.254.254/16"), ("UPLINK_GW", "")];
         all.extend_from_slice(knobs);
-        let harness = Harness::start_with(name, &all);
+        // Both modes of a test run at once: their harness names must differ.
+        let name = if mode == Mode::Shared { format!("s{name}") } else { name.to_string() };
+        let harness = Harness::start_with(&name, &all);
         let rules = TempDir::new("rules");
         rules.write("50-test.toml", FAN_250);
-        Host { harness, rules, runtime: TempDir::new("run") }
+        Host { harness, rules, runtime: TempDir::new("run"), mode }
     }
 
     pub fn ns(&self) -> &str {
@@ -47,7 +55,7 @@ impl Host {
     /// empty for none), with `runtime` as its runtime directory.
     pub fn start_wrapped(&self, wrapper: &[&str], runtime: &Path) -> Daemon {
         let launch = Launch::new(self.ns(), self.harness.bus(), self.rules.path(), self.runtime.path());
-        Daemon::start(&Launch { wrapper, runtime: Some(runtime), ..launch })
+        Daemon::start(&Launch { wrapper, runtime: Some(runtime), env: &[self.mode.env()], ..launch })
     }
 
     /// A container namespace on the fan bridge: veth `cv0` here, `eth0` 250.1.1.10/8 there.
@@ -86,81 +94,84 @@ impl Host {
     }
 }
 
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn the_fan_comes_up_whether_fanlink_starts_before_or_after_routable() {
-    let host = Host::new("early", "10.99.1.1/16", &[]);
-    let daemon = host.start();
-    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
-    daemon.wait_log("fan-250: up: uplink0 routable with 10.99.1.1");
-    drop(daemon);
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn the_fan_comes_up_whether_fanlink_starts_before_or_after_routable(mode) {
+        let host = Host::new_in(mode, "early", "10.99.1.1/16", &[]);
+        let daemon = host.start();
+        host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+        daemon.wait_log("fan-250: up: uplink0 routable with 10.99.1.1");
+        drop(daemon);
 
-    let late = Host::new("late", "10.99.2.2/16", &[]);
-    late.harness.run("carrier", &["down"]);
-    let daemon = late.start();
-    daemon.wait_log("running: 1 fan(s)");
-    assert_eq!(late.fan("fan-250"), "absent", "no fan before the underlay is routable");
-    late.harness.run("carrier", &["up"]);
-    late.wait_fan("fan-250", "up 250.2.2.1/8", &daemon);
-}
-
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn flaps_take_the_fan_down_and_up_and_containers_stay_attached() {
-    let host = Host::new("flap", "10.99.1.1/16", &[]);
-    let daemon = host.start();
-    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
-    let _container = host.container();
-    host.harness.run("carrier", &["down"]);
-    host.wait_fan("fan-250", "down", &daemon);
-    host.harness.run("carrier", &["up"]);
-    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
-    host.harness.run("link", &["down"]);
-    host.wait_fan("fan-250", "down", &daemon);
-    host.harness.run("link", &["up"]);
-    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
-    for _ in 0..50 {
-        host.harness.run("carrier", &["down"]);
-        host.harness.run("carrier", &["up"]);
+        let late = Host::new_in(mode, "late", "10.99.2.2/16", &[]);
+        late.harness.run("carrier", &["down"]);
+        let daemon = late.start();
+        daemon.wait_log("running: 1 fan(s)");
+        assert_eq!(late.fan("fan-250"), "absent", "no fan before the underlay is routable");
+        late.harness.run("carrier", &["up"]);
+        late.wait_fan("fan-250", "up 250.2.2.1/8", &daemon);
     }
-    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
-    assert!(host.sh("ip -o link show dev cv0").contains("master fan-250"), "the container is still attached");
-    // The last flaps' events may still be in flight: the fan settles up, then answers.
-    wait_for("host -> container after the flaps", SOON, || {
-        host.fan("fan-250") == "up 250.1.1.1/8"
-            && sh(Some(host.ns()), "ping -c1 -W1 250.1.1.10").status.success()
-    });
 }
 
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn fanlink_resyncs_after_networkd_and_the_bus_restart() {
-    let host = Host::new("restart", "10.99.1.1/16", &[]);
-    let daemon = host.start();
-    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn flaps_take_the_fan_down_and_up_and_containers_stay_attached(mode) {
+        let host = Host::new_in(mode, "flap", "10.99.1.1/16", &[]);
+        let daemon = host.start();
+        host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+        let _container = host.container();
+        host.harness.run("carrier", &["down"]);
+        host.wait_fan("fan-250", "down", &daemon);
+        host.harness.run("carrier", &["up"]);
+        host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+        host.harness.run("link", &["down"]);
+        host.wait_fan("fan-250", "down", &daemon);
+        host.harness.run("link", &["up"]);
+        host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+        for _ in 0..50 {
+            host.harness.run("carrier", &["down"]);
+            host.harness.run("carrier", &["up"]);
+        }
+        host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+        assert!(host.sh("ip -o link show dev cv0").contains("master fan-250"), "the container is still attached");
+        // The last flaps' events may still be in flight: the fan settles up, then answers.
+        wait_for("host -> container after the flaps", SOON, || {
+            host.fan("fan-250") == "up 250.1.1.1/8"
+                && sh(Some(host.ns()), "ping -c1 -W1 250.1.1.10").status.success()
+        });
+    }
+}
 
-    // networkd gone while the uplink loses carrier: fans stay as they are until it is back.
-    host.harness.run("kill-networkd", &[]);
-    daemon.wait_log("networkd left the bus");
-    host.harness.run("carrier", &["down"]);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(host.fan("fan-250"), "up 250.1.1.1/8", "nothing changes while networkd is away");
-    host.harness.run_with("start-networkd", &[], &[("WAIT_ROUTABLE", "0")]);
-    host.wait_fan("fan-250", "down", &daemon);
-    host.harness.run("carrier", &["up"]);
-    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn fanlink_resyncs_after_networkd_and_the_bus_restart(mode) {
+        let host = Host::new_in(mode, "restart", "10.99.1.1/16", &[]);
+        let daemon = host.start();
+        host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
 
-    // The bus itself restarts (networkd does not reconnect by itself, so it restarts too).
-    host.harness.run("kill-bus", &[]);
-    daemon.wait_log("lost the system bus");
-    host.harness.run("kill-networkd", &[]);
-    host.harness.run("start-bus", &[]);
-    host.harness.run("start-networkd", &[]);
-    daemon.wait_log("networkd is on the bus");
-    host.harness.run("carrier", &["down"]);
-    host.wait_fan("fan-250", "down", &daemon);
-    host.harness.run("carrier", &["up"]);
-    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+        // networkd gone while the uplink loses carrier: fans stay as they are until it is back.
+        host.harness.run("kill-networkd", &[]);
+        daemon.wait_log("networkd left the bus");
+        host.harness.run("carrier", &["down"]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(host.fan("fan-250"), "up 250.1.1.1/8", "nothing changes while networkd is away");
+        host.harness.run_with("start-networkd", &[], &[("WAIT_ROUTABLE", "0")]);
+        host.wait_fan("fan-250", "down", &daemon);
+        host.harness.run("carrier", &["up"]);
+        host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+
+        // The bus itself restarts (networkd does not reconnect by itself, so it restarts too).
+        host.harness.run("kill-bus", &[]);
+        daemon.wait_log("lost the system bus");
+        host.harness.run("kill-networkd", &[]);
+        host.harness.run("start-bus", &[]);
+        host.harness.run("start-networkd", &[]);
+        daemon.wait_log("networkd is on the bus");
+        host.harness.run("carrier", &["down"]);
+        host.wait_fan("fan-250", "down", &daemon);
+        host.harness.run("carrier", &["up"]);
+        host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    }
 }
 
 #[test]
@@ -196,115 +207,120 @@ fn forged_signals_change_nothing() {
     assert!(!log.contains("../../x"), "bus strings never reach the log unescaped:\n{log}");
 }
 
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn sighup_reloads_and_a_broken_rule_file_changes_nothing() {
-    let host = Host::new("hup", "10.99.1.1/16", &[]);
-    let daemon = host.start();
-    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
-    host.rules.write("60-second.toml", FAN_251);
-    daemon.signal_hup();
-    host.wait_fan("fan-251", "up 251.1.1.1/8", &daemon);
-
-    host.rules.write("70-broken.toml", "[[fan]]\noverlay = \"252.0.0.0/8\"\nunderlay = 7\n");
-    std::fs::remove_file(host.rules.path().join("60-second.toml")).unwrap();
-    daemon.signal_hup();
-    daemon.wait_log("reload refused: 1 error(s) in the rules; running fans are untouched");
-    assert!(daemon.log().contains("70-broken.toml:3:12: error: `underlay` must be a string"));
-    assert_eq!(host.fan("fan-251"), "up 251.1.1.1/8", "a broken reload changes nothing");
-
-    std::fs::remove_file(host.rules.path().join("70-broken.toml")).unwrap();
-    daemon.signal_hup();
-    host.wait_fan("fan-251", "absent", &daemon);
-    assert_eq!(host.fan("fan-250"), "up 250.1.1.1/8");
-}
-
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn kill_9_while_bringing_a_fan_up_then_restart_leaves_one_of_everything() {
-    let host = Host::new("kill", "10.99.1.1/16", &[]);
-    for delay_ms in [0, 2, 5, 10, 20, 40] {
-        let mut daemon = host.start();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        daemon.child.kill().unwrap();
-        daemon.child.wait().unwrap();
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn sighup_reloads_and_a_broken_rule_file_changes_nothing(mode) {
+        let host = Host::new_in(mode, "hup", "10.99.1.1/16", &[]);
         let daemon = host.start();
         host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
-        daemon.wait_log("running:");
-        let count = |cmd: &str| host.sh(cmd).lines().count();
-        assert_eq!(count("ip -o link show type bridge"), 1, "one bridge (after {delay_ms} ms)");
-        assert_eq!(count("ip -o link show type vxlan"), 1, "one vxlan");
-        assert_eq!(count("tc filter show dev fan-250-vx egress | grep fanlink"), 1, "one filter");
-        assert_eq!(count("nft list tables | grep fanlink"), 1, "one nat table");
-        drop(daemon);
-        host.sh(&format!("{BIN} down --all"));
+        host.rules.write("60-second.toml", FAN_251);
+        daemon.signal_hup();
+        host.wait_fan("fan-251", "up 251.1.1.1/8", &daemon);
+
+        host.rules.write("70-broken.toml", "[[fan]]\noverlay = \"252.0.0.0/8\"\nunderlay = 7\n");
+        std::fs::remove_file(host.rules.path().join("60-second.toml")).unwrap();
+        daemon.signal_hup();
+        daemon.wait_log("reload refused: 1 error(s) in the rules; running fans are untouched");
+        assert!(daemon.log().contains("70-broken.toml:3:12: error: `underlay` must be a string"));
+        assert_eq!(host.fan("fan-251"), "up 251.1.1.1/8", "a broken reload changes nothing");
+
+        std::fs::remove_file(host.rules.path().join("70-broken.toml")).unwrap();
+        daemon.signal_hup();
+        host.wait_fan("fan-251", "absent", &daemon);
+        assert_eq!(host.fan("fan-250"), "up 250.1.1.1/8");
     }
 }
 
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn a_new_underlay_address_moves_the_fan() {
-    let host = Host::new("move", "10.99.1.1/16", &[]);
-    let daemon = host.start();
-    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
-    host.harness.run("set-address", &["10.99.7.7/16"]);
-    host.wait_fan("fan-250", "up 250.7.7.1/8", &daemon);
-    assert!(host.sh("tc filter show dev fan-250-vx egress").contains("10.99.7.7"));
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn kill_9_while_bringing_a_fan_up_then_restart_leaves_one_of_everything(mode) {
+        let host = Host::new_in(mode, "kill", "10.99.1.1/16", &[]);
+        for delay_ms in [0, 2, 5, 10, 20, 40] {
+            let mut daemon = host.start();
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            daemon.child.kill().unwrap();
+            daemon.child.wait().unwrap();
+            let daemon = host.start();
+            host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+            daemon.wait_log("running:");
+            let count = |cmd: &str| host.sh(cmd).lines().count();
+            assert_eq!(count("ip -o link show type bridge"), 1, "one bridge (after {delay_ms} ms)");
+            assert_eq!(count("ip -o link show type vxlan"), 1, "one vxlan");
+            assert_eq!(count("tc filter show dev fan-250-vx egress | grep fanlink"), 1, "one filter");
+            assert_eq!(count("nft list tables | grep fanlink"), 1, "one nat table");
+            drop(daemon);
+            host.sh(&format!("{BIN} down --all"));
+        }
+    }
 }
 
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn two_hosts_reach_each_other_while_both_uplinks_are_routable() {
-    let switch = crate::topology::unique("flsw");
-    crate::topology::run(None, &format!("ip netns add {switch} && ip -n {switch} link add sw-br type bridge && ip -n {switch} link set sw-br up"));
-    let _switch = Netns(switch.clone());
-    let a = Host::new("twoa", "10.99.1.1/16", &[("SWITCH_NS", &switch)]);
-    let b = Host::new("twob", "10.99.2.2/16", &[("SWITCH_NS", &switch)]);
-    let (da, db) = (a.start(), b.start());
-    a.wait_fan("fan-250", "up 250.1.1.1/8", &da);
-    b.wait_fan("fan-250", "up 250.2.2.1/8", &db);
-    let ca = Netns::new("flc");
-    sh(
-        None,
-        &format!(
-            "ip link add cv0 netns {h} mtu 1450 type veth peer name eth0 netns {c} mtu 1450 && \
-             ip -n {h} link set cv0 master fan-250 up && ip -n {c} addr add 250.1.1.10/8 dev eth0 && \
-             ip -n {c} link set eth0 up && ip -n {c} route add default via 250.1.1.1",
-            h = a.ns(),
-            c = ca.name()
-        ),
-    );
-    let ping = |to: &str| sh(Some(ca.name()), &format!("ping -c1 -W1 {to}")).status.success();
-    assert!(ping("250.2.2.1"), "container on a -> fan bridge of b");
-    b.harness.run("link", &["down"]);
-    b.wait_fan("fan-250", "down", &db);
-    assert!(!ping("250.2.2.1"), "b's fan is down");
-    b.harness.run("link", &["up"]);
-    b.wait_fan("fan-250", "up 250.2.2.1/8", &db);
-    wait_for("traffic to resume", SOON, || ping("250.2.2.1"));
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn a_new_underlay_address_moves_the_fan(mode) {
+        let host = Host::new_in(mode, "move", "10.99.1.1/16", &[]);
+        let daemon = host.start();
+        host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+        host.harness.run("set-address", &["10.99.7.7/16"]);
+        host.wait_fan("fan-250", "up 250.7.7.1/8", &daemon);
+        assert!(host.sh("tc filter show dev fan-250-vx egress").contains("10.99.7.7"));
+    }
 }
 
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn a_fan_made_by_hand_is_left_alone_by_the_daemon() {
-    let host = Host::new("hand", "10.99.1.1/16", &[]);
-    let daemon = host.start();
-    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
-    host.sh(&format!("{BIN} up --overlay 252.0.0.0/8 --underlay 10.99.0.0/16"));
-    assert_eq!(host.fan("fan-252"), "up 252.1.1.1/8");
-    // Any change makes the daemon reconcile; the fan made by hand has no rule and stays.
-    daemon.signal_hup();
-    daemon.wait_log("reloaded the rules");
-    host.harness.run("carrier", &["down"]);
-    host.wait_fan("fan-250", "down", &daemon);
-    assert_eq!(host.fan("fan-252"), "up 252.1.1.1/8");
-    let status = host.sh(&format!("{BIN} --runtime-dir /nonexistent status"));
-    assert!(
-        status.contains("fan-252: wanted kept (made by hand with `fanlink up`; left as it is), actually up"),
-        "{status}"
-    );
-    host.sh(&format!("{BIN} down fan-252"));
-    assert_eq!(host.fan("fan-252"), "absent");
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn two_hosts_reach_each_other_while_both_uplinks_are_routable(mode) {
+        let switch = crate::topology::unique("flsw");
+        crate::topology::run(None, &format!("ip netns add {switch} && ip -n {switch} link add sw-br type bridge && ip -n {switch} link set sw-br up"));
+        let _switch = Netns(switch.clone());
+        let a = Host::new_in(mode, "twoa", "10.99.1.1/16", &[("SWITCH_NS", &switch)]);
+        let b = Host::new_in(mode, "twob", "10.99.2.2/16", &[("SWITCH_NS", &switch)]);
+        let (da, db) = (a.start(), b.start());
+        a.wait_fan("fan-250", "up 250.1.1.1/8", &da);
+        b.wait_fan("fan-250", "up 250.2.2.1/8", &db);
+        let ca = Netns::new("flc");
+        sh(
+            None,
+            &format!(
+                "ip link add cv0 netns {h} mtu 1450 type veth peer name eth0 netns {c} mtu 1450 && \
+                 ip -n {h} link set cv0 master fan-250 up && ip -n {c} addr add 250.1.1.10/8 dev eth0 && \
+                 ip -n {c} link set eth0 up && ip -n {c} route add default via 250.1.1.1",
+                h = a.ns(),
+                c = ca.name()
+            ),
+        );
+        let ping = |to: &str| sh(Some(ca.name()), &format!("ping -c1 -W1 {to}")).status.success();
+        assert!(ping("250.2.2.1"), "container on a -> fan bridge of b");
+        b.harness.run("link", &["down"]);
+        b.wait_fan("fan-250", "down", &db);
+        assert!(!ping("250.2.2.1"), "b's fan is down");
+        b.harness.run("link", &["up"]);
+        b.wait_fan("fan-250", "up 250.2.2.1/8", &db);
+        wait_for("traffic to resume", SOON, || ping("250.2.2.1"));
+    }
+}
+
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn a_fan_made_by_hand_is_left_alone_by_the_daemon(mode) {
+        let host = Host::new_in(mode, "hand", "10.99.1.1/16", &[]);
+        let daemon = host.start();
+        host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+        host.sh(&format!("{} {BIN} up --overlay 252.0.0.0/8 --underlay 10.99.0.0/16", mode.env()));
+        assert_eq!(host.fan("fan-252"), "up 252.1.1.1/8");
+        // Any change makes the daemon reconcile; the fan made by hand has no rule and stays.
+        daemon.signal_hup();
+        daemon.wait_log("reloaded the rules");
+        host.harness.run("carrier", &["down"]);
+        host.wait_fan("fan-250", "down", &daemon);
+        assert_eq!(host.fan("fan-252"), "up 252.1.1.1/8");
+        let status = host.sh(&format!("{BIN} --runtime-dir /nonexistent status"));
+        assert!(
+            status.contains("fan-252: wanted kept (made by hand with `fanlink up`; left as it is), actually up"),
+            "{status}"
+        );
+        host.sh(&format!("{BIN} down fan-252"));
+        assert_eq!(host.fan("fan-252"), "absent");
+    }
 }
 
 /// `fanlink run` in a namespace without networkd: the kernel decides "routable".

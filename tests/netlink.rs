@@ -35,7 +35,14 @@ fn bridge(nl: &mut Netlink, name: &str) -> u32 {
 }
 
 fn vxlan(nl: &mut Netlink, name: &str, master: Option<u32>) -> u32 {
-    let v = NewVxlan { name: name.into(), mtu: 1450, port: 8472, master, alias: Some("fanlink:250".into()) };
+    let v = NewVxlan {
+        name: name.into(),
+        mtu: 1450,
+        vnifilter: true,
+        port: 8472,
+        master,
+        alias: Some("fanlink:250".into()),
+    };
     nl.create_vxlan(&v).unwrap();
     nl.link_by_name(name).unwrap().unwrap().index
 }

@@ -494,14 +494,15 @@ def report(r):
 
     dp = r["datapath"]
     L += ["## Datapath: container to container across two hosts", "",
-          "| | fanlink fan | plain vxlan (static fdb) | fan / plain | plain vxlan + masquerade table | fan / (plain + nat) |",
-          "|---|---|---|---|---|---|"]
+          "| | fanlink fan | plain vxlan (static fdb) | fan / plain | plain vxlan + masquerade table | "
+          "fan / (plain + nat) | fan, shared datapath | shared / plain |",
+          "|---|---|---|---|---|---|---|---|"]
     for m, unit, scale in (("tcp", "Gbit/s", 1e9), ("udp", "Gbit/s", 1e9), ("rtt", "ms", 1)):
-        f, p, n = dp["fan"][m], dp["plain"][m], dp["plain+nat"][m]
+        f, p, n, g = dp["fan"][m], dp["plain"][m], dp["plain+nat"][m], dp["fan shared"][m]
         label = {"tcp": "iperf3 TCP", "udp": "iperf3 UDP, 1400-byte datagrams, unlimited rate (received)",
                  "rtt": "ping RTT avg"}[m]
         L.append(f"| {label} | {f / scale:.3f} {unit} | {p / scale:.3f} {unit} | {f / p:.3f} | "
-                 f"{n / scale:.3f} {unit} | {f / n:.3f} |")
+                 f"{n / scale:.3f} {unit} | {f / n:.3f} | {g / scale:.3f} {unit} | {g / p:.3f} |")
     L += ["", "MTU 1450 everywhere; medians of the runs; the three kinds alternate. fanlink's hosts carry its "
           "masquerade table, whose nat hook puts every packet through conntrack; the third column has the "
           "same table on the plain vxlan, to tell that cost from the fan program's.", ""]

@@ -23,7 +23,7 @@ use crate::ifname::IfName;
 use crate::model::Want;
 use crate::networkd::BusEvent;
 use crate::notify::Notifier;
-use crate::plan::{plan, plan_absent, FanPlan};
+use crate::plan::{plan, plan_absent_all, FanPlan};
 use crate::status::{self, Status};
 use crate::system::System;
 use crate::underlay::HostLink;
@@ -101,6 +101,10 @@ struct Daemon {
 
 /// Runs until SIGTERM or SIGINT. Fans are left as they are on exit.
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    // A kernel below fanlink's minimum is refused before anything is touched.
+    let mut sys = System::open()?;
+    sys.check_kernel()?;
+    log::info!("datapath: {}", sys.datapath()?.as_str());
     // Before any thread exists, so that every thread inherits the mask and only the
     // signal thread receives these.
     sources::handled_signals().thread_block()?;
@@ -126,7 +130,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         opts,
         rules,
         rules_sound: errors.is_empty(),
-        sys: System::open()?,
+        sys,
         bus: None,
         following_kernel: opts_source_is_kernel,
         links: None,
@@ -375,11 +379,17 @@ impl Daemon {
             following_kernel: self.following_kernel,
             ..Default::default()
         };
+        // The shared datapath's vxlan: its steering filters (tc events) and its state.
+        let shared = crate::model::SHARED_VXLAN;
+        interest.vxlans.insert(shared.to_string(), index(shared));
         for d in decisions {
             interest.bridges.insert(d.fan.to_string(), matches!(d.want, Want::Up(_)));
             interest.bridge_indexes.extend(index(d.fan.as_str()));
             let vxlan = crate::config::vxlan_name_for(&d.fan).to_string();
             interest.vxlans.insert(vxlan.clone(), index(&vxlan));
+            // The shared datapath's peer: it matters as the port does (deleted, or down).
+            let peer = crate::plan::peer_name_for(&d.fan).to_string();
+            interest.vxlans.insert(peer.clone(), index(&peer));
             if let Want::Up(u) = &d.want {
                 let link_mtu = snap.links.iter().find(|l| l.name == u.link.as_str()).map(|l| l.mtu);
                 interest.underlay_links.insert(u.link.to_string(), link_mtu.unwrap_or(0));
@@ -441,17 +451,20 @@ impl Daemon {
         self.dhcp.retain(&keep);
     }
 
+    /// One `plan` for the fans with rules (the host's datapath is planned once), and the
+    /// removal of the others; in the order of `decisions`.
     fn plans(&self, decisions: &[Decision], observed: &crate::model::Observed) -> Vec<FanPlan> {
-        decisions
-            .iter()
-            .map(|d| match self.rules.iter().find(|r| r.name == d.fan) {
-                Some(rule) => plan(&[(rule.clone(), d.want.clone())], observed).remove(0),
-                None => {
-                    let seen = observed.fans.get(&d.fan).cloned().unwrap_or_default();
-                    FanPlan { fan: d.fan.clone(), result: plan_absent(&d.fan, &seen) }
-                }
-            })
-            .collect()
+        let rule = |fan: &crate::ifname::IfName| self.rules.iter().find(|r| &r.name == fan);
+        let targets: Vec<_> =
+            decisions.iter().filter_map(|d| Some((rule(&d.fan)?.clone(), d.want.clone()))).collect();
+        let orphans: Vec<_> =
+            decisions.iter().filter(|d| rule(&d.fan).is_none()).map(|d| d.fan.clone()).collect();
+        let mut plans: std::collections::BTreeMap<_, _> = plan(&targets, observed)
+            .into_iter()
+            .chain(plan_absent_all(&orphans, observed))
+            .map(|p| (p.fan.clone(), p))
+            .collect();
+        decisions.iter().filter_map(|d| plans.remove(&d.fan)).collect()
     }
 
     /// One line per change of mind, saying why.

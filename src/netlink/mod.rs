@@ -23,7 +23,7 @@ use nix::sys::socket::{self, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, Soc
 use msg::{MsgBuilder, NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR};
 
 pub use addr::AddrInfo;
-pub use link::{LinkChanges, LinkInfo, LinkRef, NewBridge, NewVxlan, VxlanInfo};
+pub use link::{LinkChanges, LinkInfo, LinkRef, NewBridge, NewVeth, NewVxlan, VxlanInfo};
 pub use monitor::Event;
 pub use route::RouteInfo;
 pub use tc::FilterInfo;

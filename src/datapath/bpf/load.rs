@@ -3,10 +3,11 @@
 //! (`union bpf_attr` in `include/uapi/linux/bpf.h`) and no BPF library is worth a
 //! dependency for three commands.
 //!
-//! No `setrlimit(RLIMIT_MEMLOCK)`: since 5.11 BPF memory is charged to the cgroup instead.
-//! Older kernels would need it (fanlink's other requirements, vnifilter, are 5.18+ anyway).
+//! Before 5.11 a program's memory counts against RLIMIT_MEMLOCK (later, the cgroup's), so
+//! the soft limit is raised to the hard one before the first load.
 
 use super::insn::Insn;
+use super::insn::{exit, jmp32_imm, mov32_imm, Cond, R0};
 use super::program::{fan_egress, FanProgram};
 use nix::errno::Errno;
 use std::ffi::CString;
@@ -105,6 +106,7 @@ fn check_name(name: &str) -> Result<(), LoadError> {
 /// verifier log on, so the error says which instruction failed and why.
 pub fn load(insns: &[Insn], name: &str) -> Result<OwnedFd, LoadError> {
     check_name(name)?;
+    raise_memlock();
     let code: Vec<u8> = insns.iter().flat_map(Insn::to_bytes).collect();
     let license = c"GPL";
     let mut prog_name = [0u8; OBJ_NAME_LEN];
@@ -141,6 +143,35 @@ pub fn load(insns: &[Insn], name: &str) -> Result<OwnedFd, LoadError> {
 fn owned(fd: libc::c_long) -> OwnedFd {
     // SAFETY: a successful BPF_PROG_LOAD returns a new file descriptor that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK, often 64 KiB; raising the soft
+/// limit to the hard one needs no privilege. Later kernels ignore it.
+fn raise_memlock() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: plain syscalls on a local struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
+            }
+        }
+    });
+}
+
+/// Whether the kernel's verifier knows the JMP32 instructions fanlink's programs use
+/// (Linux 5.1), the newest BPF feature they need: loads a three-instruction program.
+/// `Err` when the question cannot be asked (no privilege, no bpf syscall).
+pub fn supports_jmp32() -> Result<bool, LoadError> {
+    let probe = [mov32_imm(R0, 0), jmp32_imm(Cond::Eq, R0, 0), exit()];
+    match load(&probe, "fanlink_probe") {
+        Ok(_) => Ok(true),
+        Err(LoadError::Rejected { errno: Errno::EINVAL, .. }) => Ok(false),
+        Err(LoadError::Syscall { errno: Errno::EINVAL, .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Builds and loads one fan's egress program under its [`FanProgram::prog_name`].
