@@ -10,8 +10,9 @@
 //! `nft`/`iptables` they start work there too. Guards delete the namespaces (and with them
 //! every interface) also when a test fails.
 
-use fanlink::datapath::{firewall, nft, sysctl};
+use fanlink::datapath::{firewall, nft, nftnl, sysctl};
 use fanlink::ifname::IfName;
+use fanlink::netlink::Netlink;
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;
 use std::process::Command;
@@ -176,7 +177,7 @@ impl Fan {
 }
 
 #[test]
-#[ignore = "needs root and nft: run with --include-ignored"]
+#[ignore = "needs root (namespaces, nf_tables; nft and iptables as oracles): run with --include-ignored"]
 fn masquerade_uses_the_host_underlay_address() {
     let fan = Fan::new();
     fan.host.must(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
@@ -199,7 +200,7 @@ fn masquerade_uses_the_host_underlay_address() {
 }
 
 #[test]
-#[ignore = "needs root and nft: run with --include-ignored"]
+#[ignore = "needs root (namespaces, nf_tables; nft and iptables as oracles): run with --include-ignored"]
 fn applying_twice_leaves_one_table_and_list_reports_it() {
     let fan = Fan::new();
     fan.up();
@@ -210,15 +211,33 @@ fn applying_twice_leaves_one_table_and_list_reports_it() {
     assert_eq!(tables.len(), 1);
     assert_eq!(tables[0].name, "fanlink-fan-250");
     assert_eq!(tables[0].fan.as_deref(), Some("fan-250"));
-    assert_eq!(tables[0].params, "fanlink overlay=250.0.0.0/8 bridge=fan-250");
+    assert_eq!(tables[0].params, "fanlink overlay=250.0.0.0/8 bridge=fan-250 notrack");
     assert!(tables[0].is_current("250.0.0.0/8".parse().unwrap(), &name("fan-250")));
+    // nft, the oracle, reads back exactly the table fanlink meant (see nft.rs's doc).
     let table = fan.host.must(&["nft", "list", "table", "ip", "fanlink-fan-250"]);
-    assert_eq!(table.matches("masquerade").count(), 1, "{table}");
-    assert!(table.contains("comment \"fanlink overlay=250.0.0.0/8 bridge=fan-250\""), "{table}");
+    let want = r#"table ip fanlink-fan-250 {
+	comment "fanlink overlay=250.0.0.0/8 bridge=fan-250 notrack"
+	chain prerouting {
+		type filter hook prerouting priority raw; policy accept;
+		ip saddr 250.0.0.0/8 ip daddr 250.0.0.0/8 notrack
+	}
+
+	chain output {
+		type filter hook output priority raw; policy accept;
+		ip saddr 250.0.0.0/8 ip daddr 250.0.0.0/8 notrack
+	}
+
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr 250.0.0.0/8 ip daddr != 250.0.0.0/8 oifname != "fan-250" masquerade comment "fanlink overlay=250.0.0.0/8 bridge=fan-250 notrack"
+	}
+}
+"#;
+    assert_eq!(table, want);
 }
 
 #[test]
-#[ignore = "needs root and nft: run with --include-ignored"]
+#[ignore = "needs root (namespaces, nf_tables; nft and iptables as oracles): run with --include-ignored"]
 fn changing_parameters_replaces_the_table_in_one_transaction() {
     let fan = Fan::new();
     fan.up();
@@ -232,22 +251,20 @@ fn changing_parameters_replaces_the_table_in_one_transaction() {
     assert_eq!(table.matches("masquerade").count(), 1, "{table}");
     assert!(table.contains("ip saddr 240.0.0.0/8 ip daddr != 240.0.0.0/8 oifname != \"fan-240\""), "{table}");
 
-    // A script that fails at its last line changes nothing: the delete and re-create
-    // before it are rolled back with it.
-    let mut broken = nft::apply_script(&name("fan-250"), "250.0.0.0/8".parse().unwrap(), &name("x")).unwrap();
-    broken.push_str("add rule ip fanlink-fan-250 postrouting no-such-keyword\n");
-    let script = std::env::temp_dir().join(format!("fanlink-nat-{}.nft", fan.host.0));
-    std::fs::write(&script, broken).unwrap();
-    let (ok, _) = fan.host.exec(&["nft", "-f", script.to_str().unwrap()]);
-    std::fs::remove_file(&script).unwrap();
-    assert!(!ok);
+    // A transaction that fails at its last change changes nothing: the delete and
+    // re-create before it are rolled back with it.
+    let mut broken = nft::apply_batch(&name("fan-250"), "250.0.0.0/8".parse().unwrap(), &name("x"));
+    let bad = nftnl::new_rule(2, "fanlink-fan-250", "no-such-chain", &[], nftnl::At::End, None, false);
+    broken.push(("add a rule to a chain that is not there".into(), bad));
+    let err = fan.host.enter(|| Netlink::netfilter().unwrap().transaction(broken)).unwrap_err();
+    assert_eq!(err.op, "add a rule to a chain that is not there", "{err}");
     let tables = fan.tables();
     assert_eq!(tables.len(), 1);
     assert!(tables[0].is_current("240.0.0.0/8".parse().unwrap(), &name("fan-240")));
 }
 
 #[test]
-#[ignore = "needs root and nft: run with --include-ignored"]
+#[ignore = "needs root (namespaces, nf_tables; nft and iptables as oracles): run with --include-ignored"]
 fn delete_removes_only_our_table_and_tolerates_absence() {
     let fan = Fan::new();
     fan.up();
@@ -260,7 +277,7 @@ fn delete_removes_only_our_table_and_tolerates_absence() {
 }
 
 #[test]
-#[ignore = "needs root and nft: run with --include-ignored"]
+#[ignore = "needs root (namespaces, nf_tables; nft and iptables as oracles): run with --include-ignored"]
 fn names_that_need_escaping_round_trip_through_nft() {
     let fan = Fan::new();
     let odd = name("f.a_n;}{#$");
@@ -312,19 +329,19 @@ fn forward_drop(iptables: &str) {
 }
 
 #[test]
-#[ignore = "needs root and nft: run with --include-ignored"]
+#[ignore = "needs root (namespaces, nf_tables; nft and iptables as oracles): run with --include-ignored"]
 fn forward_drop_with_iptables_nft() {
     forward_drop("iptables-nft");
 }
 
 #[test]
-#[ignore = "needs root and nft: run with --include-ignored"]
+#[ignore = "needs root (namespaces, nf_tables; nft and iptables as oracles): run with --include-ignored"]
 fn forward_drop_with_iptables_legacy() {
     forward_drop("iptables-legacy");
 }
 
 #[test]
-#[ignore = "needs root and nft: run with --include-ignored"]
+#[ignore = "needs root (namespaces, nf_tables; nft and iptables as oracles): run with --include-ignored"]
 fn rules_go_to_docker_user_and_follow_a_new_bridge() {
     let fan = Fan::new();
     fan.up();
@@ -362,7 +379,7 @@ fn rules_go_to_docker_user_and_follow_a_new_bridge() {
 }
 
 #[test]
-#[ignore = "needs root and nft: run with --include-ignored"]
+#[ignore = "needs root (namespaces, nf_tables; nft and iptables as oracles): run with --include-ignored"]
 fn a_host_without_iptables_tables_is_left_alone() {
     let fan = Fan::new();
     let f = name("fan-250");
