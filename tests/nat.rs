@@ -387,3 +387,84 @@ fn a_host_without_iptables_tables_is_left_alone() {
     assert_eq!(fan.host.must(&["nft", "list", "tables"]), "");
     assert_eq!(fan.host.must(&["cat", "/proc/net/ip_tables_names"]), "");
 }
+
+/// A hand-written nftables firewall that passes only what conntrack knows: the fan's own
+/// overlay traffic is untracked (notrack), so only the interface rules fanlink inserts
+/// into that chain let it through; replies to masqueraded traffic pass as established.
+#[test]
+#[ignore = "needs root (namespaces, nf_tables; nft and iptables as oracles): run with --include-ignored"]
+fn a_ct_state_policy_drop_firewall_passes_fan_traffic() {
+    let fan = Fan::new();
+    fan.up();
+    let h = &fan.host;
+    let chain = "table inet filter {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t\tct state established,related accept\n\t}\n}\n";
+    h.must(&["nft", "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }; add rule inet filter forward ct state established,related accept"]);
+    assert!(!fan.bridged_ok() && !fan.vxlan_ok(), "untracked overlay traffic is not established");
+    assert!(!fan.routed_ok(), "a new connection out is dropped");
+
+    let f = name("fan-250");
+    assert!(h.enter(|| firewall::ensure_forward_accept(&f, &f)).unwrap());
+    assert!(fan.bridged_ok() && fan.vxlan_ok() && fan.routed_ok());
+    assert!(!h.enter(|| firewall::ensure_forward_accept(&f, &f)).unwrap(), "idempotent");
+    let listing = h.must(&["nft", "list", "chain", "inet", "filter", "forward"]);
+    let ours = "\t\tiifname \"fan-250\" accept comment \"fanlink:fan-250\"\n\
+                \t\toifname \"fan-250\" ct state established,related accept comment \"fanlink:fan-250\"\n";
+    assert_eq!(listing, chain.replace("\t\tct state", &format!("{ours}\t\tct state")));
+
+    assert!(h.enter(|| firewall::remove_forward_accept(&f)).unwrap());
+    assert!(!h.enter(|| firewall::remove_forward_accept(&f)).unwrap());
+    assert_eq!(h.must(&["nft", "list", "chain", "inet", "filter", "forward"]), chain);
+    assert!(!fan.bridged_ok() && !fan.vxlan_ok() && !fan.routed_ok());
+}
+
+/// Both kinds at once (Docker on a host with its own nftables ruleset): each gets the rules
+/// in its own form, in one transaction, and iptables-nft still reads its table.
+#[test]
+#[ignore = "needs root (namespaces, nf_tables; nft and iptables as oracles): run with --include-ignored"]
+fn iptables_nft_and_native_drop_chains_together() {
+    let fan = Fan::new();
+    fan.up();
+    let h = &fan.host;
+    h.must(&["iptables-nft", "-w", "-P", "FORWARD", "DROP"]);
+    h.must(&[
+        "nft",
+        "add table ip mine; add chain ip mine gate { type filter hook forward priority 10; policy drop; }",
+    ]);
+    let f = name("fan-250");
+    assert!(h.enter(|| firewall::ensure_forward_accept(&f, &f)).unwrap());
+    assert!(fan.bridged_ok() && fan.vxlan_ok() && fan.routed_ok());
+    assert_eq!(h.must(&["iptables-nft", "-w", "-S", "FORWARD"]).matches("fanlink:fan-250").count(), 2);
+    assert_eq!(h.must(&["nft", "list", "chain", "ip", "mine", "gate"]).matches("fanlink:fan-250").count(), 2);
+    assert!(h.enter(|| firewall::remove_forward_accept(&f)).unwrap());
+    assert!(!fan.bridged_ok());
+}
+
+/// Overlay-to-overlay traffic never enters conntrack; traffic that leaves the overlay does
+/// (it is masqueraded). Counted by a probe table on the forward hook.
+#[test]
+#[ignore = "needs root (namespaces, nf_tables; nft and iptables as oracles): run with --include-ignored"]
+fn overlay_traffic_skips_conntrack() {
+    let fan = Fan::new();
+    fan.up();
+    let h = &fan.host;
+    h.must(&[
+        "nft",
+        "add table ip probe; add chain ip probe count { type filter hook forward priority 0; }; \
+         add rule ip probe count ct state untracked counter; add rule ip probe count ct state != untracked counter",
+    ]);
+    let counts = || {
+        let listing = h.must(&["nft", "list", "chain", "ip", "probe", "count"]);
+        let packets = |rule: &str| -> u64 {
+            let line = listing.lines().find(|l| l.trim_start().starts_with(rule)).unwrap();
+            line.split_whitespace().skip_while(|w| *w != "packets").nth(1).unwrap().parse().unwrap()
+        };
+        (packets("ct state untracked"), packets("ct state != untracked"))
+    };
+    assert!(fan.bridged_ok() && fan.vxlan_ok());
+    let (untracked, tracked) = counts();
+    assert!(untracked >= 4, "bridged and vxlan pings, both ways: {untracked}");
+    assert_eq!(tracked, 0);
+    assert!(fan.routed_ok());
+    let (_, tracked) = counts();
+    assert!(tracked >= 2, "the masqueraded ping and its reply: {tracked}");
+}
