@@ -220,11 +220,13 @@ fn applying_twice_leaves_one_table_and_list_reports_it() {
 	chain prerouting {
 		type filter hook prerouting priority raw; policy accept;
 		ip saddr 250.0.0.0/8 ip daddr 250.0.0.0/8 notrack
+		udp dport 8472 fib daddr type local notrack
 	}
 
 	chain output {
 		type filter hook output priority raw; policy accept;
 		ip saddr 250.0.0.0/8 ip daddr 250.0.0.0/8 notrack
+		udp dport 8472 notrack
 	}
 
 	chain postrouting {
@@ -450,7 +452,10 @@ fn overlay_traffic_skips_conntrack() {
     h.must(&[
         "nft",
         "add table ip probe; add chain ip probe count { type filter hook forward priority 0; }; \
-         add rule ip probe count ct state untracked counter; add rule ip probe count ct state != untracked counter",
+         add rule ip probe count ct state untracked counter; add rule ip probe count ct state != untracked counter; \
+         add chain ip probe tunnel { type filter hook input priority 0; }; \
+         add rule ip probe tunnel udp dport 8472 ct state untracked counter; \
+         add rule ip probe tunnel udp dport 8472 ct state != untracked counter",
     ]);
     let counts = || {
         let listing = h.must(&["nft", "list", "chain", "ip", "probe", "count"]);
@@ -464,6 +469,10 @@ fn overlay_traffic_skips_conntrack() {
     let (untracked, tracked) = counts();
     assert!(untracked >= 4, "bridged and vxlan pings, both ways: {untracked}");
     assert_eq!(tracked, 0);
+    // The vxlan's own UDP, to this host's underlay address, skips conntrack too.
+    let tunnel = h.must(&["nft", "list", "chain", "ip", "probe", "tunnel"]);
+    assert!(!tunnel.contains("ct state untracked counter packets 0 "), "{tunnel}");
+    assert!(tunnel.contains("ct state != untracked counter packets 0 "), "{tunnel}");
     assert!(fan.routed_ok());
     let (_, tracked) = counts();
     assert!(tracked >= 2, "the masqueraded ping and its reply: {tracked}");

@@ -44,6 +44,7 @@
 use ipnet::Ipv4Net;
 
 use crate::datapath::nftnl::{self, At, Expr, NFPROTO_IPV4, NFT_CMP_EQ, NFT_CMP_NEQ};
+use crate::fan::FAN_UDP_PORT;
 use crate::ifname::IfName;
 use crate::netlink::{self, msg::MsgBuilder, Netlink};
 
@@ -158,11 +159,19 @@ pub fn apply_batch(fan: &IfName, overlay: Ipv4Net, bridge: &IfName) -> Vec<(Stri
     let mut within: Vec<Expr> = nftnl::ip_in(12, overlay, NFT_CMP_EQ).into();
     within.extend(nftnl::ip_in(16, overlay, NFT_CMP_EQ));
     within.push(Expr::Notrack);
-    for (chain, hook) in [("prerouting", nftnl::NF_INET_PRE_ROUTING), ("output", nftnl::NF_INET_LOCAL_OUT)] {
+    let tunnel: Vec<Expr> = nftnl::udp_dport(FAN_UDP_PORT).into();
+    let tunnel_in = [&tunnel[..], &nftnl::to_this_host(), &[Expr::Notrack]].concat();
+    let tunnel_out = [&tunnel[..], &[Expr::Notrack]].concat();
+    for (chain, hook, tunnel) in [
+        ("prerouting", nftnl::NF_INET_PRE_ROUTING, tunnel_in),
+        ("output", nftnl::NF_INET_LOCAL_OUT, tunnel_out),
+    ] {
         let c = nftnl::new_base_chain(NFPROTO_IPV4, t, chain, "filter", hook, nftnl::PRIO_RAW);
         batch.push((format!("create chain {chain} in {t}"), c));
-        let r = nftnl::new_rule(NFPROTO_IPV4, t, chain, &within, At::End, None, false);
-        batch.push((format!("add notrack rule to {t}"), r));
+        for rule in [&within, &tunnel] {
+            let r = nftnl::new_rule(NFPROTO_IPV4, t, chain, rule, At::End, None, false);
+            batch.push((format!("add notrack rule to {t}"), r));
+        }
     }
     let mut masq: Vec<Expr> = nftnl::ip_in(12, overlay, NFT_CMP_EQ).into();
     masq.extend(nftnl::ip_in(16, overlay, NFT_CMP_NEQ));
@@ -247,7 +256,9 @@ mod tests {
                 "create table ip fanlink-fan-250",
                 "create chain prerouting in fanlink-fan-250",
                 "add notrack rule to fanlink-fan-250",
+                "add notrack rule to fanlink-fan-250",
                 "create chain output in fanlink-fan-250",
+                "add notrack rule to fanlink-fan-250",
                 "add notrack rule to fanlink-fan-250",
                 "create chain postrouting in fanlink-fan-250",
                 "add masquerade rule to fanlink-fan-250",
@@ -263,15 +274,20 @@ mod tests {
     #[test]
     fn rules_say_what_nft_would() {
         let got = rules(apply_batch(&ifname("f"), "10.0.0.0/8".parse().unwrap(), &ifname("br")));
-        assert_eq!(got.len(), 3);
+        assert_eq!(got.len(), 5);
         let net = |offset, op| nftnl::ip_in(offset, "10.0.0.0/8".parse().unwrap(), op).to_vec();
         let within = [net(12, NFT_CMP_EQ), net(16, NFT_CMP_EQ), vec![Expr::Notrack]].concat();
+        let udp = nftnl::udp_dport(8472).to_vec();
+        let local = nftnl::to_this_host().to_vec();
         assert_eq!((got[0].chain.as_str(), &got[0].exprs), ("prerouting", &within));
-        assert_eq!((got[1].chain.as_str(), &got[1].exprs), ("output", &within));
+        let tunnel_in = [udp.clone(), local, vec![Expr::Notrack]].concat();
+        assert_eq!((got[1].chain.as_str(), &got[1].exprs), ("prerouting", &tunnel_in));
+        assert_eq!((got[2].chain.as_str(), &got[2].exprs), ("output", &within));
+        assert_eq!((got[3].chain.as_str(), &got[3].exprs), ("output", &[udp, vec![Expr::Notrack]].concat()));
         let oif = nftnl::ifname_is(nftnl::NFT_META_OIFNAME, "br", NFT_CMP_NEQ, true).to_vec();
         let masq = [net(12, NFT_CMP_EQ), net(16, NFT_CMP_NEQ), oif, vec![Expr::Masq]].concat();
-        assert_eq!((got[2].chain.as_str(), &got[2].exprs), ("postrouting", &masq));
-        assert_eq!(got[2].comment.as_deref(), Some("fanlink overlay=10.0.0.0/8 bridge=br notrack"));
+        assert_eq!((got[4].chain.as_str(), &got[4].exprs), ("postrouting", &masq));
+        assert_eq!(got[4].comment.as_deref(), Some("fanlink overlay=10.0.0.0/8 bridge=br notrack"));
         // 10.0.0.0/8: mask ff000000, network 0a000000, in network byte order.
         assert_eq!(masq[1], Expr::Bitwise { reg: 1, mask: vec![255, 0, 0, 0], xor: vec![0; 4] },);
         assert_eq!(masq[2], Expr::Cmp { sreg: 1, op: NFT_CMP_EQ, data: vec![10, 0, 0, 0] });

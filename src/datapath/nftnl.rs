@@ -59,6 +59,12 @@ const UDATA_COMMENT: u8 = 0;
 pub const NFT_REG_VERDICT: u32 = 0;
 pub const NFT_REG_1: u32 = 1;
 pub const NFT_META_IIFNAME: u32 = 6;
+pub const NFT_META_L4PROTO: u32 = 16;
+pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+/// `fib daddr type`: NFT_FIB_RESULT_ADDRTYPE with NFTA_FIB_F_DADDR; `local` is RTN_LOCAL.
+pub const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+pub const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+pub const RTN_LOCAL: u32 = 2;
 pub const NFT_META_OIFNAME: u32 = 7;
 pub const NFT_CT_STATE: u32 = 0;
 pub const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
@@ -94,6 +100,11 @@ pub enum Expr {
         key: u32,
         dreg: u32,
     },
+    Fib {
+        result: u32,
+        flags: u32,
+        dreg: u32,
+    },
     /// Written with zero counts; read back whatever the counts.
     Counter,
     /// An x_tables match (iptables-nft's `-m NAME`), `info` the match's struct.
@@ -117,6 +128,7 @@ impl Expr {
             Expr::Bitwise { .. } => "bitwise",
             Expr::Cmp { .. } => "cmp",
             Expr::Ct { .. } => "ct",
+            Expr::Fib { .. } => "fib",
             Expr::Counter => "counter",
             Expr::Match { .. } => "match",
             Expr::Verdict(_) => "immediate",
@@ -151,6 +163,9 @@ impl Expr {
             }
             Expr::Ct { key, dreg } => {
                 m.be32(2, *key).be32(1, *dreg);
+            }
+            Expr::Fib { result, flags, dreg } => {
+                m.be32(1, *dreg).be32(2, *result).be32(3, *flags);
             }
             Expr::Counter => {
                 m.be64(1, 0).be64(2, 0);
@@ -200,6 +215,7 @@ impl Expr {
             })(),
             "cmp" => (|| Some(Expr::Cmp { sreg: num(1)?, op: num(2)?, data: value(3)? }))(),
             "ct" => (|| Some(Expr::Ct { key: num(2)?, dreg: num(1)? }))(),
+            "fib" => (|| Some(Expr::Fib { dreg: num(1)?, result: num(2)?, flags: num(3)? }))(),
             "counter" => Some(Expr::Counter),
             "match" => (|| {
                 let info = get(3)?.value.to_vec();
@@ -234,6 +250,24 @@ pub fn ip_in(offset: u32, net: ipnet::Ipv4Net, op: u32) -> [Expr; 3] {
         Expr::Payload { dreg: NFT_REG_1, base: NFT_PAYLOAD_NETWORK_HEADER, offset, len: 4 },
         Expr::Bitwise { reg: NFT_REG_1, mask: net.netmask().octets().to_vec(), xor: vec![0; 4] },
         Expr::Cmp { sreg: NFT_REG_1, op, data: net.network().octets().to_vec() },
+    ]
+}
+
+/// `udp dport PORT`, as nft writes it (the `meta l4proto udp` dependency first).
+pub fn udp_dport(port: u16) -> [Expr; 4] {
+    [
+        Expr::Meta { key: NFT_META_L4PROTO, dreg: NFT_REG_1 },
+        Expr::Cmp { sreg: NFT_REG_1, op: NFT_CMP_EQ, data: vec![17] },
+        Expr::Payload { dreg: NFT_REG_1, base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2 },
+        Expr::Cmp { sreg: NFT_REG_1, op: NFT_CMP_EQ, data: port.to_be_bytes().to_vec() },
+    ]
+}
+
+/// `fib daddr type local`: the packet is addressed to this host.
+pub fn to_this_host() -> [Expr; 2] {
+    [
+        Expr::Fib { result: NFT_FIB_RESULT_ADDRTYPE, flags: NFTA_FIB_F_DADDR, dreg: NFT_REG_1 },
+        Expr::Cmp { sreg: NFT_REG_1, op: NFT_CMP_EQ, data: RTN_LOCAL.to_ne_bytes().to_vec() },
     ]
 }
 

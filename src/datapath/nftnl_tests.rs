@@ -11,6 +11,8 @@ fn every_expression_reads_back_as_built() {
     let mut exprs: Vec<Expr> = ip_in(12, "250.0.0.0/8".parse().unwrap(), NFT_CMP_EQ).into();
     exprs.extend(ifname_is(NFT_META_OIFNAME, "fan-250", NFT_CMP_NEQ, true));
     exprs.extend(ct_established());
+    exprs.extend(udp_dport(8472));
+    exprs.extend(to_this_host());
     exprs.extend([
         Expr::Counter,
         Expr::Match { name: "comment".into(), rev: 0, info: vec![b'x'; 256] },
