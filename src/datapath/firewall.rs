@@ -55,7 +55,7 @@
 //! cannot drop forwarded traffic is left alone.
 
 use crate::datapath::legacy;
-use crate::datapath::nft::{table_name, NftError, TABLE_PREFIX};
+use crate::datapath::nft::{table_name, with_socket, NftError, TABLE_PREFIX};
 use crate::datapath::nftnl::{self, At, ChainInfo, Expr, RuleInfo, NFPROTO_INET, NFPROTO_IPV4, NFT_CMP_EQ};
 use crate::ifname::IfName;
 use crate::netlink::{self, msg::MsgBuilder, Netlink};
@@ -258,33 +258,37 @@ fn current_targets(nl: &mut Netlink) -> Result<Vec<Target>, NftError> {
 /// chain). Returns whether anything changed; a second call changes nothing.
 pub fn ensure_forward_accept(fan: &IfName, bridge: &IfName) -> Result<bool, NftError> {
     let comment = rule_comment(fan);
-    let mut nl = Netlink::netfilter()?;
-    let mut changes = Vec::new();
-    for target in current_targets(&mut nl)? {
-        let have = owned(&mut nl, &target, &comment)?;
-        changes.extend(reconcile(&target, bridge, &have, &comment));
-    }
-    let changed = !changes.is_empty();
-    for (what, _) in changes.iter().filter(|(w, _)| w.starts_with("insert")) {
-        log::info!("{what} for {bridge}");
-    }
-    nl.transaction(changes)?;
+    let changed = with_socket(|nl| {
+        let mut changes = Vec::new();
+        for target in current_targets(nl)? {
+            let have = owned(nl, &target, &comment)?;
+            changes.extend(reconcile(&target, bridge, &have, &comment));
+        }
+        for (what, _) in changes.iter().filter(|(w, _)| w.starts_with("insert")) {
+            log::info!("{what} for {bridge}");
+        }
+        let changed = !changes.is_empty();
+        nl.transaction(changes)?;
+        Ok(changed)
+    })?;
     Ok(legacy::ensure_forward_accept(fan, bridge)? || changed)
 }
 
 /// Removes every rule of ours for `fan`; returns whether there was any.
 pub fn remove_forward_accept(fan: &IfName) -> Result<bool, NftError> {
     let comment = rule_comment(fan);
-    let mut nl = Netlink::netfilter()?;
-    let mut changes = Vec::new();
-    for target in current_targets(&mut nl)? {
-        for rule in owned(&mut nl, &target, &comment)? {
-            let m = nftnl::del_rule(rule.family, &rule.table, &rule.chain, rule.handle);
-            changes.push((format!("delete rule {} from {} {}", rule.handle, rule.table, rule.chain), m));
+    let changed = with_socket(|nl| {
+        let mut changes = Vec::new();
+        for target in current_targets(nl)? {
+            for rule in owned(nl, &target, &comment)? {
+                let m = nftnl::del_rule(rule.family, &rule.table, &rule.chain, rule.handle);
+                changes.push((format!("delete rule {} from {} {}", rule.handle, rule.table, rule.chain), m));
+            }
         }
-    }
-    let changed = !changes.is_empty();
-    nl.transaction(changes)?;
+        let changed = !changes.is_empty();
+        nl.transaction(changes)?;
+        Ok(changed)
+    })?;
     Ok(legacy::remove_forward_accept(fan)? || changed)
 }
 

@@ -9,9 +9,11 @@
 //! table ip fanlink-fan-250 {
 //!     comment "fanlink overlay=250.0.0.0/8 bridge=fan-250 notrack"
 //!     chain prerouting { type filter hook prerouting priority raw; policy accept;
-//!         ip saddr 250.0.0.0/8 ip daddr 250.0.0.0/8 notrack }
+//!         ip saddr 250.0.0.0/8 ip daddr 250.0.0.0/8 notrack
+//!         udp dport 8472 fib daddr type local notrack }
 //!     chain output { type filter hook output priority raw; policy accept;
-//!         ip saddr 250.0.0.0/8 ip daddr 250.0.0.0/8 notrack }
+//!         ip saddr 250.0.0.0/8 ip daddr 250.0.0.0/8 notrack
+//!         udp dport 8472 notrack }
 //!     chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //!         ip saddr 250.0.0.0/8 ip daddr != 250.0.0.0/8 oifname != "fan-250" masquerade comment ".." }
 //! }
@@ -23,9 +25,12 @@
 //! Overlay-to-overlay traffic (bridged, through the vxlan port, or the host's own to its
 //! containers) needs no NAT, so it skips conntrack (`notrack` at raw priority, before
 //! conntrack's -200): conntrack is what made the fan slower than a plain vxlan once this
-//! table, with its nat chain, switched it on in the namespace. Untracked packets have
-//! `ct state untracked`, so firewalls that accept only `established,related` need the
-//! interface accept rules `firewall` adds.
+//! table, with its nat chain, switched it on in the namespace. The vxlan's own UDP (port
+//! 8472, which fanlink's vxlan holds in this namespace) skips it too: what this host sends,
+//! and what comes in addressed to this host (`fib daddr type local`, so that tunnels this
+//! host only routes keep their conntrack state for the firewalls that use it). Untracked
+//! packets have `ct state untracked`, so firewalls that accept only `established,related`
+//! need the interface accept rules `firewall` adds.
 //!
 //! Replacing is one transaction: create T (no error if present), delete T, create the new
 //! T, so no packet ever sees a missing or half-built table, and re-applying leaves one table.
@@ -150,12 +155,21 @@ pub fn params_comment(overlay: Ipv4Net, bridge: &IfName) -> String {
 
 /// The changes, each named for errors, that replace the fan's table in one transaction.
 pub fn apply_batch(fan: &IfName, overlay: Ipv4Net, bridge: &IfName) -> Vec<(String, MsgBuilder)> {
+    let mut batch = delete_batch(fan);
+    batch.extend(create_batch(fan, overlay, bridge));
+    batch
+}
+
+/// The changes that create the fan's table where there is none (NLM_F_EXCL: EEXIST if
+/// there is). Deleting nothing, they leave the kernel no deferred destruction to wait for.
+pub fn create_batch(fan: &IfName, overlay: Ipv4Net, bridge: &IfName) -> Vec<(String, MsgBuilder)> {
     let table = table_name(fan);
     let overlay = overlay.trunc();
     let comment = params_comment(overlay, bridge);
     let t = table.as_str();
-    let mut batch = delete_batch(fan);
-    batch.push((format!("create table ip {t}"), nftnl::new_table(NFPROTO_IPV4, t, Some(&comment))));
+    let mut create = nftnl::new_table(NFPROTO_IPV4, t, Some(&comment));
+    create.add_flags(crate::netlink::msg::NLM_F_EXCL);
+    let mut batch = vec![(format!("create table ip {t}"), create)];
     let mut within: Vec<Expr> = nftnl::ip_in(12, overlay, NFT_CMP_EQ).into();
     within.extend(nftnl::ip_in(16, overlay, NFT_CMP_EQ));
     within.push(Expr::Notrack);
@@ -196,21 +210,61 @@ pub fn delete_batch(fan: &IfName) -> Vec<(String, MsgBuilder)> {
     ]
 }
 
-/// Creates or replaces the fan's table.
+/// Creates the fan's table, or replaces it if it exists.
 pub fn apply(fan: &IfName, overlay: Ipv4Net, bridge: &IfName) -> Result<(), NftError> {
-    Ok(Netlink::netfilter()?.transaction(apply_batch(fan, overlay, bridge))?)
+    with_socket(|nl| {
+        let mut get = nftnl::get_tables(NFPROTO_IPV4);
+        get.str(1, &table_name(fan));
+        let exists = match nl.get(get) {
+            Ok(_) => true,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !exists {
+            // Created the moment before by someone else: EEXIST, then replaced below.
+            match nl.transaction(create_batch(fan, overlay, bridge)) {
+                Err(e) if e.is_exists() => {}
+                other => return Ok(other?),
+            }
+        }
+        Ok(nl.transaction(apply_batch(fan, overlay, bridge))?)
+    })
 }
 
 /// Removes the fan's table; an absent table is fine.
 pub fn delete(fan: &IfName) -> Result<(), NftError> {
-    Ok(Netlink::netfilter()?.transaction(delete_batch(fan))?)
+    with_socket(|nl| Ok(nl.transaction(delete_batch(fan))?))
+}
+
+thread_local! {
+    /// One netfilter socket per thread, kept open: closing one after a transaction that
+    /// deleted something waits for the kernel's deferred destruction of it (an RCU grace
+    /// period, 7-16 ms on the loaded bench machine).
+    static SOCKET: std::cell::RefCell<Option<Netlink>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on this thread's netfilter socket; a failure discards the socket, so that the
+/// next call starts clean.
+pub(crate) fn with_socket<T>(f: impl FnOnce(&mut Netlink) -> Result<T, NftError>) -> Result<T, NftError> {
+    SOCKET.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let nl = match slot.as_mut() {
+            Some(nl) => nl,
+            None => slot.insert(Netlink::netfilter()?),
+        };
+        let result = f(nl);
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    })
 }
 
 /// The `ip` tables whose names start with `fanlink-`, with their parameters comment: one dump.
 pub fn list() -> Result<Vec<NatTable>, NftError> {
-    let mut nl = Netlink::netfilter()?;
+    let dump = with_socket(|nl| Ok(nl.dump(nftnl::get_tables(NFPROTO_IPV4))?))?;
     let mut out = Vec::new();
-    for payload in nl.dump(nftnl::get_tables(NFPROTO_IPV4))? {
+    for payload in dump {
         let t = nftnl::parse_table(&payload).map_err(|e| netlink::malformed("list nftables tables", e))?;
         if t.family == NFPROTO_IPV4 && t.name.starts_with(TABLE_PREFIX) {
             out.push(NatTable {
@@ -269,6 +323,10 @@ mod tests {
         let t = nftnl::parse_table(&b[NLMSG_HDRLEN..]).unwrap();
         assert_eq!(t.comment.as_deref(), Some("fanlink overlay=250.0.0.0/8 bridge=fan-250 notrack"));
         assert!(delete_batch(&ifname("fan-250")).iter().zip(&batch).all(|(a, b)| a.0 == b.0));
+        // Where there is no table: the same minus the delete, and EEXIST if one appeared.
+        let create = create_batch(&ifname("fan-250"), "250.1.2.3/8".parse().unwrap(), &ifname("fan-250"));
+        assert!(create.iter().map(|(n, _)| n.as_str()).eq(names[2..].iter().copied()));
+        assert_ne!(create[0].1.flags() & crate::netlink::msg::NLM_F_EXCL, 0);
     }
 
     #[test]
