@@ -76,7 +76,7 @@ struct Daemon {
     /// networkd's view of each link; `None` while networkd or the bus is gone: then fans
     /// stay as they are.
     links: Option<HashMap<u32, LinkView>>,
-    /// fanlink's NAT tables, re-read only after fanlink changed them (`nft` is a process).
+    /// fanlink's NAT tables, re-read (one nf_tables dump) only when nftables may have changed.
     nat: Option<Vec<nft::NatTable>>,
     decisions: Vec<Decision>,
     /// The kernel's part of the last decisions (fanlink's fans, the host's links): a bus
@@ -289,7 +289,7 @@ impl Daemon {
             let nat = match self.nat.take() {
                 Some(nat) => nat,
                 None => nft::list().unwrap_or_else(|e| {
-                    log::debug!("nft: {e}");
+                    log::debug!("nftables: {e}");
                     Vec::new()
                 }),
             };
