@@ -32,6 +32,13 @@ pub struct Cli {
     #[arg(long = "runtime-dir", value_name = "DIR", default_value = "/run/fanlink", global = true)]
     pub runtime_dir: PathBuf,
 
+    /// How fans are built: `vnifilter` (a vxlan per fan; Linux 5.18+), `shared` (one vxlan
+    /// for the host, a veth per fan, VNIs steered by tc-BPF; any kernel from 5.1), or `auto`:
+    /// what the kernel supports, by a probe. For tests and for hosts whose probe misleads.
+    #[arg(long, value_name = "MODE", env = "FANLINK_DATAPATH", default_value = "auto", global = true,
+          value_parser = ["auto", "vnifilter", "shared"])]
+    pub datapath: String,
+
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -62,6 +69,8 @@ pub enum Command {
     DockerArgs {
         #[command(flatten)]
         fan: FanSelector,
+        #[command(flatten)]
+        name: FanName,
         /// The fan MTU (default: the rule's `mtu`, else 1450 for a 1500-byte underlay).
         #[arg(long)]
         mtu: Option<u32>,
@@ -112,8 +121,8 @@ pub enum Command {
         json: bool,
     },
 
-    /// Translate ubuntu-fan's /etc/network/fan, or a `fanctl up` command, into a fanlink
-    /// rule file printed on stdout.
+    /// Translate ubuntu-fan's /etc/network/fan, a hook script that runs `fanctl up`, or a
+    /// `fanctl up` command, into a fanlink rule file printed on stdout.
     ///
     /// Refuses (exit 2, nothing on stdout) what it cannot translate: the ipip type,
     /// unknown options; each as FILE:LINE:COL: error: MESSAGE.
@@ -132,7 +141,7 @@ pub enum Command {
     /// packaging/build-deb; hidden because it is for packagers).
     #[command(hide = true)]
     Generate {
-        what: crate::generate::Artifact,
+        what: Artifact,
         /// Write DIR/<file> instead of stdout.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
@@ -153,14 +162,40 @@ pub struct FanRef {
     pub underlay: Option<Ipv4Net>,
 }
 
+/// The name of a fan given by prefixes: a rule's `name`, which is its bridge's name.
+#[derive(Args, Debug)]
+pub struct FanName {
+    /// Name of a fan given by --overlay/--underlay, as a rule's `name` (its bridge's name;
+    /// default fan-<first overlay octet>).
+    // `--bridge` is fanctl's word for it, kept working but not shown: the rules say `name`.
+    #[arg(
+        id = "fan_name",
+        long = "name",
+        alias = "bridge",
+        value_name = "NAME",
+        requires = "overlay",
+        conflicts_with = "name"
+    )]
+    pub name: Option<String>,
+}
+
+impl FanName {
+    /// The given name, or the default one of a fan on `map`.
+    pub fn or_default(&self, map: &crate::fan::FanMap) -> anyhow::Result<crate::ifname::IfName> {
+        match &self.name {
+            Some(name) => name.parse().map_err(|e| anyhow::anyhow!("--name: {e}")),
+            None => Ok(crate::config::default_name(map)),
+        }
+    }
+}
+
 /// Which fan `up` brings up, and where.
 #[derive(Args, Debug)]
 pub struct UpTarget {
     #[command(flatten)]
     pub fan: FanRef,
-    /// Bridge name for a fan given by prefixes (default fan-<first overlay octet>).
-    #[arg(long = "bridge", value_name = "NAME", requires = "overlay")]
-    pub bridge: Option<String>,
+    #[command(flatten)]
+    pub name: FanName,
     /// This host's underlay address (default: its address inside the underlay).
     #[arg(long)]
     pub address: Option<Ipv4Addr>,
@@ -174,4 +209,17 @@ pub struct FanSelector {
     /// This host's underlay address, e.g. 10.0.3.4.
     #[arg(long)]
     pub address: Ipv4Addr,
+}
+
+/// What `fanlink generate` writes (rendered by `generate`, which depends on this module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Artifact {
+    /// The manual page, fanlink.8 (roff).
+    Man,
+    /// bash completion, fanlink.bash.
+    CompleteBash,
+    /// zsh completion, _fanlink.
+    CompleteZsh,
+    /// fish completion, fanlink.fish.
+    CompleteFish,
 }

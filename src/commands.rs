@@ -1,7 +1,7 @@
 //! The commands that compute and report without touching the network: `check`, `addr`,
 //! `docker-args`. Each returns the process exit status.
 
-use crate::cli::FanSelector;
+use crate::cli::{FanName, FanSelector};
 use crate::config::{self, Rule};
 use crate::fan::{FanMap, VXLAN_OVERHEAD};
 use anyhow::{anyhow, bail, Result};
@@ -134,14 +134,17 @@ const DEFAULT_FAN_MTU: u32 = 1500 - VXLAN_OVERHEAD;
 pub fn docker_args(
     dirs: &[PathBuf],
     fan: &FanSelector,
+    name: &FanName,
     mtu: Option<u32>,
     network: Option<&str>,
 ) -> Result<u8> {
     let (map, rule) = select(dirs, fan)?;
     let slice = map.slice(fan.address)?;
     let gateway = map.bridge_address(fan.address)?.addr();
-    let bridge =
-        rule.as_ref().map_or(format!("fan-{}", map.overlay().addr().octets()[0]), |r| r.name.to_string());
+    let bridge = match &rule {
+        Some(rule) => rule.name.clone(),
+        None => name.or_default(&map)?,
+    };
     let mtu = mtu.or(rule.as_ref().and_then(|r| r.mtu)).unwrap_or(DEFAULT_FAN_MTU);
     let args = [
         "--driver bridge".to_string(),
@@ -151,7 +154,7 @@ pub fn docker_args(
         format!("--ip-range={slice}"),
         format!("--gateway={gateway}"),
         format!("--aux-address=net={}", slice.network()),
-        network.unwrap_or(&bridge).to_string(),
+        network.unwrap_or(bridge.as_str()).to_string(),
     ];
     println!("docker network create {}", args.join(" \\\n    "));
     Ok(0)

@@ -45,6 +45,11 @@ impl Rule {
     }
 }
 
+/// A fan's name when its rule gives none: "fan-" and the overlay's first octet.
+pub fn default_name(map: &FanMap) -> IfName {
+    format!("fan-{}", map.overlay().addr().octets()[0]).parse().expect("short name")
+}
+
 pub fn vxlan_name_for(bridge: &IfName) -> IfName {
     let stem: String = bridge.as_str().chars().take(12).collect();
     format!("{}-vx", stem.trim_end_matches('-')).parse().expect("at most 15 valid bytes")
@@ -155,12 +160,15 @@ pub fn parse_all(sources: &[(PathBuf, String)]) -> (Vec<Rule>, Vec<RuleError>) {
             }
         };
         for fan in raw.fan {
-            let span = fan.span();
-            match convert(fan.get_ref(), span.clone(), path, text) {
-                Ok((rule, located)) => {
-                    let clash = rules.iter().find_map(|(other, at)| clash(&rule, other, at));
-                    match clash {
-                        Some(message) => errors.push(at(span, message)),
+            match convert(fan.get_ref(), fan.span(), path, text) {
+                Ok((rule, keys)) => {
+                    let located = Located {
+                        name: place(path, text, &keys.name),
+                        overlay: place(path, text, &keys.overlay),
+                    };
+                    match rules.iter().find_map(|(other, at)| clash(&rule, other, at)) {
+                        Some((Key::Name, message)) => errors.push(at(keys.name, message)),
+                        Some((Key::Overlay, message)) => errors.push(at(keys.overlay, message)),
                         None => rules.push((rule, located)),
                     }
                 }
@@ -171,27 +179,58 @@ pub fn parse_all(sources: &[(PathBuf, String)]) -> (Vec<Rule>, Vec<RuleError>) {
     (rules.into_iter().map(|(r, _)| r).collect(), errors)
 }
 
-/// Where a rule was defined, for "already used at ..." messages.
-struct Located(String);
+/// Where a rule's keys are, as FILE:LINE:COL, for "already defined at ..." messages.
+struct Located {
+    /// The `name` value, or the `[[fan]]` header when the name is the default.
+    name: String,
+    overlay: String,
+}
 
-fn clash(rule: &Rule, other: &Rule, at: &Located) -> Option<String> {
-    let at = &at.0;
+/// The key a clash between two fans is reported at.
+enum Key {
+    Name,
+    Overlay,
+}
+
+/// The byte spans of a fan's keys that checks across fans report at.
+struct KeySpans {
+    name: Range<usize>,
+    overlay: Range<usize>,
+}
+
+fn place(path: &Path, text: &str, span: &Range<usize>) -> String {
+    let (line, col) = line_col(text, span.start);
+    format!("{}:{line}:{col}", path.display())
+}
+
+/// Whether `rule` cannot live beside `other` (defined at `at`): the key to report at, and why,
+/// citing the same key of the other fan.
+fn clash(rule: &Rule, other: &Rule, at: &Located) -> Option<(Key, String)> {
     if rule.name == other.name {
-        return Some(format!(
-            "a fan named \"{}\" is already defined at {at}; give this one another `name`",
-            rule.name
+        return Some((
+            Key::Name,
+            format!(
+                "a fan named \"{}\" is already defined at {}; give this one another `name`",
+                rule.name, at.name
+            ),
         ));
     }
     if rule.vxlan_name() == other.vxlan_name() || rule.vxlan_name() == other.name {
-        return Some(format!(
-            "the vxlan device of fan \"{}\" would be \"{}\", which the fan at {at} uses; choose a name that differs in its first 12 bytes",
-            rule.name,
-            rule.vxlan_name()
+        return Some((
+            Key::Name,
+            format!(
+                "the vxlan device of fan \"{}\" would be \"{}\", which fan \"{}\" at {} uses; choose a name that differs in its first 12 bytes",
+                rule.name,
+                rule.vxlan_name(),
+                other.name,
+                at.name
+            ),
         ));
     }
     let (a, b) = (rule.map.overlay(), other.map.overlay());
     if a.contains(&b.network()) || b.contains(&a.network()) {
-        return Some(format!("overlay {a} overlaps overlay {b} of fan \"{}\" at {at}", other.name));
+        let message = format!("overlay {a} overlaps overlay {b} of fan \"{}\" at {}", other.name, at.overlay);
+        return Some((Key::Overlay, message));
     }
     None
 }
@@ -276,7 +315,7 @@ fn convert(
     header: Range<usize>,
     path: &Path,
     text: &str,
-) -> Result<(Rule, Located), Vec<RuleError>> {
+) -> Result<(Rule, KeySpans), Vec<RuleError>> {
     let mut t = FanTable { raw, path, text, errors: Vec::new() };
     for key in raw.keys() {
         if !KEYS.contains(&key.get_ref().as_str()) {
@@ -295,15 +334,15 @@ fn convert(
     }
     let overlay = t.prefix("overlay", "\"250.0.0.0/8\"");
     let underlay = t.prefix("underlay", "\"10.0.0.0/16\"");
+    let overlay_span = overlay.as_ref().map_or(header.clone(), |(_, span)| span.clone());
     let map = match (overlay, underlay) {
         (Some((o, span)), Some((u, _))) => FanMap::new(o, u).map_err(|m| t.error(span, m)).ok(),
         _ => None,
     };
+    let name_span = t.get("name").map_or(header.clone(), |v| v.span());
     let name = match (t.get("name"), map) {
         (Some(_), _) => t.ifname("name"),
-        (None, Some(m)) => {
-            Some(format!("fan-{}", m.overlay().addr().octets()[0]).parse().expect("short name"))
-        }
+        (None, Some(m)) => Some(default_name(&m)),
         (None, None) => None,
     };
     let interface = t.get("interface").and_then(|_| t.ifname("interface"));
@@ -327,9 +366,8 @@ fn convert(
     match (name, map, masquerade, dhcp) {
         (Some(name), Some(map), Some(masquerade), Some(dhcp)) if t.errors.is_empty() => {
             let origin = format!("{}:{}", path.display(), line_col(text, header.start).0);
-            let rule =
-                Rule { name, map, interface, mtu, masquerade, dhcp, origin: origin.clone(), by_hand: false };
-            Ok((rule, Located(origin)))
+            let rule = Rule { name, map, interface, mtu, masquerade, dhcp, origin, by_hand: false };
+            Ok((rule, KeySpans { name: name_span, overlay: overlay_span }))
         }
         _ => {
             t.errors.sort_by_key(|e| e.position);

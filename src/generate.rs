@@ -1,42 +1,29 @@
 //! `fanlink generate`: the manual page `fanlink(8)` and the bash, zsh and fish completions,
 //! rendered from the clap definitions in `cli.rs` so that they cannot drift from the binary.
+//! The dependency runs one way: this module reads `cli` (the command and `Artifact`), `cli`
+//! knows nothing of it.
 //! `packaging/build-deb` runs it before `cargo deb`; the output is not committed.
 //!
 //! The man page is one page for the whole tool: clap_mangen's own subcommand list points at
 //! `fanlink-check(8)` and friends, pages a tool this small should not need, so each command
 //! gets a subsection of `fanlink(8)` instead, built from clap_mangen's section renderers.
 
-use crate::cli::Cli;
+use crate::cli::{Artifact, Cli};
 use anyhow::{Context, Result};
-use clap::{CommandFactory, ValueEnum};
+use clap::CommandFactory;
 use clap_complete::Shell;
 use clap_mangen::roff::{bold, italic, roman, Roff};
 use clap_mangen::Man;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// What `fanlink generate` writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Artifact {
-    /// The manual page, fanlink.8 (roff).
-    Man,
-    /// bash completion, fanlink.bash.
-    CompleteBash,
-    /// zsh completion, _fanlink.
-    CompleteZsh,
-    /// fish completion, fanlink.fish.
-    CompleteFish,
-}
-
-impl Artifact {
-    /// The file name written under `--out`.
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Artifact::Man => "fanlink.8",
-            Artifact::CompleteBash => "fanlink.bash",
-            Artifact::CompleteZsh => "_fanlink",
-            Artifact::CompleteFish => "fanlink.fish",
-        }
+/// The file name an artifact is written to under `--out`.
+pub fn file_name(what: Artifact) -> &'static str {
+    match what {
+        Artifact::Man => "fanlink.8",
+        Artifact::CompleteBash => "fanlink.bash",
+        Artifact::CompleteZsh => "_fanlink",
+        Artifact::CompleteFish => "fanlink.fish",
     }
 }
 
@@ -47,7 +34,7 @@ pub fn run(what: Artifact, out: Option<&Path>) -> Result<u8> {
         None => std::io::stdout().write_all(&text).context("stdout")?,
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-            let path: PathBuf = dir.join(what.file_name());
+            let path: PathBuf = dir.join(file_name(what));
             std::fs::write(&path, &text).with_context(|| path.display().to_string())?;
             println!("{}", path.display());
         }
@@ -118,6 +105,26 @@ fn command_section(sub: clap::Command) -> Result<String> {
     Ok(text)
 }
 
+/// The kernel features fanlink uses and the release that brought each (README: Kernels).
+const KERNEL_FEATURES: &[(&str, &str)] = &[
+    ("vxlan external (collect_md)", "Linux 4.3."),
+    ("tc clsact, cls_bpf direct-action", "Linux 4.5."),
+    ("bpf_skb_set_tunnel_key, bpf_skb_get_tunnel_key, bpf_redirect to ingress", "Linux 4.5."),
+    ("BPF JMP32 instructions", "Linux 5.1: the minimum."),
+    (
+        "CAP_BPF",
+        "Linux 5.8. The unit grants CAP_NET_ADMIN and CAP_BPF; before 5.8 loading a program needs \
+         CAP_SYS_ADMIN instead.",
+    ),
+    ("BPF memory charged to the cgroup", "Linux 5.11; before, fanlink raises its RLIMIT_MEMLOCK soft limit."),
+    (
+        "vxlan vnifilter",
+        "Linux 5.18: the vnifilter datapath, a vxlan per fan. Without it (probed, not read from \
+         the version) the shared datapath: one external vxlan for the host, a veth per fan, and \
+         tc programs that steer each VNI into its fan. Both are the same on the wire.",
+    ),
+];
+
 /// EXIT STATUS, FILES, ENVIRONMENT, SEE ALSO: facts about the program, not its arguments.
 fn trailer() -> Roff {
     let mut r = Roff::new();
@@ -138,9 +145,19 @@ fn trailer() -> Roff {
     ] {
         r.control("TP", []).text([italic(path)]).text([roman(what)]);
     }
+    r.control("SH", ["KERNEL"]);
+    r.text([roman(
+        "fanlink needs Linux 5.1 or later; up and run refuse an older kernel before changing anything, \
+         naming what it lacks. What it uses, and the kernel that brings it:",
+    )]);
+    for (feature, what) in KERNEL_FEATURES {
+        r.control("TP", []).text([bold(*feature)]).text([roman(*what)]);
+    }
     r.control("SH", ["ENVIRONMENT"]);
     r.control("TP", []).text([bold("RUST_LOG")]);
     r.text([roman("Log filter, e.g. debug or fanlink=trace; overrides -v.")]);
+    r.control("TP", []).text([bold("FANLINK_DATAPATH")]);
+    r.text([roman("auto (the default), vnifilter or shared: as --datapath.")]);
     r.control("SH", ["SEE ALSO"]);
     r.text([
         bold("fanlink.d"),
@@ -186,6 +203,9 @@ mod tests {
         }
         assert!(!page.contains("fanlink-check"), "no reference to per-command pages");
         assert!(!page.contains("generate"), "the packaging helper stays out of the manual");
+        // One word for a fan's name, the rule's: `--bridge` is a hidden alias of `--name`.
+        assert!(page.contains("\\fB\\-\\-name\\fR \\fI<NAME>\\fR"));
+        assert!(!page.contains("\\-\\-bridge"));
     }
 
     #[test]

@@ -18,6 +18,8 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose);
+    // The option reaches `System` as the variable it also documents; no thread runs yet.
+    std::env::set_var(fanlink::system::DATAPATH_ENV, &cli.datapath);
     match run(cli) {
         Ok(status) => ExitCode::from(status),
         Err(err) => {
@@ -59,8 +61,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Check => commands::check(&dirs),
         Command::Addr { fan, json } => commands::addr(&dirs, &fan, json),
-        Command::DockerArgs { fan, mtu, network_name } => {
-            commands::docker_args(&dirs, &fan, mtu, network_name.as_deref())
+        Command::DockerArgs { fan, name, mtu, network_name } => {
+            commands::docker_args(&dirs, &fan, &name, mtu, network_name.as_deref())
         }
         Command::Up { target, stop_after } => oneshot::up(&dirs, &target, stop_after),
         Command::Down { name, all } => oneshot::down(name.as_deref(), all),

@@ -32,6 +32,61 @@ pub fn parse_alias(alias: &str) -> Option<(IfName, bool)> {
     }
 }
 
+/// The host's one `external` vxlan of the shared datapath, and its mark.
+pub const SHARED_VXLAN: &str = "fanlink-vx";
+pub const SHARED_ALIAS: &str = "fanlink: the fans' shared vxlan";
+
+/// How this host builds a fan's datapath. Chosen by what the kernel supports (`observe`
+/// probes it), or forced with FANLINK_DATAPATH (tests, hosts whose probe misleads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Datapath {
+    /// Linux 5.18+: a vxlan per fan, each with its VNI in the vxlan's filter; the kernel
+    /// keeps the fans apart.
+    #[default]
+    Vnifilter,
+    /// Before 5.18 the kernel allows one `external` vxlan per UDP port, which receives every
+    /// VNI: the host has one (`SHARED_VXLAN`), each fan a veth pair (`<fan>-vx` a port of
+    /// its bridge, `<fan>-vp` beside it). The fan program on `<fan>-vx` sends into the
+    /// shared vxlan; a filter per fan on its ingress steers the fan's VNI into `<fan>-vx`;
+    /// a last filter drops every other VNI.
+    Shared,
+}
+
+impl Datapath {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Datapath::Vnifilter => "vnifilter",
+            Datapath::Shared => "shared",
+        }
+    }
+}
+
+impl std::str::FromStr for Datapath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Datapath, String> {
+        match s {
+            "vnifilter" => Ok(Datapath::Vnifilter),
+            "shared" => Ok(Datapath::Shared),
+            _ => Err(format!("datapath must be auto, vnifilter or shared, not {s:?}")),
+        }
+    }
+}
+
+/// The name of the filter that steers a fan's VNI into its port (its ifindex): how observe
+/// tells whose filter it is and whether it is current.
+pub fn steer_tag(fan: &IfName, vni: u32, port_index: u32) -> String {
+    format!("fanlink steer {fan} vni {vni} to {port_index}")
+}
+
+/// The fan a steering filter's name belongs to.
+pub fn steer_fan(tag: &str) -> Option<IfName> {
+    let rest = tag.strip_prefix("fanlink steer ")?;
+    rest.split(' ').next()?.parse().ok()
+}
+
+pub const DROP_TAG: &str = "fanlink drop";
+
 /// What a fan should be on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Want {
@@ -62,12 +117,16 @@ pub struct Device {
     pub up: bool,
     pub mtu: u32,
     pub master: Option<u32>,
+    /// For a veth: its peer's ifindex.
+    pub link: Option<u32>,
     pub alias: Option<String>,
     pub mac: Option<[u8; 6]>,
     /// `IFLA_INFO_KIND`: "bridge", "vxlan", ...
     pub kind: Option<String>,
     /// For a vxlan: whether it is set up as a fan needs (collect_md, vnifilter, no learning, port 8472).
     pub fan_vxlan: bool,
+    /// For a vxlan: set up as the shared datapath's (the same, without vnifilter).
+    pub shared_vxlan: bool,
 }
 
 /// One fan's objects as observed, found by the fan's device names.
@@ -85,6 +144,20 @@ pub struct ObservedFan {
     pub program_id: Option<u32>,
     /// The parameters recorded in the fan's NAT table, if the table exists.
     pub nat: Option<String>,
+    /// The shared datapath: `<fan>-vp`, the peer of the fan's veth port `<fan>-vx`.
+    pub peer: Option<Device>,
+    /// The shared datapath: the name of the fan's steering filter on the shared vxlan.
+    pub steer: Option<String>,
+}
+
+/// The shared datapath's vxlan as observed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SharedVxlan {
+    pub device: Device,
+    /// Fans with a steering filter on its ingress.
+    pub users: std::collections::BTreeSet<IfName>,
+    /// The last filter, which drops the VNIs no fan took, is there.
+    pub drop: bool,
 }
 
 /// The kernel state `plan` needs, per fan name.
@@ -92,6 +165,15 @@ pub struct ObservedFan {
 pub struct Observed {
     pub fans: BTreeMap<IfName, ObservedFan>,
     pub forwarding: bool,
+    /// The datapath this kernel supports (or the one forced).
+    pub datapath: Datapath,
+    /// `SHARED_VXLAN`, if it exists and is fanlink's.
+    pub shared: Option<SharedVxlan>,
+    /// Why the shared datapath cannot be built: something not fanlink's has its name.
+    pub shared_blocked: Option<String>,
+    /// Every fan's vxlan of the vnifilter datapath, whatever fans were asked about: in the
+    /// shared datapath (a kernel change) they hold UDP 8472 and must go first.
+    pub vnifilter_vxlans: Vec<IfName>,
 }
 
 /// A change to an existing link; `None` fields stay as they are.
@@ -120,6 +202,29 @@ pub enum Op {
         mtu: u32,
         alias: String,
     },
+    /// The shared datapath's vxlan (`external` without vnifilter), its clsact qdisc and the
+    /// last filter on its ingress, which drops what no fan's filter took.
+    CreateSharedVxlan {
+        mtu: u32,
+    },
+    /// The shared datapath's port of a fan: `port` in the bridge, `peer` beside it.
+    CreateVeth {
+        port: IfName,
+        peer: IfName,
+        bridge: IfName,
+        mtu: u32,
+        alias: String,
+    },
+    /// Steer the fan's VNI, arriving on the shared vxlan, into `port`'s receive path.
+    AttachSteer {
+        fan: IfName,
+        vni: u32,
+        port: IfName,
+    },
+    DetachSteer {
+        fan: IfName,
+        vni: u32,
+    },
     AddVni {
         vxlan: IfName,
         vni: u32,
@@ -136,10 +241,13 @@ pub enum Op {
         link: IfName,
         address: Ipv4Net,
     },
-    /// Load the fan program and attach it to the vxlan's egress, replacing any other.
+    /// Load the fan program and attach it to the vxlan's (or veth port's) egress, replacing
+    /// any other. `via`: the shared vxlan the program sends into (its ifindex is read when
+    /// the op is applied, as it may be made by the same plan).
     AttachProgram {
         vxlan: IfName,
         program: FanProgram,
+        via: Option<IfName>,
     },
     /// Create or atomically replace the fan's NAT table.
     WriteNat {
@@ -202,12 +310,28 @@ impl fmt::Display for Op {
                 "create vxlan {vxlan} external vnifilter nolearning dstport {} mtu {mtu} master {bridge} alias {alias}",
                 crate::fan::FAN_UDP_PORT
             ),
+            Op::CreateSharedVxlan { mtu } => write!(
+                f,
+                "create vxlan {SHARED_VXLAN} external nolearning dstport {} mtu {mtu} alias {SHARED_ALIAS:?}, \
+                 dropping on ingress what no fan takes",
+                crate::fan::FAN_UDP_PORT
+            ),
+            Op::CreateVeth { port, peer, bridge, mtu, alias } => {
+                write!(f, "create veth {port} peer {peer} mtu {mtu} master {bridge} alias {alias}")
+            }
+            Op::AttachSteer { fan, vni, port } => {
+                write!(f, "steer vni {vni} from {SHARED_VXLAN} ingress into {port} ({fan})")
+            }
+            Op::DetachSteer { fan, vni } => write!(f, "stop steering vni {vni} ({fan})"),
             Op::AddVni { vxlan, vni } => write!(f, "add vni {vni} to {vxlan}"),
             Op::SetLink { link, change } => write!(f, "set {link} {change}"),
             Op::AddAddress { link, address } => write!(f, "add address {address} to {link}"),
             Op::DeleteAddress { link, address } => write!(f, "delete address {address} from {link}"),
-            Op::AttachProgram { vxlan, program } => {
+            Op::AttachProgram { vxlan, program, via: None } => {
                 write!(f, "attach fan program to {vxlan} egress ({})", program.tag())
+            }
+            Op::AttachProgram { vxlan, program, via: Some(via) } => {
+                write!(f, "attach fan program to {vxlan} egress ({} via {via})", program.tag())
             }
             Op::WriteNat { fan, overlay, .. } => {
                 write!(f, "write nat table for {fan}: masquerade {overlay} leaving the overlay")

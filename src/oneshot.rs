@@ -7,7 +7,7 @@ use crate::datapath::nft;
 use crate::fan::{FanMap, VXLAN_OVERHEAD};
 use crate::ifname::IfName;
 use crate::model::{Observed, Op, Underlay, Want};
-use crate::plan::{plan, plan_absent};
+use crate::plan::{plan, plan_absent_all, FanPlan};
 use crate::system::{Snapshot, System};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeSet;
@@ -18,10 +18,7 @@ use std::path::PathBuf;
 fn target_rule(dirs: &[PathBuf], target: &UpTarget) -> Result<Rule> {
     if let (Some(overlay), Some(underlay)) = (target.fan.overlay, target.fan.underlay) {
         let map = FanMap::new(overlay, underlay).map_err(|e| anyhow!(e))?;
-        let name = match &target.bridge {
-            Some(b) => b.parse::<IfName>().map_err(|e| anyhow!("--bridge: {e}"))?,
-            None => format!("fan-{}", overlay.addr().octets()[0]).parse().expect("short name"),
-        };
+        let name = target.name.or_default(&map)?;
         let origin = "the command line".to_string();
         return Ok(Rule {
             name,
@@ -87,12 +84,12 @@ fn plan_one(
     plans.into_iter().next().expect("one plan per target").result.map_err(|e| anyhow!("{}: {e}", rule.name))
 }
 
-/// Applies ops in order, printing each; the first failure stops the rest (the next run
-/// completes what is missing).
+/// Applies ops in order, printing each on stdout once it is done (not also as a log line:
+/// `-v` would show it twice); the first failure stops the rest (the next run completes
+/// what is missing).
 fn apply_all(sys: &mut System, fan: &IfName, ops: &[Op], limit: Option<usize>) -> Result<()> {
     crate::system::preflight(ops).map_err(|e| anyhow!("{fan}: {e}"))?;
     for op in ops.iter().take(limit.unwrap_or(usize::MAX)) {
-        log::info!("{fan}: {op}");
         sys.apply(op).with_context(|| format!("{fan}: {op}"))?;
         println!("{fan}: {op}");
     }
@@ -108,9 +105,32 @@ pub fn up(dirs: &[PathBuf], target: &UpTarget, stop_after: Option<usize>) -> Res
     let ops = plan_one(&mut sys, &snap, &nat_tables(), &rule, Want::Up(underlay.clone()))?;
     if ops.is_empty() {
         println!("{}: up on {} with {}", rule.name, underlay.link, underlay.address);
+    } else {
+        sys.check_kernel().map_err(|e| anyhow!("{}: {e}", rule.name))?;
     }
-    apply_all(&mut sys, &rule.name, &ops, stop_after)?;
+    let result = apply_all(&mut sys, &rule.name, &ops, stop_after);
+    // A failed `up` of a new fan takes away what it made (a completed one stays as it is:
+    // the next `up` or the daemon finishes it).
+    if result.is_err() && ops.iter().any(|op| matches!(op, Op::CreateBridge { .. })) {
+        if let Err(e) = take_down(&mut sys, &rule.name) {
+            eprintln!("fanlink: {}: removing what the failed up made: {e:#}", rule.name);
+        }
+    }
+    result?;
     Ok(0)
+}
+
+/// Removes a fan as `down` does, quietly.
+fn take_down(sys: &mut System, fan: &IfName) -> Result<()> {
+    let snap = sys.snapshot()?;
+    let observed = sys.observe(&snap, &BTreeSet::from([fan.clone()]), &nat_tables())?;
+    for p in plan_absent_all(std::slice::from_ref(fan), &observed) {
+        for op in p.result.map_err(|e| anyhow!(e))? {
+            log::info!("{fan}: undo: {op}");
+            sys.apply(&op)?;
+        }
+    }
+    Ok(())
 }
 
 /// `fanlink down NAME` or `--all`: removes exactly what fanlink made, rule or not.
@@ -127,13 +147,14 @@ pub fn down(name: Option<&str>, all: bool) -> Result<u8> {
         BTreeSet::from([name.parse::<IfName>().map_err(|e| anyhow!("{e}"))?])
     };
     let observed = sys.observe(&snap, &fans, &nat)?;
+    let names: Vec<IfName> = observed.fans.keys().cloned().collect();
     let mut failed = Vec::new();
-    for (fan, seen) in &observed.fans {
-        let result = plan_absent(fan, seen).map_err(|e| anyhow!(e)).and_then(|ops| {
+    for FanPlan { fan, result } in plan_absent_all(&names, &observed) {
+        let result = result.map_err(|e| anyhow!(e)).and_then(|ops| {
             if ops.is_empty() {
                 println!("{fan}: not on this host");
             }
-            apply_all(&mut sys, fan, &ops, None)
+            apply_all(&mut sys, &fan, &ops, None)
         });
         if let Err(e) = result {
             eprintln!("fanlink: {e:#}");
@@ -225,18 +246,19 @@ fn local_status(dirs: &[PathBuf]) -> Result<crate::status::Status> {
     }
     let names = fans.iter().map(|f| f.0.clone()).collect();
     let observed = sys.observe(&snap, &names, &nat_tables())?;
-    let plans: Vec<crate::plan::FanPlan> = fans
+    let targets: Vec<_> =
+        fans.iter().filter_map(|(_, rule, want, _)| Some(((*rule)?.clone(), want.clone()))).collect();
+    let orphans: Vec<IfName> =
+        fans.iter().filter(|f| f.1.is_none() && f.2 != Want::Keep).map(|f| f.0.clone()).collect();
+    let mut by_fan: std::collections::BTreeMap<IfName, FanPlan> = plan(&targets, &observed)
+        .into_iter()
+        .chain(plan_absent_all(&orphans, &observed))
+        .map(|p| (p.fan.clone(), p))
+        .collect();
+    let plans: Vec<FanPlan> = fans
         .iter()
-        .map(|(name, rule, want, _)| match rule {
-            Some(rule) => plan(&[((*rule).clone(), want.clone())], &observed).remove(0),
-            None => {
-                let seen = observed.fans.get(name).cloned().unwrap_or_default();
-                let result = match want {
-                    Want::Keep => Ok(Vec::new()),
-                    _ => plan_absent(name, &seen),
-                };
-                crate::plan::FanPlan { fan: name.clone(), result }
-            }
+        .map(|(name, ..)| {
+            by_fan.remove(name).unwrap_or(FanPlan { fan: name.clone(), result: Ok(Vec::new()) })
         })
         .collect();
     let decided: Vec<_> = fans.into_iter().map(|(_, rule, want, why)| (rule, want, why)).collect();

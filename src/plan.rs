@@ -6,7 +6,10 @@ use crate::config::Rule;
 use crate::datapath::bpf::FanProgram;
 use crate::datapath::nft;
 use crate::ifname::IfName;
-use crate::model::{owner_alias, parse_alias, Device, LinkChange, Observed, ObservedFan, Op, Want};
+use crate::model::{
+    owner_alias, parse_alias, steer_tag, Datapath, Device, LinkChange, Observed, ObservedFan, Op, Want,
+    SHARED_VXLAN,
+};
 use std::net::Ipv4Addr;
 
 /// The operations for one fan, or why none can be planned.
@@ -23,25 +26,93 @@ pub fn bridge_mac(underlay_address: Ipv4Addr) -> [u8; 6] {
     [0x02, 0xfa, a, b, c, d]
 }
 
-/// Plans every fan; `forwarding` is switched on once if any fan is wanted up.
+/// Plans every fan; `forwarding` is switched on once if any fan is wanted up, and the
+/// host's datapath (the shared vxlan, or its removal) is prepared in the first plan of a
+/// fan wanted up.
 pub fn plan(targets: &[(Rule, Want)], observed: &Observed) -> Vec<FanPlan> {
     let empty = ObservedFan::default();
+    let ups: Vec<u32> =
+        targets.iter().filter_map(|(_, w)| if let Want::Up(u) = w { Some(u.mtu) } else { None }).collect();
+    let (host_ops, shared_index) = plan_host(observed, ups.iter().max().copied());
+    let mut users = observed.shared.as_ref().map(|s| s.users.clone());
     let mut plans: Vec<FanPlan> = targets
         .iter()
         .map(|(rule, want)| {
             let seen = observed.fans.get(&rule.name).unwrap_or(&empty);
-            FanPlan { fan: rule.name.clone(), result: plan_fan(rule, want, seen) }
+            let result = match want {
+                Want::Absent => plan_absent(&rule.name, seen, users.as_mut()),
+                _ => plan_fan(rule, want, seen, observed, shared_index),
+            };
+            FanPlan { fan: rule.name.clone(), result }
         })
         .collect();
-    let wants_up = targets.iter().any(|(_, want)| matches!(want, Want::Up(_)));
-    if wants_up && !observed.forwarding {
-        if let Some(FanPlan { result: Ok(ops), .. }) = plans.iter_mut().find(|p| p.result.is_ok()) {
+    let first_up = targets
+        .iter()
+        .zip(plans.iter_mut())
+        .find(|((_, want), p)| matches!(want, Want::Up(_)) && p.result.is_ok());
+    if let Some((_, FanPlan { result: Ok(ops), .. })) = first_up {
+        ops.splice(0..0, host_ops);
+        if !observed.forwarding {
             // Before the links come up, so that the first forwarded packet is not dropped.
             let at = ops.iter().position(is_link_up).unwrap_or(ops.len());
             ops.insert(at, Op::EnableForwarding);
         }
     }
     plans
+}
+
+/// Plans the removal of fans without rules, in order: the shared vxlan goes with the last
+/// fan that used it.
+pub fn plan_absent_all(fans: &[IfName], observed: &Observed) -> Vec<FanPlan> {
+    let empty = ObservedFan::default();
+    let mut users = observed.shared.as_ref().map(|s| s.users.clone());
+    fans.iter()
+        .map(|fan| {
+            let seen = observed.fans.get(fan).unwrap_or(&empty);
+            FanPlan { fan: fan.clone(), result: plan_absent(fan, seen, users.as_mut()) }
+        })
+        .collect()
+}
+
+/// The host's part of the datapath when a fan is wanted up (`mtu`: the largest such fan's):
+/// the shared vxlan in the shared datapath, or none. Also the shared vxlan's ifindex if it
+/// stays as it is (`None`: it is made by these ops, so every program naming it is renewed).
+fn plan_host(observed: &Observed, mtu: Option<u32>) -> (Vec<Op>, Option<u32>) {
+    let Some(mtu) = mtu else { return (Vec::new(), None) };
+    let shared_name: IfName = SHARED_VXLAN.parse().expect("a valid name");
+    let seen = observed.shared.as_ref();
+    match observed.datapath {
+        // A kernel that now has vnifilter (an upgrade): the shared vxlan holds UDP 8472.
+        Datapath::Vnifilter => match seen {
+            Some(_) => (vec![Op::DeleteLink { link: shared_name }], None),
+            None => (Vec::new(), None),
+        },
+        // A kernel that lost vnifilter (or the datapath forced): the fans' own vxlans hold
+        // UDP 8472 and go first; each fan's plan builds its veth.
+        Datapath::Shared if !observed.vnifilter_vxlans.is_empty() => {
+            let mut ops: Vec<Op> =
+                observed.vnifilter_vxlans.iter().map(|v| Op::DeleteLink { link: v.clone() }).collect();
+            if seen.is_some() {
+                ops.push(Op::DeleteLink { link: shared_name });
+            }
+            ops.push(Op::CreateSharedVxlan { mtu });
+            (ops, None)
+        }
+        Datapath::Shared => match seen {
+            Some(s) if s.device.kind.as_deref() == Some("vxlan") && s.device.shared_vxlan => {
+                let mut ops = Vec::new();
+                if !s.drop || !s.device.up {
+                    ops.push(Op::CreateSharedVxlan { mtu: s.device.mtu.max(mtu) });
+                } else if s.device.mtu < mtu {
+                    let change = LinkChange { mtu: Some(mtu), ..Default::default() };
+                    ops.push(Op::SetLink { link: shared_name, change });
+                }
+                (ops, Some(s.device.index))
+            }
+            Some(_) => (vec![Op::DeleteLink { link: shared_name }, Op::CreateSharedVxlan { mtu }], None),
+            None => (vec![Op::CreateSharedVxlan { mtu }], None),
+        },
+    }
 }
 
 fn is_link_up(op: &Op) -> bool {
@@ -69,8 +140,19 @@ fn built_by_fanlink(d: &Device) -> bool {
 
 /// A device of ours, or an error if the name is taken by something fanlink does not own.
 fn owned<'a>(device: &'a Option<Device>, name: &IfName, fan: &IfName) -> Result<Option<&'a Device>, String> {
+    owned_or_adopted(device, name, fan, false)
+}
+
+/// `owned`, where `adopt` says the device, unmarked, is recognised by its place (see
+/// `shared_ports`).
+fn owned_or_adopted<'a>(
+    device: &'a Option<Device>,
+    name: &IfName,
+    fan: &IfName,
+    adopt: bool,
+) -> Result<Option<&'a Device>, String> {
     match device {
-        Some(d) if d.alias.is_none() && built_by_fanlink(d) => Ok(Some(d)),
+        Some(d) if d.alias.is_none() && (adopt || built_by_fanlink(d)) => Ok(Some(d)),
         Some(d) if d.alias.as_deref().and_then(parse_alias).map(|(f, _)| f).as_ref() != Some(fan) => {
             Err(format!(
                 "a device named {name} exists that fanlink does not own (its alias is {:?}); \
@@ -82,24 +164,66 @@ fn owned<'a>(device: &'a Option<Device>, name: &IfName, fan: &IfName) -> Result<
     }
 }
 
-pub fn plan_fan(rule: &Rule, want: &Want, seen: &ObservedFan) -> Result<Vec<Op>, String> {
-    let (bridge, vxlan) = (rule.name.clone(), rule.vxlan_name());
-    let seen_bridge = owned(&seen.bridge, &bridge, &rule.name)?;
-    let seen_vxlan = owned(&seen.vxlan, &vxlan, &rule.name)?;
+/// The fan's port and peer, ours or not. A veth pair fanlink made but could not mark (a
+/// crash between the create and the alias) is recognised by its place: `<fan>-vx` a port
+/// of the fan's bridge, `<fan>-vp` its peer.
+#[allow(clippy::type_complexity)]
+fn ports<'a>(
+    fan: &IfName,
+    seen: &'a ObservedFan,
+    bridge: Option<&Device>,
+) -> Result<(Option<&'a Device>, Option<&'a Device>), String> {
+    let vx = &seen.vxlan;
+    let veth = |d: &Device| d.kind.as_deref() == Some("veth") && d.alias.is_none();
+    let adopt_vx = vx.as_ref().is_some_and(|d| veth(d) && bridge.is_some_and(|b| d.master == Some(b.index)));
+    let port = owned_or_adopted(vx, &crate::config::vxlan_name_for(fan), fan, adopt_vx)?;
+    let adopt_vp =
+        seen.peer.as_ref().is_some_and(|p| veth(p) && port.is_some_and(|v| p.link == Some(v.index)));
+    let peer = owned_or_adopted(&seen.peer, &peer_name_for(fan), fan, adopt_vp)?;
+    Ok((port, peer))
+}
+
+pub fn plan_fan(
+    rule: &Rule,
+    want: &Want,
+    seen: &ObservedFan,
+    observed: &Observed,
+    shared_index: Option<u32>,
+) -> Result<Vec<Op>, String> {
+    let seen_bridge = owned(&seen.bridge, &rule.name, &rule.name)?;
+    let (seen_vxlan, _) = ports(&rule.name, seen, seen_bridge)?;
     match want {
-        Want::Up(underlay) => plan_up(rule, underlay, seen, seen_bridge, seen_vxlan),
+        Want::Up(underlay) => {
+            let host = Host { datapath: observed.datapath, shared_index };
+            if let (Datapath::Shared, Some(why)) = (host.datapath, &observed.shared_blocked) {
+                return Err(why.clone());
+            }
+            plan_up(rule, underlay, seen, (seen_bridge, seen_vxlan), host)
+        }
         Want::Down => Ok(plan_down(rule, seen_bridge)),
-        Want::Absent => plan_absent(&rule.name, seen),
+        Want::Absent => plan_absent(&rule.name, seen, None),
         Want::Keep => Ok(Vec::new()),
     }
 }
 
+/// The name of the peer of a fan's veth port in the shared datapath: `<fan>-vp`.
+pub fn peer_name_for(fan: &IfName) -> IfName {
+    let vx = crate::config::vxlan_name_for(fan);
+    let stem = vx.as_str().strip_suffix("-vx").expect("vxlan names end in -vx");
+    format!("{stem}-vp").parse().expect("as long as the vxlan name")
+}
+
 /// Removes everything of a fan that is ours; needs only its name, so it also serves fans
-/// whose rule is gone.
-pub fn plan_absent(fan: &IfName, seen: &ObservedFan) -> Result<Vec<Op>, String> {
+/// whose rule is gone. `users`: the fans still steered by the shared vxlan, if there is
+/// one; it goes with the last of them.
+pub fn plan_absent(
+    fan: &IfName,
+    seen: &ObservedFan,
+    users: Option<&mut std::collections::BTreeSet<IfName>>,
+) -> Result<Vec<Op>, String> {
     let vxlan = crate::config::vxlan_name_for(fan);
     let seen_bridge = owned(&seen.bridge, fan, fan)?;
-    let seen_vxlan = owned(&seen.vxlan, &vxlan, fan)?;
+    let (seen_vxlan, seen_peer) = ports(fan, seen, seen_bridge)?;
     let mut ops = Vec::new();
     if seen.nat.is_some() {
         ops.push(Op::DeleteNat { fan: fan.clone() });
@@ -108,14 +232,33 @@ pub fn plan_absent(fan: &IfName, seen: &ObservedFan) -> Result<Vec<Op>, String> 
     if seen_bridge.is_some() {
         ops.push(Op::RemoveForwardAccept { fan: fan.clone() });
     }
-    // Deleting the vxlan also removes its qdisc and filter.
+    let last_user = users.is_some_and(|u| {
+        u.remove(fan);
+        u.is_empty()
+    });
+    if let Some(vni) = seen.steer.as_deref().and_then(steer_vni).filter(|_| !last_user) {
+        ops.push(Op::DetachSteer { fan: fan.clone(), vni });
+    }
+    // Deleting the vxlan (or the veth) also removes its qdisc and filter; a veth its peer.
     if seen_vxlan.is_some() {
         ops.push(Op::DeleteLink { link: vxlan });
+    }
+    if seen_peer.is_some() {
+        ops.push(Op::DeleteLink { link: peer_name_for(fan) });
     }
     if seen_bridge.is_some() {
         ops.push(Op::DeleteLink { link: fan.clone() });
     }
+    if last_user {
+        ops.push(Op::DeleteLink { link: SHARED_VXLAN.parse().expect("a valid name") });
+    }
     Ok(ops)
+}
+
+fn steer_vni(tag: &str) -> Option<u32> {
+    let mut words = tag.split(' ').skip_while(|w| *w != "vni");
+    words.next()?;
+    words.next()?.parse().ok()
 }
 
 /// Down is not delete: containers stay attached to the bridge. Only the bridge goes
@@ -136,12 +279,20 @@ fn plan_down(rule: &Rule, bridge: Option<&Device>) -> Vec<Op> {
     }
 }
 
+/// The host's datapath as a fan's plan needs it.
+#[derive(Clone, Copy)]
+struct Host {
+    datapath: Datapath,
+    /// The shared vxlan's ifindex if it exists and stays.
+    shared_index: Option<u32>,
+}
+
 fn plan_up(
     rule: &Rule,
     underlay: &crate::model::Underlay,
     seen: &ObservedFan,
-    seen_bridge: Option<&Device>,
-    seen_vxlan: Option<&Device>,
+    (seen_bridge, seen_vxlan): (Option<&Device>, Option<&Device>),
+    host: Host,
 ) -> Result<Vec<Op>, String> {
     let (bridge, vxlan) = (rule.name.clone(), rule.vxlan_name());
     let address = rule.map.bridge_address(underlay.address).map_err(|e| e.to_string())?;
@@ -171,9 +322,18 @@ fn plan_up(
         }
     }
 
-    // The vxlan, enslaved to the bridge, with the fan's VNI in its filter.
-    let vxlan_ok = seen_vxlan.filter(|v| v.kind.as_deref() == Some("vxlan") && v.fan_vxlan);
-    match (seen_vxlan, vxlan_ok) {
+    // The bridge's port `<fan>-vx`: the fan's vxlan, or in the shared datapath a veth whose
+    // peer is `<fan>-vp`. A port of the other datapath (a kernel change) is replaced.
+    let shared = host.datapath == Datapath::Shared;
+    let peer = peer_name_for(&rule.name);
+    let port_ok = match shared {
+        false => seen_vxlan.filter(|v| v.kind.as_deref() == Some("vxlan") && v.fan_vxlan),
+        true => seen_vxlan.filter(|v| {
+            v.kind.as_deref() == Some("veth")
+                && seen.peer.as_ref().is_some_and(|p| p.kind.as_deref() == Some("veth"))
+        }),
+    };
+    match (seen_vxlan, port_ok) {
         (_, Some(v)) => {
             let enslaved = bridge_ok.is_some_and(|b| v.master == Some(b.index));
             let change = LinkChange {
@@ -185,16 +345,34 @@ fn plan_up(
             if change != LinkChange::default() {
                 ops.push(Op::SetLink { link: vxlan.clone(), change });
             }
-            if !seen.vnis.contains(&rule.map.vni()) {
+            if !shared && !seen.vnis.contains(&rule.map.vni()) {
                 ops.push(Op::AddVni { vxlan: vxlan.clone(), vni: rule.map.vni() });
+            }
+            if let Some(p) = seen.peer.as_ref().filter(|_| shared) {
+                let change = LinkChange {
+                    mtu: (p.mtu != mtu).then_some(mtu),
+                    alias: p.alias.is_none().then(|| alias.clone()),
+                    ..Default::default()
+                };
+                if change != LinkChange::default() {
+                    ops.push(Op::SetLink { link: peer.clone(), change });
+                }
             }
         }
         (stale, None) => {
             if stale.is_some() {
                 ops.push(Op::DeleteLink { link: vxlan.clone() });
             }
-            ops.push(Op::CreateVxlan { vxlan: vxlan.clone(), bridge: bridge.clone(), mtu, alias });
-            ops.push(Op::AddVni { vxlan: vxlan.clone(), vni: rule.map.vni() });
+            if seen.peer.is_some() {
+                ops.push(Op::DeleteLink { link: peer.clone() });
+            }
+            if shared {
+                let (port, bridge) = (vxlan.clone(), bridge.clone());
+                ops.push(Op::CreateVeth { port, peer: peer.clone(), bridge, mtu, alias });
+            } else {
+                ops.push(Op::CreateVxlan { vxlan: vxlan.clone(), bridge: bridge.clone(), mtu, alias });
+                ops.push(Op::AddVni { vxlan: vxlan.clone(), vni: rule.map.vni() });
+            }
         }
     }
 
@@ -207,10 +385,28 @@ fn plan_up(
         ops.push(Op::AddAddress { link: bridge.clone(), address });
     }
 
-    // The program: a fresh vxlan has none; a changed address or rule changes its tag.
-    let program = FanProgram::new(rule.map, underlay.address);
-    if vxlan_ok.is_none() || seen.program.as_deref() != Some(program.tag().as_str()) {
-        ops.push(Op::AttachProgram { vxlan: vxlan.clone(), program });
+    // The program: a fresh port has none; a changed address or rule (or a new shared vxlan)
+    // changes its tag.
+    let fresh = port_ok.is_none() || (shared && host.shared_index.is_none());
+    let program = FanProgram {
+        redirect: host.shared_index.filter(|_| shared),
+        ..FanProgram::new(rule.map, underlay.address)
+    };
+    if fresh || seen.program.as_deref() != Some(program.tag().as_str()) {
+        let via = shared.then(|| SHARED_VXLAN.parse().expect("a valid name"));
+        ops.push(Op::AttachProgram {
+            vxlan: vxlan.clone(),
+            program: FanProgram { redirect: None, ..program },
+            via,
+        });
+    }
+    // The shared datapath: the fan's VNI steered into its port.
+    if shared {
+        let vni = rule.map.vni();
+        let current = port_ok.map(|p| steer_tag(&rule.name, vni, p.index));
+        if fresh || seen.steer != current {
+            ops.push(Op::AttachSteer { fan: rule.name.clone(), vni, port: vxlan.clone() });
+        }
     }
 
     let params = nft::params_comment(rule.map.overlay(), &rule.name);
@@ -228,7 +424,10 @@ fn plan_up(
         ops.push(Op::AcceptForwarding { fan: bridge.clone() });
     }
     // Up last: traffic starts only once everything above is in place.
-    if !vxlan_ok.is_some_and(|v| v.up) {
+    if shared && !(port_ok.is_some() && seen.peer.as_ref().is_some_and(|p| p.up)) {
+        ops.push(up(peer));
+    }
+    if !port_ok.is_some_and(|v| v.up) {
         ops.push(up(vxlan));
     }
     if !bridge_ok.is_some_and(|b| b.up) {
@@ -240,3 +439,7 @@ fn plan_up(
 #[cfg(test)]
 #[path = "plan_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "plan_shared_tests.rs"]
+mod shared_tests;

@@ -48,11 +48,12 @@ fn built(rule: &Rule) -> ObservedFan {
         program: Some("fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4".into()),
         program_id: Some(7),
         nat: Some(nft::params_comment(rule.map.overlay(), &rule.name)),
+        ..Default::default()
     }
 }
 
 fn observed(fan: &Rule, seen: ObservedFan) -> Observed {
-    Observed { fans: [(fan.name.clone(), seen)].into(), forwarding: true }
+    Observed { fans: [(fan.name.clone(), seen)].into(), forwarding: true, ..Default::default() }
 }
 
 #[test]

@@ -3,11 +3,15 @@
 //! and "already gone" count as done, so a plan cut short by a crash can be applied again.
 
 use crate::config::{vxlan_name_for, Rule};
+use crate::datapath::bpf::FanProgram;
 use crate::datapath::{bpf, firewall, nft, sysctl};
 use crate::fan::FAN_UDP_PORT;
 use crate::ifname::IfName;
-use crate::model::{parse_alias, Device, Observed, ObservedFan, Op};
-use crate::netlink::{self, LinkChanges, LinkInfo, Netlink, NewBridge, NewVxlan, Tolerate};
+use crate::model::{
+    parse_alias, steer_fan, steer_tag, Datapath, Device, Observed, ObservedFan, Op, SharedVxlan, DROP_TAG,
+    SHARED_ALIAS, SHARED_VXLAN,
+};
+use crate::netlink::{self, tc, LinkChanges, LinkInfo, Netlink, NewBridge, NewVeth, NewVxlan, Tolerate};
 use crate::underlay::HostLink;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,6 +29,8 @@ pub enum SystemError {
     Sysctl(#[from] sysctl::SysctlError),
     #[error("{link}: no such link")]
     NoLink { link: IfName },
+    #[error("{0}")]
+    Config(String),
 }
 
 impl From<netlink::Error> for SystemError {
@@ -83,18 +89,22 @@ fn fans_in_kernel(links: &[LinkInfo]) -> BTreeMap<IfName, bool> {
 }
 
 fn device(link: &LinkInfo) -> Device {
-    let fan_vxlan = link
-        .vxlan
-        .is_some_and(|v| v.collect_metadata && v.vnifilter && !v.learning && v.port == FAN_UDP_PORT);
+    let md = |vnifilter: bool| {
+        link.vxlan.is_some_and(|v| {
+            v.collect_metadata && v.vnifilter == vnifilter && !v.learning && v.port == FAN_UDP_PORT
+        })
+    };
     Device {
         index: link.index,
         up: link.up,
         mtu: link.mtu,
         master: link.master,
+        link: link.link,
         alias: link.alias.clone(),
         mac: link.mac,
         kind: link.kind.clone(),
-        fan_vxlan,
+        fan_vxlan: md(true),
+        shared_vxlan: md(false),
     }
 }
 
@@ -135,14 +145,53 @@ impl Snapshot {
     }
 }
 
+fn shared_name() -> IfName {
+    SHARED_VXLAN.parse().expect("a valid name")
+}
+
 /// One netlink socket for the whole run.
 pub struct System {
     nl: Netlink,
+    /// The datapath, probed once (a kernel does not change under a running process).
+    datapath: Option<Datapath>,
 }
+
+/// Forces the datapath (`vnifilter`, `shared`; `auto` or unset: probe the kernel).
+pub const DATAPATH_ENV: &str = "FANLINK_DATAPATH";
 
 impl System {
     pub fn open() -> Result<System, SystemError> {
-        Ok(System { nl: Netlink::new()? })
+        Ok(System { nl: Netlink::new()?, datapath: None })
+    }
+
+    /// The datapath this host uses: FANLINK_DATAPATH if set, else what the kernel supports.
+    pub fn datapath(&mut self) -> Result<Datapath, SystemError> {
+        if let Some(d) = self.datapath {
+            return Ok(d);
+        }
+        let forced = std::env::var(DATAPATH_ENV).ok().filter(|v| !v.is_empty() && v != "auto");
+        let d = match forced {
+            Some(v) => v.parse().map_err(|e: String| SystemError::Config(format!("{DATAPATH_ENV}: {e}")))?,
+            None if self.nl.has_vnifilter()? => Datapath::Vnifilter,
+            None => Datapath::Shared,
+        };
+        self.datapath = Some(d);
+        Ok(d)
+    }
+
+    /// Refuses a kernel older than fanlink's minimum (Linux 5.1: the BPF JMP32 instructions
+    /// its programs use; everything else it needs is older), naming what is missing. Checked
+    /// before anything is changed. Without the privilege to ask, the kernel is not judged:
+    /// `preflight` reports the privilege.
+    pub fn check_kernel(&mut self) -> Result<(), SystemError> {
+        match bpf::supports_jmp32() {
+            Ok(true) | Err(_) => Ok(()),
+            Ok(false) => Err(SystemError::Config(
+                "this kernel's BPF verifier lacks the JMP32 instructions (Linux 5.1) that fanlink's \
+                 programs use; fanlink needs Linux 5.1 or later"
+                    .into(),
+            )),
+        }
     }
 
     pub fn snapshot(&mut self) -> Result<Snapshot, SystemError> {
@@ -159,14 +208,46 @@ impl System {
     ) -> Result<Observed, SystemError> {
         let mut observed = Observed {
             forwarding: sysctl::read(std::path::Path::new(sysctl::IPV4_FORWARD))? == "1",
+            datapath: self.datapath()?,
             ..Default::default()
         };
+        observed.vnifilter_vxlans = snap
+            .links
+            .iter()
+            .filter(|l| l.alias.as_deref().and_then(parse_alias).is_some() && device(l).fan_vxlan)
+            .filter_map(|l| l.name.parse().ok())
+            .collect();
+        let mut steers = BTreeMap::new();
+        if let Some(l) = snap.link(SHARED_VXLAN) {
+            let device = device(l);
+            let ours = l.alias.as_deref() == Some(SHARED_ALIAS) || (l.alias.is_none() && device.shared_vxlan);
+            if ours {
+                let mut shared = SharedVxlan { device, ..Default::default() };
+                for f in self.nl.bpf_filters(l.index, false)? {
+                    if f.name == DROP_TAG {
+                        shared.drop = true;
+                    } else if let Some(fan) = steer_fan(&f.name) {
+                        shared.users.insert(fan.clone());
+                        steers.insert(fan, f.name);
+                    }
+                }
+                observed.shared = Some(shared);
+            } else {
+                observed.shared_blocked = Some(format!(
+                    "a device named {SHARED_VXLAN} exists that fanlink does not own (its alias is {:?}); \
+                     the shared datapath needs the name",
+                    l.alias.as_deref().unwrap_or("")
+                ));
+            }
+        }
         for fan in fans {
             let bridge = snap.link(fan.as_str());
             let vxlan = snap.link(vxlan_name_for(fan).as_str());
             let mut seen = ObservedFan {
                 bridge: bridge.map(device),
                 vxlan: vxlan.map(device),
+                peer: snap.link(crate::plan::peer_name_for(fan).as_str()).map(device),
+                steer: steers.remove(fan),
                 nat: nat.iter().find(|t| t.fan.as_deref() == Some(fan.as_str())).map(|t| t.params.clone()),
                 ..Default::default()
             };
@@ -215,6 +296,7 @@ impl System {
                 let new = NewVxlan {
                     name: vxlan.to_string(),
                     mtu: *mtu,
+                    vnifilter: true,
                     port: FAN_UDP_PORT,
                     master,
                     alias: Some(alias.clone()),
@@ -247,8 +329,62 @@ impl System {
                 let index = self.index(link)?;
                 self.nl.delete_address(index, *address).missing_ok()?;
             }
-            Op::AttachProgram { vxlan, program } => {
+            Op::CreateSharedVxlan { mtu } => {
+                let new = NewVxlan {
+                    name: SHARED_VXLAN.to_string(),
+                    mtu: *mtu,
+                    vnifilter: false,
+                    port: FAN_UDP_PORT,
+                    master: None,
+                    alias: Some(SHARED_ALIAS.to_string()),
+                };
+                self.nl.create_vxlan(&new).exists_ok()?;
+                let index = self.index(&shared_name())?;
+                self.nl.add_clsact(index).exists_ok()?;
+                let fd = bpf::load(&bpf::drop_all(), "fanlink_drop")?;
+                use std::os::fd::AsFd;
+                self.nl.attach_bpf_at(
+                    index,
+                    false,
+                    (tc::LAST_PRIO, tc::FILTER_HANDLE),
+                    fd.as_fd(),
+                    DROP_TAG,
+                )?;
+                let up = LinkChanges { up: Some(true), ..Default::default() };
+                self.nl.set_link(index, &up)?;
+            }
+            Op::CreateVeth { port, peer, bridge, mtu, alias } => {
+                let master = Some(self.index(bridge)?);
+                let new = NewVeth {
+                    name: port.to_string(),
+                    peer: peer.to_string(),
+                    mtu: *mtu,
+                    master,
+                    alias: Some(alias.clone()),
+                };
+                self.nl.create_veth(&new).exists_ok()?;
+                // Nothing of the host's may enter the fan's bridge through the peer (its
+                // IPv6 link-local chatter would teach the bridge the peer's MAC).
+                self.nl.no_ipv6_addresses(peer.as_str())?;
+            }
+            Op::AttachSteer { fan, vni, port } => {
+                let (shared, port) = (self.index(&shared_name())?, self.index(port)?);
+                let fd = bpf::load(&bpf::fan_steer(*vni, port), &bpf::steer_prog_name(*vni))?;
+                use std::os::fd::AsFd;
+                let tag = steer_tag(fan, *vni, port);
+                self.nl.attach_bpf_at(shared, false, (tc::FILTER_PRIO, *vni), fd.as_fd(), &tag)?;
+            }
+            Op::DetachSteer { vni, .. } => {
+                if let Some(l) = self.nl.link_by_name(SHARED_VXLAN)? {
+                    self.nl.detach_bpf_at(l.index, false, (tc::FILTER_PRIO, *vni)).missing_ok()?;
+                }
+            }
+            Op::AttachProgram { vxlan, program, via } => {
                 let index = self.index(vxlan)?;
+                let program = &match via {
+                    Some(via) => FanProgram { redirect: Some(self.index(via)?), ..*program },
+                    None => *program,
+                };
                 let fd = bpf::load_fan(program)?;
                 self.nl.add_clsact(index).exists_ok()?;
                 // NLM_F_REPLACE on a fixed prio/handle: the old program serves until the

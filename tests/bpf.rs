@@ -2,6 +2,7 @@
 //! expected size, explains a rejection, and (end to end, in a private network and mount
 //! namespace) a ping into the overlay leaves the underlay as the Ubuntu fan's VXLAN packet.
 
+use crate::util::{output, spawn};
 use fanlink::datapath::bpf::insn::{exit, mov64_imm, R0};
 use fanlink::datapath::bpf::{fan_egress, load, load_fan, pin, prog_id, prog_info, FanProgram, LoadError};
 use fanlink::fan::FanMap;
@@ -38,10 +39,16 @@ fn kernel_accepts_fan_programs() {
     assert_eq!(prog_id(fd.as_fd()).unwrap(), info.id);
 
     // The kernel's own rendering shows the immediates where fan.md's arithmetic puts them.
-    let out = Command::new("bpftool")
-        .args(["prog", "dump", "xlated", "id", &info.id.to_string(), "opcodes"])
-        .output();
-    let dump = String::from_utf8_lossy(&out.expect("bpftool").stdout).into_owned();
+    let out = output(Command::new("bpftool").args([
+        "prog",
+        "dump",
+        "xlated",
+        "id",
+        &info.id.to_string(),
+        "opcodes",
+    ]));
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let dump = String::from_utf8_lossy(&out.stdout).into_owned();
     for line in [
         "w4 &= -16777216",
         "if w4 != 0xfa000000 goto",
@@ -96,13 +103,14 @@ fn rejection_carries_the_verifier_log() {
     assert!(matches!(err, LoadError::Rejected { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.starts_with("the kernel's verifier rejected BPF program fanlink_bad (EACCES"), "{text}");
+    assert!(text.lines().next().unwrap().ends_with("): R0 !read_ok"), "the reason on the first line: {text}");
     assert!(text.contains("R0 !read_ok"), "{text}");
     load(&[mov64_imm(R0, 0), exit()], "fanlink_ok").unwrap();
 }
 
 fn run(cmd: &str) {
     let args: Vec<&str> = cmd.split_whitespace().collect();
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    let out = output(Command::new(args[0]).args(&args[1..]));
     assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -133,13 +141,13 @@ struct Capture(std::process::Child);
 
 impl Capture {
     fn start(dev: &str, file: &Path) -> Capture {
-        let mut child = Command::new("tcpdump")
-            .args(["-i", dev, "-n", "-U", "-w"])
-            .arg(file)
-            .args(["udp", "port", "8472"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump");
+        let mut child = spawn(
+            Command::new("tcpdump")
+                .args(["-i", dev, "-n", "-U", "-w"])
+                .arg(file)
+                .args(["udp", "port", "8472"])
+                .stderr(Stdio::piped()),
+        );
         // Packets sent before tcpdump listens would be missed.
         let mut line = String::new();
         BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
@@ -249,5 +257,22 @@ fn fan_vxlan(f: &[u8]) -> &'static str {
             "arp 250.9.9.9"
         }
         _ => panic!("unexpected frame {f:02x?}"),
+    }
+}
+
+#[test]
+#[ignore = "needs root (CAP_BPF): run with --include-ignored"]
+fn kernel_accepts_the_shared_datapaths_programs() {
+    use fanlink::datapath::bpf::{drop_all, fan_steer, steer_prog_name};
+    let shared = FanProgram { redirect: Some(1), ..example() };
+    for (insns, name, len) in [
+        (fan_egress(&shared), shared.prog_name(), 60),
+        (fan_steer(shared.vni, 1), steer_prog_name(shared.vni), 14),
+        (drop_all(), "fanlink_drop".to_string(), 2),
+    ] {
+        let fd = load(&insns, &name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let info = prog_info(fd.as_fd()).unwrap();
+        assert_eq!((info.name.as_str(), insns.len()), (name.as_str(), len));
+        assert_eq!(info.xlated_insns as usize, insns.len(), "{name}: the verifier rewrote only in place");
     }
 }

@@ -59,8 +59,8 @@ fn check_fixture(name: &str) -> (i32, String) {
 fn every_rule_error_names_file_line_and_column() {
     let cases = [
         ("bad-name.toml", "bad-name.toml:2:8: error: `name`: \"fan/250\" contains '/', which interface names cannot contain"),
-        ("default-name-clash.toml", "default-name-clash.toml:5:1: error: a fan named \"fan-250\" is already defined at default-name-clash.toml:1; give this one another `name`"),
-        ("duplicate-name.toml", "duplicate-name.toml:6:1: error: a fan named \"fan-a\" is already defined at duplicate-name.toml:1; give this one another `name`"),
+        ("default-name-clash.toml", "default-name-clash.toml:6:8: error: a fan named \"fan-250\" is already defined at default-name-clash.toml:1:1; give this one another `name`"),
+        ("duplicate-name.toml", "duplicate-name.toml:7:8: error: a fan named \"fan-a\" is already defined at duplicate-name.toml:2:8; give this one another `name`"),
         ("empty.toml", "empty.toml: error: the file is empty (is it being written?); a file without fans needs at least a comment"),
         ("long-name.toml", "long-name.toml:2:8: error: `name`: \"fan-250-overlay0\" is 16 bytes long; interface names have at most 15"),
         ("loopback.toml", "loopback.toml:2:11: error: overlay 127.0.0.0/8 overlaps 127.0.0.0/8 (loopback); use an unused range such as 240.0.0.0/8 to 254.0.0.0/8"),
@@ -70,7 +70,7 @@ fn every_rule_error_names_file_line_and_column() {
         ("multicast.toml", "multicast.toml:2:11: error: overlay 224.0.0.0/8 overlaps 224.0.0.0/4 (multicast); use an unused range such as 240.0.0.0/8 to 254.0.0.0/8"),
         ("narrow-slice.toml", "narrow-slice.toml:2:11: error: overlay 250.0.0.0/16 over underlay 10.0.0.0/16 gives each host a /32 slice, narrower than /30; use an overlay of /14 or wider"),
         ("not-a-prefix.toml", "not-a-prefix.toml:2:11: error: `overlay` \"250.0.0.0\" is not an IPv4 prefix such as \"250.0.0.0/8\""),
-        ("overlapping-overlays.toml", "overlapping-overlays.toml:5:1: error: overlay 250.7.0.0/16 overlaps overlay 250.0.0.0/8 of fan \"fan-250\" at overlapping-overlays.toml:1"),
+        ("overlapping-overlays.toml", "overlapping-overlays.toml:7:11: error: overlay 250.7.0.0/16 overlaps overlay 250.0.0.0/8 of fan \"fan-250\" at overlapping-overlays.toml:2:11"),
         ("syntax.toml", "syntax.toml:1:7: error: unclosed array table, expected `]`"),
         ("this-network.toml", "this-network.toml:2:11: error: overlay 0.0.0.0/8 overlaps 0.0.0.0/8 (\"this network\"); use an unused range such as 240.0.0.0/8 to 254.0.0.0/8"),
         ("tiny-underlay.toml", "tiny-underlay.toml:2:11: error: underlay 10.0.0.0/31 leaves fewer than 2 host bits, so no host can own a slice; use /30 or wider"),
@@ -112,6 +112,27 @@ fn check_reports_all_errors_of_all_files() {
          unknown-key.toml:4:1: error: unknown key `colour`; a fan has name, overlay, underlay, interface, mtu, masquerade, dhcp\n\
          wrong-type.toml:3:12: error: `underlay` must be a string such as \"10.0.0.0/16\", not an integer\n\
          fanlink: 5 error(s) in the rules\n"
+    );
+}
+
+#[test]
+fn errors_across_files_point_at_the_key_and_cite_the_earlier_one() {
+    let dir = TempDir::new("across");
+    let fan = |name: &str, overlay: &str| {
+        format!("# lab\n\n[[fan]]\n# why\nunderlay = \"10.0.0.0/16\"\nname = \"{name}\"\noverlay = \"{overlay}\"\n")
+    };
+    dir.write("20-a.toml", &fan("fan-a", "250.0.0.0/8"));
+    dir.write("21-b.toml", &fan("fan-a", "251.0.0.0/8"));
+    dir.write("22-c.toml", &fan("fan-c", "250.4.0.0/14"));
+    dir.write("23-d.toml", "[[fan]]\nunderlay = \"10.0.0.0/16\"\n  overlay = \"250.0.0.0/8\"\n");
+    let out = fanlink(&["check", "--rules-dir", dir.path().to_str().unwrap()]);
+    let stderr = text(&out.stderr).replace(&format!("{}/", dir.path().display()), "");
+    assert_eq!(
+        stderr,
+        "21-b.toml:6:8: error: a fan named \"fan-a\" is already defined at 20-a.toml:6:8; give this one another `name`\n\
+         22-c.toml:7:11: error: overlay 250.4.0.0/14 overlaps overlay 250.0.0.0/8 of fan \"fan-a\" at 20-a.toml:7:11\n\
+         23-d.toml:3:13: error: overlay 250.0.0.0/8 overlaps overlay 250.0.0.0/8 of fan \"fan-a\" at 20-a.toml:7:11\n\
+         fanlink: 3 error(s) in the rules\n"
     );
 }
 
@@ -196,6 +217,40 @@ fn docker_args_put_containers_on_the_slice() {
          -o com.docker.network.driver.mtu=1450 \\\n    --subnet=240.0.0.0/8 \\\n    --ip-range=240.3.4.0/24 \\\n    \
          --gateway=240.3.4.1 \\\n    --aux-address=net=240.3.4.0 \\\n    fan-240\n"
     );
+}
+
+#[test]
+fn a_fan_given_by_prefixes_is_named_with_name_or_its_alias_bridge() {
+    let by = |flag: &str| {
+        let args =
+            ["docker-args", "--overlay", "250.0.0.0/8", "--underlay", "10.0.0.0/16", "--address", "10.0.3.4"];
+        fanlink(&[&args[..], &[flag, "lab0"]].concat())
+    };
+    let (name, bridge) = (by("--name"), by("--bridge"));
+    assert_eq!(name.status.code(), Some(0), "{}", text(&name.stderr));
+    assert!(
+        text(&name.stdout).contains("-o com.docker.network.bridge.name=lab0 \\\n"),
+        "{}",
+        text(&name.stdout)
+    );
+    assert!(text(&name.stdout).ends_with("    lab0\n"), "{}", text(&name.stdout));
+    assert_eq!(text(&bridge.stdout), text(&name.stdout), "--bridge is an alias of --name");
+    // `up` checks the name before it touches the kernel, so this runs without root.
+    for flag in ["--name", "--bridge"] {
+        let out = fanlink(&["up", "--overlay", "250.0.0.0/8", "--underlay", "10.0.0.0/16", flag, "a b"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(
+            text(&out.stderr),
+            "fanlink: --name: \"a b\" contains ' ', which interface names cannot contain\n"
+        );
+    }
+    // One word in the help: the rule's.
+    for sub in ["up", "docker-args"] {
+        let help = text(&fanlink(&[sub, "--help"]).stdout);
+        assert!(help.contains("--name <NAME>") && !help.contains("--bridge"), "{sub}: {help}");
+    }
+    let out = fanlink(&["up", "fan-250", "--name", "lab0"]);
+    assert_eq!(out.status.code(), Some(2), "a configured fan has its name already");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! `fanlink up` (the binary, as a person would), containers behind their bridges talk.
 
 use crate::cli::TempDir;
-use crate::topology::{Background, Host, Netns, Switch};
+use crate::topology::{Background, Host, Mode, Netns, Switch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fanlink");
 const FAN_250: &str = "[[fan]]\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.99.0.0/16\"\n";
@@ -14,14 +14,15 @@ struct Fleet {
     hosts: Vec<Host>,
     switch: Switch,
     rules: TempDir,
+    mode: Mode,
 }
 
 impl Fleet {
-    fn new(rules: &str, hosts: u8) -> Fleet {
+    fn new(mode: Mode, rules: &str, hosts: u8) -> Fleet {
         let dir = TempDir::new("rules");
         dir.write("50-test.toml", rules);
         let switch = Switch::new();
-        let mut fleet = Fleet { containers: Vec::new(), hosts: Vec::new(), switch, rules: dir };
+        let mut fleet = Fleet { containers: Vec::new(), hosts: Vec::new(), switch, rules: dir, mode };
         for n in 1..=hosts {
             fleet.add_host(n);
         }
@@ -30,160 +31,170 @@ impl Fleet {
 
     fn add_host(&mut self, n: u8) {
         let host = self.switch.host(&format!("10.99.{n}.{n}/16"));
-        fanlink(&host.ns, &self.rules, "up fan-250");
+        fanlink(self.mode, &host.ns, &self.rules, "up fan-250");
         let c = host.container("fan-250", &format!("250.{n}.{n}.10/8"), &format!("250.{n}.{n}.1"), 1450);
         self.hosts.push(host);
         self.containers.push(c);
     }
 }
 
-/// Runs fanlink inside a namespace; it must succeed. Returns stdout.
-fn fanlink(ns: &Netns, rules: &TempDir, args: &str) -> String {
-    ns.run(&format!("{BIN} --rules-dir {} {args}", rules.path().display()))
+/// Runs fanlink inside a namespace in a datapath mode; it must succeed. Returns stdout.
+fn fanlink(mode: Mode, ns: &Netns, rules: &TempDir, args: &str) -> String {
+    ns.run(&format!("{} {BIN} --rules-dir {} {args}", mode.env(), rules.path().display()))
 }
 
 fn ping(from: &Netns, to: &str) -> bool {
     from.sh(&format!("ping -c1 -W2 {to}")).status.success()
 }
 
-#[test]
-#[ignore = "needs root (network namespaces, netlink, BPF): run with --include-ignored"]
-fn containers_on_three_hosts_reach_each_other_on_the_first_packet() {
-    let fleet = Fleet::new(FAN_250, 3);
-    for (s, from) in fleet.containers.iter().enumerate() {
-        for d in 1..=3u8 {
-            if usize::from(d) != s + 1 {
-                assert!(ping(from, &format!("250.{d}.{d}.10")), "container {} -> 250.{d}.{d}.10", s + 1);
+crate::in_both_datapaths! {
+    #[ignore = "needs root (network namespaces, netlink, BPF): run with --include-ignored"]
+    fn containers_on_three_hosts_reach_each_other_on_the_first_packet(mode) {
+        let fleet = Fleet::new(mode, FAN_250, 3);
+        for (s, from) in fleet.containers.iter().enumerate() {
+            for d in 1..=3u8 {
+                if usize::from(d) != s + 1 {
+                    assert!(ping(from, &format!("250.{d}.{d}.10")), "container {} -> 250.{d}.{d}.10", s + 1);
+                }
             }
         }
+        assert!(ping(&fleet.hosts[0].ns, "250.2.2.10"), "host 1 -> container on host 2");
+        let c1 = &fleet.containers[0];
+        assert!(c1.sh("ping -c1 -W2 -M do -s 1422 250.3.3.10").status.success(), "1450-byte DF ping");
+        let too_big = c1.sh("ping -c1 -W2 -M do -s 1423 250.3.3.10");
+        assert!(!too_big.status.success());
+        assert!(String::from_utf8_lossy(&too_big.stderr).contains("message too long"), "{too_big:?}");
     }
-    assert!(ping(&fleet.hosts[0].ns, "250.2.2.10"), "host 1 -> container on host 2");
-    let c1 = &fleet.containers[0];
-    assert!(c1.sh("ping -c1 -W2 -M do -s 1422 250.3.3.10").status.success(), "1450-byte DF ping");
-    let too_big = c1.sh("ping -c1 -W2 -M do -s 1423 250.3.3.10");
-    assert!(!too_big.status.success());
-    assert!(String::from_utf8_lossy(&too_big.stderr).contains("message too long"), "{too_big:?}");
 }
 
-#[test]
-#[ignore = "needs root (network namespaces, netlink, BPF, tcpdump): run with --include-ignored"]
-fn on_the_wire_it_is_the_ubuntu_vxlan_fan_and_nothing_unmappable_leaks() {
-    let fleet = Fleet::new(FAN_250, 2);
-    let port = &fleet.hosts[0].port;
-    let capture = Background::spawn(
-        &fleet.switch.ns,
-        &format!("tcpdump --immediate-mode -T vxlan -l -nn -v -i {port} udp"),
-    );
-    capture.wait_for_output(&["listening on"]);
-    assert!(ping(&fleet.containers[0], "250.2.2.10"));
-    capture.wait_for_output(&["> 10.99.2.2.8472: VXLAN", "vni 16384000", "ICMP echo request"]);
-    let wire = capture.finish();
-    assert!(wire.contains("10.99.1.1.") && wire.contains("> 10.99.2.2.8472: VXLAN"), "{wire}");
-    assert!(wire.contains("vni 16384000"), "{wire}");
-    assert!(wire.contains("ICMP echo request"), "{wire}");
+crate::in_both_datapaths! {
+    #[ignore = "needs root (network namespaces, netlink, BPF, tcpdump): run with --include-ignored"]
+    fn on_the_wire_it_is_the_ubuntu_vxlan_fan_and_nothing_unmappable_leaks(mode) {
+        let fleet = Fleet::new(mode, FAN_250, 2);
+        let port = &fleet.hosts[0].port;
+        let capture = Background::spawn(
+            &fleet.switch.ns,
+            &format!("tcpdump --immediate-mode -T vxlan -l -nn -v -i {port} udp"),
+        );
+        capture.wait_for_output(&["listening on"]);
+        assert!(ping(&fleet.containers[0], "250.2.2.10"));
+        capture.wait_for_output(&["> 10.99.2.2.8472: VXLAN", "vni 16384000", "ICMP echo request"]);
+        let wire = capture.finish();
+        assert!(wire.contains("10.99.1.1.") && wire.contains("> 10.99.2.2.8472: VXLAN"), "{wire}");
+        assert!(wire.contains("vni 16384000"), "{wire}");
+        assert!(wire.contains("ICMP echo request"), "{wire}");
 
-    // Broadcasts, unmappable targets and IPv6 are dropped before the wire.
-    let capture = Background::spawn(
-        &fleet.switch.ns,
-        &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} udp port 8472"),
-    );
-    capture.wait_for_output(&["listening on"]);
-    let c1 = &fleet.containers[0];
-    c1.sh("ping -c1 -W1 -b 250.255.255.255");
-    c1.sh("ping -c1 -W1 250.0.0.5");
-    c1.sh("ping -c1 -W1 250.1.1.99");
-    c1.sh("ping -c1 -W1 -I eth0 ff02::1");
-    let leaked = capture.finish();
-    assert!(!leaked.contains("VXLAN") && !leaked.contains("8472:"), "leaked:\n{leaked}");
+        // Broadcasts, unmappable targets and IPv6 are dropped before the wire.
+        let capture = Background::spawn(
+            &fleet.switch.ns,
+            &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} udp port 8472"),
+        );
+        capture.wait_for_output(&["listening on"]);
+        let c1 = &fleet.containers[0];
+        c1.sh("ping -c1 -W1 -b 250.255.255.255");
+        c1.sh("ping -c1 -W1 250.0.0.5");
+        c1.sh("ping -c1 -W1 250.1.1.99");
+        c1.sh("ping -c1 -W1 -I eth0 ff02::1");
+        let leaked = capture.finish();
+        assert!(!leaked.contains("VXLAN") && !leaked.contains("8472:"), "leaked:\n{leaked}");
+    }
 }
 
 /// fdb `self` entries, permanent neighbours and routes: the state that per-peer designs grow.
 fn per_peer_state(host: &Host) -> String {
     host.ns.run(
-        "bridge fdb show dev fan-250-vx | grep self | grep -v permanent; \
+        "bridge fdb show | grep self | grep -v permanent; \
          ip neigh show nud permanent; ip route show table all | grep -v '^local\\|^broadcast\\|^multicast\\|fe80\\|ff00'",
     )
 }
 
-#[test]
-#[ignore = "needs root (network namespaces, netlink, BPF): run with --include-ignored"]
-fn hosts_keep_no_per_peer_state() {
-    let mut fleet = Fleet::new(FAN_250, 2);
-    assert!(ping(&fleet.containers[0], "250.2.2.10"));
-    let with_one_peer = per_peer_state(&fleet.hosts[0]);
-    fleet.add_host(3);
-    fleet.add_host(4);
-    for d in 2..=4 {
-        assert!(ping(&fleet.containers[0], &format!("250.{d}.{d}.10")));
+crate::in_both_datapaths! {
+    #[ignore = "needs root (network namespaces, netlink, BPF): run with --include-ignored"]
+    fn hosts_keep_no_per_peer_state(mode) {
+        let mut fleet = Fleet::new(mode, FAN_250, 2);
+        assert!(ping(&fleet.containers[0], "250.2.2.10"));
+        let with_one_peer = per_peer_state(&fleet.hosts[0]);
+        fleet.add_host(3);
+        fleet.add_host(4);
+        for d in 2..=4 {
+            assert!(ping(&fleet.containers[0], &format!("250.{d}.{d}.10")));
+        }
+        assert_eq!(per_peer_state(&fleet.hosts[0]), with_one_peer);
     }
-    assert_eq!(per_peer_state(&fleet.hosts[0]), with_one_peer);
 }
 
-#[test]
-#[ignore = "needs root (network namespaces, netlink, BPF): run with --include-ignored"]
-fn two_fans_share_udp_8472_each_vni_carrying_its_own_overlay() {
-    let fleet = Fleet::new(&format!("{FAN_250}\n{FAN_251}"), 2);
-    let mut second = Vec::new();
-    for (i, host) in fleet.hosts.iter().enumerate() {
-        let n = i + 1;
-        fanlink(&host.ns, &fleet.rules, "up fan-251");
-        second.push(host.container("fan-251", &format!("251.{n}.{n}.10/8"), &format!("251.{n}.{n}.1"), 1450));
-    }
-    let port = &fleet.hosts[0].port;
-    let capture = Background::spawn(
-        &fleet.switch.ns,
-        &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} udp port 8472"),
-    );
-    capture.wait_for_output(&["listening on"]);
-    assert!(ping(&fleet.containers[0], "250.2.2.10"));
-    assert!(ping(&second[0], "251.2.2.10"));
-    capture.wait_for_output(&["vni 16384000", "vni 16449536"]);
-    let wire = capture.finish();
-    let lines: Vec<&str> = wire.lines().filter(|l| l.contains("VXLAN")).collect();
-    assert!(lines.iter().any(|l| l.contains("vni 16384000")), "{wire}");
-    assert!(lines.iter().any(|l| l.contains("vni 16449536")), "{wire}");
-    // Each VNI carries only its own overlay: a filter on the VNI field (bytes 12-14 of the
-    // vxlan header, after the 8-byte UDP header) shows one VNI at a time.
-    for (vni_hex, overlay, other) in [("fa0000", "250.", "251."), ("fb0000", "251.", "250.")] {
-        let filter = format!("udp port 8472 and udp[12:4] = 0x{vni_hex}00");
+crate::in_both_datapaths! {
+    #[ignore = "needs root (network namespaces, netlink, BPF): run with --include-ignored"]
+    fn two_fans_share_udp_8472_each_vni_carrying_its_own_overlay(mode) {
+        let fleet = Fleet::new(mode, &format!("{FAN_250}\n{FAN_251}"), 2);
+        let mut second = Vec::new();
+        for (i, host) in fleet.hosts.iter().enumerate() {
+            let n = i + 1;
+            fanlink(mode, &host.ns, &fleet.rules, "up fan-251");
+            second.push(host.container("fan-251", &format!("251.{n}.{n}.10/8"), &format!("251.{n}.{n}.1"), 1450));
+        }
+        let port = &fleet.hosts[0].port;
         let capture = Background::spawn(
             &fleet.switch.ns,
-            &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} '{filter}'"),
+            &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} udp port 8472"),
         );
         capture.wait_for_output(&["listening on"]);
         assert!(ping(&fleet.containers[0], "250.2.2.10"));
         assert!(ping(&second[0], "251.2.2.10"));
-        capture.wait_for_output(&[&format!(" {overlay}")]);
+        capture.wait_for_output(&["vni 16384000", "vni 16449536"]);
         let wire = capture.finish();
-        assert!(wire.contains(&format!(" {overlay}")), "vni {vni_hex}: {wire}");
-        assert!(!wire.contains(&format!(" {other}")), "vni {vni_hex} carried {other}: {wire}");
+        let lines: Vec<&str> = wire.lines().filter(|l| l.contains("VXLAN")).collect();
+        assert!(lines.iter().any(|l| l.contains("vni 16384000")), "{wire}");
+        assert!(lines.iter().any(|l| l.contains("vni 16449536")), "{wire}");
+        // Each VNI carries only its own overlay: a filter on the VNI field (bytes 12-14 of the
+        // vxlan header, after the 8-byte UDP header) shows one VNI at a time.
+        for (vni_hex, overlay, other) in [("fa0000", "250.", "251."), ("fb0000", "251.", "250.")] {
+            let filter = format!("udp port 8472 and udp[12:4] = 0x{vni_hex}00");
+            let capture = Background::spawn(
+                &fleet.switch.ns,
+                &format!("tcpdump --immediate-mode -T vxlan -l -nn -i {port} '{filter}'"),
+            );
+            capture.wait_for_output(&["listening on"]);
+            assert!(ping(&fleet.containers[0], "250.2.2.10"));
+            assert!(ping(&second[0], "251.2.2.10"));
+            capture.wait_for_output(&[&format!(" {overlay}")]);
+            let wire = capture.finish();
+            assert!(wire.contains(&format!(" {overlay}")), "vni {vni_hex}: {wire}");
+            assert!(!wire.contains(&format!(" {other}")), "vni {vni_hex} carried {other}: {wire}");
+        }
     }
 }
 
-#[test]
-#[ignore = "needs root (network namespaces, netlink, BPF, nft, iptables): run with --include-ignored"]
-fn containers_reach_the_outside_masqueraded_even_where_forward_drops() {
-    let switch = Switch::new();
-    let host = switch.host("10.99.1.1/16");
-    let outside = switch.host("10.99.200.200/16");
-    let rules = TempDir::new("rules");
-    rules.write("50-test.toml", FAN_250);
-    // Docker's default: forwarded traffic is dropped unless a rule accepts it.
-    host.ns.run("iptables -P FORWARD DROP");
-    fanlink(&host.ns, &rules, "up fan-250");
-    let container = host.container("fan-250", "250.1.1.10/8", "250.1.1.1", 1450);
-    let capture = Background::spawn(&outside.ns, "tcpdump --immediate-mode -l -nn -i uplink0 icmp");
-    capture.wait_for_output(&["listening on"]);
-    assert!(ping(&container, "10.99.200.200"), "container -> outside");
-    capture.wait_for_output(&["> 10.99.200.200: ICMP echo request"]);
-    let seen = capture.finish();
-    assert!(seen.contains("10.99.1.1 > 10.99.200.200: ICMP echo request"), "{seen}");
-    assert!(!seen.contains("250.1.1.10"), "not masqueraded: {seen}");
+crate::in_both_datapaths! {
+    #[ignore = "needs root (network namespaces, netlink, BPF, nft, iptables): run with --include-ignored"]
+    fn containers_reach_the_outside_masqueraded_even_where_forward_drops(mode) {
+        let switch = Switch::new();
+        let host = switch.host("10.99.1.1/16");
+        let outside = switch.host("10.99.200.200/16");
+        let rules = TempDir::new("rules");
+        rules.write("50-test.toml", FAN_250);
+        // Docker's default: forwarded traffic is dropped unless a rule accepts it.
+        host.ns.run("iptables -P FORWARD DROP");
+        fanlink(mode, &host.ns, &rules, "up fan-250");
+        let container = host.container("fan-250", "250.1.1.10/8", "250.1.1.1", 1450);
+        let capture = Background::spawn(&outside.ns, "tcpdump --immediate-mode -l -nn -i uplink0 icmp");
+        capture.wait_for_output(&["listening on"]);
+        assert!(ping(&container, "10.99.200.200"), "container -> outside");
+        capture.wait_for_output(&["> 10.99.200.200: ICMP echo request"]);
+        let seen = capture.finish();
+        assert!(seen.contains("10.99.1.1 > 10.99.200.200: ICMP echo request"), "{seen}");
+        assert!(!seen.contains("250.1.1.10"), "not masqueraded: {seen}");
+    }
 }
 
 /// Everything a namespace's network state is made of, for before/after comparisons; without
 /// what changes by itself (carrier, bridge timers, IPv6 link-local and its multicast).
 fn dump(ns: &Netns) -> String {
+    // A new veth port's carrier reaches the bridge through the kernel's linkwatch, up to a
+    // second later: its port state is compared once it has.
+    crate::topology::wait_for("bridge ports past disabled", std::time::Duration::from_secs(3), || {
+        !ns.run("bridge link show").contains("state disabled")
+    });
     ns.run(
         "{ ip -d link show; ip -4 addr; ip -4 route show table all; \
            for d in $(ls /sys/class/net); do tc qdisc show dev $d; tc filter show dev $d egress; done; \
@@ -192,45 +203,47 @@ fn dump(ns: &Netns) -> String {
     )
 }
 
-#[test]
-#[ignore = "needs root (network namespaces, netlink, BPF, nft): run with --include-ignored"]
-fn up_is_idempotent_down_restores_the_namespace_and_a_half_built_fan_converges() {
-    let switch = Switch::new();
-    let host = switch.host("10.99.1.1/16");
-    let rules = TempDir::new("rules");
-    rules.write("50-test.toml", FAN_250);
-    host.ns.run("sysctl -qw net.ipv4.ip_forward=1");
-    let before = dump(&host.ns);
+crate::in_both_datapaths! {
+    #[ignore = "needs root (network namespaces, netlink, BPF, nft): run with --include-ignored"]
+    fn up_is_idempotent_down_restores_the_namespace_and_a_half_built_fan_converges(mode) {
+        let switch = Switch::new();
+        let host = switch.host("10.99.1.1/16");
+        let rules = TempDir::new("rules");
+        rules.write("50-test.toml", FAN_250);
+        host.ns.run("sysctl -qw net.ipv4.ip_forward=1");
+        let before = dump(&host.ns);
 
-    fanlink(&host.ns, &rules, "up fan-250");
-    let once = dump(&host.ns);
-    assert_eq!(fanlink(&host.ns, &rules, "plan fan-250"), "fan-250: nothing to do\n");
-    fanlink(&host.ns, &rules, "up fan-250");
-    assert_same(&dump(&host.ns), &once, "a second up changes nothing");
+        fanlink(mode, &host.ns, &rules, "up fan-250");
+        let once = dump(&host.ns);
+        assert_eq!(fanlink(mode, &host.ns, &rules, "plan fan-250"), "fan-250: nothing to do\n");
+        fanlink(mode, &host.ns, &rules, "up fan-250");
+        assert_same(&dump(&host.ns), &once, "a second up changes nothing");
 
-    fanlink(&host.ns, &rules, "down fan-250");
-    assert_same(&dump(&host.ns), &before, "down removes exactly what up made");
+        fanlink(mode, &host.ns, &rules, "down fan-250");
+        assert_same(&dump(&host.ns), &before, "down removes exactly what up made");
 
-    // A crash after any step, then up again: one set of objects, as after a clean up.
-    let steps = fanlink(&host.ns, &rules, "plan fan-250").lines().count();
-    assert!(steps >= 8, "the first up has at least 8 steps");
-    for stop_after in 1..steps {
-        fanlink(&host.ns, &rules, &format!("up fan-250 --stop-after {stop_after}"));
-        fanlink(&host.ns, &rules, "up fan-250");
-        assert_same(
-            &normalize_ids(&dump(&host.ns)),
-            &normalize_ids(&once),
-            &format!("after a stop at step {stop_after}"),
-        );
-        fanlink(&host.ns, &rules, "down fan-250");
+        // A crash after any step, then up again: one set of objects, as after a clean up.
+        let steps = fanlink(mode, &host.ns, &rules, "plan fan-250").lines().count();
+        assert!(steps >= 8, "the first up has at least 8 steps");
+        for stop_after in 1..steps {
+            fanlink(mode, &host.ns, &rules, &format!("up fan-250 --stop-after {stop_after}"));
+            fanlink(mode, &host.ns, &rules, "up fan-250");
+            assert_same(
+                &normalize_ids(&dump(&host.ns)),
+                &normalize_ids(&once),
+                &format!("after a stop at step {stop_after}"),
+            );
+            fanlink(mode, &host.ns, &rules, "down fan-250");
+        }
+        assert_eq!(dump(&host.ns), before);
     }
-    assert_eq!(dump(&host.ns), before);
 }
 
-/// Interface indexes, BPF program ids and the vxlan's random MAC change between runs; the
-/// rest must not.
+/// Interface indexes, BPF program ids and the vxlan's random MAC change between runs (and
+/// with an ifindex in a program, its tag); the rest must not.
 fn normalize_ids(dump: &str) -> String {
-    let is_mac = |w: &str| w.len() == 17 && w.split(':').count() == 6;
+    let is_tag = |w: &str| w.len() == 16 && w.chars().all(|c| c.is_ascii_hexdigit());
+    let is_mac = |w: &str| (w.len() == 17 && w.split(':').count() == 6) || is_tag(w);
     dump.lines()
         .map(|l| {
             l.split_whitespace()
@@ -253,41 +266,45 @@ fn assert_same(left: &str, right: &str, what: &str) {
     assert_eq!(left.lines().count(), right.lines().count(), "{what}: {left}\n---\n{right}");
 }
 
-#[test]
-#[ignore = "needs root (network namespaces, netlink, BPF): run with --include-ignored"]
-fn a_new_underlay_address_moves_the_fan_and_traffic_follows() {
-    let fleet = Fleet::new(FAN_250, 2);
-    let host = &fleet.hosts[1];
-    let before = host.ns.run("tc filter show dev fan-250-vx egress");
-    host.ns.run("ip addr del 10.99.2.2/16 dev uplink0 && ip addr add 10.99.7.7/16 dev uplink0");
-    fanlink(&host.ns, &fleet.rules, "up fan-250");
-    let after = host.ns.run("tc filter show dev fan-250-vx egress");
-    assert_ne!(before, after, "the program is replaced");
-    assert!(after.contains("10.99.7.7"), "{after}");
-    assert!(host.ns.run("ip -4 addr show dev fan-250").contains("250.7.7.1/8"));
-    let moved = host.container("fan-250", "250.7.7.10/8", "250.7.7.1", 1450);
-    assert!(ping(&fleet.containers[0], "250.7.7.10"));
-    assert!(ping(&moved, "250.1.1.10"));
+crate::in_both_datapaths! {
+    #[ignore = "needs root (network namespaces, netlink, BPF): run with --include-ignored"]
+    fn a_new_underlay_address_moves_the_fan_and_traffic_follows(mode) {
+        let fleet = Fleet::new(mode, FAN_250, 2);
+        let host = &fleet.hosts[1];
+        let before = host.ns.run("tc filter show dev fan-250-vx egress");
+        host.ns.run("ip addr del 10.99.2.2/16 dev uplink0 && ip addr add 10.99.7.7/16 dev uplink0");
+        fanlink(mode, &host.ns, &fleet.rules, "up fan-250");
+        let after = host.ns.run("tc filter show dev fan-250-vx egress");
+        assert_ne!(before, after, "the program is replaced");
+        assert!(after.contains("10.99.7.7"), "{after}");
+        assert!(host.ns.run("ip -4 addr show dev fan-250").contains("250.7.7.1/8"));
+        let moved = host.container("fan-250", "250.7.7.10/8", "250.7.7.1", 1450);
+        assert!(ping(&fleet.containers[0], "250.7.7.10"));
+        assert!(ping(&moved, "250.1.1.10"));
+    }
 }
 
-#[test]
-#[ignore = "needs root (network namespaces, setpriv): run with --include-ignored"]
-fn missing_privileges_are_named_before_anything_changes() {
-    let switch = Switch::new();
-    let host = switch.host("10.99.1.1/16");
-    let up = "up --overlay 250.0.0.0/8 --underlay 10.99.0.0/16";
-    let nobody = host.ns.sh(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups {BIN} {up}"));
-    assert_eq!(nobody.status.code(), Some(2));
-    assert_eq!(
-        String::from_utf8_lossy(&nobody.stderr),
-        "fanlink: fan-250: fanlink needs root or CAP_NET_ADMIN to change links, tc and nftables\n"
-    );
-    let no_bpf = host.ns.sh(&format!("setpriv --inh-caps=-all --bounding-set=-bpf,-sys_admin {BIN} {up}"));
-    assert_eq!(
-        String::from_utf8_lossy(&no_bpf.stderr),
-        "fanlink: fan-250: loading the fan's BPF program needs CAP_BPF (Linux 5.8 and later) or CAP_SYS_ADMIN\n"
-    );
-    assert!(!host.ns.run("ip -o link").contains("fan-250"), "nothing was made");
+crate::in_both_datapaths! {
+    #[ignore = "needs root (network namespaces, setpriv): run with --include-ignored"]
+    fn missing_privileges_are_named_before_anything_changes(mode) {
+        let switch = Switch::new();
+        let host = switch.host("10.99.1.1/16");
+        let up = "up --overlay 250.0.0.0/8 --underlay 10.99.0.0/16";
+        let env = mode.env();
+        let nobody = host.ns.sh(&format!("{env} setpriv --reuid=65534 --regid=65534 --clear-groups {BIN} {up}"));
+        assert_eq!(nobody.status.code(), Some(2));
+        assert_eq!(
+            String::from_utf8_lossy(&nobody.stderr),
+            "fanlink: fan-250: fanlink needs root or CAP_NET_ADMIN to change links, tc and nftables\n"
+        );
+        let no_bpf =
+            host.ns.sh(&format!("{env} setpriv --inh-caps=-all --bounding-set=-bpf,-sys_admin {BIN} {up}"));
+        assert_eq!(
+            String::from_utf8_lossy(&no_bpf.stderr),
+            "fanlink: fan-250: loading the fan's BPF program needs CAP_BPF (Linux 5.8 and later) or CAP_SYS_ADMIN\n"
+        );
+        assert!(!host.ns.run("ip -o link").contains("fan-250"), "nothing was made");
+    }
 }
 
 /// The capabilities systemd gives `fanlink run`: the unit's `CapabilityBoundingSet`, in
@@ -301,35 +318,37 @@ fn unit_capabilities() -> String {
     format!("-all,{}", caps.join(","))
 }
 
-#[test]
-#[ignore = "needs root (network namespaces, setpriv, BPF): run with --include-ignored"]
-fn the_fan_works_with_only_the_units_capabilities() {
-    // Root without CAP_SYS_ADMIN or CAP_PERFMON, as under the unit: the verifier takes its
-    // stricter path (on 6.1 it refused the first program this way; issue 11).
-    let caps = unit_capabilities();
-    assert!(!caps.contains("sys_admin") && !caps.contains("perfmon"), "{caps}");
-    let switch = Switch::new();
-    let rules = TempDir::new("rules");
-    rules.write("50-test.toml", FAN_250);
-    let mut containers = Vec::new();
-    let mut hosts = Vec::new();
-    for n in 1..=2u8 {
-        let host = switch.host(&format!("10.99.{n}.{n}/16"));
-        let restricted = format!(
-            "setpriv --inh-caps=-all --bounding-set={caps} {BIN} --rules-dir {} up fan-250",
-            rules.path().display()
-        );
-        let out = host.ns.sh(&restricted);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(fanlink(&host.ns, &rules, "status").contains("program   id "), "the program is attached");
-        containers.push(host.container(
-            "fan-250",
-            &format!("250.{n}.{n}.10/8"),
-            &format!("250.{n}.{n}.1"),
-            1450,
-        ));
-        hosts.push(host);
+crate::in_both_datapaths! {
+    #[ignore = "needs root (network namespaces, setpriv, BPF): run with --include-ignored"]
+    fn the_fan_works_with_only_the_units_capabilities(mode) {
+        // Root without CAP_SYS_ADMIN or CAP_PERFMON, as under the unit: the verifier takes its
+        // stricter path (on 6.1 it refused the first program this way; issue 11).
+        let caps = unit_capabilities();
+        assert!(!caps.contains("sys_admin") && !caps.contains("perfmon"), "{caps}");
+        let switch = Switch::new();
+        let rules = TempDir::new("rules");
+        rules.write("50-test.toml", FAN_250);
+        let mut containers = Vec::new();
+        let mut hosts = Vec::new();
+        for n in 1..=2u8 {
+            let host = switch.host(&format!("10.99.{n}.{n}/16"));
+            let restricted = format!(
+                "{} setpriv --inh-caps=-all --bounding-set={caps} {BIN} --rules-dir {} up fan-250",
+                mode.env(),
+                rules.path().display()
+            );
+            let out = host.ns.sh(&restricted);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(fanlink(mode, &host.ns, &rules, "status").contains("program   id "), "the program is attached");
+            containers.push(host.container(
+                "fan-250",
+                &format!("250.{n}.{n}.10/8"),
+                &format!("250.{n}.{n}.1"),
+                1450,
+            ));
+            hosts.push(host);
+        }
+        assert!(ping(&containers[0], "250.2.2.10"), "across the fan");
+        assert!(ping(&containers[1], "250.1.1.10"), "and back");
     }
-    assert!(ping(&containers[0], "250.2.2.10"), "across the fan");
-    assert!(ping(&containers[1], "250.1.1.10"), "and back");
 }

@@ -6,17 +6,15 @@
 
 mod tamper;
 
-use crate::topology::sh;
-use std::path::{Path, PathBuf};
-use std::process::Child;
+pub(crate) use crate::launch::{wait_until as wait_for, Daemon};
+use crate::topology::{sh, Mode};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fanlink");
 pub(crate) const UP: &str = "up 250.1.1.1/8";
-pub(crate) const SOON: Duration = Duration::from_secs(10);
 
 /// A host of tests/daemon.rs (netns + bus + networkd, uplink0 10.99.1.1/16, fanlink's rules
-/// and runtime dir), with what the fault tests add: a wrapped start, a census of objects.
+/// and runtime dir, its daemon launcher), with what the fault tests add: a census of objects.
 pub(crate) struct Host(crate::daemon::Host);
 
 impl std::ops::Deref for Host {
@@ -29,30 +27,25 @@ impl std::ops::Deref for Host {
 
 impl Host {
     pub fn new(name: &str) -> Host {
-        Host(crate::daemon::Host::new(name, "10.99.1.1/16", &[]))
+        Host::new_in(Mode::Vnifilter, name)
     }
 
-    /// `fanlink run` with the host's rules and runtime dir.
-    pub fn start(&self) -> Daemon {
-        self.start_wrapped(&[], &self.runtime.path().join("rt"))
+    pub fn new_in(mode: Mode, name: &str) -> Host {
+        Host(crate::daemon::Host::new_in(mode, name, "10.99.1.1/16", &[]))
     }
 
-    /// `fanlink run` under `wrapper` (e.g. `unshare -m sh -c ...`), with `runtime` as its dir.
-    pub fn start_wrapped(&self, wrapper: &[&str], runtime: &Path) -> Daemon {
-        let (child, log) = self.0.spawn(wrapper, runtime);
-        Daemon { child, log }
-    }
-
-    /// "up ADDR", "down" or "absent" for `bridge`, then how many bridges, vxlans, fanlink
-    /// filters on the vxlan's egress and fanlink nft tables the namespace holds.
+    /// "up ADDR", "down" or "absent" for `bridge`, then how many bridges, fan ports (vxlans,
+    /// or veths in the shared datapath), fanlink filters on their egress and fanlink nft
+    /// tables the namespace holds.
     pub fn census(&self, bridge: &str) -> (String, [usize; 4]) {
         let out = self.sh(&format!(
             "ip -o link show dev {bridge} 2>/dev/null | grep -q . || echo absent; \
              ip -o link show dev {bridge} up 2>/dev/null | grep -q UP || echo down; \
              ip -o -4 addr show dev {bridge} 2>/dev/null | awk '{{print \"up\", $4}}'; \
-             ip -o link show type bridge | wc -l; ip -o link show type vxlan | wc -l; \
-             for v in $(ip -o link show type vxlan | awk -F': ' '{{print $2}}' | cut -d@ -f1); do \
-               tc filter show dev $v egress; done | grep -c fanlink; \
+             ip -o link show type bridge | wc -l; \
+             ports=$(ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1 | grep -- '-vx$' | grep -vx fanlink-vx); \
+             echo \"$ports\" | grep -c .; \
+             for v in $ports; do tc filter show dev $v egress; done | grep -c fanlink; \
              nft list tables | grep -c fanlink"
         ));
         let lines: Vec<&str> = out.lines().collect();
@@ -88,77 +81,6 @@ impl Host {
         let rt = self.runtime.path().join("rt");
         let status = format!("{BIN} --runtime-dir {} status --json >/dev/null", rt.display());
         wait_for(|| "the daemon to answer status".into(), || sh(Some(self.ns()), &status).status.success());
-    }
-}
-
-/// `fanlink run` in a host's namespace (the child's PID is fanlink's: `ip netns exec` and
-/// `env` exec). SIGKILLed on drop; fans stay, by design.
-pub(crate) struct Daemon {
-    pub child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn wait_log(&self, text: &str) {
-        wait_for(
-            || format!("log line {text:?}; threads {}; log:\n{}", self.threads(), self.log()),
-            || self.log().contains(text),
-        );
-    }
-
-    pub fn signal_hup(&self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid() as i32),
-            nix::sys::signal::Signal::SIGHUP,
-        )
-        .expect("the daemon is alive");
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Each thread's name and what it waits in, for messages about a daemon that hangs.
-    pub fn threads(&self) -> String {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).into_iter().flatten().flatten();
-        let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
-        tasks
-            .map(|t| format!("{}:{}", read(t.path().join("comm")), read(t.path().join("wchan"))))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    /// (VmRSS in kB, open fds).
-    pub fn footprint(&self) -> (u64, usize) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
-        let rss = rss.trim().trim_end_matches(" kB").trim().parse().unwrap();
-        (rss, std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Polls `ok` until it holds or [`SOON`] passes; then panics with `what()`, which is only
-/// formatted then (so a log in it is the log at the deadline, not at the start).
-pub(crate) fn wait_for(what: impl Fn() -> String, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out after {SOON:?} waiting for {}", what());
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -202,9 +124,9 @@ pub(crate) fn assert_one_of_everything(host: &Host, uplink_up: bool, what: &str)
 /// alias. They stay: the next daemon must recognise them as its own and mark them.
 fn unmarked_links(host: &Host, round: usize) -> Vec<String> {
     let mut found = Vec::new();
-    for link in ["fan-250", "fan-250-vx"] {
+    for link in ["fan-250", "fan-250-vx", "fan-250-vp", "fanlink-vx"] {
         let shown = host.sh(&format!("ip -o -d link show dev {link} 2>/dev/null"));
-        if !shown.is_empty() && !shown.contains("alias fanlink:") {
+        if !shown.is_empty() && !shown.contains("alias fanlink") {
             found.push(format!("round {round}: {link}"));
         }
     }
@@ -230,146 +152,149 @@ fn restart_like_systemd(host: &Host, failed: &mut Vec<String>) -> Daemon {
     panic!("the daemon failed to start three times: {failed:?}");
 }
 
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn kill_9_at_100_random_moments_while_the_uplink_flaps_converges_every_time() {
-    let host = Host::new("k9");
-    let mut rng = Rng::from_env();
-    let started = Instant::now();
-    let mut uplink_up = true;
-    let (mut failed_starts, mut orphans) = (Vec::new(), Vec::new());
-    for round in 0..100 {
-        let mut daemon = host.start();
-        // Flap the uplink meanwhile: before, during or not at all, then kill at a random moment.
-        let deadline = Instant::now() + Duration::from_millis(rng.below(60));
-        while Instant::now() < deadline {
-            if rng.below(3) == 0 {
-                uplink_up = !uplink_up;
-                host.harness.run("carrier", &[if uplink_up { "up" } else { "down" }]);
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn kill_9_at_100_random_moments_while_the_uplink_flaps_converges_every_time(mode) {
+        let host = Host::new_in(mode, "k9");
+        let mut rng = Rng::from_env();
+        let started = Instant::now();
+        let mut uplink_up = true;
+        let (mut failed_starts, mut orphans) = (Vec::new(), Vec::new());
+        for round in 0..100 {
+            let mut daemon = host.start();
+            // Flap the uplink meanwhile: before, during or not at all, then kill at a random moment.
+            let deadline = Instant::now() + Duration::from_millis(rng.below(60));
+            while Instant::now() < deadline {
+                if rng.below(3) == 0 {
+                    uplink_up = !uplink_up;
+                    host.harness.run("carrier", &[if uplink_up { "up" } else { "down" }]);
+                }
+                std::thread::sleep(Duration::from_millis(rng.below(10)));
             }
-            std::thread::sleep(Duration::from_millis(rng.below(10)));
-        }
-        daemon.kill9();
-        orphans.extend(unmarked_links(&host, round));
-        let daemon = restart_like_systemd(&host, &mut failed_starts);
-        // Down, or absent while no daemon has seen the uplink routable yet.
-        let want = |fan: &str| {
+            daemon.kill9();
+            orphans.extend(unmarked_links(&host, round));
+            let daemon = restart_like_systemd(&host, &mut failed_starts);
+            // Down, or absent while no daemon has seen the uplink routable yet.
+            let want = |fan: &str| {
+                if uplink_up {
+                    fan == format!("{UP} [1, 1, 1, 1]")
+                } else {
+                    fan == "down" || fan == "absent"
+                }
+            };
+            wait_for(
+                || {
+                    let (fan, threads, log) = (host.fan(), daemon.threads(), daemon.log());
+                    format!("round {round}: uplink up {uplink_up}; have {fan}; threads {threads}; log:\n{log}")
+                },
+                || want(&host.fan()),
+            );
+            assert_one_of_everything(&host, uplink_up, &format!("round {round}"));
             if uplink_up {
-                fan == format!("{UP} [1, 1, 1, 1]")
-            } else {
-                fan == "down" || fan == "absent"
+                assert_eq!(unmarked_links(&host, round), Vec::<String>::new(), "adopted and marked");
             }
-        };
-        wait_for(
-            || {
-                let (fan, threads, log) = (host.fan(), daemon.threads(), daemon.log());
-                format!("round {round}: uplink up {uplink_up}; have {fan}; threads {threads}; log:\n{log}")
-            },
-            || want(&host.fan()),
-        );
-        assert_one_of_everything(&host, uplink_up, &format!("round {round}"));
-        if uplink_up {
-            assert_eq!(unmarked_links(&host, round), Vec::<String>::new(), "adopted and marked");
         }
+        eprintln!("[faults] 100 kills in {:.1?}", started.elapsed());
+        // Each was adopted and marked by the next daemon (assert_one_of_everything above).
+        eprintln!("[faults] links left unmarked by a kill and adopted afterwards: {orphans:?}");
+        if !failed_starts.is_empty() {
+            eprintln!(
+                "[faults] REPORT: {} restart(s) after kill -9 failed: {failed_starts:?}",
+                failed_starts.len()
+            );
+        }
+        host.harness.run("carrier", &["up"]);
+        let daemon = host.start();
+        host.wait_fan(UP, &daemon);
+        assert_one_of_everything(&host, true, "the end");
     }
-    eprintln!("[faults] 100 kills in {:.1?}", started.elapsed());
-    // Each was adopted and marked by the next daemon (assert_one_of_everything above).
-    eprintln!("[faults] links left unmarked by a kill and adopted afterwards: {orphans:?}");
-    if !failed_starts.is_empty() {
-        eprintln!(
-            "[faults] REPORT: {} restart(s) after kill -9 failed: {failed_starts:?}",
-            failed_starts.len()
-        );
-    }
-    host.harness.run("carrier", &["up"]);
-    let daemon = host.start();
-    host.wait_fan(UP, &daemon);
-    assert_one_of_everything(&host, true, "the end");
 }
 
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn a_storm_of_1000_flaps_ends_up_and_neither_memory_nor_fds_grow() {
-    let host = Host::new("storm");
-    let daemon = host.start();
-    host.wait_fan(UP, &daemon);
-    let (peer_ns, peer_if) = (host.harness.var("HARNESS_PEER_NETNS"), host.harness.var("HARNESS_PEER_IF"));
-    let flaps = |n: usize| {
-        let batch = format!("link set {peer_if} down\nlink set {peer_if} up\n").repeat(n);
-        let file = host.runtime.path().join("flaps");
-        std::fs::write(&file, batch).unwrap();
-        crate::topology::run(None, &format!("ip -n {peer_ns} -batch {}", file.display()));
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn a_storm_of_1000_flaps_ends_up_and_neither_memory_nor_fds_grow(mode) {
+        let host = Host::new_in(mode, "storm");
+        let daemon = host.start();
+        host.wait_fan(UP, &daemon);
+        let (peer_ns, peer_if) = (host.harness.var("HARNESS_PEER_NETNS"), host.harness.var("HARNESS_PEER_IF"));
+        let flaps = |n: usize| {
+            let batch = format!("link set {peer_if} down\nlink set {peer_if} up\n").repeat(n);
+            let file = host.runtime.path().join("flaps");
+            std::fs::write(&file, batch).unwrap();
+            crate::topology::run(None, &format!("ip -n {peer_ns} -batch {}", file.display()));
+            host.wait_fan(UP, &daemon);
+            host.settle();
+        };
+        flaps(100);
+        let after_100 = daemon.footprint();
+        for _ in 0..9 {
+            flaps(100);
+        }
+        let after_1000 = daemon.footprint();
+        eprintln!("[faults] (VmRSS kB, fds) after 100 flaps {after_100:?}, after 1000 {after_1000:?}");
+        // networkd reports only the flaps it sees (the kernel's linkwatch batches fast ones).
+        let downs = daemon.log().matches("set fan-250 down").count();
+        eprintln!("[faults] the daemon took the fan down {downs} time(s) during the storm");
+        assert!(downs >= 1, "the storm reached the daemon");
+        // RSS grows until the bus connection's queue holds its capacity of messages
+        // (networkd::QUEUE_CAPACITY = 4096; measured: +1.6 kB per flap seen, flat at about
+        // +500 kB after some 400 down/up cycles, flat from the start with a capacity of 64), plus
+        // a few pages of allocator noise. An unbounded leak of 1 kB per flap would exceed this.
+        assert!(after_1000.0 <= after_100.0 + 700, "RSS grew: {after_100:?} -> {after_1000:?}");
+        assert!(after_1000.1 <= after_100.1 + 1, "fds grew: {after_100:?} -> {after_1000:?}");
+        assert_one_of_everything(&host, true, "after the storm");
+    }
+}
+
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn uplink_changes_while_networkd_is_gone_5s_or_the_bus_is_down_are_caught_up_on(mode) {
+        let host = Host::new_in(mode, "away");
+        let daemon = host.start();
         host.wait_fan(UP, &daemon);
         host.settle();
-    };
-    flaps(100);
-    let after_100 = daemon.footprint();
-    for _ in 0..9 {
-        flaps(100);
-    }
-    let after_1000 = daemon.footprint();
-    eprintln!("[faults] (VmRSS kB, fds) after 100 flaps {after_100:?}, after 1000 {after_1000:?}");
-    // networkd reports only the flaps it sees (the kernel's linkwatch batches fast ones).
-    let downs = daemon.log().matches("set fan-250 down").count();
-    eprintln!("[faults] the daemon took the fan down {downs} time(s) during the storm");
-    assert!(downs >= 1, "the storm reached the daemon");
-    // RSS grows until the bus connection's queue holds its capacity of messages
-    // (networkd::QUEUE_CAPACITY = 4096; measured: +1.6 kB per flap seen, flat at about
-    // +500 kB after some 400 down/up cycles, flat from the start with a capacity of 64), plus
-    // a few pages of allocator noise. An unbounded leak of 1 kB per flap would exceed this.
-    assert!(after_1000.0 <= after_100.0 + 700, "RSS grew: {after_100:?} -> {after_1000:?}");
-    assert!(after_1000.1 <= after_100.1 + 1, "fds grew: {after_100:?} -> {after_1000:?}");
-    assert_one_of_everything(&host, true, "after the storm");
-}
+        let before = daemon.footprint();
 
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn uplink_changes_while_networkd_is_gone_5s_or_the_bus_is_down_are_caught_up_on() {
-    let host = Host::new("away");
-    let daemon = host.start();
-    host.wait_fan(UP, &daemon);
-    host.settle();
-    let before = daemon.footprint();
-
-    host.harness.run("kill-networkd", &[]);
-    daemon.wait_log("networkd left the bus");
-    let gone = Instant::now();
-    for (i, (action, arg)) in
-        [("carrier", "down"), ("link", "down"), ("link", "up"), ("carrier", "up"), ("carrier", "down")]
-            .into_iter()
-            .enumerate()
-    {
-        host.harness.run(action, &[arg]);
-        let until = Duration::from_millis(1000 * (i as u64 + 1));
-        while gone.elapsed() < until {
-            assert_eq!(
-                host.fan(),
-                format!("{UP} [1, 1, 1, 1]"),
-                "fans stay as they are while networkd is away"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        host.harness.run("kill-networkd", &[]);
+        daemon.wait_log("networkd left the bus");
+        let gone = Instant::now();
+        for (i, (action, arg)) in
+            [("carrier", "down"), ("link", "down"), ("link", "up"), ("carrier", "up"), ("carrier", "down")]
+                .into_iter()
+                .enumerate()
+        {
+            host.harness.run(action, &[arg]);
+            let until = Duration::from_millis(1000 * (i as u64 + 1));
+            while gone.elapsed() < until {
+                assert_eq!(
+                    host.fan(),
+                    format!("{UP} [1, 1, 1, 1]"),
+                    "fans stay as they are while networkd is away"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-    }
-    host.harness.run_with("start-networkd", &[], &[("WAIT_ROUTABLE", "0")]);
-    host.wait_fan("down", &daemon);
-    host.harness.run("carrier", &["up"]);
-    host.wait_fan(UP, &daemon);
+        host.harness.run_with("start-networkd", &[], &[("WAIT_ROUTABLE", "0")]);
+        host.wait_fan("down", &daemon);
+        host.harness.run("carrier", &["up"]);
+        host.wait_fan(UP, &daemon);
 
-    // The bus goes away long enough for the reconnect backoff to reach its 5 s step; the
-    // uplink goes down meanwhile. Back on the bus, fanlink catches up within one step.
-    host.harness.run("kill-bus", &[]);
-    daemon.wait_log("lost the system bus");
-    host.harness.run("kill-networkd", &[]);
-    host.harness.run("carrier", &["down"]);
-    std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(host.fan(), format!("{UP} [1, 1, 1, 1]"), "no bus, no change");
-    host.harness.run("start-bus", &[]);
-    host.harness.run_with("start-networkd", &[], &[("WAIT_ROUTABLE", "0")]);
-    host.wait_fan("down", &daemon);
-    host.harness.run("carrier", &["up"]);
-    host.wait_fan(UP, &daemon);
-    host.settle();
-    let after = daemon.footprint();
-    eprintln!("[faults] (VmRSS kB, fds) before {before:?}, after the outages {after:?}");
-    assert!(after.1 <= before.1 + 1, "no fds left from the dead connections: {before:?} -> {after:?}");
+        // The bus goes away long enough for the reconnect backoff to reach its 5 s step; the
+        // uplink goes down meanwhile. Back on the bus, fanlink catches up within one step.
+        host.harness.run("kill-bus", &[]);
+        daemon.wait_log("lost the system bus");
+        host.harness.run("kill-networkd", &[]);
+        host.harness.run("carrier", &["down"]);
+        std::thread::sleep(Duration::from_secs(6));
+        assert_eq!(host.fan(), format!("{UP} [1, 1, 1, 1]"), "no bus, no change");
+        host.harness.run("start-bus", &[]);
+        host.harness.run_with("start-networkd", &[], &[("WAIT_ROUTABLE", "0")]);
+        host.wait_fan("down", &daemon);
+        host.harness.run("carrier", &["up"]);
+        host.wait_fan(UP, &daemon);
+        host.settle();
+        let after = daemon.footprint();
+        eprintln!("[faults] (VmRSS kB, fds) before {before:?}, after the outages {after:?}");
+        assert!(after.1 <= before.1 + 1, "no fds left from the dead connections: {before:?} -> {after:?}");
+    }
 }

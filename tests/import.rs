@@ -118,6 +118,30 @@ fn the_seed_articles_command() {
 }
 
 #[test]
+fn a_hook_script_is_recognised_without_script() {
+    // The seed's networkd-dispatcher hook, where it lives: a file name that says nothing.
+    let hook = fs::read_to_string(Path::new(CORPUS).join("good/seed-hook.sh")).unwrap();
+    let expected = fs::read_to_string(Path::new(CORPUS).join("good/seed-hook.toml")).unwrap();
+    let dir = crate::cli::TempDir::new("hook");
+    dir.write("50-fan", &hook);
+    for (args, origin) in [(&["50-fan"][..], "50-fan"), (&["-"], "<stdin>"), (&["--script", "-"], "<stdin>")]
+    {
+        let out = import(dir.path(), args, &hook);
+        assert_eq!((out.status.code(), text(&out.stderr)), (Some(0), String::new()), "{args:?}");
+        assert_eq!(text(&out.stdout), expected.replace("seed-hook.sh", origin), "{args:?}");
+    }
+    // No shebang: the fanctl line alone makes it a script, and its error is about fanctl's
+    // arguments, not about /etc/network/fan's syntax.
+    let out = import(dir.path(), &["-"], "if true; then\n  fanctl up -u 10.0.0.0/16\nfi\n");
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(
+        text(&out.stderr),
+        "<stdin>:2:3: error: `fanctl up` takes -u UNDERLAY -o OVERLAY [OPTIONS], e.g. `fanctl up -u 10.0.0.0/16 -o 250.0.0.0/8`\n\
+         fanlink: cannot import <stdin>: 1 problem(s); nothing printed\n"
+    );
+}
+
+#[test]
 fn commands_are_refused_like_lines() {
     let cases = [
         (

@@ -23,7 +23,7 @@ fn netns() -> Netlink {
 
 /// Runs a tool in this thread's namespace and returns its stdout.
 fn run(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+    let out = crate::util::output(Command::new(tool).args(args));
     assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -35,7 +35,14 @@ fn bridge(nl: &mut Netlink, name: &str) -> u32 {
 }
 
 fn vxlan(nl: &mut Netlink, name: &str, master: Option<u32>) -> u32 {
-    let v = NewVxlan { name: name.into(), mtu: 1450, port: 8472, master, alias: Some("fanlink:250".into()) };
+    let v = NewVxlan {
+        name: name.into(),
+        mtu: 1450,
+        vnifilter: true,
+        port: 8472,
+        master,
+        alias: Some("fanlink:250".into()),
+    };
     nl.create_vxlan(&v).unwrap();
     nl.link_by_name(name).unwrap().unwrap().index
 }

@@ -23,7 +23,7 @@ fn attached(h: &Harness) -> (Attached, Receiver<BusEvent>, u32) {
     let t0 = Instant::now();
     let a = attach(Some(h.bus()), tx).expect("attach");
     eprintln!("[test] attach (connect, subscribe, reader, snapshot) took {} ms", t0.elapsed().as_millis());
-    let index = uplink(&a.links).index;
+    let index = uplink(a.links.as_deref().expect("networkd is on the bus")).index;
     (a, rx, index)
 }
 
@@ -36,10 +36,11 @@ fn oper_of(index: u32, want: OperState) -> impl Fn(&BusEvent) -> bool {
 fn snapshot_shows_uplink_routable() {
     let h = Harness::start("snap");
     let (a, _rx, index) = attached(&h);
-    let up = uplink(&a.links);
-    assert_eq!((up.oper, up.admin), (OperState::Routable, AdminState::Configured), "{:?}", a.links);
+    let links = a.links.as_deref().unwrap();
+    let up = uplink(links);
+    assert_eq!((up.oper, up.admin), (OperState::Routable, AdminState::Configured), "{links:?}");
     assert_eq!(h.var("HARNESS_UPLINK_OBJ"), fanlink::networkd::link_path(index));
-    let lo = a.links.iter().find(|l| l.name.as_str() == "lo").expect("lo listed");
+    let lo = links.iter().find(|l| l.name.as_str() == "lo").expect("lo listed");
     assert_eq!(lo.admin, AdminState::Unmanaged);
     assert!(a.networkd.owner().unwrap().is_some());
     assert_eq!(a.networkd.link(index).unwrap().as_ref(), Some(up));
@@ -185,11 +186,26 @@ fn bus_restart_disconnects_and_reattach_works() {
     let (tx, rx) = channel::<BusEvent>();
     let Attached { networkd, reader, links } =
         attach(Some(h.bus()), tx).expect("attach after the bus came back");
-    assert_eq!(uplink(&links).oper, OperState::Routable);
+    assert_eq!(uplink(&links.unwrap()).oper, OperState::Routable);
     // Hanging up ourselves ends the reader without a Disconnected (no reconnect loop).
     networkd.close().unwrap();
     wait_for(WITHIN, "the reader to end after close", || reader.is_finished());
     assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+}
+
+#[test]
+#[ignore = "needs root and systemd-networkd: run with --include-ignored"]
+fn attach_before_networkd_is_on_the_bus_then_follow_it_when_it_comes() {
+    let h = Harness::start("early");
+    h.run("kill-networkd", &[]);
+    let (tx, rx) = channel::<BusEvent>();
+    let a = attach(Some(h.bus()), tx).expect("attach while networkd is not on the bus");
+    assert!(a.links.is_none(), "{:?}", a.links);
+    h.run("start-networkd", &[]);
+    recv_until(&rx, WITHIN, "networkd's arrival", |e| {
+        matches!(e, BusEvent::OwnerChanged { new_owner: Some(_) })
+    });
+    assert_eq!(uplink(&a.networkd.snapshot().unwrap()).oper, OperState::Routable);
 }
 
 #[test]
@@ -222,8 +238,8 @@ fn two_hosts_on_one_switch() {
     let b = Harness::start_with("swb", &knobs("10.99.2.2/24"));
     let (sa, rxa, ia) = attached(&a);
     let (sb, rxb, ib) = attached(&b);
-    assert_eq!(uplink(&sa.links).oper, OperState::Routable);
-    assert_eq!(uplink(&sb.links).oper, OperState::Routable);
+    assert_eq!(uplink(sa.links.as_deref().unwrap()).oper, OperState::Routable);
+    assert_eq!(uplink(sb.links.as_deref().unwrap()).oper, OperState::Routable);
     // Each host's events are its own: B's switch port going down reaches only B.
     b.run("carrier", &["down"]);
     recv_until(&rxb, WITHIN, "no-carrier on host B", oper_of(ib, OperState::NoCarrier));

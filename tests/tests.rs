@@ -1,14 +1,19 @@
 //! fanlink's integration tests, one binary (`autotests = false`): the CLI as a user runs it,
 //! and the kernel-facing parts in network namespaces of their own.
 mod bpf;
+mod byhand;
 mod cli;
 mod daemon;
 mod datapath;
+mod deps;
 mod dhcp;
+mod fans;
 mod faults;
 mod fuzz;
+mod house;
 mod import;
 mod interop;
+mod launch;
 mod nat;
 mod netlink;
 mod networkd;

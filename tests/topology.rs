@@ -205,3 +205,45 @@ impl Host {
         c
     }
 }
+
+/// The two ways fanlink builds a fan; tests that exercise the datapath run in both, the
+/// shared one forced on this kernel (which has vnifilter) as on a kernel before 5.18.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Vnifilter,
+    Shared,
+}
+
+impl Mode {
+    /// The environment assignment that forces the mode, for a shell command line.
+    pub fn env(self) -> &'static str {
+        match self {
+            Mode::Vnifilter => "FANLINK_DATAPATH=vnifilter",
+            Mode::Shared => "FANLINK_DATAPATH=shared",
+        }
+    }
+}
+
+/// `in_both_datapaths! { #[ignore = "why"] fn name(mode) { body } }`: the body as two tests,
+/// `name::vnifilter` and `name::shared`.
+#[macro_export]
+macro_rules! in_both_datapaths {
+    ($(#[doc = $doc:literal])* #[ignore = $why:literal] fn $name:ident($mode:ident) $body:block) => {
+        $(#[doc = $doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            fn body($mode: $crate::topology::Mode) $body
+            #[test]
+            #[ignore = $why]
+            fn vnifilter() {
+                body($crate::topology::Mode::Vnifilter)
+            }
+            #[test]
+            #[ignore = $why]
+            fn shared() {
+                body($crate::topology::Mode::Shared)
+            }
+        }
+    };
+}

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Output};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -80,11 +80,7 @@ impl Harness {
 
     /// Sends a signal from a fresh `busctl` connection on the harness bus: a forger.
     pub fn busctl(&self, args: &[&str]) {
-        let out = Command::new("busctl")
-            .arg(format!("--address={}", self.bus()))
-            .args(args)
-            .output()
-            .expect("cannot run busctl");
+        let out = output(Command::new("busctl").arg(format!("--address={}", self.bus())).args(args));
         assert!(out.status.success(), "busctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
@@ -126,5 +122,34 @@ pub fn wait_for(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs a program the tests need and waits for it. A program that is not installed fails the
+/// test naming it and `tests/setup` (which installs every program the tests run).
+pub fn output(cmd: &mut Command) -> Output {
+    let out = cmd.output();
+    started(cmd.get_program(), out)
+}
+
+/// Like [`output`], for a program that runs beside the test (a capture).
+pub fn spawn(cmd: &mut Command) -> Child {
+    let child = cmd.spawn();
+    started(cmd.get_program(), child)
+}
+
+fn started<T>(program: &std::ffi::OsStr, result: std::io::Result<T>) -> T {
+    result.unwrap_or_else(|e| panic!("{}", start_error(program, &e)))
+}
+
+/// Why a program did not start, in words that say what to do.
+pub fn start_error(program: &std::ffi::OsStr, e: &std::io::Error) -> String {
+    let program = program.to_string_lossy();
+    match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "`{program}` is not installed; tests/setup installs every program the tests run \
+             (add its package there if it is missing)"
+        ),
+        _ => format!("cannot run `{program}`: {e}"),
     }
 }

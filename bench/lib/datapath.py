@@ -1,6 +1,7 @@
 """Datapath and per-peer state, for bench/lib/bench.py. Namespaces only, all recorded.
 
 datapath(): one switch; hosts f1,f2 with a fanlink fan (`fanlink up`, underlay 10.98.0.0/16),
+hosts g1,g2 the same in the shared datapath (forced, as on kernels without vnifilter),
 hosts p1,p2 with a plain vxlan (VNI 42, dstport 8472, nolearning, one static fdb entry to
 the other host), and n1,n2 the same plus a masquerade table (conntrack on, as with fanlink's
 NAT), each with a container on a 1450-MTU bridge. iperf3 TCP and UDP and
@@ -60,9 +61,9 @@ class Lab:
         return c
 
 
-def fanlink_up(binary, empty_rules, host):
-    hosts.sh(binary, "--rules-dir", empty_rules, "up", "--overlay", "250.0.0.0/8", "--underlay", "10.98.0.0/16",
-             "--bridge", "fan-250", ns=host)
+def fanlink_up(binary, empty_rules, host, datapath="auto"):
+    hosts.sh("env", f"FANLINK_DATAPATH={datapath}", binary, "--rules-dir", empty_rules, "up",
+             "--overlay", "250.0.0.0/8", "--underlay", "10.98.0.0/16", "--name", "fan-250", ns=host)
 
 
 def plain_vxlan(host, local, remote):
@@ -112,8 +113,11 @@ def datapath(work, binary, seconds, reps):
     f1, f2 = lab.host(sw, "f1", "10.98.0.1"), lab.host(sw, "f2", "10.98.0.2")
     p1, p2 = lab.host(sw, "p1", "10.98.1.1"), lab.host(sw, "p2", "10.98.1.2")
     n1, n2 = lab.host(sw, "n1", "10.98.2.1"), lab.host(sw, "n2", "10.98.2.2")
+    g1, g2 = lab.host(sw, "g1", "10.98.3.1"), lab.host(sw, "g2", "10.98.3.2")
     for h in (f1, f2):
         fanlink_up(binary, empty, h)
+    for h in (g1, g2):  # the shared datapath of kernels without vnifilter, forced
+        fanlink_up(binary, empty, h, "shared")
     plain_vxlan(p1, "10.98.1.1", "10.98.1.2")
     plain_vxlan(p2, "10.98.1.2", "10.98.1.1")
     # The same plain vxlan plus a masquerade table like fanlink's: its nat hook switches on
@@ -126,6 +130,8 @@ def datapath(work, binary, seconds, reps):
     pair = {
         "fan": (lab.container(f1, "fan-250", "fc1", "250.0.1.10/8", "250.0.1.1"),
                 lab.container(f2, "fan-250", "fc2", "250.0.2.10/8", "250.0.2.1"), "250.0.2.10"),
+        "fan shared": (lab.container(g1, "fan-250", "gc1", "250.3.1.10/8", "250.3.1.1"),
+                       lab.container(g2, "fan-250", "gc2", "250.3.2.10/8", "250.3.2.1"), "250.3.2.10"),
         "plain": (lab.container(p1, "br0", "pc1", "192.168.50.1/24", None),
                   lab.container(p2, "br0", "pc2", "192.168.50.2/24", None), "192.168.50.2"),
         "plain+nat": (lab.container(n1, "br0", "nc1", "192.168.51.1/24", None),

@@ -57,26 +57,20 @@ impl Daemon {
         links.insert(index, view) != Some(view)
     }
 
-    /// Connects to the bus and subscribes (the reader starts before any state is read), then
-    /// reads networkd's state if it is there. With `Source::Auto`, a host where networkd is
-    /// not on the bus at start follows the kernel until networkd appears.
+    /// Attaches to networkd (`networkd::attach`: the reader starts before any state is read).
+    /// With `Source::Auto`, a host where networkd is not on the bus at start follows the
+    /// kernel until networkd appears.
     pub(super) fn connect(&mut self) {
         self.reconnect_at = None;
         if self.opts.source == Source::Kernel {
             return;
         }
-        let attached = networkd::Networkd::connect().and_then(|networkd| {
-            let subscription = networkd.subscribe()?;
-            let owner = subscription.owner().map(str::to_string);
-            let reader = subscription.spawn_reader(self.tx.clone())?;
-            Ok((Bus { networkd, _reader: reader }, owner))
-        });
-        match attached {
-            Ok((bus, owner)) => {
-                self.bus = Some(bus);
+        match networkd::attach(None, self.tx.clone()) {
+            Ok(networkd::Attached { networkd, reader, links }) => {
+                self.bus = Some(Bus { networkd, _reader: reader });
                 self.failures = 0;
-                match owner {
-                    Some(_) => self.resync(),
+                match links {
+                    Some(links) => self.follow(&links),
                     None => self.networkd_absent("no networkd on the bus"),
                 }
             }
@@ -100,23 +94,27 @@ impl Daemon {
         }
     }
 
+    /// A new snapshot, when networkd changed hands.
     pub(super) fn resync(&mut self) {
         match self.bus.as_ref().map(|b| b.networkd.snapshot()) {
-            Some(Ok(links)) => {
-                if self.following_kernel {
-                    log::info!("networkd appeared; following it from now on");
-                }
-                log::info!("networkd is on the bus; {} link(s)", links.len());
-                self.links = Some(links.iter().map(|l| (l.index, view(l))).collect());
-                self.following_kernel = false;
-                self.ever_followed_networkd = true;
-            }
+            Some(Ok(links)) => self.follow(&links),
             Some(Err(e)) => {
                 log::warn!("networkd: {e}");
                 self.links = None;
             }
             None => {}
         }
+    }
+
+    /// networkd's links are the truth from now on.
+    fn follow(&mut self, links: &[networkd::LinkState]) {
+        if self.following_kernel {
+            log::info!("networkd appeared; following it from now on");
+        }
+        log::info!("networkd is on the bus; {} link(s)", links.len());
+        self.links = Some(links.iter().map(|l| (l.index, view(l))).collect());
+        self.following_kernel = false;
+        self.ever_followed_networkd = true;
     }
 
     pub(super) fn schedule_reconnect(&mut self) {

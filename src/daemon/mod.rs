@@ -7,23 +7,27 @@
 //! `decide`, `plan`, apply. A burst of events is drained first and reconciled once.
 
 mod decide;
+mod failures;
 mod follow;
 mod sources;
 
 pub use decide::{decide, decide_all, kernel_change_matters, kernel_views, Decision, Interest, LinkView};
+use failures::Failures;
 use follow::Bus;
 pub use follow::Source;
 pub use sources::control_path;
 
 use crate::config::{self, Rule};
 use crate::datapath::nft;
+use crate::ifname::IfName;
 use crate::model::Want;
 use crate::networkd::BusEvent;
 use crate::notify::Notifier;
-use crate::plan::{plan, plan_absent, FanPlan};
+use crate::plan::{plan, plan_absent_all, FanPlan};
 use crate::status::{self, Status};
 use crate::system::System;
-use std::collections::HashMap;
+use crate::underlay::HostLink;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
@@ -72,9 +76,13 @@ struct Daemon {
     /// networkd's view of each link; `None` while networkd or the bus is gone: then fans
     /// stay as they are.
     links: Option<HashMap<u32, LinkView>>,
-    /// fanlink's NAT tables, re-read only after fanlink changed them (`nft` is a process).
+    /// fanlink's NAT tables, re-read (one nf_tables dump) only when nftables may have changed.
     nat: Option<Vec<nft::NatTable>>,
     decisions: Vec<Decision>,
+    /// The kernel's part of the last decisions (fanlink's fans, the host's links): a bus
+    /// event is decided against it without reading the kernel, and costs a reconcile only
+    /// when it changes what some fan should be.
+    kernel_inputs: Option<(BTreeSet<IfName>, Vec<HostLink>)>,
     /// What kernel changes can matter, as of the last reconcile.
     interest: Interest,
     /// networkd has been followed once: from then on its absence is a restart to wait out.
@@ -82,7 +90,10 @@ struct Daemon {
     /// nftables changed since the accept rules were last ensured.
     firewall_changed: bool,
     reconnect_at: Option<Instant>,
+    /// Bus reconnects that failed in a row (their backoff).
     failures: usize,
+    /// Fans whose last plan or apply failed: retried with backoff, reported in the status.
+    fan_failures: Failures,
     notifier: Notifier,
     dhcp: crate::dhcp::Supervisor,
     tx: Sender<Event>,
@@ -90,6 +101,10 @@ struct Daemon {
 
 /// Runs until SIGTERM or SIGINT. Fans are left as they are on exit.
 pub fn run(opts: Options) -> anyhow::Result<()> {
+    // A kernel below fanlink's minimum is refused before anything is touched.
+    let mut sys = System::open()?;
+    sys.check_kernel()?;
+    log::info!("datapath: {}", sys.datapath()?.as_str());
     // Before any thread exists, so that every thread inherits the mask and only the
     // signal thread receives these.
     sources::handled_signals().thread_block()?;
@@ -115,17 +130,19 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         opts,
         rules,
         rules_sound: errors.is_empty(),
-        sys: System::open()?,
+        sys,
         bus: None,
         following_kernel: opts_source_is_kernel,
         links: None,
         nat: None,
         decisions: Vec::new(),
+        kernel_inputs: None,
         interest: Interest::default(),
         firewall_changed: false,
         ever_followed_networkd: false,
         reconnect_at: None,
         failures: 0,
+        fan_failures: Failures::default(),
         notifier: Notifier::from_env(),
         dhcp: {
             let tx = tx.clone();
@@ -151,7 +168,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 impl Daemon {
     fn serve(&mut self, rx: Receiver<Event>) {
         loop {
-            let wake = [self.reconnect_at, self.dhcp.next_retry()].into_iter().flatten().min();
+            let wake = [self.reconnect_at, self.dhcp.next_retry(), self.fan_failures.next_retry()]
+                .into_iter()
+                .flatten()
+                .min();
             let first = match wake {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(e) => Some(e),
@@ -167,6 +187,9 @@ impl Daemon {
             let mut dirty = first.is_none();
             if first.is_none() && self.reconnect_at.is_some_and(|at| at <= Instant::now()) {
                 self.connect();
+            }
+            if first.is_none() {
+                self.fan_failures.retrying(Instant::now());
             }
             // Drain the burst: one reconcile for all of it.
             for event in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
@@ -198,7 +221,9 @@ impl Daemon {
                 self.reload();
                 true
             }
-            Event::Bus(BusEvent::LinkChanged { index, oper, admin }) => self.link_changed(index, oper, admin),
+            Event::Bus(BusEvent::LinkChanged { index, oper, admin }) => {
+                self.link_changed(index, oper, admin) && self.wants_change()
+            }
             Event::Bus(_) if self.opts.source == Source::Kernel => false,
             Event::Bus(BusEvent::OwnerChanged { new_owner: None }) => {
                 if !self.following_kernel {
@@ -257,16 +282,14 @@ impl Daemon {
                 Some(links) if !self.following_kernel => links.clone(),
                 _ => kernel_views(&snap.links, &self.sys.routes()?),
             };
-            // Fans made by hand have no rule by design: never orphans.
-            let kernel_fans =
-                snap.kernel_fans().into_iter().filter(|(_, by_hand)| !by_hand).map(|(f, _)| f).collect();
+            let kernel_fans = managed_fans(&snap);
             let decisions =
                 decide_all(&self.rules, &kernel_fans, &snap.host_links(), &links, self.rules_sound);
             let fans = decisions.iter().map(|d| d.fan.clone()).collect();
             let nat = match self.nat.take() {
                 Some(nat) => nat,
                 None => nft::list().unwrap_or_else(|e| {
-                    log::debug!("nft: {e}");
+                    log::debug!("nftables: {e}");
                     Vec::new()
                 }),
             };
@@ -276,29 +299,38 @@ impl Daemon {
             let mut changed = false;
             for (decision, fan_plan) in decisions.iter().zip(self.plans(&decisions, &observed)) {
                 self.log_decision(decision);
-                match fan_plan.result {
+                let applied = match fan_plan.result {
                     Ok(ops) => {
                         changed |= !ops.is_empty();
-                        if self.apply_ops(&decision.fan, &ops) {
-                            built.push(decision.fan.clone());
+                        self.apply_ops(&decision.fan, &ops)
+                    }
+                    Err(e) => Err(("plan".to_string(), e.to_string())),
+                };
+                match applied {
+                    Ok(()) => {
+                        built.push(decision.fan.clone());
+                        if let Some(f) = self.fan_failures.succeeded(&decision.fan) {
+                            log::info!("{}: recovered after {} failed attempt(s)", decision.fan, f.attempts);
                         }
                     }
-                    Err(e) => log::error!("{}: {e}", decision.fan),
+                    Err((step, error)) => self.failed(&decision.fan, step, error),
                 }
                 // A firewall may have appeared (Docker's FORWARD DROP) since the bridge was
                 // made; the accept rules are re-ensured, which changes nothing if they hold.
                 if self.firewall_changed && matches!(decision.want, Want::Up(_)) {
-                    self.apply_ops(
-                        &decision.fan,
-                        &[crate::model::Op::AcceptForwarding { fan: decision.fan.clone() }],
-                    );
+                    let accept = [crate::model::Op::AcceptForwarding { fan: decision.fan.clone() }];
+                    if let Err((step, error)) = self.apply_ops(&decision.fan, &accept) {
+                        self.failed(&decision.fan, step, error);
+                    }
                 }
             }
             self.firewall_changed = false;
+            self.fan_failures.retain(&decisions.iter().map(|d| d.fan.clone()).collect::<Vec<_>>());
             self.supervise_dhcp(&decisions, &built);
             // The interest names devices by index: after creating some, read them again.
             let snap = if changed { self.sys.snapshot()? } else { snap };
             self.interest = self.interest(&decisions, &snap);
+            self.kernel_inputs = Some((managed_fans(&snap), snap.host_links()));
             self.decisions = decisions;
             Ok(())
         })();
@@ -310,6 +342,35 @@ impl Daemon {
         }
     }
 
+    /// Whether networkd's new view of the links changes what some fan should be. When it
+    /// does not (a link passing through `carrier` or `degraded`, the fan bridge's own state),
+    /// the new reasons are logged and no reconcile runs. A kernel change that came with the
+    /// bus event wakes a reconcile of its own.
+    fn wants_change(&mut self) -> bool {
+        let (Some((kernel_fans, host_links)), Some(links), false) =
+            (&self.kernel_inputs, &self.links, self.following_kernel)
+        else {
+            return true;
+        };
+        let decisions = decide_all(&self.rules, kernel_fans, host_links, links, self.rules_sound);
+        let same_wants = decisions.len() == self.decisions.len()
+            && decisions
+                .iter()
+                .zip(&self.decisions)
+                .all(|(new, old)| new.fan == old.fan && new.want == old.want);
+        if !same_wants {
+            return true;
+        }
+        for d in &decisions {
+            self.log_decision(d);
+        }
+        self.decisions = decisions;
+        if self.notifier.is_active() {
+            self.notifier.status(&self.summary());
+        }
+        false
+    }
+
     /// What the next kernel changes must touch to be worth a reconcile.
     fn interest(&self, decisions: &[Decision], snap: &crate::system::Snapshot) -> Interest {
         let index = |name: &str| snap.links.iter().find(|l| l.name == name).map(|l| l.index);
@@ -318,11 +379,17 @@ impl Daemon {
             following_kernel: self.following_kernel,
             ..Default::default()
         };
+        // The shared datapath's vxlan: its steering filters (tc events) and its state.
+        let shared = crate::model::SHARED_VXLAN;
+        interest.vxlans.insert(shared.to_string(), index(shared));
         for d in decisions {
             interest.bridges.insert(d.fan.to_string(), matches!(d.want, Want::Up(_)));
             interest.bridge_indexes.extend(index(d.fan.as_str()));
             let vxlan = crate::config::vxlan_name_for(&d.fan).to_string();
             interest.vxlans.insert(vxlan.clone(), index(&vxlan));
+            // The shared datapath's peer: it matters as the port does (deleted, or down).
+            let peer = crate::plan::peer_name_for(&d.fan).to_string();
+            interest.vxlans.insert(peer.clone(), index(&peer));
             if let Want::Up(u) = &d.want {
                 let link_mtu = snap.links.iter().find(|l| l.name == u.link.as_str()).map(|l| l.mtu);
                 interest.underlay_links.insert(u.link.to_string(), link_mtu.unwrap_or(0));
@@ -332,19 +399,32 @@ impl Daemon {
     }
 
     /// Applies one fan's ops in order, logging each; the first failure stops the rest (the
-    /// next reconcile retries). Says whether all of them were applied.
-    fn apply_ops(&mut self, fan: &crate::ifname::IfName, ops: &[crate::model::Op]) -> bool {
+    /// next reconcile, or the retry timer, tries again). The error names the op that failed.
+    fn apply_ops(
+        &mut self,
+        fan: &crate::ifname::IfName,
+        ops: &[crate::model::Op],
+    ) -> Result<(), (String, String)> {
+        // A fan that keeps failing repeats its ops on every retry: those lines go to debug.
+        let level = if self.fan_failures.get(fan).is_some() { log::Level::Debug } else { log::Level::Info };
         for op in ops {
-            log::info!("{fan}: {op}");
+            log::log!(level, "{fan}: {op}");
             if matches!(op, crate::model::Op::WriteNat { .. } | crate::model::Op::DeleteNat { .. }) {
                 self.nat = None;
             }
-            if let Err(e) = self.sys.apply(op) {
-                log::error!("{fan}: {op}: {e}");
-                return false;
-            }
+            self.sys.apply(op).map_err(|e| (op.to_string(), e.to_string()))?;
         }
-        true
+        Ok(())
+    }
+
+    /// Records a failed step; its error is logged in full once per cause, at error priority.
+    fn failed(&mut self, fan: &crate::ifname::IfName, step: String, error: String) {
+        let line = format!("{fan}: {step}: {error}");
+        if self.fan_failures.failed(fan, step, error, Instant::now()) {
+            log::error!("{line}");
+        } else {
+            log::debug!("{line}");
+        }
     }
 
     /// dnsmasq runs for each fan with `dhcp = true` that is up (its plan applied in full:
@@ -371,17 +451,20 @@ impl Daemon {
         self.dhcp.retain(&keep);
     }
 
+    /// One `plan` for the fans with rules (the host's datapath is planned once), and the
+    /// removal of the others; in the order of `decisions`.
     fn plans(&self, decisions: &[Decision], observed: &crate::model::Observed) -> Vec<FanPlan> {
-        decisions
-            .iter()
-            .map(|d| match self.rules.iter().find(|r| r.name == d.fan) {
-                Some(rule) => plan(&[(rule.clone(), d.want.clone())], observed).remove(0),
-                None => {
-                    let seen = observed.fans.get(&d.fan).cloned().unwrap_or_default();
-                    FanPlan { fan: d.fan.clone(), result: plan_absent(&d.fan, &seen) }
-                }
-            })
-            .collect()
+        let rule = |fan: &crate::ifname::IfName| self.rules.iter().find(|r| &r.name == fan);
+        let targets: Vec<_> =
+            decisions.iter().filter_map(|d| Some((rule(&d.fan)?.clone(), d.want.clone()))).collect();
+        let orphans: Vec<_> =
+            decisions.iter().filter(|d| rule(&d.fan).is_none()).map(|d| d.fan.clone()).collect();
+        let mut plans: std::collections::BTreeMap<_, _> = plan(&targets, observed)
+            .into_iter()
+            .chain(plan_absent_all(&orphans, observed))
+            .map(|p| (p.fan.clone(), p))
+            .collect();
+        decisions.iter().filter_map(|d| plans.remove(&d.fan)).collect()
     }
 
     /// One line per change of mind, saying why.
@@ -400,9 +483,10 @@ impl Daemon {
         let parts: Vec<String> = self
             .decisions
             .iter()
-            .map(|d| match &d.want {
-                Want::Up(u) => format!("{} up on {}", d.fan, u.link),
-                other => format!("{} {} ({})", d.fan, want_word(other), d.why),
+            .map(|d| match (&d.want, self.fan_failures.get(&d.fan)) {
+                (want, Some(f)) => format!("{} not {}: {}", d.fan, want_word(want), f.describe()),
+                (Want::Up(u), None) => format!("{} up on {}", d.fan, u.link),
+                (other, None) => format!("{} {} ({})", d.fan, want_word(other), d.why),
             })
             .collect();
         format!("{} fan(s): {}", self.decisions.len(), parts.join(", "))
@@ -437,9 +521,16 @@ impl Daemon {
         for fan in &mut status.fans {
             let pid = fan.name.parse().ok().and_then(|name| self.dhcp.pid(&name));
             fan.dhcp = pid.map(|pid| format!("dnsmasq {pid}"));
+            fan.error =
+                fan.name.parse().ok().and_then(|name| self.fan_failures.get(&name)).map(|f| f.describe());
         }
         Ok(status)
     }
+}
+
+/// fanlink's fans in the kernel; those made by hand have no rule by design: never orphans.
+fn managed_fans(snap: &crate::system::Snapshot) -> BTreeSet<IfName> {
+    snap.kernel_fans().into_iter().filter(|(_, by_hand)| !by_hand).map(|(f, _)| f).collect()
 }
 
 pub fn want_word(want: &Want) -> &'static str {

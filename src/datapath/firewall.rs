@@ -28,43 +28,40 @@
 //!   rules added with `iptables-legacy`, an nft one with `iptables-nft`; neither helps the
 //!   other.
 //!
-//! So fanlink adds those two rules, marked `-m comment --comment fanlink:<fan>`, to each
-//! iptables backend whose filter table exists in the namespace (`ip filter` with chain
-//! `FORWARD` in nftables; `filter` in `/proc/net/ip_tables_names` for legacy, which is
-//! read rather than asked so that a host without legacy tables does not get one). A host
-//! without an iptables filter table is left alone. The rules go at the top of
-//! `DOCKER-USER` when that chain exists (Docker evaluates it first and never rewrites it),
-//! else at the top of `FORWARD`; Docker re-inserting its own jumps above them later is
-//! harmless, as Docker's chains only act on Docker's bridges. They are changed through the
-//! `iptables-*` programs, not `nft`, because iptables-nft refuses tables that `nft` edited.
-//! Ensuring never moves a rule that is already there, so an administrator's rule placed
-//! above ours (say, a DROP from the fan bridge into Docker's networks, which our `-i`
-//! rule in `DOCKER-USER` would otherwise let through, as Docker's and LXD's own recipes
-//! do) keeps winning.
-//! A drop in some other nftables base chain (a hand-written `inet filter` with
-//! `policy drop`) cannot be overridden from outside; its owner must accept the bridge.
+//! So fanlink adds those two rules, marked with the comment `fanlink:<fan>`, to every
+//! firewall in the namespace that can drop forwarded traffic, at the top of the chain:
+//!
+//! - iptables-nft (`ip filter` with chain `FORWARD` in nftables): written over netlink in
+//!   exactly the form `iptables-nft -I` writes (x_tables `conntrack` and `comment` matches,
+//!   a counter; checked byte for byte against its strace), so `iptables-nft -S` and Docker
+//!   read them as their own. They go into `DOCKER-USER` when that chain exists (Docker
+//!   evaluates it first and never rewrites it), else into `FORWARD`; Docker re-inserting its
+//!   own jumps above them later is harmless, as Docker's chains only act on Docker's bridges.
+//! - Any other nftables base chain on the forward hook with `policy drop` (a hand-written
+//!   `inet filter`, `ct state established,related accept; policy drop`): the same two rules
+//!   in nft's native form (`iifname "fan-250" accept`, `oifname "fan-250" ct state
+//!   established,related accept`), the mark as the rule's comment. Such a drop cannot be
+//!   overridden from another table (every base chain must accept), and the fan's notrack
+//!   (see `nft`) makes overlay traffic `untracked`, which an `established,related` rule
+//!   does not pass: the interface rule does.
+//! - iptables-legacy (`filter` in `/proc/net/ip_tables_names`, read rather than asked so
+//!   that a host without legacy tables does not get one): the `iptables-legacy` program,
+//!   the only process fanlink still starts for a firewall, and only on such hosts.
+//!
+//! All nftables changes of one call are one transaction. Ensuring never moves a rule that
+//! is already there, so an administrator's rule placed above ours (say, a DROP from the fan
+//! bridge into Docker's networks, which our `-i` rule in `DOCKER-USER` would otherwise let
+//! through, as Docker's and LXD's own recipes do) keeps winning. A host whose firewall
+//! cannot drop forwarded traffic is left alone.
 
-use crate::datapath::nft::{nft_items, rule_ifname, run_tool, table_name, NftError, TABLE_PREFIX};
+use crate::datapath::legacy;
+use crate::datapath::nft::{table_name, with_socket, NftError, TABLE_PREFIX};
+use crate::datapath::nftnl::{self, At, ChainInfo, Expr, RuleInfo, NFPROTO_INET, NFPROTO_IPV4, NFT_CMP_EQ};
 use crate::ifname::IfName;
+use crate::netlink::{self, msg::MsgBuilder, Netlink};
 
 /// The chain Docker reserves for the administrator's rules, evaluated before its own.
 pub const DOCKER_USER: &str = "DOCKER-USER";
-
-/// Which iptables the rules go through; the two keep separate tables in the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Nft,
-    Legacy,
-}
-
-impl Backend {
-    pub fn program(self) -> &'static str {
-        match self {
-            Backend::Nft => "iptables-nft",
-            Backend::Legacy => "iptables-legacy",
-        }
-    }
-}
 
 /// The comment marking fanlink's rules for one fan; fan names are encoded as for the NAT
 /// table, so the comment is always a plain word.
@@ -72,187 +69,229 @@ pub fn rule_comment(fan: &IfName) -> String {
     format!("fanlink:{}", &table_name(fan)[TABLE_PREFIX.len()..])
 }
 
-/// The two rules (arguments after the chain name) that let a bridge's traffic through.
-pub fn accept_rules(fan: &IfName, bridge: &IfName) -> Result<[Vec<String>; 2], NftError> {
-    let br = rule_ifname(bridge)?;
-    let comment = rule_comment(fan);
-    let words = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
-    Ok([
-        words(&format!("-i {br} -m comment --comment {comment} -j ACCEPT")),
-        words(&format!(
-            "-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment {comment} -j ACCEPT"
-        )),
-    ])
-}
-
-/// A rule of ours found in `iptables -S CHAIN` output.
+/// A chain that can drop forwarded traffic, and so gets the accept rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnedRule {
-    pub chain: String,
-    pub args: Vec<String>,
+pub enum Target {
+    /// iptables-nft's `ip filter`; `docker`: it has `DOCKER-USER`.
+    IptablesNft { docker: bool },
+    /// A native nftables forward base chain with policy drop.
+    Native { family: u8, table: String, chain: String },
 }
 
-/// The rules in `iptables -S` output carrying `comment`. Our rules contain no spaces in
-/// any argument, so splitting on whitespace and dropping quotes is exact for them.
-pub fn parse_owned_rules(listing: &str, comment: &str) -> Vec<OwnedRule> {
-    listing
-        .lines()
-        .filter_map(|line| {
-            let words: Vec<String> =
-                line.split_whitespace().map(|w| w.trim_matches('"').to_string()).collect();
-            let marked = words.windows(2).any(|w| w[0] == "--comment" && w[1] == comment);
-            match words.as_slice() {
-                [a, chain, args @ ..] if a == "-A" && marked => {
-                    Some(OwnedRule { chain: chain.clone(), args: args.to_vec() })
-                }
-                _ => None,
+impl Target {
+    fn family(&self) -> u8 {
+        match self {
+            Target::IptablesNft { .. } => NFPROTO_IPV4,
+            Target::Native { family, .. } => *family,
+        }
+    }
+
+    fn table(&self) -> &str {
+        match self {
+            Target::IptablesNft { .. } => "filter",
+            Target::Native { table, .. } => table,
+        }
+    }
+
+    /// Where our rules belong.
+    fn chain(&self) -> &str {
+        match self {
+            Target::IptablesNft { docker: true } => DOCKER_USER,
+            Target::IptablesNft { docker: false } => "FORWARD",
+            Target::Native { chain, .. } => chain,
+        }
+    }
+
+    /// Where rules of ours may be: where they belong, and where they belonged before.
+    fn chains(&self) -> Vec<&str> {
+        match self {
+            Target::IptablesNft { docker } => {
+                ["FORWARD"].into_iter().chain(docker.then_some(DOCKER_USER)).collect()
             }
-        })
-        .collect()
-}
-
-/// The iptables backends that have a filter table in this namespace, and for each whether
-/// it has Docker's `DOCKER-USER` chain.
-pub fn backends_in_use() -> Result<Vec<(Backend, bool)>, NftError> {
-    let mut found = Vec::new();
-    let chains = run_tool("nft", &["-j", "list", "chains", "ip"], None)?;
-    let names = filter_chains(&chains)?;
-    if names.iter().any(|c| c == "FORWARD") {
-        found.push((Backend::Nft, names.iter().any(|c| c == DOCKER_USER)));
+            Target::Native { chain, .. } => vec![chain],
+        }
     }
-    // Absent when the kernel has no legacy iptables; then nothing legacy can drop.
-    // `thread-self`: `/proc/net` follows the thread-group leader's namespace, not a thread
-    // that has setns'd elsewhere.
-    let legacy = std::fs::read_to_string("/proc/thread-self/net/ip_tables_names").unwrap_or_default();
-    if legacy.lines().any(|t| t == "filter") {
-        let docker = run_tool(Backend::Legacy.program(), &["-w", "-S", DOCKER_USER], None).is_ok();
-        found.push((Backend::Legacy, docker));
+
+    /// The two rules, in the order they should stand, in this firewall's own form.
+    pub fn wanted(&self, bridge: &IfName, comment: &str) -> [Vec<Expr>; 2] {
+        let (iif, oif) = (nftnl::NFT_META_IIFNAME, nftnl::NFT_META_OIFNAME);
+        let accept = Expr::Verdict(nftnl::NF_ACCEPT);
+        match self {
+            Target::IptablesNft { .. } => {
+                let comment = xt_comment(comment);
+                let mut i = nftnl::ifname_is(iif, bridge.as_str(), NFT_CMP_EQ, false).to_vec();
+                i.extend([comment.clone(), Expr::Counter, accept.clone()]);
+                let mut o = nftnl::ifname_is(oif, bridge.as_str(), NFT_CMP_EQ, false).to_vec();
+                o.extend([xt_conntrack_established(), comment, Expr::Counter, accept]);
+                [i, o]
+            }
+            Target::Native { .. } => {
+                let mut i = nftnl::ifname_is(iif, bridge.as_str(), NFT_CMP_EQ, true).to_vec();
+                i.push(accept.clone());
+                let mut o = nftnl::ifname_is(oif, bridge.as_str(), NFT_CMP_EQ, true).to_vec();
+                o.extend(nftnl::ct_established());
+                o.push(accept);
+                [i, o]
+            }
+        }
     }
-    Ok(found)
+
+    /// Whether `rule` carries our mark for the fan whose mark is `comment`.
+    fn is_ours(&self, rule: &RuleInfo, comment: &str) -> bool {
+        match self {
+            Target::IptablesNft { .. } => rule.exprs.contains(&xt_comment(comment)),
+            Target::Native { .. } => rule.comment.as_deref() == Some(comment),
+        }
+    }
+
+    /// A change inserting `exprs` at the top of our chain.
+    fn insert(&self, exprs: &[Expr], comment: &str) -> (String, MsgBuilder) {
+        let (family, table, chain) = (self.family(), self.table(), self.chain());
+        let m = match self {
+            Target::IptablesNft { .. } => nftnl::new_rule(family, table, chain, exprs, At::Top, None, true),
+            Target::Native { .. } => {
+                nftnl::new_rule(family, table, chain, exprs, At::Top, Some(comment), false)
+            }
+        };
+        (format!("insert accept rule into {table} {chain}"), m)
+    }
 }
 
-/// Chain names of table `ip filter` in `nft -j list chains ip` output.
-fn filter_chains(json: &str) -> Result<Vec<String>, NftError> {
-    let items = nft_items(json, "nft -j list chains ip")?;
-    Ok(items
-        .iter()
-        .filter_map(|i| i.get("chain"))
-        .filter(|c| c.get("table").and_then(|t| t.as_str()) == Some("filter"))
-        .filter_map(|c| c.get("name").and_then(|n| n.as_str()).map(str::to_string))
-        .collect())
+/// iptables' `-m comment --comment TEXT`: `struct xt_comment_info { char comment[256]; }`.
+pub fn xt_comment(text: &str) -> Expr {
+    let mut info = text.as_bytes().to_vec();
+    info.resize(256, 0);
+    Expr::Match { name: "comment".into(), rev: 0, info }
 }
 
-/// Our rules for `fan` in the chains we ever use, on one backend.
-fn owned_rules(backend: Backend, comment: &str, docker: bool) -> Result<Vec<OwnedRule>, NftError> {
+/// iptables' `-m conntrack --ctstate RELATED,ESTABLISHED`: `struct xt_conntrack_mtinfo3`
+/// (8 addresses of 16 bytes, then expires, l4proto and ports, 168 bytes with padding) with
+/// `match_flags` = XT_CONNTRACK_STATE at 146 and `state_mask` established|related at 150.
+pub fn xt_conntrack_established() -> Expr {
+    let mut info = vec![0u8; 168];
+    info[146..148].copy_from_slice(&1u16.to_ne_bytes());
+    info[150..152].copy_from_slice(&(nftnl::CT_ESTABLISHED_RELATED as u16).to_ne_bytes());
+    Expr::Match { name: "conntrack".into(), rev: 3, info }
+}
+
+/// The nftables chains in this namespace that get our rules, from one chain dump.
+pub fn targets(chains: &[ChainInfo]) -> Vec<Target> {
+    let iptables = |c: &ChainInfo| c.family == NFPROTO_IPV4 && c.table == "filter";
+    let mut out = Vec::new();
+    let has_iptables = chains.iter().any(|c| iptables(c) && c.name == "FORWARD");
+    if has_iptables {
+        out.push(Target::IptablesNft { docker: chains.iter().any(|c| iptables(c) && c.name == DOCKER_USER) });
+    }
+    for c in chains {
+        let forward_drop =
+            matches!(c.hook, Some((nftnl::NF_INET_FORWARD, _))) && c.policy == Some(nftnl::NF_DROP);
+        let ours = c.table.starts_with(TABLE_PREFIX);
+        let family = c.family == NFPROTO_IPV4 || c.family == NFPROTO_INET;
+        if forward_drop && family && !ours && !(iptables(c) && has_iptables) {
+            out.push(Target::Native { family: c.family, table: c.table.clone(), chain: c.name.clone() });
+        }
+    }
+    out
+}
+
+/// The changes that make `have` (our rules in the target's chains) exactly `wanted` at
+/// the top of the target's chain: stale ones (another bridge, the other chain, a second
+/// copy) go, missing ones are inserted, the rest stay where they are.
+pub fn reconcile(
+    target: &Target,
+    bridge: &IfName,
+    have: &[RuleInfo],
+    comment: &str,
+) -> Vec<(String, MsgBuilder)> {
+    let wanted = target.wanted(bridge, comment);
+    let mut kept: Vec<&Vec<Expr>> = Vec::new();
+    let mut changes = Vec::new();
+    for rule in have {
+        let fits =
+            rule.chain == target.chain() && wanted.contains(&rule.exprs) && !kept.contains(&&rule.exprs);
+        if fits {
+            kept.push(&rule.exprs);
+        } else {
+            let m = nftnl::del_rule(rule.family, &rule.table, &rule.chain, rule.handle);
+            changes.push((format!("delete rule {} from {} {}", rule.handle, rule.table, rule.chain), m));
+        }
+    }
+    // Inserted in reverse so that they end up first, in the order of `wanted`.
+    for exprs in wanted.iter().rev().filter(|w| !kept.contains(w)) {
+        changes.push(target.insert(exprs, comment));
+    }
+    changes
+}
+
+/// Our rules for the fan marked `comment` in the chains of `target`.
+fn owned(nl: &mut Netlink, target: &Target, comment: &str) -> Result<Vec<RuleInfo>, NftError> {
     let mut rules = Vec::new();
-    for chain in ["FORWARD"].into_iter().chain(docker.then_some(DOCKER_USER)) {
-        let listing = run_tool(backend.program(), &["-w", "-S", chain], None)?;
-        rules.extend(parse_owned_rules(&listing, comment));
+    for chain in target.chains() {
+        let dump = match nl.dump(nftnl::get_rules(target.family(), target.table(), chain)) {
+            Ok(dump) => dump,
+            // DOCKER-USER (or the whole table) went away since the chain dump.
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for payload in dump {
+            let rule =
+                nftnl::parse_rule(&payload).map_err(|e| netlink::malformed("list nftables rules", e))?;
+            if target.is_ours(&rule, comment) {
+                rules.push(rule);
+            }
+        }
     }
     Ok(rules)
 }
 
-fn change(backend: Backend, op: &str, chain: &str, args: &[String]) -> Result<(), NftError> {
-    let mut argv = vec!["-w", op, chain];
-    argv.extend(args.iter().map(String::as_str));
-    run_tool(backend.program(), &argv, None).map(drop)
+/// The nftables chains that get our rules, now.
+fn current_targets(nl: &mut Netlink) -> Result<Vec<Target>, NftError> {
+    let mut chains = Vec::new();
+    for payload in nl.dump(nftnl::get_chains(0))? {
+        chains.push(nftnl::parse_chain(&payload).map_err(|e| netlink::malformed("list nftables chains", e))?);
+    }
+    Ok(targets(&chains))
 }
 
-/// Makes every iptables filter table in this namespace accept the bridge's traffic, and
-/// drops rules of ours that no longer match (another bridge, the wrong chain). Returns
-/// whether anything changed; a second call changes nothing.
+/// Makes every firewall in this namespace that can drop forwarded traffic accept the
+/// bridge's, and drops rules of ours that no longer match (another bridge, the wrong
+/// chain). Returns whether anything changed; a second call changes nothing.
 pub fn ensure_forward_accept(fan: &IfName, bridge: &IfName) -> Result<bool, NftError> {
-    let wanted = accept_rules(fan, bridge)?;
     let comment = rule_comment(fan);
-    let mut changed = false;
-    for (backend, docker) in backends_in_use()? {
-        let chain = if docker { DOCKER_USER } else { "FORWARD" };
-        let have = owned_rules(backend, &comment, docker)?;
-        let mut kept: Vec<&OwnedRule> = Vec::new();
-        for rule in &have {
-            // Stale: another bridge, the other chain, or duplicated (a race between two
-            // runs). `-D` by spec removes the first copy, so every copy of a duplicate goes
-            // and one is inserted again at the top below.
-            let copies = have.iter().filter(|r| *r == rule).count();
-            if rule.chain != chain || !wanted.contains(&rule.args) || copies > 1 {
-                change(backend, "-D", &rule.chain, &rule.args)?;
-                changed = true;
-            } else {
-                kept.push(rule);
-            }
+    let changed = with_socket(|nl| {
+        let mut changes = Vec::new();
+        for target in current_targets(nl)? {
+            let have = owned(nl, &target, &comment)?;
+            changes.extend(reconcile(&target, bridge, &have, &comment));
         }
-        // Inserted in reverse so they end up first, in the order of `accept_rules`.
-        for rule in wanted.iter().rev() {
-            if !kept.iter().any(|r| &r.args == rule) {
-                change(backend, "-I", chain, rule)?;
-                changed = true;
-                log::info!("{}: accept forwarding for {bridge} in {chain}", backend.program());
-            }
+        for (what, _) in changes.iter().filter(|(w, _)| w.starts_with("insert")) {
+            log::info!("{what} for {bridge}");
         }
-    }
-    Ok(changed)
+        let changed = !changes.is_empty();
+        nl.transaction(changes)?;
+        Ok(changed)
+    })?;
+    Ok(legacy::ensure_forward_accept(fan, bridge)? || changed)
 }
 
 /// Removes every rule of ours for `fan`; returns whether there was any.
 pub fn remove_forward_accept(fan: &IfName) -> Result<bool, NftError> {
     let comment = rule_comment(fan);
-    let mut changed = false;
-    for (backend, docker) in backends_in_use()? {
-        for rule in owned_rules(backend, &comment, docker)? {
-            change(backend, "-D", &rule.chain, &rule.args)?;
-            changed = true;
+    let changed = with_socket(|nl| {
+        let mut changes = Vec::new();
+        for target in current_targets(nl)? {
+            for rule in owned(nl, &target, &comment)? {
+                let m = nftnl::del_rule(rule.family, &rule.table, &rule.chain, rule.handle);
+                changes.push((format!("delete rule {} from {} {}", rule.handle, rule.table, rule.chain), m));
+            }
         }
-    }
-    Ok(changed)
+        let changed = !changes.is_empty();
+        nl.transaction(changes)?;
+        Ok(changed)
+    })?;
+    Ok(legacy::remove_forward_accept(fan)? || changed)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ifname(s: &str) -> IfName {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn rules_are_exact() {
-        let [i, o] = accept_rules(&ifname("fan-250"), &ifname("fan-250")).unwrap();
-        assert_eq!(i.join(" "), "-i fan-250 -m comment --comment fanlink:fan-250 -j ACCEPT");
-        assert_eq!(
-            o.join(" "),
-            "-o fan-250 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment fanlink:fan-250 -j ACCEPT"
-        );
-        assert_eq!(rule_comment(&ifname("a_b\"c")), "fanlink:a_5fb_22c");
-        assert!(accept_rules(&ifname("f"), &ifname("fan+")).is_err());
-    }
-
-    #[test]
-    fn finds_only_our_rules_in_iptables_listing() {
-        let listing = r#"-P FORWARD DROP
--A FORWARD -j DOCKER-USER
--A FORWARD -i fan-250 -m comment --comment "fanlink:fan-250" -j ACCEPT
--A FORWARD -i fan-2500 -m comment --comment "fanlink:fan-2500" -j ACCEPT
--A FORWARD -o fan-250 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment "fanlink:fan-250" -j ACCEPT
--A FORWARD -i x -m comment --comment "someone else's" -j ACCEPT
-"#;
-        let rules = parse_owned_rules(listing, "fanlink:fan-250");
-        let wanted = accept_rules(&ifname("fan-250"), &ifname("fan-250")).unwrap();
-        assert_eq!(
-            rules,
-            wanted
-                .iter()
-                .map(|args| OwnedRule { chain: "FORWARD".into(), args: args.clone() })
-                .collect::<Vec<_>>()
-        );
-    }
-
-    #[test]
-    fn filter_chains_reads_nft_json() {
-        let json = r#"{"nftables": [{"metainfo": {}},
-            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "policy": "drop"}},
-            {"chain": {"family": "ip", "table": "filter", "name": "DOCKER-USER"}},
-            {"chain": {"family": "ip", "table": "fanlink-fan-250", "name": "postrouting"}}]}"#;
-        assert_eq!(filter_chains(json).unwrap(), ["FORWARD", "DOCKER-USER"]);
-        assert!(filter_chains("garbage").is_err());
-    }
-}
+#[cfg(all(test, target_endian = "little"))]
+#[path = "firewall_tests.rs"]
+mod tests;

@@ -4,5 +4,7 @@
 
 pub mod bpf;
 pub mod firewall;
+pub mod legacy;
 pub mod nft;
+pub mod nftnl;
 pub mod sysctl;

@@ -28,13 +28,15 @@ pub const EXIT_REFUSED: u8 = 2;
 /// `fanlink import`'s arguments.
 #[derive(Args, Debug)]
 pub struct ImportArgs {
-    /// ubuntu-fan's config file: lines `UNDERLAY OVERLAY [OPTIONS]` ("-": stdin).
+    /// ubuntu-fan's config file (lines `UNDERLAY OVERLAY [OPTIONS]`), or a shell script that
+    /// runs `fanctl up` such as a networkd-dispatcher hook ("-": stdin).
     #[arg(default_value = "/etc/network/fan", value_name = "FILE")]
     pub file: PathBuf,
     /// Translate this `fanctl up -u U -o O [OPTIONS]` command instead of a file.
     #[arg(long, value_name = "CMD", conflicts_with_all = ["script", "file"])]
     pub command: Option<String>,
-    /// FILE is a shell script (e.g. a networkd-dispatcher hook): import its `fanctl up` lines.
+    /// Read FILE as a shell script: import its `fanctl up` lines. Without it, a FILE that
+    /// starts with `#!` or runs fanctl is read as a script, anything else as /etc/network/fan.
     #[arg(long)]
     pub script: bool,
     /// The underlay prefix for underlays given as an interface (`ens3/16`, `default`),
@@ -72,9 +74,7 @@ pub struct Fan {
 impl Fan {
     /// The bridge name fanlink will use: the given one, or its default.
     fn bridge(&self) -> IfName {
-        let default =
-            || format!("fan-{}", self.map.overlay().addr().octets()[0]).parse().expect("short name");
-        self.name.clone().unwrap_or_else(default)
+        self.name.clone().unwrap_or_else(|| crate::config::default_name(&self.map))
     }
 }
 
@@ -125,15 +125,16 @@ pub fn translate(
 /// The fan of one source line, or None for lines that define none.
 fn read_line(source: &str, line: usize, syntax: Syntax) -> Result<Option<FanLine>, Refusal> {
     let mut words = parse::tokens(source);
+    let mut fanctl = None;
     match syntax {
         Syntax::FanFile if words.is_empty() => return Ok(None),
         Syntax::FanFile => {}
-        Syntax::Command | Syntax::Script => match parse::fanctl_up(&words, line)? {
-            Some(rest) => words = rest,
-            None => return Ok(None),
-        },
+        Syntax::Command | Syntax::Script => {
+            let Some((col, rest)) = parse::fanctl_up(&words, line)? else { return Ok(None) };
+            (fanctl, words) = (Some(col), rest);
+        }
     }
-    parse::fan_line(&words, line).map(Some)
+    parse::fan_line(&words, line, fanctl).map(Some)
 }
 
 /// Turns a parsed line into a fan: the underlay becomes a prefix (asking the host for
@@ -289,8 +290,9 @@ pub fn run(args: &ImportArgs) -> Result<u8> {
             ("--command".to_string(), one_line, Syntax::Command)
         }
         None => {
-            let syntax = if args.script { Syntax::Script } else { Syntax::FanFile };
             let (origin, text) = read_source(&args.file)?;
+            let syntax =
+                if args.script || parse::is_script(&text) { Syntax::Script } else { Syntax::FanFile };
             (origin, text, syntax)
         }
     };

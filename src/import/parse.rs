@@ -78,10 +78,22 @@ fn unquote(word: &str, col: usize) -> Token<'_> {
     Token { text: word, col }
 }
 
-/// Finds `fanctl up` among `words` (after `sudo`, a path, ...) and returns the words after
-/// it; `Ok(None)` when the words do not run fanctl, or run it for something else than `up`.
-pub fn fanctl_up<'a>(words: &[Token<'a>], line: usize) -> Result<Option<Vec<Token<'a>>>, Refusal> {
-    let Some(at) = words.iter().position(|w| w.text.rsplit('/').next() == Some("fanctl")) else {
+/// Whether `text` is a shell script (a networkd-dispatcher hook, a boot script) rather than
+/// `/etc/network/fan`: it starts with `#!`, or a line outside comments runs fanctl. No line
+/// of /etc/network/fan names fanctl, so such a line is never read as one.
+pub fn is_script(text: &str) -> bool {
+    text.starts_with("#!") || text.lines().any(|l| tokens(l).iter().any(|w| runs_fanctl(w.text)))
+}
+
+fn runs_fanctl(word: &str) -> bool {
+    word.rsplit('/').next() == Some("fanctl")
+}
+
+/// Finds `fanctl up` among `words` (after `sudo`, a path, ...) and returns the column of
+/// `fanctl` and the words after `up`; `Ok(None)` when the words do not run fanctl, or run it
+/// for something else than `up`.
+pub fn fanctl_up<'a>(words: &[Token<'a>], line: usize) -> Result<Option<(usize, Vec<Token<'a>>)>, Refusal> {
+    let Some(at) = words.iter().position(|w| runs_fanctl(w.text)) else {
         return Ok(None);
     };
     match words.get(at + 1) {
@@ -93,7 +105,7 @@ pub fn fanctl_up<'a>(words: &[Token<'a>], line: usize) -> Result<Option<Vec<Toke
                         .to_string();
                 return Err(Refusal { line, col: all.col, message });
             }
-            Ok(Some(rest))
+            Ok(Some((words[at].col, rest)))
         }
         _ => Ok(None),
     }
@@ -120,8 +132,9 @@ fn command_words<'a>(words: &[Token<'a>]) -> Vec<Token<'a>> {
     out
 }
 
-/// Parses the words of one fan (a config line, or what follows `fanctl up`).
-pub fn fan_line(words: &[Token<'_>], line: usize) -> Result<FanLine, Refusal> {
+/// Parses the words of one fan: a config line, or what follows `fanctl up` (`fanctl`: the
+/// column of the `fanctl` word, so that errors speak of fanctl's syntax, not the file's).
+pub fn fan_line(words: &[Token<'_>], line: usize, fanctl: Option<usize>) -> Result<FanLine, Refusal> {
     let refuse = |col: usize, message: String| Refusal { line, col, message };
     let (mut underlay, mut overlay, mut positional) = (None, None, Vec::new());
     let (mut bridge, mut enabled, mut dhcp) = (None, true, false);
@@ -174,19 +187,20 @@ pub fn fan_line(words: &[Token<'_>], line: usize) -> Result<FanLine, Refusal> {
             }
             _ if positional.len() < 2 => positional.push(w),
             _ => {
-                let message =
-                    format!("unexpected `{}`: a fan is UNDERLAY OVERLAY [OPTIONS]; {KNOWN}", w.text);
+                let form = if fanctl.is_some() { FANCTL_FORM } else { "a fan is UNDERLAY OVERLAY [OPTIONS]" };
+                let message = format!("unexpected `{}`: {form}; {KNOWN}", w.text);
                 return Err(refuse(w.col, message));
             }
         }
         i += 1;
     }
-    let (u, o) = roles(underlay, overlay, &positional, line)?;
+    let (u, o) = roles(underlay, overlay, &positional, line, fanctl)?;
     let underlay = underlay_spec(u, line)?;
     let overlay = prefix(o, "overlay", "250.0.0.0/8", line)?;
     Ok(FanLine { underlay, underlay_col: u.col, overlay, overlay_col: o.col, bridge, enabled, dhcp })
 }
 
+const FANCTL_FORM: &str = "`fanctl up` takes -u UNDERLAY -o OVERLAY [OPTIONS]";
 const KNOWN: &str = "fanlink imports --bridge=NAME, --type=vxlan, --dhcp, --enable, --disable, -u, \
                      -o and the old words `bridge NAME`, `dhcp` and `off`";
 const IPIP: &str = "the ipip fan is not supported: fanlink builds the vxlan fan only (ipip was \
@@ -201,6 +215,7 @@ fn roles<'a>(
     overlay: Option<Token<'a>>,
     positional: &[Token<'a>],
     line: usize,
+    fanctl: Option<usize>,
 ) -> Result<(Token<'a>, Token<'a>), Refusal> {
     let refuse = |col, message: String| Refusal { line, col, message };
     match (underlay, overlay, positional) {
@@ -227,7 +242,14 @@ fn roles<'a>(
                 format!("unexpected `{}`: the underlay and overlay are already given", extra.text),
             ))
         }
-        _ => Err(refuse(1, "a fan needs an underlay and an overlay, e.g. `10.0.0.0/16 250.0.0.0/8`".into())),
+        _ => Err(match fanctl {
+            Some(col) => {
+                refuse(col, format!("{FANCTL_FORM}, e.g. `fanctl up -u 10.0.0.0/16 -o 250.0.0.0/8`"))
+            }
+            None => {
+                refuse(1, "a fan needs an underlay and an overlay, e.g. `10.0.0.0/16 250.0.0.0/8`".into())
+            }
+        }),
     }
 }
 
@@ -275,7 +297,7 @@ mod tests {
 
     fn parse(line: &str) -> Result<FanLine, String> {
         let words = tokens(line);
-        fan_line(&words, 1).map_err(|r| format!("{}: {}", r.col, r.message))
+        fan_line(&words, 1, None).map_err(|r| format!("{}: {}", r.col, r.message))
     }
 
     fn net(s: &str) -> Ipv4Net {
@@ -324,18 +346,48 @@ mod tests {
     }
 
     #[test]
+    fn fanctl_lines_are_refused_in_fanctl_terms() {
+        let refusal = |line: &str| {
+            let words = tokens(line);
+            let (col, rest) = fanctl_up(&words, 1).unwrap().unwrap();
+            let r = fan_line(&rest, 1, Some(col)).unwrap_err();
+            format!("{}: {}", r.col, r.message)
+        };
+        let needs = "3: `fanctl up` takes -u UNDERLAY -o OVERLAY [OPTIONS], e.g. `fanctl up -u 10.0.0.0/16 -o 250.0.0.0/8`";
+        assert_eq!(refusal("  fanctl up -u 10.0.0.0/16"), needs);
+        assert_eq!(refusal("  fanctl up"), needs);
+        assert_eq!(
+            refusal("  fanctl up 10.0.0.0/16 250.0.0.0/8 now"),
+            format!("37: unexpected `now`: `fanctl up` takes -u UNDERLAY -o OVERLAY [OPTIONS]; {KNOWN}")
+        );
+    }
+
+    #[test]
+    fn a_script_is_told_from_etc_network_fan() {
+        assert!(is_script("#!/bin/sh\n"));
+        assert!(is_script(
+            "# hook\nif true; then\n    sudo /usr/sbin/fanctl up -u 10.0.0.0/16 -o 250.0.0.0/8\nfi\n"
+        ));
+        assert!(is_script("fanctl down -e\n"));
+        assert!(!is_script("# fanctl up is what ubuntu-fan runs for each line\n10.0.0.0/16 250.0.0.0/8\n"));
+        assert!(!is_script("10.0.0.0/16 250.0.0.0/8 --bridge=fanctl0\n"));
+        assert!(!is_script(""));
+    }
+
+    #[test]
     fn fanctl_is_found_after_sudo_and_paths() {
         let words = tokens("sudo /usr/sbin/fanctl up -u 10.0.0.0/16 -o 250.0.0.0/8");
-        let rest = fanctl_up(&words, 1).unwrap().unwrap();
+        let (col, rest) = fanctl_up(&words, 1).unwrap().unwrap();
+        assert_eq!(col, 6);
         assert_eq!(rest.first().map(|t| (t.text, t.col)), Some(("-u", 26)));
         assert_eq!(fanctl_up(&tokens("fanctl show"), 1), Ok(None));
         assert_eq!(fanctl_up(&tokens("echo hello"), 1), Ok(None));
         assert_eq!(fanctl_up(&tokens("fanctl up -a"), 3).unwrap_err().col, 11);
         let rest =
-            fanctl_up(&tokens("fanctl up -u 10.0.0.0/16 -o 250.0.0.0/8; echo ok"), 1).unwrap().unwrap();
+            fanctl_up(&tokens("fanctl up -u 10.0.0.0/16 -o 250.0.0.0/8; echo ok"), 1).unwrap().unwrap().1;
         assert_eq!(rest.last().map(|t| t.text), Some("250.0.0.0/8"));
         let rest =
-            fanctl_up(&tokens("fanctl up -o 250.0.0.0/8 -u ens3 2>/dev/null || true"), 1).unwrap().unwrap();
+            fanctl_up(&tokens("fanctl up -o 250.0.0.0/8 -u ens3 2>/dev/null || true"), 1).unwrap().unwrap().1;
         assert_eq!(rest.len(), 4);
     }
 }

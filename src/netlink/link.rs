@@ -16,13 +16,19 @@ const RTM_SETLINK: u16 = 19;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_IFALIAS: u16 = 20;
+const IFLA_AF_SPEC: u16 = 26;
 const IFLA_EXT_MASK: u16 = 29;
+const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
+const IFLA_VXLAN_ID: u16 = 1;
 const IFLA_VXLAN_LEARNING: u16 = 7;
+const VETH_INFO_PEER: u16 = 1;
 const IFLA_VXLAN_PORT: u16 = 15;
 const IFLA_VXLAN_COLLECT_METADATA: u16 = 25;
 const IFLA_VXLAN_VNIFILTER: u16 = 30;
@@ -45,6 +51,8 @@ pub struct LinkInfo {
     pub carrier: bool,
     pub mtu: u32,
     pub master: Option<u32>,
+    /// IFLA_LINK: for a veth, its peer's ifindex.
+    pub link: Option<u32>,
     /// IFLA_IFALIAS, where fanlink marks the links it owns.
     pub alias: Option<String>,
     pub mac: Option<[u8; 6]>,
@@ -72,13 +80,25 @@ pub struct NewBridge {
     pub alias: Option<String>,
 }
 
-/// A fan vxlan (collect_md + vnifilter, no learning) to create, down.
+/// A fan vxlan (collect_md, no learning; with vnifilter one per fan, without it the
+/// host's one shared device) to create, down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewVxlan {
     pub name: String,
     pub mtu: u32,
+    pub vnifilter: bool,
     /// UDP port: the device's listen port and the destination of metadata-mode sends.
     pub port: u16,
+    pub master: Option<u32>,
+    pub alias: Option<String>,
+}
+
+/// A veth pair to create, both ends down: `name` a port of `master`, `peer` beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVeth {
+    pub name: String,
+    pub peer: String,
+    pub mtu: u32,
     pub master: Option<u32>,
     pub alias: Option<String>,
 }
@@ -145,10 +165,52 @@ pub fn new_vxlan_msg(v: &NewVxlan) -> MsgBuilder {
     }
     m.nest(IFLA_LINKINFO, |m| {
         m.str(IFLA_INFO_KIND, "vxlan").nest(IFLA_INFO_DATA, |m| {
-            m.u8(IFLA_VXLAN_COLLECT_METADATA, 1)
-                .u8(IFLA_VXLAN_VNIFILTER, 1)
-                .u8(IFLA_VXLAN_LEARNING, 0)
-                .be16(IFLA_VXLAN_PORT, v.port);
+            m.u8(IFLA_VXLAN_COLLECT_METADATA, 1);
+            if v.vnifilter {
+                m.u8(IFLA_VXLAN_VNIFILTER, 1);
+            }
+            m.u8(IFLA_VXLAN_LEARNING, 0).be16(IFLA_VXLAN_PORT, v.port);
+        });
+    });
+    m
+}
+
+/// `ip link add NAME mtu MTU master M type veth peer name PEER mtu MTU`.
+pub fn new_veth_msg(v: &NewVeth) -> MsgBuilder {
+    let mut m = MsgBuilder::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).header(&ifinfomsg(0, 0, 0));
+    m.str(IFLA_IFNAME, &v.name).u32(IFLA_MTU, v.mtu);
+    if let Some(master) = v.master {
+        m.u32(IFLA_MASTER, master);
+    }
+    m.nest(IFLA_LINKINFO, |m| {
+        m.str(IFLA_INFO_KIND, "veth").nest(IFLA_INFO_DATA, |m| {
+            // VETH_INFO_PEER: an ifinfomsg, then the peer's own attributes.
+            let mut peer = MsgBuilder::new(0, 0).header(&ifinfomsg(0, 0, 0));
+            peer.str(IFLA_IFNAME, &v.peer).u32(IFLA_MTU, v.mtu);
+            m.bytes(VETH_INFO_PEER, &peer.finish(0, 0)[msg::NLMSG_HDRLEN..]);
+        });
+    });
+    m
+}
+
+pub fn addr_gen_none_msg(name: &str) -> MsgBuilder {
+    let mut m = MsgBuilder::new(RTM_SETLINK, 0).header(&ifinfomsg(0, 0, 0));
+    m.str(IFLA_IFNAME, name).nest(IFLA_AF_SPEC, |m| {
+        m.nest(libc::AF_INET6 as u16, |m| {
+            m.u8(IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE);
+        });
+    });
+    m
+}
+
+/// A message that makes the kernel load the vxlan driver if it is a module (on a kernel
+/// with vnifilter, its RTM_*TUNNEL handlers exist only once it is loaded) and then fails
+/// its validation: a VNI of 2^24 is out of range, so nothing is created.
+pub fn load_vxlan_msg() -> MsgBuilder {
+    let mut m = MsgBuilder::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).header(&ifinfomsg(0, 0, 0));
+    m.nest(IFLA_LINKINFO, |m| {
+        m.str(IFLA_INFO_KIND, "vxlan").nest(IFLA_INFO_DATA, |m| {
+            m.u32(IFLA_VXLAN_ID, 1 << 24);
         });
     });
     m
@@ -195,6 +257,7 @@ pub fn parse_link(payload: &[u8]) -> Result<LinkInfo, DecodeError> {
         carrier: msg::ne_u32(&hdr[8..12]) & IFF_LOWER_UP != 0,
         mtu: 0,
         master: None,
+        link: None,
         alias: None,
         mac: None,
         kind: None,
@@ -206,6 +269,7 @@ pub fn parse_link(payload: &[u8]) -> Result<LinkInfo, DecodeError> {
             IFLA_IFNAME => l.name = a.str().to_owned(),
             IFLA_MTU => l.mtu = a.u32().ok_or(DecodeError("short IFLA_MTU"))?,
             IFLA_MASTER => l.master = a.u32().filter(|&m| m != 0),
+            IFLA_LINK => l.link = a.u32().filter(|&m| m != 0),
             IFLA_IFALIAS => l.alias = Some(a.str().to_owned()),
             IFLA_ADDRESS => l.mac = a.value.try_into().ok(),
             IFLA_LINKINFO => parse_linkinfo(a.nested(), &mut l)?,
@@ -279,6 +343,28 @@ impl Netlink {
         self.set_new_alias(&v.name, v.alias.as_deref())
     }
 
+    /// Creates a veth pair, both ends down, and marks both ends with the alias.
+    pub fn create_veth(&mut self, v: &NewVeth) -> Result<(), Error> {
+        self.request(new_veth_msg(v)).map_err(|e| e.context("create veth", Some(&v.name)))?;
+        self.set_new_alias(&v.name, v.alias.as_deref())?;
+        self.set_new_alias(&v.peer, v.alias.as_deref())
+    }
+
+    /// `ip link set NAME addrgenmode none`: the link gets no IPv6 link-local address, so the
+    /// host sends nothing from it (no DAD, router solicitation or MLD). Before it is up.
+    pub fn no_ipv6_addresses(&mut self, name: &str) -> Result<(), Error> {
+        self.request(addr_gen_none_msg(name)).map_err(|e| e.context("set addrgenmode none", Some(name)))
+    }
+
+    /// Asks the kernel to load the vxlan driver (see `load_vxlan_msg`); the expected answer
+    /// is ERANGE, any other is the caller's to judge.
+    pub fn load_vxlan(&mut self) -> Errno {
+        match self.request(load_vxlan_msg()) {
+            Ok(()) => Errno::UnknownErrno,
+            Err(e) => e.errno,
+        }
+    }
+
     /// RTM_NEWLINK silently ignores IFLA_IFALIAS when it creates a link (only the change
     /// path reads it), so the alias is a second message. If that fails the link is removed
     /// again: fanlink recognises its links by alias, and an unmarked one would be orphaned.
@@ -320,7 +406,14 @@ mod tests {
 
     #[test]
     fn vxlan_info_data_matches_iproute2() {
-        let v = NewVxlan { name: "fan-vx".into(), mtu: 1450, port: 8472, master: None, alias: None };
+        let v = NewVxlan {
+            name: "fan-vx".into(),
+            mtu: 1450,
+            vnifilter: true,
+            port: 8472,
+            master: None,
+            alias: None,
+        };
         let b = new_vxlan_msg(&v).finish(1, 0);
         // From strace of `ip link add fan-vx type vxlan external vnifilter dstport 8472`.
         #[rustfmt::skip]

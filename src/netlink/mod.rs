@@ -9,6 +9,7 @@ pub mod addr;
 pub mod link;
 pub mod monitor;
 pub mod msg;
+pub mod nfnl;
 pub mod route;
 pub mod tc;
 pub mod vni;
@@ -23,7 +24,7 @@ use nix::sys::socket::{self, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, Soc
 use msg::{MsgBuilder, NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR};
 
 pub use addr::AddrInfo;
-pub use link::{LinkChanges, LinkInfo, LinkRef, NewBridge, NewVxlan, VxlanInfo};
+pub use link::{LinkChanges, LinkInfo, LinkRef, NewBridge, NewVeth, NewVxlan, VxlanInfo};
 pub use monitor::Event;
 pub use route::RouteInfo;
 pub use tc::FilterInfo;
@@ -130,18 +131,13 @@ pub struct Netlink {
 impl Netlink {
     /// A socket for requests and dumps, in the calling thread's network namespace.
     pub fn new() -> Result<Self, Error> {
-        Self::open(0)
+        Self::open(SockProtocol::NetlinkRoute, 0)
     }
 
-    fn open(groups: u32) -> Result<Self, Error> {
+    fn open(protocol: SockProtocol, groups: u32) -> Result<Self, Error> {
         let err = |e| Error::new("open netlink socket", e);
-        let fd = socket::socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkRoute,
-        )
-        .map_err(err)?;
+        let fd = socket::socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, protocol)
+            .map_err(err)?;
         for opt in [NETLINK_EXT_ACK, NETLINK_CAP_ACK] {
             set_int_opt(&fd, SOL_NETLINK, opt, 1).map_err(err)?;
         }
@@ -296,6 +292,9 @@ fn type_name(ty: u16) -> String {
         120 => "RTM_NEWTUNNEL",
         121 => "RTM_DELTUNNEL",
         122 => "RTM_GETTUNNEL",
+        0x0a01 => "NFT_MSG_GETTABLE",
+        0x0a04 => "NFT_MSG_GETCHAIN",
+        0x0a07 => "NFT_MSG_GETRULE",
         _ => return format!("netlink message type {ty}"),
     };
     name.to_owned()

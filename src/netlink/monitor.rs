@@ -56,7 +56,7 @@ impl Netlink {
     /// A socket receiving the multicast `groups` (e.g. `RTMGRP_LINK | RTMGRP_IPV4_IFADDR`)
     /// of the calling thread's network namespace. Use it only for `recv_events`.
     pub fn monitor(groups: u32) -> Result<Self, Error> {
-        let nl = Self::open(groups)?;
+        let nl = Self::open(nix::sys::socket::SockProtocol::NetlinkRoute, groups)?;
         super::set_int_opt(&nl.fd, libc::SOL_SOCKET, libc::SO_RCVBUF, MONITOR_RCVBUF)
             .map_err(|e| Error::new("open netlink monitor", e))?;
         Ok(nl)

@@ -28,6 +28,8 @@ pub const NLM_F_DUMP: u16 = 0x300;
 pub const NLM_F_REPLACE: u16 = 0x100;
 pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLM_F_CREATE: u16 = 0x400;
+/// NEWRULE: append to the chain instead of inserting at its top.
+pub const NLM_F_APPEND: u16 = 0x800;
 /// In an NLMSG_ERROR: the echoed request was cut down to its header.
 const NLM_F_CAPPED: u16 = 0x100;
 /// In an NLMSG_ERROR or NLMSG_DONE: extended-ack attributes follow.
@@ -106,6 +108,16 @@ impl MsgBuilder {
 
     /// A big-endian u16 (ports), as the kernel's `nla_get_be16` expects.
     pub fn be16(&mut self, ty: u16, v: u16) -> &mut Self {
+        self.bytes(ty, &v.to_be_bytes())
+    }
+
+    /// A big-endian u32: nf_tables sends every number this way.
+    pub fn be32(&mut self, ty: u16, v: u32) -> &mut Self {
+        self.bytes(ty, &v.to_be_bytes())
+    }
+
+    /// A big-endian u64 (nf_tables handles and counters).
+    pub fn be64(&mut self, ty: u16, v: u64) -> &mut Self {
         self.bytes(ty, &v.to_be_bytes())
     }
 
@@ -266,6 +278,14 @@ impl<'a> Attr<'a> {
         Some(u64::from_ne_bytes(self.value.get(..8)?.try_into().ok()?))
     }
 
+    pub fn be32(&self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.value.get(..4)?.try_into().ok()?))
+    }
+
+    pub fn be64(&self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.value.get(..8)?.try_into().ok()?))
+    }
+
     /// The value up to its first NUL; non-UTF-8 bytes are replaced, as names are ASCII.
     pub fn str(&self) -> &'a str {
         let end = self.value.iter().position(|&c| c == 0).unwrap_or(self.value.len());
@@ -347,14 +367,20 @@ mod tests {
     fn scalar_attributes_are_padded() {
         let mut m = MsgBuilder::new(16, 0);
         m.u8(1, 0xAB).u16(2, 0x1234).u32(3, 0xDEADBEEF).be16(4, 8472).str(5, "ab").bytes(6, &[]);
+        m.be32(7, 0x0102_0304).be64(8, 5);
+        let b = m.finish(1, 0);
+        let a: Vec<_> = attrs(&b[NLMSG_HDRLEN..]).map(Result::unwrap).collect();
+        assert_eq!((a[6].be32(), a[7].be64(), a[6].be64()), (Some(0x0102_0304), Some(5), None));
         #[rustfmt::skip]
-        assert_eq!(&m.finish(1, 0)[NLMSG_HDRLEN..], [
+        assert_eq!(&b[NLMSG_HDRLEN..], [
             5, 0, 1, 0, 0xAB, 0, 0, 0,
             6, 0, 2, 0, 0x34, 0x12, 0, 0,
             8, 0, 3, 0, 0xEF, 0xBE, 0xAD, 0xDE,
             6, 0, 4, 0, 0x21, 0x18, 0, 0,
             7, 0, 5, 0, b'a', b'b', 0, 0,
             4, 0, 6, 0,
+            8, 0, 7, 0, 1, 2, 3, 4,
+            12, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 5,
         ]);
     }
 

@@ -36,6 +36,9 @@ const ETH_P_ALL: u16 = 0x0003;
 /// fanlink's one filter per hook: fixed prio and handle, so a replace finds it.
 pub const FILTER_PRIO: u16 = 1;
 pub const FILTER_HANDLE: u32 = 1;
+/// The shared vxlan's ingress: the fans' steering filters at `FILTER_PRIO` (each at its
+/// VNI as handle), and after them, at this prio, the filter that drops what none took.
+pub const LAST_PRIO: u16 = 2;
 /// `sizeof(struct tcmsg)`.
 const TCMSG_LEN: usize = 20;
 
@@ -86,8 +89,20 @@ pub fn clsact_msg(add: bool, index: u32) -> MsgBuilder {
 /// Without `replace`, NLM_F_EXCL makes a second attach fail with EEXIST. With it, the
 /// program behind the same prio/handle is swapped atomically (or the filter created).
 pub fn attach_bpf_msg(index: u32, egress: bool, prog_fd: i32, name: &str, replace: bool) -> MsgBuilder {
+    attach_bpf_at_msg(index, egress, (FILTER_PRIO, FILTER_HANDLE), prog_fd, name, replace)
+}
+
+/// Like `attach_bpf_msg`, at a given (prio, handle).
+pub fn attach_bpf_at_msg(
+    index: u32,
+    egress: bool,
+    (prio, handle): (u16, u32),
+    prog_fd: i32,
+    name: &str,
+    replace: bool,
+) -> MsgBuilder {
     let flags = NLM_F_CREATE | if replace { NLM_F_REPLACE } else { NLM_F_EXCL };
-    let h = tcmsg(index, FILTER_HANDLE, hook(egress), filter_info(FILTER_PRIO));
+    let h = tcmsg(index, handle, hook(egress), filter_info(prio));
     let mut m = MsgBuilder::new(RTM_NEWTFILTER, flags).header(&h);
     m.str(TCA_KIND, "bpf").nest(TCA_OPTIONS, |m| {
         m.u32(TCA_BPF_FD, prog_fd as u32).str(TCA_BPF_NAME, name).u32(TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT);
@@ -180,6 +195,32 @@ impl Netlink {
     ) -> Result<(), Error> {
         let m = attach_bpf_msg(index, egress, prog_fd.as_raw_fd(), name, replace);
         self.request(m).map_err(|e| e.context(format!("attach bpf filter {name}"), None))
+    }
+
+    /// `attach_bpf` at a given (prio, handle), always replacing what is there.
+    pub fn attach_bpf_at(
+        &mut self,
+        index: u32,
+        egress: bool,
+        at: (u16, u32),
+        prog_fd: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<(), Error> {
+        let m = attach_bpf_at_msg(index, egress, at, prog_fd.as_raw_fd(), name, true);
+        self.request(m).map_err(|e| e.context(format!("attach bpf filter {name}"), None))
+    }
+
+    /// Removes the one filter at (prio, handle) from a hook; ENOENT if absent.
+    pub fn detach_bpf_at(
+        &mut self,
+        index: u32,
+        egress: bool,
+        (prio, handle): (u16, u32),
+    ) -> Result<(), Error> {
+        let h = tcmsg(index, handle, hook(egress), filter_info(prio));
+        let mut m = MsgBuilder::new(RTM_DELTFILTER, 0).header(&h);
+        m.str(TCA_KIND, "bpf");
+        self.request(m).map_err(|e| e.context("detach bpf filter", None))
     }
 
     /// Removes fanlink's filter (its whole priority) from a hook; ENOENT if absent.

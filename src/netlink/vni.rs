@@ -98,6 +98,26 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Whether this kernel's vxlan has `vnifilter` (RTM_*TUNNEL, Linux 5.18, and backports):
+    /// a dump of every device's VNIs. A kernel without it has no handler for the message and
+    /// answers EOPNOTSUPP, as does one whose vxlan module is not loaded yet: then the module
+    /// is loaded and the question asked again.
+    pub fn has_vnifilter(&mut self) -> Result<bool, Error> {
+        for attempt in 0..2 {
+            let m = MsgBuilder::new(RTM_GETTUNNEL, 0).header(&tunnel_msg(0));
+            match self.dump(m) {
+                Ok(_) => return Ok(true),
+                Err(e) if e.errno == Errno::EOPNOTSUPP && attempt == 0 => {
+                    let answer = self.load_vxlan();
+                    log::debug!("RTM_GETTUNNEL: EOPNOTSUPP; loading vxlan: {answer}");
+                }
+                Err(e) if e.errno == Errno::EOPNOTSUPP => return Ok(false),
+                Err(e) => return Err(e.context("probe vxlan vnifilter", None)),
+            }
+        }
+        Ok(false)
+    }
+
     /// The VNIs device `index` accepts, ranges expanded. A fan device has one or a few.
     pub fn vnis(&mut self, index: u32) -> Result<Vec<u32>, Error> {
         Ok(self.vni_ranges(index)?.into_iter().flatten().collect())

@@ -142,15 +142,18 @@ pub struct Reader {
     handle: JoinHandle<()>,
 }
 
-/// What [`attach`] returns: the connection, its reader, and the state at attach time.
+/// What [`attach`] returns: the connection, its reader, and networkd's links at attach time.
 #[derive(Debug)]
 pub struct Attached {
     pub networkd: Networkd,
     pub reader: Reader,
-    pub links: Vec<LinkState>,
+    /// `None`: networkd is not on the bus (yet); the reader reports an `OwnerChanged` when
+    /// it appears, and a snapshot is taken then.
+    pub links: Option<Vec<LinkState>>,
 }
 
-/// Connects, subscribes, starts the reader and takes a snapshot, in that order.
+/// Connects, subscribes, starts the reader and, when networkd is on the bus, takes a
+/// snapshot, in that order: the one way in for the daemon and the tests.
 /// `address` overrides the system bus address (`None`: `DBUS_SYSTEM_BUS_ADDRESS` or the
 /// default socket). The reader starts before the snapshot so that nothing waits for a
 /// method reply while no one drains the queue. If the snapshot fails, the connection is
@@ -163,8 +166,10 @@ where
         Some(address) => Networkd::connect_address(address)?,
         None => Networkd::connect()?,
     };
-    let reader = networkd.subscribe()?.spawn_reader(tx)?;
-    let links = networkd.snapshot()?;
+    let subscription = networkd.subscribe()?;
+    let present = subscription.owner().is_some();
+    let reader = subscription.spawn_reader(tx)?;
+    let links = if present { Some(networkd.snapshot()?) } else { None };
     Ok(Attached { networkd, reader, links })
 }
 

@@ -2,13 +2,14 @@
 //! rewritten under a SIGHUP storm, and a runtime directory that cannot be written.
 
 use super::{assert_one_of_everything, wait_for, Host, UP};
+use crate::topology::Mode;
 use std::time::Duration;
 
 /// Deletes one of the fan's objects by hand and waits for the daemon to restore it by
 /// itself: the op that made it (`remade`) appears in the log a second time. Links and
 /// addresses are seen on rtnetlink, filters on its tc group, NAT tables on nftables' group.
-fn deleted_by_hand_is_restored(what: &str, delete: &str, remade: &str) {
-    let host = Host::new(&format!("del{}", &what[..2]));
+fn deleted_by_hand_is_restored(mode: Mode, what: &str, delete: &str, remade: &str) {
+    let host = Host::new_in(mode, &format!("del{}", &what[..2]));
     let daemon = host.start();
     host.wait_fan(UP, &daemon);
     let _container = host.container();
@@ -34,34 +35,67 @@ fn deleted_by_hand_is_restored(what: &str, delete: &str, remade: &str) {
     }
 }
 
-#[test]
-#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn a_bridge_deleted_by_hand_is_restored() {
-    deleted_by_hand_is_restored("bridge", "ip link del fan-250", "create bridge fan-250");
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn a_bridge_deleted_by_hand_is_restored(mode) {
+        deleted_by_hand_is_restored(mode, "bridge", "ip link del fan-250", "create bridge fan-250");
+    }
+}
+
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn a_vxlan_deleted_by_hand_is_restored(mode) {
+        let remade = match mode {
+            Mode::Vnifilter => "create vxlan fan-250-vx",
+            Mode::Shared => "create veth fan-250-vx",
+        };
+        deleted_by_hand_is_restored(mode, "vxlan", "ip link del fan-250-vx", remade);
+    }
+}
+
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn a_bpf_filter_deleted_by_hand_is_restored(mode) {
+        deleted_by_hand_is_restored(mode, "filter", "tc filter del dev fan-250-vx egress", "attach fan program");
+    }
+}
+
+crate::in_both_datapaths! {
+    #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+    fn an_nft_table_deleted_by_hand_is_restored(mode) {
+        deleted_by_hand_is_restored(mode, "nft table", "nft delete TABLE", "write nat table");
+    }
 }
 
 #[test]
 #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn a_vxlan_deleted_by_hand_is_restored() {
-    deleted_by_hand_is_restored("vxlan", "ip link del fan-250-vx", "create vxlan fan-250-vx");
+fn the_shared_vxlan_deleted_by_hand_is_restored() {
+    deleted_by_hand_is_restored(
+        Mode::Shared,
+        "shared vxlan",
+        "ip link del fanlink-vx",
+        "create vxlan fanlink-vx",
+    );
 }
 
 #[test]
 #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn a_bpf_filter_deleted_by_hand_is_restored() {
-    deleted_by_hand_is_restored("filter", "tc filter del dev fan-250-vx egress", "attach fan program");
+fn a_steering_filter_deleted_by_hand_is_restored() {
+    let delete = "tc filter del dev fanlink-vx ingress pref 1 handle 0xfa0000 bpf";
+    deleted_by_hand_is_restored(Mode::Shared, "steering", delete, "steer vni 16384000");
 }
 
 #[test]
 #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
-fn an_nft_table_deleted_by_hand_is_restored() {
-    deleted_by_hand_is_restored("nft table", "nft delete TABLE", "write nat table");
+fn the_peer_of_a_fans_veth_deleted_by_hand_is_restored() {
+    deleted_by_hand_is_restored(Mode::Shared, "peer", "ip link del fan-250-vp", "create veth fan-250-vx");
 }
 
 #[test]
 #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
 fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_the_final_rules() {
-    let host = Host::new("hup");
+    // The shared datapath: fan-251 comes and goes beside fan-250 on one shared vxlan.
+    let host = Host::new_in(Mode::Shared, "hup");
     let mut daemon = host.start();
     host.wait_fan(UP, &daemon);
     let second =

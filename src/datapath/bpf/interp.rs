@@ -10,7 +10,8 @@
 
 use super::insn::{class, Insn};
 use super::program::{
-    HELPER_SKB_PULL_DATA, HELPER_SKB_SET_TUNNEL_KEY, SKB_DATA, SKB_DATA_END, SKB_LEN, TUNNEL_KEY_SIZE,
+    HELPER_REDIRECT, HELPER_SKB_GET_TUNNEL_KEY, HELPER_SKB_PULL_DATA, HELPER_SKB_SET_TUNNEL_KEY, SKB_DATA,
+    SKB_DATA_END, SKB_LEN, TC_ACT_REDIRECT, TUNNEL_KEY_SIZE,
 };
 
 /// Disjoint fake addresses for the three regions, far apart so a stray pointer hits nothing.
@@ -30,6 +31,17 @@ pub struct Skb {
     pub linear: usize,
     /// What `bpf_skb_set_tunnel_key` returns.
     pub set_key_result: i64,
+    /// The received frame's tunnel id (VNI), for `bpf_skb_get_tunnel_key`; `None`: the
+    /// frame carries no tunnel metadata and the helper fails.
+    pub tunnel_id: Option<u32>,
+}
+
+impl Skb {
+    /// A frame with all of it linear and no tunnel metadata.
+    pub fn linear(frame: Vec<u8>) -> Skb {
+        let linear = frame.len();
+        Skb { frame, linear, set_key_result: 0, tunnel_id: None }
+    }
 }
 
 /// `struct bpf_tunnel_key` as the helper received it.
@@ -49,6 +61,8 @@ pub struct Outcome {
     pub key: Option<TunnelKey>,
     /// The `len` argument of each `bpf_skb_pull_data` call.
     pub pulls: Vec<u32>,
+    /// The `(ifindex, flags)` of a `bpf_redirect` call.
+    pub redirect: Option<(u32, u64)>,
 }
 
 struct Machine<'a> {
@@ -63,7 +77,7 @@ pub fn run(prog: &[Insn], skb: &mut Skb) -> Result<Outcome, String> {
         regs: [CLOBBERED; 11],
         stack: [None; STACK_SIZE],
         skb,
-        out: Outcome { r0: 0, key: None, pulls: Vec::new() },
+        out: Outcome { r0: 0, key: None, pulls: Vec::new(), redirect: None },
     };
     m.regs[1] = CTX;
     m.regs[10] = FP;
@@ -233,10 +247,38 @@ impl Machine<'_> {
     }
 
     fn call(&mut self, helper: i32) -> Result<(), String> {
-        if self.reg(1)? != CTX {
+        if helper != HELPER_REDIRECT && self.reg(1)? != CTX {
             return Err("helper's first argument is not the context".into());
         }
         let r0 = match helper {
+            HELPER_SKB_GET_TUNNEL_KEY => {
+                let (key, size, flags) = (self.reg(2)?, self.reg(3)?, self.reg(4)?);
+                if size != TUNNEL_KEY_SIZE as u64 || flags != 0 {
+                    return Err(format!("get_tunnel_key size {size} flags {flags}"));
+                }
+                // Like the kernel: the key is filled on success and zeroed on failure.
+                let id = self.skb.tunnel_id;
+                for off in 0..size {
+                    let byte = match (id, off) {
+                        (Some(id), 0..=3) => id.to_le_bytes()[off as usize],
+                        _ => 0,
+                    };
+                    self.store(key + off, 1, u64::from(byte))?;
+                }
+                if id.is_some() {
+                    0
+                } else {
+                    (-22i64) as u64
+                }
+            }
+            HELPER_REDIRECT => {
+                let (ifindex, flags) = (self.reg(1)?, self.reg(2)?);
+                if ifindex > u64::from(u32::MAX) {
+                    return Err(format!("redirect to ifindex {ifindex:#x}"));
+                }
+                self.out.redirect = Some((ifindex as u32, flags));
+                TC_ACT_REDIRECT as u64
+            }
             HELPER_SKB_SET_TUNNEL_KEY => {
                 let (key, size, flags) = (self.reg(2)?, self.reg(3)?, self.reg(4)?);
                 if size != TUNNEL_KEY_SIZE as u64 || flags != 0 {
@@ -300,7 +342,7 @@ mod tests {
 
     /// Runs `prog` on a 4-byte frame `01 02 03 04`, all linear.
     fn eval(prog: &[Insn]) -> Result<u64, String> {
-        let mut skb = Skb { frame: vec![1, 2, 3, 4], linear: 4, set_key_result: 0 };
+        let mut skb = Skb::linear(vec![1, 2, 3, 4]);
         run(prog, &mut skb).map(|o| o.r0)
     }
 

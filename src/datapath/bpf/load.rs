@@ -3,10 +3,11 @@
 //! (`union bpf_attr` in `include/uapi/linux/bpf.h`) and no BPF library is worth a
 //! dependency for three commands.
 //!
-//! No `setrlimit(RLIMIT_MEMLOCK)`: since 5.11 BPF memory is charged to the cgroup instead.
-//! Older kernels would need it (fanlink's other requirements, vnifilter, are 5.18+ anyway).
+//! Before 5.11 a program's memory counts against RLIMIT_MEMLOCK (later, the cgroup's), so
+//! the soft limit is raised to the hard one before the first load.
 
 use super::insn::Insn;
+use super::insn::{exit, jmp32_imm, mov32_imm, Cond, R0};
 use super::program::{fan_egress, FanProgram};
 use nix::errno::Errno;
 use std::ffi::CString;
@@ -29,10 +30,23 @@ pub enum LoadError {
     Name(String),
     #[error("BPF pin path {0:?} contains a NUL byte")]
     Path(String),
-    #[error("the kernel's verifier rejected BPF program {name} ({errno}):\n{log}")]
+    #[error("the kernel's verifier rejected BPF program {name} ({errno}): {}\n{log}", verdict(log))]
     Rejected { name: String, errno: Errno, log: String },
     #[error("{op}: {errno}{}", hint(*.errno))]
     Syscall { op: &'static str, errno: Errno },
+}
+
+/// The verifier's reason, for a one-line report: the last line of its log that is neither an
+/// instruction it walked nor its closing statistics.
+fn verdict(log: &str) -> &str {
+    let walked = |l: &str| l.split_once(": ").is_some_and(|(n, _)| n.parse::<u32>().is_ok());
+    let statistics =
+        |l: &str| ["processed ", "verification time", "stack depth"].iter().any(|s| l.starts_with(s));
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !walked(l) && !statistics(l))
+        .unwrap_or("see the log")
 }
 
 /// What a person can do about an errno the BPF syscall returned without a verifier log.
@@ -92,6 +106,7 @@ fn check_name(name: &str) -> Result<(), LoadError> {
 /// verifier log on, so the error says which instruction failed and why.
 pub fn load(insns: &[Insn], name: &str) -> Result<OwnedFd, LoadError> {
     check_name(name)?;
+    raise_memlock();
     let code: Vec<u8> = insns.iter().flat_map(Insn::to_bytes).collect();
     let license = c"GPL";
     let mut prog_name = [0u8; OBJ_NAME_LEN];
@@ -128,6 +143,35 @@ pub fn load(insns: &[Insn], name: &str) -> Result<OwnedFd, LoadError> {
 fn owned(fd: libc::c_long) -> OwnedFd {
     // SAFETY: a successful BPF_PROG_LOAD returns a new file descriptor that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK, often 64 KiB; raising the soft
+/// limit to the hard one needs no privilege. Later kernels ignore it.
+fn raise_memlock() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: plain syscalls on a local struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim);
+            }
+        }
+    });
+}
+
+/// Whether the kernel's verifier knows the JMP32 instructions fanlink's programs use
+/// (Linux 5.1), the newest BPF feature they need: loads a three-instruction program.
+/// `Err` when the question cannot be asked (no privilege, no bpf syscall).
+pub fn supports_jmp32() -> Result<bool, LoadError> {
+    let probe = [mov32_imm(R0, 0), jmp32_imm(Cond::Eq, R0, 0), exit()];
+    match load(&probe, "fanlink_probe") {
+        Ok(_) => Ok(true),
+        Err(LoadError::Rejected { errno: Errno::EINVAL, .. }) => Ok(false),
+        Err(LoadError::Syscall { errno: Errno::EINVAL, .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Builds and loads one fan's egress program under its [`FanProgram::prog_name`].
@@ -203,5 +247,16 @@ mod tests {
             e.to_string(),
             "BPF_PROG_LOAD: EPERM: Operation not permitted (needs CAP_BPF and CAP_NET_ADMIN, or root)"
         );
+    }
+
+    #[test]
+    fn the_verdict_is_the_reason_line() {
+        let debian12 = "43: (62) *(u32 *)(r10 -32) = 15990784   ; R10=fp0 fp-32_w=15990784\n\
+                        44: (63) *(u32 *)(r10 -28) = r5\n\
+                        attempt to corrupt spilled pointer on stack\n\
+                        processed 44 insns (limit 1000000) max_states_per_insn 0 total_states 2\n";
+        assert_eq!(verdict(debian12), "attempt to corrupt spilled pointer on stack");
+        assert_eq!(verdict("0: (95) exit\nR0 !read_ok\nprocessed 1 insns\n"), "R0 !read_ok");
+        assert_eq!(verdict(""), "see the log");
     }
 }

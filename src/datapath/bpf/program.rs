@@ -13,9 +13,16 @@ use std::net::Ipv4Addr;
 /// tc verdicts (`TC_ACT_*`) in direct-action mode.
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
+/// `bpf_redirect`'s verdict; `TC_ACT_UNSPEC` passes the frame to the hook's next filter.
+pub const TC_ACT_REDIRECT: i32 = 7;
+pub const TC_ACT_UNSPEC: i32 = -1;
 
 /// Helper numbers from `enum bpf_func_id`.
+pub const HELPER_SKB_GET_TUNNEL_KEY: i32 = 20;
 pub const HELPER_SKB_SET_TUNNEL_KEY: i32 = 21;
+pub const HELPER_REDIRECT: i32 = 23;
+/// `bpf_redirect` flag: into the device's receive path rather than out of it.
+pub const BPF_F_INGRESS: i32 = 1;
 pub const HELPER_SKB_PULL_DATA: i32 = 39;
 
 /// Offsets in the uapi `struct __sk_buff`; the verifier rewrites these context loads into
@@ -60,12 +67,16 @@ pub struct FanProgram {
     pub vni: u32,
     /// Outer TTL; the vxlan device's own setting does not apply to metadata TX.
     pub ttl: u8,
+    /// The shared datapath: the program runs on the fan's veth and sends each frame on
+    /// into the host's one `external` vxlan, this ifindex. `None`: it runs on the fan's
+    /// own vxlan, which sends the frame itself.
+    pub redirect: Option<u32>,
 }
 
 impl FanProgram {
     /// The parameters of an Ubuntu fan: VNI from the overlay network, outer TTL 64.
     pub fn new(map: FanMap, local: Ipv4Addr) -> FanProgram {
-        FanProgram { map, local, vni: map.vni(), ttl: 64 }
+        FanProgram { map, local, vni: map.vni(), ttl: 64, redirect: None }
     }
 
     /// A stable description of the parameters, for the tc filter name, so that a reader of
@@ -78,6 +89,9 @@ impl FanProgram {
         }
         if self.ttl != 64 {
             tag.push_str(&format!(" ttl {}", self.ttl));
+        }
+        if let Some(ifindex) = self.redirect {
+            tag.push_str(&format!(" via {ifindex}"));
         }
         tag
     }
@@ -184,8 +198,50 @@ pub fn fan_egress(p: &FanProgram) -> Vec<Insn> {
     a.emit(mov64_reg(R1, R0));
     a.emit(mov64_imm(R0, TC_ACT_SHOT));
     a.jump(jmp_imm(Cond::Slt, R1, 0), "out");
-    a.emit(mov64_imm(R0, TC_ACT_OK));
+    match p.redirect {
+        None => a.emit(mov64_imm(R0, TC_ACT_OK)),
+        // The key travels with the frame (a metadata dst) into the shared vxlan's xmit.
+        Some(ifindex) => {
+            a.emit(mov32_imm(R1, imm(ifindex))).emit(mov64_imm(R2, 0)).emit(call(HELPER_REDIRECT))
+        }
+    };
     a.label("out");
     a.emit(exit());
     a.finish()
+}
+
+/// One fan's filter on the ingress of the host's shared vxlan (the datapath for kernels
+/// without vnifilter, which deliver every VNI to that one device): a frame whose tunnel id
+/// is the fan's VNI goes into the receive path of the fan's veth, a port of its bridge;
+/// any other goes on to the next filter (another fan's, and last `drop_all`).
+pub fn fan_steer(vni: u32, port_ifindex: u32) -> Vec<Insn> {
+    let mut a = Asm::new();
+    // The helper fills the key (the verifier counts it as written); kernels before 6.0 take
+    // exactly this size, later ones still accept it.
+    a.emit(mov64_reg(R2, R10)).emit(add64_imm(R2, i32::from(KEY)));
+    a.emit(mov64_imm(R3, TUNNEL_KEY_SIZE));
+    a.emit(mov64_imm(R4, 0));
+    a.emit(call(HELPER_SKB_GET_TUNNEL_KEY));
+    a.emit(mov64_reg(R1, R0));
+    a.emit(mov64_imm(R0, TC_ACT_UNSPEC));
+    a.jump(jmp_imm(Cond::Slt, R1, 0), "out");
+    a.emit(ldx(Size::W, R1, R10, KEY)); // tunnel_id, first in the key
+    a.jump(jmp32_imm(Cond::Ne, R1, imm(vni & VNI_MASK)), "out");
+    a.emit(mov32_imm(R1, imm(port_ifindex)));
+    a.emit(mov64_imm(R2, BPF_F_INGRESS));
+    a.emit(call(HELPER_REDIRECT));
+    a.label("out");
+    a.emit(exit());
+    a.finish()
+}
+
+/// The last filter on the shared vxlan's ingress: a frame no fan claimed (a VNI that is no
+/// fan's on this host) is dropped, never handed to the host's stack.
+pub fn drop_all() -> Vec<Insn> {
+    vec![mov64_imm(R0, TC_ACT_SHOT), exit()]
+}
+
+/// The kernel's name of a fan's steering program, e.g. `fansteer_fa0000`.
+pub fn steer_prog_name(vni: u32) -> String {
+    format!("fansteer_{:06x}", vni & VNI_MASK)
 }

@@ -68,7 +68,7 @@ fn expected(p: &FanProgram, frame: &[u8]) -> Option<Ipv4Addr> {
 }
 
 fn execute(p: &FanProgram, frame: &[u8], linear: usize) -> Outcome {
-    let mut skb = Skb { frame: frame.to_vec(), linear, set_key_result: 0 };
+    let mut skb = Skb { frame: frame.to_vec(), linear, set_key_result: 0, tunnel_id: None };
     run(&fan_egress(p), &mut skb).unwrap_or_else(|e| panic!("{} on {frame:02x?}: {e}", p.tag()))
 }
 
@@ -150,7 +150,7 @@ fn paged_headers_are_pulled_once() {
 fn helper_failure_drops() {
     let p = program("250.0.0.0/8", "10.0.0.0/16", "10.0.3.4");
     let frame = ipv4(ip("250.6.7.8"));
-    let mut skb = Skb { frame: frame.clone(), linear: frame.len(), set_key_result: -22 };
+    let mut skb = Skb { set_key_result: -22, ..Skb::linear(frame.clone()) };
     assert_eq!(run(&fan_egress(&p), &mut skb).unwrap().r0, TC_ACT_SHOT as u64);
 }
 
@@ -173,7 +173,9 @@ fn instruction_count_and_names() {
 #[test]
 fn stack_is_written_in_whole_slots() {
     let p = program("250.0.0.0/8", "10.0.0.0/16", "10.0.3.4");
-    for (k, i) in fan_egress(&p).iter().enumerate() {
+    let shared = FanProgram { redirect: Some(7), ..p };
+    let programs = [fan_egress(&p), fan_egress(&shared), fan_steer(p.vni, 7), drop_all()];
+    for (k, i) in programs.iter().flatten().enumerate() {
         let is_store = matches!(i.code & 0x07, 0x02 | 0x03);
         if is_store && i.dst() == 10 {
             assert_eq!(i.code & 0x18, Size::DW as u8, "insn {k}: a narrow stack store {i:?}");
@@ -290,5 +292,52 @@ proptest! {
         for (x, y) in pa.iter().zip(&pb) {
             prop_assert_eq!((x.code, x.regs, x.off), (y.code, y.regs, y.off));
         }
+    }
+}
+
+/// The shared datapath's egress: the same verdicts and key, then a redirect into the
+/// shared vxlan (the interpreter checks the key was set before).
+#[test]
+fn shared_egress_redirects_into_the_shared_vxlan() {
+    let p = FanProgram { redirect: Some(7), ..program("250.0.0.0/8", "10.0.0.0/16", "10.0.3.4") };
+    let out = execute(&p, &ipv4(ip("250.6.7.8")), 62);
+    assert_eq!(out.r0, TC_ACT_REDIRECT as u64);
+    assert_eq!((out.key, out.redirect), (Some(key(&p, ip("10.0.6.7"))), Some((7, 0))));
+    let own = execute(&p, &ipv4(ip("250.3.4.9")), 62);
+    assert_eq!((own.r0, own.redirect), (TC_ACT_SHOT as u64, None), "own slice: dropped, not sent");
+    let mut skb = Skb { set_key_result: -22, ..Skb::linear(ipv4(ip("250.6.7.8"))) };
+    let failed = run(&fan_egress(&p), &mut skb).unwrap();
+    assert_eq!((failed.r0, failed.redirect), (TC_ACT_SHOT as u64, None), "no key, no send");
+    assert_eq!(p.tag(), "fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4 via 7");
+    assert_eq!(fan_egress(&p).len(), 60);
+}
+
+/// Each fan's steering filter takes only its own VNI, into its port's receive path.
+#[test]
+fn steer_takes_its_vni_only() {
+    let prog = fan_steer(16_384_000, 42);
+    let steer = |id: Option<u32>| {
+        let mut skb = Skb { tunnel_id: id, ..Skb::linear(ipv4(ip("250.6.7.8"))) };
+        let out = run(&prog, &mut skb).unwrap();
+        (out.r0 as i64 as i32, out.redirect)
+    };
+    assert_eq!(steer(Some(16_384_000)), (TC_ACT_REDIRECT, Some((42, BPF_F_INGRESS as u64))));
+    assert_eq!(steer(Some(16_449_536)), (TC_ACT_UNSPEC, None), "another fan's VNI: next filter");
+    assert_eq!(steer(Some(16_384_000 | 1 << 24)), (TC_ACT_UNSPEC, None), "only 24 bits are a VNI");
+    assert_eq!(steer(None), (TC_ACT_UNSPEC, None), "no tunnel metadata");
+    assert_eq!(prog.len(), 14);
+    assert_eq!(steer_prog_name(16_384_000), "fansteer_fa0000");
+    let mut skb = Skb::linear(Vec::new());
+    assert_eq!(run(&drop_all(), &mut skb).unwrap().r0, TC_ACT_SHOT as u64);
+}
+
+proptest! {
+    /// Any VNI pair: a steering filter redirects exactly its own VNI, to its own port.
+    #[test]
+    fn steer_agrees_with_vni(vni in 1u32..1 << 24, other in 0u32..1 << 24, port in 1u32..u32::MAX) {
+        let mut skb = Skb { tunnel_id: Some(other), ..Skb::linear(ipv4(ip("250.6.7.8"))) };
+        let out = run(&fan_steer(vni, port), &mut skb).unwrap();
+        let want = (other == vni).then_some((port, BPF_F_INGRESS as u64));
+        prop_assert_eq!(out.redirect, want);
     }
 }
