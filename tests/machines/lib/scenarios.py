@@ -86,7 +86,7 @@ def install_and_reboot(bed):
             if want not in status:
                 raise StepFailed(f"{g.name}: `fanlink status` lacks '{want}':\n{status}")
         g.sh(f"journalctl -b -u fanlink | grep -q '{FAN}: up: .* routable with 10.66.{bed.index(g)}.1'")
-        bed.note(g, "boot", boot[g.name], timing(g))
+        bed.note(g, "boot", f"reboot took {boot[g.name]:.0f} s;", timing(g))
     return skipped
 
 
