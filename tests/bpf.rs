@@ -62,7 +62,7 @@ fn kernel_accepts_fan_programs() {
         "r4 <<= 40",
         "*(u64 *)(r10 -16) = r4",
         "r3 = 28",
-        "call bpf_skb_pull_data",
+        "call bpf_skb_load_bytes",
         "call bpf_skb_set_tunnel_key",
     ] {
         assert!(dump.contains(line), "{line:?} missing from\n{dump}");

@@ -20,6 +20,6 @@ pub use insn::Insn;
 pub use load::{load, load_fan, pin, prog_id, prog_info, supports_jmp32, LoadError, ProgInfo};
 pub use program::{
     drop_all, fan_egress, fan_steer, steer_prog_name, FanProgram, BPF_F_INGRESS, HELPER_REDIRECT,
-    HELPER_SKB_GET_TUNNEL_KEY, HELPER_SKB_PULL_DATA, HELPER_SKB_SET_TUNNEL_KEY, TC_ACT_OK, TC_ACT_REDIRECT,
-    TC_ACT_SHOT, TC_ACT_UNSPEC, TUNNEL_KEY_SIZE,
+    HELPER_SKB_GET_TUNNEL_KEY, HELPER_SKB_LOAD_BYTES, HELPER_SKB_PULL_DATA, HELPER_SKB_SET_TUNNEL_KEY,
+    TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, TUNNEL_KEY_SIZE,
 };

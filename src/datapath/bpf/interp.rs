@@ -10,8 +10,8 @@
 
 use super::insn::{class, Insn};
 use super::program::{
-    HELPER_REDIRECT, HELPER_SKB_GET_TUNNEL_KEY, HELPER_SKB_PULL_DATA, HELPER_SKB_SET_TUNNEL_KEY, SKB_DATA,
-    SKB_DATA_END, SKB_LEN, TC_ACT_REDIRECT, TUNNEL_KEY_SIZE,
+    HELPER_REDIRECT, HELPER_SKB_GET_TUNNEL_KEY, HELPER_SKB_LOAD_BYTES, HELPER_SKB_PULL_DATA,
+    HELPER_SKB_SET_TUNNEL_KEY, SKB_DATA, SKB_DATA_END, SKB_LEN, TC_ACT_REDIRECT, TUNNEL_KEY_SIZE,
 };
 
 /// Disjoint fake addresses for the three regions, far apart so a stray pointer hits nothing.
@@ -61,6 +61,8 @@ pub struct Outcome {
     pub key: Option<TunnelKey>,
     /// The `len` argument of each `bpf_skb_pull_data` call.
     pub pulls: Vec<u32>,
+    /// The (offset, len) of each `bpf_skb_load_bytes` call.
+    pub loads: Vec<(u32, u32)>,
     /// The `(ifindex, flags)` of a `bpf_redirect` call.
     pub redirect: Option<(u32, u64)>,
 }
@@ -77,7 +79,7 @@ pub fn run(prog: &[Insn], skb: &mut Skb) -> Result<Outcome, String> {
         regs: [CLOBBERED; 11],
         stack: [None; STACK_SIZE],
         skb,
-        out: Outcome { r0: 0, key: None, pulls: Vec::new(), redirect: None },
+        out: Outcome { r0: 0, key: None, pulls: Vec::new(), loads: Vec::new(), redirect: None },
     };
     m.regs[1] = CTX;
     m.regs[10] = FP;
@@ -299,6 +301,20 @@ impl Machine<'_> {
                     label: field(24, 4)? as u32,
                 });
                 self.skb.set_key_result as u64
+            }
+            HELPER_SKB_LOAD_BYTES => {
+                let (from, to, len) = (self.reg(2)? as usize, self.reg(3)?, self.reg(4)? as usize);
+                // Like the kernel: the whole frame, linear or not; zeroes on a short frame.
+                let bytes = self.skb.frame.get(from..from + len).map(<[u8]>::to_vec);
+                for (k, byte) in bytes.clone().unwrap_or_else(|| vec![0; len]).into_iter().enumerate() {
+                    self.store(to + k as u64, 1, u64::from(byte))?;
+                }
+                self.out.loads.push((from as u32, len as u32));
+                if bytes.is_some() {
+                    0
+                } else {
+                    (-14i64) as u64
+                }
             }
             HELPER_SKB_PULL_DATA => {
                 let len = self.reg(2)? as u32;

@@ -21,14 +21,18 @@ pub const TC_ACT_UNSPEC: i32 = -1;
 pub const HELPER_SKB_GET_TUNNEL_KEY: i32 = 20;
 pub const HELPER_SKB_SET_TUNNEL_KEY: i32 = 21;
 pub const HELPER_REDIRECT: i32 = 23;
+pub const HELPER_SKB_LOAD_BYTES: i32 = 26;
 /// `bpf_redirect` flag: into the device's receive path rather than out of it.
 pub const BPF_F_INGRESS: i32 = 1;
 pub const HELPER_SKB_PULL_DATA: i32 = 39;
 
 /// Offsets in the uapi `struct __sk_buff`; the verifier rewrites these context loads into
 /// the real `struct sk_buff` offsets (the prototype's listing shows data as `+200`).
+#[cfg(test)]
 pub(crate) const SKB_LEN: i16 = 0;
+#[cfg(test)]
 pub(crate) const SKB_DATA: i16 = 76;
+#[cfg(test)]
 pub(crate) const SKB_DATA_END: i16 = 80;
 
 /// `offsetof(struct bpf_tunnel_key, local_ipv4)`: the whole key before 6.0, and still
@@ -44,11 +48,15 @@ const VNI_MASK: u32 = 0x00ff_ffff;
 /// Frame layout: Ethernet header, then the IPv4 destination or the ARP target address.
 const ETH_TYPE: i16 = 12;
 const IPV4_DST: i16 = 14 + 16;
-const IPV4_END: i32 = 14 + 20;
 const ARP_HEADER: i16 = 14;
 const ARP_HLEN: i16 = 14 + 4;
 const ARP_TPA: i16 = 14 + 24;
-const ARP_END: i32 = 14 + 28;
+/// Frame bytes 10..34 (the ethertype, the IPv4 header or the ARP header up to its sender
+/// address) are copied to the stack at HEAD, three whole slots; the ARP target to TPA.
+const HEAD_FROM: i32 = 10;
+const HEAD_LEN: i32 = 24;
+const HEAD: i16 = -64;
+const TPA: i16 = -40;
 
 /// Header fields as a little-endian load sees them (bytes in wire order).
 const ETH_P_IP: i32 = u16::from_le_bytes([0x08, 0x00]) as i32;
@@ -112,6 +120,16 @@ fn imm(value: u32) -> i32 {
     value as i32
 }
 
+/// `bpf_skb_load_bytes(skb, from, fp + to, len)`; a frame too short for it is dropped
+/// (r0 is TC_ACT_SHOT at every jump to `out` before the key is set).
+fn load_bytes(a: &mut Asm, from: i32, to: i16, len: i32) {
+    a.emit(mov64_reg(R1, R6)).emit(mov64_imm(R2, from));
+    a.emit(mov64_reg(R3, R10)).emit(add64_imm(R3, i32::from(to)));
+    a.emit(mov64_imm(R4, len)).emit(call(HELPER_SKB_LOAD_BYTES));
+    a.emit(mov64_reg(R1, R0)).emit(mov64_imm(R0, TC_ACT_SHOT));
+    a.jump(jmp_imm(Cond::Slt, R1, 0), "out");
+}
+
 /// The egress program for `fan-vx`: maps each frame's IPv4 destination (or ARP target) to
 /// its owner's underlay address and sets the tunnel key; drops what has no owner.
 pub fn fan_egress(p: &FanProgram) -> Vec<Insn> {
@@ -124,39 +142,25 @@ pub fn fan_egress(p: &FanProgram) -> Vec<Insn> {
     let mut a = Asm::new();
     // r6 keeps the context: helper calls clobber r1-r5.
     a.emit(mov64_reg(R6, R1));
-    a.emit(ldx(Size::W, R2, R6, SKB_DATA));
-    a.emit(ldx(Size::W, R3, R6, SKB_DATA_END));
-    a.emit(mov64_reg(R4, R2)).emit(add64_imm(R4, ARP_END));
-    a.jump(jmp_reg(Cond::Le, R4, R3), "parse");
-    // Fewer than 42 linear bytes: the frame is short or its headers are paged (a NIC
-    // bridged into the fan). Pull min(len, 42) once; the checks below then decide.
-    a.emit(ldx(Size::W, R2, R6, SKB_LEN));
-    a.jump(jmp32_imm(Cond::Lt, R2, ARP_END), "pull");
-    a.emit(mov32_imm(R2, ARP_END));
-    a.label("pull");
-    a.emit(mov64_reg(R1, R6)).emit(call(HELPER_SKB_PULL_DATA));
-    // A pull invalidates every packet pointer; the verifier insists they are re-read.
-    a.emit(ldx(Size::W, R2, R6, SKB_DATA));
-    a.emit(ldx(Size::W, R3, R6, SKB_DATA_END));
-
-    a.label("parse");
-    a.emit(mov64_imm(R0, TC_ACT_SHOT));
-    a.emit(mov64_reg(R4, R2)).emit(add64_imm(R4, IPV4_END));
-    a.jump(jmp_reg(Cond::Gt, R4, R3), "out");
-    a.emit(ldx(Size::H, R5, R2, ETH_TYPE));
+    // The headers are copied to the stack with bpf_skb_load_bytes rather than read in
+    // place: comparing packet pointers needs CAP_PERFMON on Linux 5.10 ("pointer
+    // comparison prohibited"), which the unit does not grant, and the helper also reads
+    // headers that are not linear. Frame bytes 10..34 land 8-aligned, so every field is
+    // read aligned (the verifier insists on stack accesses).
+    load_bytes(&mut a, HEAD_FROM, HEAD, HEAD_LEN);
+    a.emit(ldx(Size::H, R5, R10, HEAD + ETH_TYPE - HEAD_FROM as i16));
     a.jump(jmp_imm(Cond::Eq, R5, ETH_P_IP), "ipv4");
     a.jump(jmp_imm(Cond::Ne, R5, ETH_P_ARP), "out");
-    a.emit(add64_imm(R4, ARP_END - IPV4_END));
-    a.jump(jmp_reg(Cond::Gt, R4, R3), "out");
-    a.emit(ldx(Size::W, R5, R2, ARP_HEADER));
+    a.emit(ldx(Size::W, R5, R10, HEAD + ARP_HEADER - HEAD_FROM as i16));
     a.jump(jmp32_imm(Cond::Ne, R5, ARP_ETHER_IP), "out");
-    a.emit(ldx(Size::H, R5, R2, ARP_HLEN));
+    a.emit(ldx(Size::H, R5, R10, HEAD + ARP_HLEN - HEAD_FROM as i16));
     a.jump(jmp_imm(Cond::Ne, R5, ARP_LENS), "out");
     // Like the kernel patch: an ARP request or reply goes where its target lives.
-    a.emit(ldx(Size::W, R5, R2, ARP_TPA));
+    load_bytes(&mut a, i32::from(ARP_TPA), TPA, 4);
+    a.emit(ldx(Size::W, R5, R10, TPA));
     a.jump(ja(), "map");
     a.label("ipv4");
-    a.emit(ldx(Size::W, R5, R2, IPV4_DST));
+    a.emit(ldx(Size::W, R5, R10, HEAD + IPV4_DST - HEAD_FROM as i16));
 
     // From here on in host order, 32-bit operations only, so masks need no ld_imm64.
     a.label("map");

@@ -135,15 +135,16 @@ fn fan_md_example_slash10_over_slash24() {
 }
 
 #[test]
-fn paged_headers_are_pulled_once() {
+fn headers_are_copied_to_the_stack_linear_or_not() {
     let p = program("250.0.0.0/8", "10.0.0.0/16", "10.0.3.4");
     let frame = ipv4(ip("250.6.7.8"));
     let out = execute(&p, &frame, 14);
-    assert_eq!((out.r0, out.key, out.pulls), (0, Some(key(&p, ip("10.0.6.7"))), vec![42]));
-    let short = &frame[..38];
-    let out = execute(&p, short, 20);
-    assert_eq!((out.r0, out.pulls), (0, vec![38]), "pull no more than the frame");
-    assert!(execute(&p, &frame, frame.len()).pulls.is_empty(), "linear frames are not pulled");
+    assert_eq!((out.r0, out.key, out.loads), (0, Some(key(&p, ip("10.0.6.7"))), vec![(10, 24)]));
+    assert!(out.pulls.is_empty(), "no pull: bpf_skb_load_bytes reads paged data too");
+    let out = execute(&p, &frame[..33], 33);
+    assert_eq!((out.r0, out.key), (TC_ACT_SHOT as u64, None), "shorter than an IPv4 header");
+    let arp = execute(&p, &arp(ip("250.6.7.8")), 14);
+    assert_eq!(arp.loads, vec![(10, 24), (38, 4)], "the ARP target is read on its own");
 }
 
 #[test]
@@ -279,8 +280,7 @@ proptest! {
                 prop_assert_eq!(out.key, None);
             }
         }
-        let want_pulls = if c.linear >= 42 { vec![] } else { vec![c.frame.len().min(42) as u32] };
-        prop_assert_eq!(out.pulls, want_pulls);
+        prop_assert!(out.pulls.is_empty());
     }
 
     /// The fan's parameters are only immediates: every program has the same shape, so a
