@@ -227,11 +227,16 @@ def purge(bed):
     g.sh("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q fanlink", timeout=120)
     left = g.out(f"ip -o link show | grep -E '{FAN}|fan-245' || true; "
                  "nft list tables | grep -i fan || true; ls -d /run/fanlink /var/lib/fanlink "
-                 "/var/lib/private/fanlink /etc/fanlink.d 2>/dev/null || true").strip()
+                 "/var/lib/private/fanlink /etc/fanlink.d/fanlink.toml 2>/dev/null || true").strip()
+    # The admin's own rule file stays (Debian policy: purge removes what the package made);
+    # so does its directory, which holds it. Everything else of the package is gone.
     diff = g.out("find /etc /usr /var/lib /opt /srv -xdev \\( -path /var/lib/dpkg -o -path /var/lib/apt "
                  "-o -path /var/lib/systemd \\) -prune -o -print | sort >/root/after-purge; "
                  "diff /root/before-install /root/after-purge | grep '^[<>]' | "
-                 "grep -v -e /etc/systemd/network || true").strip()
+                 "grep -v -e /etc/systemd/network -e '^> /etc/fanlink.d$' "
+                 "-e '^> /etc/fanlink.d/50-test.toml$' || true").strip()
+    if g.sh("test -f /etc/fanlink.d/50-test.toml", check=False)[0] != 0:
+        raise StepFailed(f"{g.name}: purge removed the admin's own rule file")
     if left or diff:
         raise StepFailed(f"{g.name}: after purge:\n{left}\n{diff}")
 
