@@ -2,8 +2,9 @@
 //! per-frame mapping redone with `bpf_skb_set_tunnel_key` on a collect_md vxlan.
 //!
 //! The program is the one in `design/bpf-prototype.md`, generalized to any valid prefix
-//! pair, with a `bpf_skb_pull_data` retry for frames whose headers are not linear, and key
-//! size 28 so that kernels before 6.0 (no `local_ipv4`) accept it. The fan's parameters are
+//! pair, reading the headers with `bpf_skb_load_bytes` (linear or not, and without the packet
+//! pointer comparisons Linux 5.10 refuses under the unit's capabilities), and key size 28 so
+//! that kernels before 6.0 (no `local_ipv4`) accept it. The fan's parameters are
 //! only immediates: no maps, no relocations.
 
 use super::insn::*;
