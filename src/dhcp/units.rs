@@ -20,6 +20,9 @@ pub struct Units {
     failed: HashMap<IfName, String>,
 }
 
+/// What systemd/fanlink-dhcp@.service runs.
+const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+
 pub fn unit(fan: &IfName) -> String {
     format!("fanlink-dhcp@{fan}.service")
 }
@@ -60,6 +63,10 @@ impl Units {
         let Some(bus) = bus else { return };
         let fan = cfg.fan.clone();
         let result = (|| {
+            // The unit would fail to start, quietly for fanlink; the child path says the same.
+            if !Path::new(DNSMASQ).exists() {
+                return Err(format!("{DNSMASQ} is not installed; install dnsmasq-base"));
+            }
             if !same {
                 write(&path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                 self.configured.insert(fan.clone());
