@@ -263,8 +263,8 @@ def sandbox(bed):
         if value > 2.0:
             raise StepFailed(f"{g.name}: live exposure of {unit} {value} > 2.0")
     for h in bed.guests:
-        found = h.out("journalctl -k --no-pager | grep -Ei 'audit|seccomp|apparmor' | "
-                      "grep -Eiv 'audit: initializing|audit: type=2000' || true; "
+        # Denial records only: AppArmor's DENIED, seccomp's (1326) and AVC (1400) audit types.
+        found = h.out("journalctl -k --no-pager | grep -E 'apparmor=\"DENIED\"|type=1326|type=1400' || true; "
                       "journalctl --no-pager -u fanlink -u 'fanlink-dhcp@*' | "
                       f"grep -E '{DENIED}' || true").strip()
         if found:
