@@ -58,9 +58,11 @@ pub fn preflight(ops: &[Op]) -> Result<(), String> {
     }
     let loads_bpf = ops.iter().any(|op| matches!(op, Op::AttachProgram { .. }));
     if loads_bpf && !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
-        return Err(
-            "loading the fan's BPF program needs CAP_BPF (Linux 5.8 and later) or CAP_SYS_ADMIN".into()
-        );
+        // Linux before 5.8 knows no CAP_BPF: the shipped unit must grant CAP_SYS_ADMIN there.
+        return Err("loading the fan's BPF program needs CAP_BPF (Linux 5.8 and later) or CAP_SYS_ADMIN; \
+             before 5.8 under systemd, `systemctl edit fanlink` and add: \
+             [Service] CapabilityBoundingSet=CAP_SYS_ADMIN"
+            .into());
     }
     Ok(())
 }

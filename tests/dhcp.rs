@@ -104,4 +104,13 @@ fn containers_get_a_lease_in_their_hosts_slice_with_the_fan_mtu() {
     });
     let (_c, again) = dhcp_container(&b);
     assert!(again.starts_with("250.2.2."), "{again}");
+
+    // A daemon that stops takes its dnsmasq children along: nothing is left holding the ports.
+    let pid = std::fs::read_to_string(b.runtime.path().join("rt/dnsmasq-fan-250.pid")).unwrap();
+    let comm = format!("/proc/{}/comm", pid.trim());
+    assert_eq!(std::fs::read_to_string(&comm).unwrap_or_default().trim(), "dnsmasq");
+    drop(db);
+    wait_for("the stopped daemon's dnsmasq gone", Duration::from_secs(5), || {
+        std::fs::read_to_string(&comm).unwrap_or_default().trim() != "dnsmasq"
+    });
 }

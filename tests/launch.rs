@@ -1,5 +1,5 @@
 //! The one way the tests start `fanlink run` (tests/daemon.rs, tests/faults.rs,
-//! tests/dhcp.rs): in a network namespace, logging to a file, SIGKILLed on drop.
+//! tests/dhcp.rs): in a network namespace, logging to a file, stopped on drop.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -120,7 +120,19 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// SIGTERM first, so that the daemon stops the dnsmasq children it started (a SIGKILL
+    /// would orphan them, holding their ports); SIGKILL if it has not exited soon after.
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         self.kill9();
     }
 }

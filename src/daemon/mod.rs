@@ -161,7 +161,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     log::info!("running: {}", d.summary());
     d.serve(rx);
     d.notifier.stopping();
-    // dnsmasq would outlive us unsupervised and hold the ports; clients keep their leases.
     d.dhcp.stop_all();
     log::info!("stopping; fans stay as they are");
     Ok(())
@@ -468,9 +467,10 @@ impl Daemon {
             };
             keep.push(d.fan.clone());
             let mtu = underlay.mtu;
-            self.dhcp.ensure(crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, slice, mtu });
+            let cfg = crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, slice, mtu };
+            self.dhcp.ensure(cfg, self.bus.as_ref().map(|b| b.networkd.connection()));
         }
-        self.dhcp.retain(&keep);
+        self.dhcp.retain(&keep, self.bus.as_ref().map(|b| b.networkd.connection()));
     }
 
     /// One `plan` for the fans with rules (the host's datapath is planned once), and the
@@ -542,8 +542,7 @@ impl Daemon {
             seen.vxlan.as_ref().and_then(|v| sys.drops(v.index).ok().flatten())
         });
         for fan in &mut status.fans {
-            let pid = fan.name.parse().ok().and_then(|name| self.dhcp.pid(&name));
-            fan.dhcp = pid.map(|pid| format!("dnsmasq {pid}"));
+            fan.dhcp = fan.name.parse().ok().and_then(|name| self.dhcp.serving(&name));
             fan.error =
                 fan.name.parse().ok().and_then(|name| self.fan_failures.get(&name)).map(|f| f.describe());
         }

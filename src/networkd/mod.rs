@@ -212,6 +212,11 @@ impl Networkd {
         Ok(Networkd { conn, closing: Arc::new(AtomicBool::new(false)) })
     }
 
+    /// The bus connection, for calls to other services on the same bus (systemd's units).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Our unique name on the bus.
     pub fn unique_name(&self) -> Option<String> {
         self.conn.unique_name().map(|n| n.to_string())

@@ -1,67 +1,15 @@
-//! DHCP on a fan's bridge (`dhcp = true`): dnsmasq as a supervised child of the daemon,
-//! as LXD and `fanctl --dhcp` run it. It serves the host's part of its slice, tells clients
-//! the fan MTU (option 26: VMs hang on TLS without it) and the bridge as their router,
-//! listens on the bridge only, and reads no /etc/dnsmasq.conf. It follows the fan: started
-//! when the fan comes up, stopped when it goes down, restarted if it dies, restarted with a
-//! new range when the slice moves. Its log lines become fanlink's.
+//! dnsmasq as a supervised child of the daemon: how fanlink serves DHCP where systemd does
+//! not run it (by hand, in a container, in the tests). Under systemd each fan's dnsmasq is a
+//! unit instead (`units`), so that it is not bound by fanlink's own sandbox.
 
+use super::{args, range, DhcpConfig};
 use crate::ifname::IfName;
-use ipnet::Ipv4Net;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// What one fan's dnsmasq is started with; a change means a restart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DhcpConfig {
-    pub fan: IfName,
-    /// The bridge's address with the overlay's prefix length, e.g. 250.3.4.1/8.
-    pub bridge_address: Ipv4Net,
-    /// This host's slice, e.g. 250.3.4.0/24.
-    pub slice: Ipv4Net,
-    pub mtu: u32,
-}
-
-/// The addresses handed out: `.2`-`.254` of the host's first /24 inside its slice, or the
-/// whole slice but its network, bridge and broadcast addresses when the slice is narrower.
-pub fn range(slice: Ipv4Net) -> (Ipv4Addr, Ipv4Addr) {
-    let network = u32::from(slice.network());
-    let last = if slice.prefix_len() <= 24 { network + 254 } else { u32::from(slice.broadcast()) - 1 };
-    (Ipv4Addr::from(network + 2), Ipv4Addr::from(last))
-}
-
-/// dnsmasq's command line for one fan. `state_dir` keeps the lease file across restarts.
-pub fn args(cfg: &DhcpConfig, state_dir: &Path) -> Vec<String> {
-    let (first, last) = range(cfg.slice);
-    let router = cfg.bridge_address.addr();
-    vec![
-        // Foreground, and no user or group change: the switch would need CAP_SETGID and
-        // setgroups(2), which fanlink's unit does not grant; dnsmasq stays inside fanlink's
-        // sandbox instead (capabilities, system calls, read-only file system).
-        "--no-daemon".into(),
-        // No /etc/dnsmasq.conf and no /etc/hosts: this instance is fanlink's alone.
-        "--conf-file=/dev/null".into(),
-        "--no-hosts".into(),
-        format!("--interface={}", cfg.fan),
-        "--except-interface=lo".into(),
-        // Bound to the bridge's address only: no DNS or DHCP on any other interface, and no
-        // clash with another resolver on the host.
-        "--bind-dynamic".into(),
-        format!("--dhcp-range={first},{last},{},1h", cfg.bridge_address.netmask()),
-        format!("--dhcp-option=option:router,{router}"),
-        format!("--dhcp-option=option:mtu,{}", cfg.mtu),
-        "--dhcp-authoritative".into(),
-        // The ICMP probe before an offer needs a raw socket, and only delays the offer.
-        "--no-ping".into(),
-        format!("--dhcp-leasefile={}", state_dir.join(format!("{}.leases", cfg.fan)).display()),
-        "--log-facility=-".into(),
-        "--log-dhcp".into(),
-    ]
-}
 
 fn pid_file(runtime_dir: &Path, fan: &IfName) -> PathBuf {
     runtime_dir.join(format!("dnsmasq-{fan}.pid"))
@@ -74,7 +22,7 @@ struct Running {
 }
 
 /// The dnsmasq children, one per fan with `dhcp = true` that is up.
-pub struct Supervisor {
+pub struct Children {
     running: HashMap<IfName, Running>,
     /// Fans whose dnsmasq died soon after starting, and when to try again.
     retry_at: HashMap<IfName, Instant>,
@@ -88,13 +36,13 @@ pub struct Supervisor {
 /// that a persistent error (a port in use) does not become a busy loop.
 const QUICK_DEATH: Duration = Duration::from_secs(2);
 
-impl Supervisor {
+impl Children {
     pub fn new(
         state_dir: PathBuf,
         runtime_dir: PathBuf,
         exited: Arc<dyn Fn(IfName) + Send + Sync>,
-    ) -> Supervisor {
-        Supervisor { running: HashMap::new(), retry_at: HashMap::new(), state_dir, runtime_dir, exited }
+    ) -> Children {
+        Children { running: HashMap::new(), retry_at: HashMap::new(), state_dir, runtime_dir, exited }
     }
 
     /// Makes dnsmasq run with `cfg`: started, or restarted if its configuration changed.
@@ -214,45 +162,5 @@ impl Supervisor {
 
     pub fn stop_all(&mut self) {
         self.retain(&[]);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_range_is_the_hosts_24_or_the_whole_narrower_slice() {
-        let r = |s: &str| {
-            let (a, b) = range(s.parse().unwrap());
-            format!("{a}-{b}")
-        };
-        assert_eq!(r("250.3.4.0/24"), "250.3.4.2-250.3.4.254");
-        assert_eq!(r("250.178.0.0/16"), "250.178.0.2-250.178.0.254");
-        assert_eq!(r("100.66.128.0/26"), "100.66.128.2-100.66.128.62");
-        assert_eq!(r("240.0.0.4/30"), "240.0.0.6-240.0.0.6");
-    }
-
-    #[test]
-    fn dnsmasq_is_bound_to_the_bridge_and_tells_the_mtu() {
-        let cfg = DhcpConfig {
-            fan: "fan-250".parse().unwrap(),
-            bridge_address: "250.3.4.1/8".parse().unwrap(),
-            slice: "250.3.4.0/24".parse().unwrap(),
-            mtu: 1450,
-        };
-        let args = args(&cfg, Path::new("/var/lib/fanlink")).join(" ");
-        for want in [
-            "--conf-file=/dev/null",
-            "--interface=fan-250 --except-interface=lo --bind-dynamic",
-            "--dhcp-range=250.3.4.2,250.3.4.254,255.0.0.0,1h",
-            "--dhcp-option=option:router,250.3.4.1",
-            "--dhcp-option=option:mtu,1450",
-            "--dhcp-authoritative",
-            "--no-daemon",
-            "--dhcp-leasefile=/var/lib/fanlink/fan-250.leases",
-        ] {
-            assert!(args.contains(want), "{want} in {args}");
-        }
     }
 }
