@@ -338,7 +338,7 @@ impl fmt::Display for Op {
             }
             Op::DeleteNat { fan } => write!(f, "delete nat table of {fan}"),
             Op::EnableForwarding => write!(f, "set net.ipv4.ip_forward = 1"),
-            Op::AcceptForwarding { fan } => write!(f, "accept forwarding for {fan} in iptables FORWARD"),
+            Op::AcceptForwarding { fan } => write!(f, "accept forwarding for {fan} in the firewalls that drop it"),
             Op::RemoveForwardAccept { fan } => write!(f, "remove the forwarding accept rules of {fan}"),
             Op::DeleteLink { link } => write!(f, "delete link {link}"),
         }

@@ -70,10 +70,10 @@ fn nat_tables() -> Vec<nft::NatTable> {
 }
 
 /// Plans `want` for `rule` against the kernel as it is now (`nat`: fanlink's NAT tables,
-/// read once per command: each read is an `nft` process).
+/// read once per command: one nf_tables dump).
 fn plan_one(
     sys: &mut System,
-    snap: &Snapshot,
+    snap: &mut Snapshot,
     nat: &[nft::NatTable],
     rule: &Rule,
     want: Want,
@@ -100,9 +100,9 @@ fn apply_all(sys: &mut System, fan: &IfName, ops: &[Op], limit: Option<usize>) -
 pub fn up(dirs: &[PathBuf], target: &UpTarget, stop_after: Option<usize>) -> Result<u8> {
     let rule = target_rule(dirs, target)?;
     let mut sys = System::open()?;
-    let snap = sys.snapshot()?;
+    let mut snap = sys.snapshot()?;
     let underlay = underlay_for(&rule, &snap, target.address)?;
-    let ops = plan_one(&mut sys, &snap, &nat_tables(), &rule, Want::Up(underlay.clone()))?;
+    let ops = plan_one(&mut sys, &mut snap, &nat_tables(), &rule, Want::Up(underlay.clone()))?;
     if ops.is_empty() {
         println!("{}: up on {} with {}", rule.name, underlay.link, underlay.address);
     } else {
@@ -122,8 +122,8 @@ pub fn up(dirs: &[PathBuf], target: &UpTarget, stop_after: Option<usize>) -> Res
 
 /// Removes a fan as `down` does, quietly.
 fn take_down(sys: &mut System, fan: &IfName) -> Result<()> {
-    let snap = sys.snapshot()?;
-    let observed = sys.observe(&snap, &BTreeSet::from([fan.clone()]), &nat_tables())?;
+    let mut snap = sys.snapshot()?;
+    let observed = sys.observe(&mut snap, &BTreeSet::from([fan.clone()]), &nat_tables())?;
     for p in plan_absent_all(std::slice::from_ref(fan), &observed) {
         for op in p.result.map_err(|e| anyhow!(e))? {
             log::info!("{fan}: undo: {op}");
@@ -136,7 +136,7 @@ fn take_down(sys: &mut System, fan: &IfName) -> Result<()> {
 /// `fanlink down NAME` or `--all`: removes exactly what fanlink made, rule or not.
 pub fn down(name: Option<&str>, all: bool) -> Result<u8> {
     let mut sys = System::open()?;
-    let snap = sys.snapshot()?;
+    let mut snap = sys.snapshot()?;
     let nat = nat_tables();
     let fans: BTreeSet<IfName> = if all {
         let mut fans = snap.fan_names(&[]);
@@ -146,7 +146,7 @@ pub fn down(name: Option<&str>, all: bool) -> Result<u8> {
         let name = name.unwrap_or_default();
         BTreeSet::from([name.parse::<IfName>().map_err(|e| anyhow!("{e}"))?])
     };
-    let observed = sys.observe(&snap, &fans, &nat)?;
+    let observed = sys.observe(&mut snap, &fans, &nat)?;
     let names: Vec<IfName> = observed.fans.keys().cloned().collect();
     let mut failed = Vec::new();
     for FanPlan { fan, result } in plan_absent_all(&names, &observed) {
@@ -174,12 +174,12 @@ pub fn plan_cmd(dirs: &[PathBuf], name: Option<&str>, address: Option<Ipv4Addr>)
         None => config::load(dirs).0,
     };
     let mut sys = System::open()?;
-    let snap = sys.snapshot()?;
+    let mut snap = sys.snapshot()?;
     let nat = nat_tables();
     let mut problems = false;
     for rule in &rules {
         let ops = underlay_for(rule, &snap, address)
-            .and_then(|underlay| plan_one(&mut sys, &snap, &nat, rule, Want::Up(underlay)));
+            .and_then(|underlay| plan_one(&mut sys, &mut snap, &nat, rule, Want::Up(underlay)));
         match ops {
             Ok(ops) if ops.is_empty() => println!("{}: nothing to do", rule.name),
             Ok(ops) => ops.iter().for_each(|op| println!("{}: {op}", rule.name)),
@@ -222,7 +222,7 @@ fn ask_daemon(runtime_dir: &std::path::Path) -> Result<crate::status::Status> {
 fn local_status(dirs: &[PathBuf]) -> Result<crate::status::Status> {
     let (rules, _) = config::load(dirs);
     let mut sys = System::open()?;
-    let snap = sys.snapshot()?;
+    let mut snap = sys.snapshot()?;
     let links = snap.host_links();
     // (fan, its rule, what `up` would want, why); fans of ours without a rule would go.
     let mut fans: Vec<(IfName, Option<&Rule>, Want, String)> = rules
@@ -245,7 +245,7 @@ fn local_status(dirs: &[PathBuf]) -> Result<crate::status::Status> {
         }
     }
     let names = fans.iter().map(|f| f.0.clone()).collect();
-    let observed = sys.observe(&snap, &names, &nat_tables())?;
+    let observed = sys.observe(&mut snap, &names, &nat_tables())?;
     let targets: Vec<_> =
         fans.iter().filter_map(|(_, rule, want, _)| Some(((*rule)?.clone(), want.clone()))).collect();
     let orphans: Vec<IfName> =

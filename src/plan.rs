@@ -105,6 +105,12 @@ fn plan_host(observed: &Observed, mtu: Option<u32>) -> (Vec<Op>, Option<u32>) {
                     ops.push(Op::CreateSharedVxlan { mtu: s.device.mtu.max(mtu) });
                 } else if s.device.mtu < mtu {
                     let change = LinkChange { mtu: Some(mtu), ..Default::default() };
+                    ops.push(Op::SetLink { link: shared_name.clone(), change });
+                }
+                // Made but not marked before a crash (creating it again finds it and stops).
+                if s.device.alias.is_none() {
+                    let change =
+                        LinkChange { alias: Some(crate::model::SHARED_ALIAS.into()), ..Default::default() };
                     ops.push(Op::SetLink { link: shared_name, change });
                 }
                 (ops, Some(s.device.index))
@@ -228,7 +234,8 @@ pub fn plan_absent(
     if seen.nat.is_some() {
         ops.push(Op::DeleteNat { fan: fan.clone() });
     }
-    // Not observed (it takes a process per iptables backend): removal is idempotent.
+    // Not observed (it takes nf_tables dumps of every forward chain, and an iptables-legacy
+    // process where legacy tables exist): removal is idempotent.
     if seen_bridge.is_some() {
         ops.push(Op::RemoveForwardAccept { fan: fan.clone() });
     }
@@ -417,8 +424,9 @@ fn plan_up(
         (None, false) => {}
     }
 
-    // Not observed (a process per iptables backend): ensured, idempotently, when the fan's
-    // bridge is made, so that a flap does not start processes.
+    // Not observed (nf_tables dumps of every forward chain, and an iptables-legacy process
+    // where legacy tables exist): ensured, idempotently, when the fan's bridge is made, so
+    // that a flap reads no firewall.
     let up = |link: IfName| Op::SetLink { link, change: LinkChange { up: Some(true), ..Default::default() } };
     if bridge_ok.is_none() {
         ops.push(Op::AcceptForwarding { fan: bridge.clone() });

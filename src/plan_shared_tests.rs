@@ -82,7 +82,7 @@ fn first_fan_builds_the_shared_vxlan_its_veth_and_its_steering() {
             "attach fan program to fan-250-vx egress (fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4 via fanlink-vx)",
             "steer vni 16384000 from fanlink-vx ingress into fan-250-vx (fan-250)",
             "write nat table for fan-250: masquerade 250.0.0.0/8 leaving the overlay",
-            "accept forwarding for fan-250 in iptables FORWARD",
+            "accept forwarding for fan-250 in the firewalls that drop it",
             "set fan-250-vp up",
             "set fan-250-vx up",
             "set fan-250 up",
@@ -250,4 +250,24 @@ fn a_veth_pair_made_but_not_marked_before_a_crash_is_adopted_and_marked() {
         .as_ref()
         .unwrap_err()
         .starts_with("a device named fan-250-vx exists that fanlink does not own"));
+}
+
+#[test]
+fn a_shared_vxlan_made_but_not_marked_before_a_crash_is_marked() {
+    let a = rule(250);
+    let mut host = shared(&[&a]);
+    host.device.alias = None;
+    let plans =
+        plan(&[(a.clone(), up())], &observed(Datapath::Shared, &[(&a, built(&a))], Some(host.clone())));
+    assert_eq!(lines(&plans[0].result), ["set fanlink-vx alias fanlink: the fans' shared vxlan"]);
+    host.drop = false;
+    let plans = plan(&[(a.clone(), up())], &observed(Datapath::Shared, &[(&a, built(&a))], Some(host)));
+    assert_eq!(
+        lines(&plans[0].result),
+        [
+            "create vxlan fanlink-vx external nolearning dstport 8472 mtu 1450 alias \"fanlink: the fans' shared \
+             vxlan\", dropping on ingress what no fan takes",
+            "set fanlink-vx alias fanlink: the fans' shared vxlan"
+        ]
+    );
 }

@@ -69,7 +69,7 @@ fn first_up_builds_everything_and_links_come_up_last() {
             "add address 250.3.4.1/8 to fan-250",
             "attach fan program to fan-250-vx egress (fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4)",
             "write nat table for fan-250: masquerade 250.0.0.0/8 leaving the overlay",
-            "accept forwarding for fan-250 in iptables FORWARD",
+            "accept forwarding for fan-250 in the firewalls that drop it",
             "set net.ipv4.ip_forward = 1",
             "set fan-250-vx up",
             "set fan-250 up",

@@ -12,7 +12,6 @@ use crate::model::{
     SHARED_ALIAS, SHARED_VXLAN,
 };
 use crate::netlink::{self, tc, LinkChanges, LinkInfo, Netlink, NewBridge, NewVeth, NewVxlan, Tolerate};
-use crate::underlay::HostLink;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Why observing or applying failed, with what a person can do about it.
@@ -110,30 +109,9 @@ fn device(link: &LinkInfo) -> Device {
     }
 }
 
-/// The kernel as one snapshot: links and their IPv4 addresses.
-pub struct Snapshot {
-    pub links: Vec<LinkInfo>,
-    pub addresses: Vec<netlink::AddrInfo>,
-}
+pub use crate::snapshot::Snapshot;
 
 impl Snapshot {
-    pub fn host_links(&self) -> Vec<HostLink> {
-        self.links
-            .iter()
-            .map(|l| HostLink {
-                index: l.index,
-                name: l.name.clone(),
-                mtu: l.mtu,
-                alias: l.alias.clone(),
-                addresses: self.addresses.iter().filter(|a| a.index == l.index).map(|a| a.address).collect(),
-            })
-            .collect()
-    }
-
-    fn link(&self, name: &str) -> Option<&LinkInfo> {
-        self.links.iter().find(|l| l.name == name)
-    }
-
     /// Every fan known here: those with rules, and those whose devices say they are ours.
     pub fn fan_names(&self, rules: &[Rule]) -> BTreeSet<IfName> {
         let mut names: BTreeSet<IfName> = fans_in_kernel(&self.links).into_keys().collect();
@@ -196,15 +174,33 @@ impl System {
         }
     }
 
+    /// Dumps links and addresses (two requests); filters, VNIs and routes are read when
+    /// first needed.
     pub fn snapshot(&mut self) -> Result<Snapshot, SystemError> {
-        Ok(Snapshot { links: self.nl.links()?, addresses: self.nl.ipv4_addresses()? })
+        Ok(Snapshot::new(self.nl.links()?, self.nl.ipv4_addresses()?))
+    }
+
+    /// The cls_bpf filters at a hook of link `index`: from `snap`, else read into it.
+    fn filters(
+        &mut self,
+        snap: &mut Snapshot,
+        index: u32,
+        egress: bool,
+    ) -> Result<Vec<tc::FilterInfo>, SystemError> {
+        if let Some(f) = snap.filters.get(&(index, egress)) {
+            return Ok(f.clone());
+        }
+        let f = self.nl.bpf_filters(index, egress)?;
+        snap.filters.insert((index, egress), f.clone());
+        Ok(f)
     }
 
     /// What the kernel has of `fans`. `nat` is the list of fanlink's NAT tables, read by
-    /// the caller (it costs a process, so the daemon reads it only when it may have changed).
+    /// the caller (one nf_tables dump, so the daemon reads it only when nftables changed).
+    /// Costs no request when `snap` already holds the filters and VNIs of the fans' devices.
     pub fn observe(
         &mut self,
-        snap: &Snapshot,
+        snap: &mut Snapshot,
         fans: &BTreeSet<IfName>,
         nat: &[nft::NatTable],
     ) -> Result<Observed, SystemError> {
@@ -220,12 +216,12 @@ impl System {
             .filter_map(|l| l.name.parse().ok())
             .collect();
         let mut steers = BTreeMap::new();
-        if let Some(l) = snap.link(SHARED_VXLAN) {
-            let device = device(l);
-            let ours = l.alias.as_deref() == Some(SHARED_ALIAS) || (l.alias.is_none() && device.shared_vxlan);
+        if let Some((device, alias)) = snap.link(SHARED_VXLAN).map(|l| (device(l), l.alias.clone())) {
+            let index = device.index;
+            let ours = alias.as_deref() == Some(SHARED_ALIAS) || (alias.is_none() && device.shared_vxlan);
             if ours {
                 let mut shared = SharedVxlan { device, ..Default::default() };
-                for f in self.nl.bpf_filters(l.index, false)? {
+                for f in self.filters(snap, index, false)? {
                     if f.name == DROP_TAG {
                         shared.drop = true;
                     } else if let Some(fan) = steer_fan(&f.name) {
@@ -238,11 +234,23 @@ impl System {
                 observed.shared_blocked = Some(format!(
                     "a device named {SHARED_VXLAN} exists that fanlink does not own (its alias is {:?}); \
                      the shared datapath needs the name",
-                    l.alias.as_deref().unwrap_or("")
+                    alias.as_deref().unwrap_or("")
                 ));
             }
         }
         for fan in fans {
+            // Read what `snap` lacks first: the links below borrow it.
+            let ours =
+                |l: &LinkInfo| l.alias.as_deref().and_then(parse_alias).is_some_and(|(f, _)| &f == fan);
+            if let Some(v) =
+                snap.link(vxlan_name_for(fan).as_str()).filter(|l| ours(l)).map(|l| (l.index, device(l)))
+            {
+                if v.1.fan_vxlan && !snap.vnis.contains_key(&v.0) {
+                    let vnis = self.nl.vnis(v.0)?;
+                    snap.vnis.insert(v.0, vnis);
+                }
+                self.filters(snap, v.0, true)?;
+            }
             let bridge = snap.link(fan.as_str());
             let vxlan = snap.link(vxlan_name_for(fan).as_str());
             let mut seen = ObservedFan {
@@ -258,14 +266,12 @@ impl System {
                     snap.addresses.iter().filter(|a| a.index == b.index).map(|a| a.address).collect();
             }
             // Only a device of ours is asked about its VNIs and filters.
-            let ours =
-                |l: &&LinkInfo| l.alias.as_deref().and_then(parse_alias).is_some_and(|(f, _)| &f == fan);
-            if let Some(v) = vxlan.filter(ours) {
+            if let Some(v) = vxlan.filter(|l| ours(l)) {
                 if seen.vxlan.as_ref().is_some_and(|d| d.fan_vxlan) {
-                    seen.vnis = self.nl.vnis(v.index)?;
+                    seen.vnis = snap.vnis.get(&v.index).cloned().unwrap_or_default();
                 }
-                if let Some(filter) = self.nl.bpf_filters(v.index, true)?.into_iter().next() {
-                    seen.program = Some(filter.name);
+                if let Some(filter) = snap.filters.get(&(v.index, true)).and_then(|f| f.first()) {
+                    seen.program = Some(filter.name.clone());
                     seen.program_id = filter.prog_id;
                 }
             }
@@ -414,9 +420,12 @@ impl System {
         Ok(())
     }
 
-    /// The IPv4 routes of the main table.
-    pub fn routes(&mut self) -> Result<Vec<netlink::RouteInfo>, SystemError> {
-        Ok(self.nl.ipv4_routes()?)
+    /// The IPv4 routes of the main table: from `snap`, else read into it.
+    pub fn routes(&mut self, snap: &mut Snapshot) -> Result<Vec<netlink::RouteInfo>, SystemError> {
+        if snap.routes.is_none() {
+            snap.routes = Some(self.nl.ipv4_routes()?);
+        }
+        Ok(snap.routes.clone().unwrap_or_default())
     }
 
     /// The clsact drop counter of a fan's vxlan: frames the program refused.

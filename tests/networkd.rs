@@ -337,7 +337,7 @@ fn a_flood_of_forgeries_neither_stalls_calls_nor_gets_through() {
     let (a, rx, index) = attached(&h);
     let me = a.networkd.unique_name().unwrap();
     let forger = zbus::blocking::connection::Builder::address(h.bus()).unwrap().build().unwrap();
-    const N: u64 = 5_000; // more than the queue holds (4096), had the reader stalled
+    const N: u64 = 5_000; // far more than the queue holds (16), had the reader stalled
     let link = fanlink::networkd::link_path(index);
     let flood = std::thread::spawn(move || {
         let props = HashMap::from([("OperationalState", Value::from("off"))]);

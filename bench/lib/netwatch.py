@@ -150,6 +150,7 @@ class BusWatch:
                               path, "org.freedesktop.network1.Link", "OperationalState"],
                              capture_output=True, text=True, check=True).stdout.split()[1].strip('"')
         self.oper.append((0, 0, now))
+        self.last_msg_ns = time.monotonic_ns()
 
     def resync_clock(self):
         """CLOCK_REALTIME - CLOCK_MONOTONIC, the smallest of a few samples' bracket."""
@@ -171,6 +172,7 @@ class BusWatch:
         if not chunk:
             raise RuntimeError("busctl monitor exited")
         self.buf += chunk
+        self.last_msg_ns = now
         *lines, self.buf = self.buf.split(b"\n")
         for line in lines:
             if not line.startswith(b"{"):
@@ -213,7 +215,7 @@ class Pump:
                 key.data.on_readable()
 
     def quiet(self, watches, quiet_s, timeout):
-        """Pumps until no netlink message arrived for quiet_s (the daemon has settled)."""
+        """Pumps until no message (netlink, or networkd's signals) arrived for quiet_s."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             self.run(quiet_s / 2)

@@ -236,41 +236,63 @@ pub struct Interest {
     pub following_kernel: bool,
 }
 
-/// Whether a batch of kernel changes can change any plan. Most of the kernel's chatter (a
-/// container's veth, the echo of fanlink's own requests, networkd's work on other links)
-/// cannot, and a full reconcile costs dumps of every link, address and filter.
-pub fn kernel_change_matters(events: &[crate::netlink::Event], interest: &Interest) -> bool {
+/// What a batch of kernel changes can change. Most of the kernel's chatter (a container's
+/// veth, the echo of fanlink's own requests, networkd's work on other links) changes
+/// nothing; an underlay's address or MTU changes a fan's plan only through its decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Matters {
+    No,
+    /// Only what `decide` reads: decide again, reconcile if a decision changed.
+    Wants,
+    /// Something of a fan's own (or lost events): reconcile.
+    Plan,
+}
+
+/// The most any event of the batch can change (see `Matters`).
+pub fn kernel_change_matters(events: &[crate::netlink::Event], interest: &Interest) -> Matters {
     use crate::netlink::Event as E;
+    use Matters::{No, Plan, Wants};
+    let when = |cond: bool, m: Matters| if cond { m } else { No };
+    let in_underlay =
+        |a: &crate::netlink::AddrInfo| interest.underlays.iter().any(|u| u.contains(&a.address.addr()));
     // An empty batch means events were lost (ENOBUFS): resync.
-    events.is_empty()
-        || events.iter().any(|event| match event {
-            E::NewLink(l) => {
-                let bridge = interest.bridges.get(&l.name).is_some_and(|up| *up != l.up);
-                let vxlan = interest.vxlans.contains_key(&l.name) && !l.up;
-                let underlay = interest.underlay_links.get(&l.name).is_some_and(|mtu| *mtu != l.mtu);
-                let owner = l.alias.as_deref().is_some_and(|a| a.starts_with(crate::model::OWNER_PREFIX))
-                    && !interest.bridges.contains_key(&l.name)
-                    && !interest.vxlans.contains_key(&l.name);
-                bridge || vxlan || underlay || owner || interest.following_kernel
-            }
-            E::DelLink { name, .. } => {
-                interest.bridges.contains_key(name)
-                    || interest.vxlans.contains_key(name)
-                    || interest.underlay_links.contains_key(name)
-            }
-            E::NewAddr(a) => interest.underlays.iter().any(|u| u.contains(&a.address.addr())),
-            // Also a bridge's own address, removed by someone.
-            E::DelAddr(a) => {
-                interest.underlays.iter().any(|u| u.contains(&a.address.addr()))
-                    || interest.bridge_indexes.contains(&a.index)
-            }
-            E::Tc { index } => interest.vxlans.values().any(|v| *v == Some(*index)),
-            E::Route => interest.following_kernel,
-        })
+    if events.is_empty() {
+        return Plan;
+    }
+    let one = |event: &E| match event {
+        E::NewLink(l) => {
+            let bridge = interest.bridges.get(&l.name).is_some_and(|up| *up != l.up);
+            let vxlan = interest.vxlans.contains_key(&l.name) && !l.up;
+            let owner = l.alias.as_deref().is_some_and(|a| a.starts_with(crate::model::OWNER_PREFIX))
+                && !interest.bridges.contains_key(&l.name)
+                && !interest.vxlans.contains_key(&l.name);
+            let underlay = interest.underlay_links.get(&l.name).is_some_and(|mtu| *mtu != l.mtu);
+            when(bridge || vxlan || owner || interest.following_kernel, Plan).max(when(underlay, Wants))
+        }
+        E::DelLink { name, .. } => {
+            when(interest.bridges.contains_key(name) || interest.vxlans.contains_key(name), Plan)
+                .max(when(interest.underlay_links.contains_key(name), Wants))
+        }
+        E::NewAddr(a) => when(in_underlay(a), Wants),
+        // Also a bridge's own address, removed by someone.
+        E::DelAddr(a) => {
+            when(interest.bridge_indexes.contains(&a.index), Plan).max(when(in_underlay(a), Wants))
+        }
+        E::Tc { index } | E::Tunnel { index } => {
+            when(interest.vxlans.values().any(|v| *v == Some(*index)), Plan)
+        }
+        // A port left a bridge: released by hand from the fan's bridge, say.
+        E::Port { name, gone } => {
+            when(*gone && (interest.bridges.contains_key(name) || interest.vxlans.contains_key(name)), Plan)
+        }
+        E::Route => when(interest.following_kernel, Plan),
+    };
+    events.iter().map(one).max().unwrap_or(No)
 }
 
 #[cfg(test)]
 mod interest_tests {
+    use super::Matters::{No, Plan, Wants};
     use super::*;
     use crate::netlink::{AddrInfo, Event, LinkInfo};
 
@@ -306,28 +328,35 @@ mod interest_tests {
         let i = interest();
         let addr = |a: &str| Event::NewAddr(AddrInfo { index: 2, address: a.parse().unwrap() });
         for (event, matters) in [
-            (link("fan-250", true, 1450), false),
-            (link("fan-250", false, 1450), true),
-            (link("fan-250-vx", true, 1450), false),
-            (link("fan-250-vx", false, 1450), true),
-            (link("veth1234", true, 1500), false),
-            (link("ens3", true, 1500), false),
-            (link("ens3", true, 9000), true),
-            (Event::DelLink { index: 5, name: "fan-250".into() }, true),
-            (Event::DelLink { index: 6, name: "veth1234".into() }, false),
-            (addr("10.0.9.9/16"), true),
-            (addr("192.168.1.2/24"), false),
-            (Event::DelAddr(AddrInfo { index: 5, address: "250.1.1.1/8".parse().unwrap() }), true),
-            (Event::DelAddr(AddrInfo { index: 2, address: "192.168.1.2/24".parse().unwrap() }), false),
-            (Event::Tc { index: 7 }, true),
-            (Event::Tc { index: 8 }, false),
-            (Event::Route, false),
+            (link("fan-250", true, 1450), No),
+            (link("fan-250", false, 1450), Plan),
+            (link("fan-250-vx", true, 1450), No),
+            (link("fan-250-vx", false, 1450), Plan),
+            (link("veth1234", true, 1500), No),
+            (link("ens3", true, 1500), No),
+            (link("ens3", true, 9000), Wants),
+            (Event::DelLink { index: 5, name: "fan-250".into() }, Plan),
+            (Event::DelLink { index: 6, name: "veth1234".into() }, No),
+            (addr("10.0.9.9/16"), Wants),
+            (addr("192.168.1.2/24"), No),
+            (Event::DelAddr(AddrInfo { index: 5, address: "250.1.1.1/8".parse().unwrap() }), Plan),
+            (Event::DelAddr(AddrInfo { index: 2, address: "192.168.1.2/24".parse().unwrap() }), No),
+            (Event::Tc { index: 7 }, Plan),
+            (Event::Tc { index: 8 }, No),
+            (Event::Tunnel { index: 7 }, Plan),
+            (Event::Tunnel { index: 8 }, No),
+            (Event::Port { name: "fan-250-vx".into(), gone: true }, Plan),
+            (Event::Port { name: "fan-250-vx".into(), gone: false }, No),
+            (Event::Port { name: "veth1234".into(), gone: true }, No),
+            (Event::Route, No),
         ] {
             assert_eq!(kernel_change_matters(std::slice::from_ref(&event), &i), matters, "{event:?}");
         }
-        assert!(kernel_change_matters(&[], &i), "lost events: resync");
+        assert_eq!(kernel_change_matters(&[], &i), Plan, "lost events: resync");
+        let batch = [addr("10.0.9.9/16"), link("fan-250", false, 1450), link("veth1234", true, 1500)];
+        assert_eq!(kernel_change_matters(&batch, &i), Plan, "the most any event can change");
         let kernel = Interest { following_kernel: true, ..interest() };
-        assert!(kernel_change_matters(&[Event::Route], &kernel));
-        assert!(kernel_change_matters(&[link("ens3", false, 1500)], &kernel));
+        assert_eq!(kernel_change_matters(&[Event::Route], &kernel), Plan);
+        assert_eq!(kernel_change_matters(&[link("ens3", false, 1500)], &kernel), Plan);
     }
 }

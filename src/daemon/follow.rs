@@ -96,6 +96,7 @@ impl Daemon {
 
     /// A new snapshot, when networkd changed hands.
     pub(super) fn resync(&mut self) {
+        self.kernel = None;
         match self.bus.as_ref().map(|b| b.networkd.snapshot()) {
             Some(Ok(links)) => self.follow(&links),
             Some(Err(e)) => {

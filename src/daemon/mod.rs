@@ -3,15 +3,19 @@
 //! One worker thread owns all state and does all work; sources (`sources`, and the bus
 //! reader in `networkd`) only send it `Event`s. Start-up: subscribe to the bus first, then
 //! read networkd's full state, then reconcile, then `READY=1`; after that every event
-//! (a link state, a kernel change, a reload) ends in one reconcile: observe the kernel,
-//! `decide`, `plan`, apply. A burst of events is drained first and reconciled once.
+//! that can change a plan (a link state, a kernel change, a reload) ends in one reconcile:
+//! `decide`, `observe`, `plan`, apply. A burst of events is drained first and reconciled once.
+//! The kernel's state is kept (`Snapshot`) and patched by the rtnetlink events, so a
+//! reconcile reads nothing it already knows: a flap is one request and its ack.
 
 mod decide;
 mod failures;
 mod follow;
 mod sources;
 
-pub use decide::{decide, decide_all, kernel_change_matters, kernel_views, Decision, Interest, LinkView};
+pub use decide::{
+    decide, decide_all, kernel_change_matters, kernel_views, Decision, Interest, LinkView, Matters,
+};
 use failures::Failures;
 use follow::Bus;
 pub use follow::Source;
@@ -26,7 +30,6 @@ use crate::notify::Notifier;
 use crate::plan::{plan, plan_absent_all, FanPlan};
 use crate::status::{self, Status};
 use crate::system::System;
-use crate::underlay::HostLink;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -79,10 +82,9 @@ struct Daemon {
     /// fanlink's NAT tables, re-read (one nf_tables dump) only when nftables may have changed.
     nat: Option<Vec<nft::NatTable>>,
     decisions: Vec<Decision>,
-    /// The kernel's part of the last decisions (fanlink's fans, the host's links): a bus
-    /// event is decided against it without reading the kernel, and costs a reconcile only
-    /// when it changes what some fan should be.
-    kernel_inputs: Option<(BTreeSet<IfName>, Vec<HostLink>)>,
+    /// The kernel as last dumped and patched by every event since; `None`: dump it again
+    /// (at start, after lost events, a networkd resync, a failed op or a retry).
+    kernel: Option<crate::snapshot::Snapshot>,
     /// What kernel changes can matter, as of the last reconcile.
     interest: Interest,
     /// networkd has been followed once: from then on its absence is a restart to wait out.
@@ -136,7 +138,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         links: None,
         nat: None,
         decisions: Vec::new(),
-        kernel_inputs: None,
+        kernel: None,
         interest: Interest::default(),
         firewall_changed: false,
         ever_followed_networkd: false,
@@ -189,6 +191,7 @@ impl Daemon {
             }
             if first.is_none() {
                 self.fan_failures.retrying(Instant::now());
+                self.kernel = None;
             }
             // Drain the burst: one reconcile for all of it.
             for event in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
@@ -201,8 +204,13 @@ impl Daemon {
                 }
             }
             if dirty {
+                let sent = crate::netlink::requests_sent();
                 self.reconcile();
-                log::debug!("event to last ack: {} us", started.elapsed().as_micros());
+                let requests = crate::netlink::requests_sent() - sent;
+                log::debug!(
+                    "event to last ack: {} us, {requests} netlink request(s)",
+                    started.elapsed().as_micros()
+                );
             }
         }
     }
@@ -210,7 +218,19 @@ impl Daemon {
     /// Updates state from one event; says whether a reconcile is due.
     fn handle(&mut self, event: Event) -> bool {
         match event {
-            Event::Kernel(events) => kernel_change_matters(&events, &self.interest),
+            Event::Kernel(events) => {
+                match self.kernel.as_mut() {
+                    // Lost events (ENOBUFS): read everything again.
+                    Some(_) if events.is_empty() => self.kernel = None,
+                    Some(snap) => events.iter().for_each(|e| snap.apply(e)),
+                    None => {}
+                }
+                match kernel_change_matters(&events, &self.interest) {
+                    Matters::No => false,
+                    Matters::Wants => self.wants_change(),
+                    Matters::Plan => true,
+                }
+            }
             Event::Firewall => {
                 self.nat = None;
                 self.firewall_changed = true;
@@ -276,10 +296,16 @@ impl Daemon {
             return;
         }
         let result = (|| -> anyhow::Result<()> {
-            let snap = self.sys.snapshot()?;
+            let mut snap = match self.kernel.take() {
+                Some(snap) => snap,
+                None => self.sys.snapshot()?,
+            };
             let links = match &self.links {
                 Some(links) if !self.following_kernel => links.clone(),
-                _ => kernel_views(&snap.links, &self.sys.routes()?),
+                _ => {
+                    let routes = self.sys.routes(&mut snap)?;
+                    kernel_views(&snap.links, &routes)
+                }
             };
             let kernel_fans = managed_fans(&snap);
             let decisions =
@@ -292,17 +318,16 @@ impl Daemon {
                     Vec::new()
                 }),
             };
-            let observed = self.sys.observe(&snap, &fans, &nat)?;
+            let observed = self.sys.observe(&mut snap, &fans, &nat)?;
             self.nat = Some(nat);
+            // What the ops change comes back as events and is patched in.
+            self.interest = self.interest(&decisions, &snap);
+            self.kernel = Some(snap);
             let mut built = Vec::new();
-            let mut changed = false;
             for (decision, fan_plan) in decisions.iter().zip(self.plans(&decisions, &observed)) {
                 self.log_decision(decision);
                 let applied = match fan_plan.result {
-                    Ok(ops) => {
-                        changed |= !ops.is_empty();
-                        self.apply_ops(&decision.fan, &ops)
-                    }
+                    Ok(ops) => self.apply_ops(&decision.fan, &ops),
                     Err(e) => Err(("plan".to_string(), e.to_string())),
                 };
                 match applied {
@@ -326,10 +351,6 @@ impl Daemon {
             self.firewall_changed = false;
             self.fan_failures.retain(&decisions.iter().map(|d| d.fan.clone()).collect::<Vec<_>>());
             self.supervise_dhcp(&decisions, &built);
-            // The interest names devices by index: after creating some, read them again.
-            let snap = if changed { self.sys.snapshot()? } else { snap };
-            self.interest = self.interest(&decisions, &snap);
-            self.kernel_inputs = Some((managed_fans(&snap), snap.host_links()));
             self.decisions = decisions;
             Ok(())
         })();
@@ -346,12 +367,11 @@ impl Daemon {
     /// the new reasons are logged and no reconcile runs. A kernel change that came with the
     /// bus event wakes a reconcile of its own.
     fn wants_change(&mut self) -> bool {
-        let (Some((kernel_fans, host_links)), Some(links), false) =
-            (&self.kernel_inputs, &self.links, self.following_kernel)
-        else {
+        let (Some(snap), Some(links), false) = (&self.kernel, &self.links, self.following_kernel) else {
             return true;
         };
-        let decisions = decide_all(&self.rules, kernel_fans, host_links, links, self.rules_sound);
+        let decisions =
+            decide_all(&self.rules, &managed_fans(snap), &snap.host_links(), links, self.rules_sound);
         let same_wants = decisions.len() == self.decisions.len()
             && decisions
                 .iter()
@@ -417,7 +437,9 @@ impl Daemon {
     }
 
     /// Records a failed step; its error is logged in full once per cause, at error priority.
+    /// The kept kernel state may be what misled the plan: it is read again next time.
     fn failed(&mut self, fan: &crate::ifname::IfName, step: String, error: String) {
+        self.kernel = None;
         let line = format!("{fan}: {step}: {error}");
         if self.fan_failures.failed(fan, step, error, Instant::now()) {
             log::error!("{line}");
@@ -499,10 +521,11 @@ impl Daemon {
     }
 
     fn status(&mut self) -> anyhow::Result<Status> {
-        let snap = self.sys.snapshot()?;
+        // Read afresh: `status` shows the kernel as it is, not as the events told it.
+        let mut snap = self.sys.snapshot()?;
         let fans = self.decisions.iter().map(|d| d.fan.clone()).collect();
         let nat = nft::list().unwrap_or_default();
-        let observed = self.sys.observe(&snap, &fans, &nat)?;
+        let observed = self.sys.observe(&mut snap, &fans, &nat)?;
         let plans = self.plans(&self.decisions, &observed);
         let decided: Vec<_> = self
             .decisions

@@ -3,7 +3,9 @@
 //! None of them does any work itself, so none can hold up another.
 
 use super::Event;
-use crate::netlink::monitor::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_TC};
+use crate::netlink::monitor::{
+    RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_TC, RTNLGRP_TUNNEL,
+};
 use crate::netlink::Netlink;
 use nix::sys::signal::{SigSet, Signal};
 use std::io::{BufRead, BufReader, Write};
@@ -46,6 +48,11 @@ pub fn spawn_signals(tx: Sender<Event>) -> std::io::Result<()> {
 pub fn spawn_kernel_monitor(tx: Sender<Event>) -> Result<(), crate::netlink::Error> {
     // Routes matter only where the kernel decides "routable" (no networkd), and are cheap.
     let mut monitor = Netlink::monitor(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_TC | RTMGRP_IPV4_ROUTE)?;
+    // VNI filter changes (Linux 5.18, where vnifilter is): the kept VNIs are read again.
+    // An older kernel has no such group and no VNI filters either.
+    if let Err(e) = monitor.join(RTNLGRP_TUNNEL) {
+        log::debug!("no vxlan VNI events: {e}");
+    }
     let spawned = std::thread::Builder::new().name("rtnetlink".into()).spawn(move || loop {
         let events = match monitor.recv_events() {
             Ok(events) if events.is_empty() => continue,

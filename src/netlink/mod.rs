@@ -111,6 +111,19 @@ impl Tolerate for Result<(), Error> {
     }
 }
 
+/// Requests (and dumps) sent on every netlink socket of the process, for the daemon's
+/// "requests per event" figure.
+static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many netlink requests (rtnetlink and nf_tables, dumps included) this process sent.
+pub fn requests_sent() -> u64 {
+    REQUESTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn count_request() {
+    REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 const SOL_NETLINK: libc::c_int = 270;
 /// Echo only the header of a failed request, not the whole request, in NLMSG_ERROR.
 const NETLINK_CAP_ACK: libc::c_int = 10;
@@ -187,6 +200,7 @@ impl Netlink {
         let seq = self.seq;
         let bytes = msg.finish(seq, 0);
         trace!("netlink send {op}: {}", hex(&bytes));
+        count_request();
         socket::send(self.fd.as_raw_fd(), &bytes, MsgFlags::empty()).map_err(|e| Error::new(&op, e))?;
 
         let (mut out, mut interrupted) = (Vec::new(), false);

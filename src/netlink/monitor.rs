@@ -20,6 +20,9 @@ pub const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 pub const RTMGRP_TC: u32 = 0x8;
 /// IPv4 routes added or removed (a default route appearing makes a link routable).
 pub const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+/// vxlan VNI filter entries added or removed (Linux 5.18); a group number past the 32 bits
+/// of `bind`'s mask, joined with NETLINK_ADD_MEMBERSHIP (`join`).
+pub const RTNLGRP_TUNNEL: u32 = 35;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
@@ -30,6 +33,10 @@ const RTM_DELROUTE: u16 = 25;
 const RTM_DELQDISC: u16 = 37;
 const RTM_NEWTFILTER: u16 = 44;
 const RTM_DELTFILTER: u16 = 45;
+const RTM_NEWTUNNEL: u16 = 120;
+const RTM_DELTUNNEL: u16 = 121;
+const AF_BRIDGE: u8 = libc::AF_BRIDGE as u8;
+const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
 /// Room for a burst of events (a container start is a handful of messages per link).
 const MONITOR_RCVBUF: libc::c_int = 1 << 20;
 
@@ -50,6 +57,16 @@ pub enum Event {
     },
     /// An IPv4 route was added or removed.
     Route,
+    /// The bridge layer's own message about a port (`AF_BRIDGE`): it lacks the link's kind
+    /// and alias, so it says only that `name` joined (`gone` false) or left a bridge.
+    Port {
+        name: String,
+        gone: bool,
+    },
+    /// A VNI filter entry of link `index` was added or removed.
+    Tunnel {
+        index: u32,
+    },
 }
 
 impl Netlink {
@@ -60,6 +77,12 @@ impl Netlink {
         super::set_int_opt(&nl.fd, libc::SOL_SOCKET, libc::SO_RCVBUF, MONITOR_RCVBUF)
             .map_err(|e| Error::new("open netlink monitor", e))?;
         Ok(nl)
+    }
+
+    /// Also receives multicast group `group` (a number, such as `RTNLGRP_TUNNEL`).
+    pub fn join(&mut self, group: u32) -> Result<(), Error> {
+        super::set_int_opt(&self.fd, super::SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group as libc::c_int)
+            .map_err(|e| Error::new("join netlink group", e))
     }
 
     /// Blocks until the kernel sends notifications and returns those of one datagram that
@@ -74,6 +97,10 @@ impl Netlink {
         for m in msg::messages(buf) {
             let m = m.map_err(|e| super::malformed(op, e))?;
             let event = match m.ty {
+                RTM_NEWLINK | RTM_DELLINK if m.payload.first() == Some(&AF_BRIDGE) => {
+                    let l = parse_link(m.payload).map_err(|e| super::malformed(op, e))?;
+                    Some(Event::Port { name: l.name, gone: m.ty == RTM_DELLINK })
+                }
                 RTM_NEWLINK => {
                     Some(Event::NewLink(parse_link(m.payload).map_err(|e| super::malformed(op, e))?))
                 }
@@ -93,6 +120,11 @@ impl Netlink {
                     .get(4..8)
                     .map(|b| Event::Tc { index: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) }),
                 RTM_NEWROUTE | RTM_DELROUTE => Some(Event::Route),
+                // `struct tunnel_msg`: family, flags, 2 reserved bytes, then the ifindex.
+                RTM_NEWTUNNEL | RTM_DELTUNNEL => m
+                    .payload
+                    .get(4..8)
+                    .map(|b| Event::Tunnel { index: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) }),
                 msg::NLMSG_OVERRUN => return Err(Error::new(op, Errno::ENOBUFS)),
                 _ => None,
             };

@@ -73,6 +73,7 @@ impl Netlink {
         self.seq = begin.wrapping_add(names.len() as u32 + 1);
         trace!("nfnetlink send batch: {}", hex(&bytes));
         let op = "nftables transaction";
+        super::count_request();
         socket::send(self.fd.as_raw_fd(), &bytes, MsgFlags::empty()).map_err(|e| Error::new(op, e))?;
 
         let mut pending = names.len();

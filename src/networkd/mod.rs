@@ -79,11 +79,15 @@ pub const LINK_INTERFACE: &str = "org.freedesktop.network1.Link";
 const BUS_NAME: &str = "org.freedesktop.DBus";
 const BUS_PATH: &str = "/org/freedesktop/DBus";
 
-/// Capacity of the connection's message queue. It only fills while nobody reads it: between
-/// [`Networkd::subscribe`] and [`Subscription::spawn_reader`] (one GetNameOwner round trip).
-/// If it filled then, zbus would stop reading the socket and the GetNameOwner reply would
-/// never arrive; 64 (zbus's default) is one burst of networkd signals at boot.
-const QUEUE_CAPACITY: usize = 4096;
+/// Capacity of the connection's message queue. The reader thread drains it from before the
+/// first AddMatch on, so a burst only makes zbus wait for it a moment. Small: zbus reserves
+/// the whole ring at once and writes each message one slot further, so a queue of 4096 grew
+/// the daemon's RSS by ~460 KiB over its first 4096 bus messages (~600 flaps), then stayed.
+const QUEUE_CAPACITY: usize = 16;
+
+/// What the reader waits for before it classifies: the owner seeded by GetNameOwner, and
+/// where its events go.
+type Seed = (Option<String>, Box<dyn Fn(BusEvent) -> bool + Send>);
 
 /// Errors of the D-Bus edge; each says which step failed, the source says why (boxed:
 /// `zbus::Error` is large and these travel through every `Result` here).
@@ -128,11 +132,15 @@ pub struct Networkd {
     closing: Arc<AtomicBool>,
 }
 
-/// Match rules registered, owner seeded, messages queueing: hand it to a reader thread.
+/// Match rules registered, owner seeded, the reader thread draining the queue and keeping
+/// what it read: hand it where its events go (`spawn_reader`).
 pub struct Subscription {
-    messages: MessageIterator,
     owner: Option<String>,
-    closing: Arc<AtomicBool>,
+    seed: std::sync::mpsc::Sender<Seed>,
+    /// To wake the reader once seeded (a message it can read).
+    conn: Connection,
+    stats: Arc<ReaderStats>,
+    handle: JoinHandle<()>,
 }
 
 /// A running reader thread and its counters.
@@ -231,13 +239,39 @@ impl Networkd {
     /// bus policy lets only networkd's user own it.
     pub fn subscribe(&self) -> Result<Subscription> {
         let messages = MessageIterator::from(&self.conn);
+        let (seed, seeded) = std::sync::mpsc::channel::<Seed>();
+        let stats = Arc::new(ReaderStats::default());
+        let (closing, thread_stats) = (Arc::clone(&self.closing), Arc::clone(&stats));
+        // The queue is drained from now on, so no burst of signals can fill it and hold up
+        // the replies below; what is read before the owner is known is kept, in order.
+        let handle = std::thread::Builder::new()
+            .name("networkd-reader".into())
+            .spawn(move || {
+                let mut messages = messages;
+                let mut early = Vec::new();
+                let (owner, send) = loop {
+                    match seeded.try_recv() {
+                        Ok(seed) => break seed,
+                        // Never seeded: subscribing failed and the connection is going away.
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                    }
+                    match messages.next() {
+                        Some(m) => early.push(m),
+                        None => return,
+                    }
+                };
+                let classifier = reader::Classifier::new(owner);
+                reader::run(early.into_iter().chain(messages), classifier, &closing, send, &thread_stats)
+            })
+            .map_err(Error::Thread)?;
         let bus = DBusProxy::new(&self.conn).map_err(call("org.freedesktop.DBus (proxy)"))?;
         bus.add_match_rule(owner_rule().map_err(call("AddMatch NameOwnerChanged"))?)
             .map_err(call("AddMatch NameOwnerChanged"))?;
         bus.add_match_rule(link_rule().map_err(call("AddMatch PropertiesChanged"))?)
             .map_err(call("AddMatch PropertiesChanged"))?;
         let owner = self.owner()?;
-        Ok(Subscription { messages, owner, closing: Arc::clone(&self.closing) })
+        Ok(Subscription { owner, seed, conn: self.conn.clone(), stats, handle })
     }
 
     /// The unique name that owns `org.freedesktop.network1` now, `None` if networkd is
@@ -349,16 +383,14 @@ impl Subscription {
     where
         T: From<BusEvent> + Send + 'static,
     {
-        let stats = Arc::new(ReaderStats::default());
-        let classifier = reader::Classifier::new(self.owner);
-        let Subscription { messages, closing, .. } = self;
-        let thread_stats = Arc::clone(&stats);
-        let handle = std::thread::Builder::new()
-            .name("networkd-reader".into())
-            .spawn(move || {
-                reader::run(messages, classifier, &closing, |e| tx.send(T::from(e)).is_ok(), &thread_stats)
-            })
-            .map_err(Error::Thread)?;
+        let Subscription { owner, seed, conn, stats, handle } = self;
+        let send = Box::new(move |e| tx.send(T::from(e)).is_ok());
+        if seed.send((owner, send)).is_err() {
+            return Err(Error::Thread(std::io::Error::other("the networkd reader thread ended")));
+        }
+        // The reader sees the seed when it reads its next message: this Ping's reply.
+        conn.call_method(Some(BUS_NAME), BUS_PATH, Some("org.freedesktop.DBus.Peer"), "Ping", &())
+            .map_err(call("Ping"))?;
         Ok(Reader { stats, handle })
     }
 }
