@@ -33,6 +33,7 @@ const SCRIPTS_RUN: &[&str] = &[
     "objcopy",
     "networkd-dispatcher",
     "iperf3",
+    "perf",
     "python3",
 ];
 
