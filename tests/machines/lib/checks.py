@@ -6,8 +6,6 @@ and 246.i.1.1/8, and its "containers" (network namespaces on the bridges) are `c
 244.i.1.2 and `cu` at 246.i.1.2.
 """
 
-import json
-
 from guest import SLOW, StepFailed
 
 FAN, FAN2 = "fan-244", "fan-246"
@@ -60,8 +58,3 @@ ip link add {ns}-h mtu 1450 type veth peer name eth0 netns {ns} mtu 1450
 ip link set {ns}-h master {bridge} up
 ip -n {ns} link set lo up; ip -n {ns} link set eth0 up
 {f'ip -n {ns} addr add {addr} dev eth0; ip -n {ns} route add default via {gw}' if addr else ''}""")
-
-
-def status(g):
-    """`fanlink status --json`, by fan name."""
-    return {f["name"]: f for f in json.loads(g.out("fanlink status --json"))["fans"]}

@@ -20,7 +20,8 @@ RUNNING = []
 SLOW = float(os.environ.get("FANLINK_MACHINES_SLOW", "1"))
 # Drivers udev would load for the emulated PC (IDE, floppy, speaker, SMBus; kvm, because the
 # emulated CPU shows svm): on a booted guest under load their probes held udev's workers
-# for minutes, networkd waited for udev, and the uplink came up without its address.
+# for minutes, networkd waited for udev, and the uplink came up without its address. Kept
+# from udev's modprobe (by alias: kmod reads modprobe.blacklist), so not even read from disk.
 NOT_LOADED = ["floppy", "pcspkr", "ata_piix", "ata_generic", "pata_acpi", "i2c_piix4", "cfg80211",
               "kvm", "kvm_amd", "kvm_intel", "powernow_k8", "acpi_cpufreq", "serio_raw", "psmouse",
               "joydev", "evdev", "sg", "sr_mod", "parport_pc", "ppdev", "qemu_fw_cfg", "button",
@@ -61,7 +62,7 @@ class Guest:
         # drivers for the emulated PC's other hardware (see NOT_LOADED).
         cmdline = (f"root=/dev/vda rw console=ttyS0 quiet systemd.show_status=0 mitigations=off "
                    "8250.nr_uarts=1 tsc=reliable no_timer_check cryptomgr.notests i8042.noaux i8042.nokbd "
-                   f"module_blacklist={','.join(NOT_LOADED)} "
+                   f"modprobe.blacklist={','.join(NOT_LOADED)} "
                    f"systemd.hostname={name} fl.addr={addr} "
                    # For a look at a boot: e.g. "systemd.show_status=1 loglevel=6".
                    + os.environ.get("FANLINK_MACHINES_APPEND", ""))
