@@ -10,7 +10,12 @@ from guest import StepFailed
 
 DHCP_RULE = '\\n[[fan]]\\nname = "fan-245"\\noverlay = "245.0.0.0/8"\\nunderlay = "10.66.0.0/16"\\ndhcp = true\\n'
 # What fanlink's journal must never say under the shipped unit (denied calls and capabilities).
-DENIED = r"EPERM|EACCES|Operation not permitted|Permission denied|os error 1\b|os error 13\b"
+# A call the filter kills (see audit_denials) shows as the unit's main process killed by SIGSYS.
+DENIED = (r"EPERM|EACCES|Operation not permitted|Permission denied|os error 1\b|os error 13\b|"
+          r"code=killed|status=31/SYS")
+# A denial in the kernel log: a seccomp record (type 1326) or an AppArmor/LSM denial (1400).
+KERNEL_DENIED = r'type=1326|type=1400|apparmor="DENIED"'
+
 # Everything under the package's reach (find's arguments): purge must leave it as it was.
 SNAPSHOT = ("/etc /usr /var/lib /opt /srv -xdev \\( -path /var/lib/dpkg -o -path /var/lib/apt "
             "-o -path /var/lib/systemd \\) -prune -o -print")
@@ -120,15 +125,26 @@ def sandbox(fleet):
         raise StepFailed(f"{g.name}: no DHCP lease on fan-245:\n{out}\n{detail}")
     g.sh("ip netns del ct5")
     for unit in ["fanlink.service", "fanlink-dhcp@fan-245.service"]:
-        score = g.out(f"systemd-analyze security {unit} | tail -n 1").strip()
-        fleet.note(g, "security", score)
-        value = float(score.split(":")[1].split()[0])
+        value = exposure(g, unit)
+        fleet.note(g, "security", f"live exposure of {unit}: {value}")
         if value > 2.0:
             raise StepFailed(f"{g.name}: live exposure of {unit} {value} > 2.0")
+    # The other guests' systemd versions score the same unit too (reported; the budget of 2.0
+    # is enforced above, on Debian 12, whose systemd packaging/check-deb scores offline).
+    for h in fleet.guests[1:-1]:
+        fleet.note(h, "security", f"live exposure of fanlink.service: {exposure(h, 'fanlink.service')}")
     for h in fleet.guests:
-        found = h.out("journalctl -k --no-pager | grep -Ei 'audit|seccomp|apparmor' | "
-                      "grep -Eiv 'audit: initializing|audit: type=2000' || true; "
+        found = h.out(f"journalctl -k --no-pager | grep -E '{KERNEL_DENIED}' || true; "
                       "journalctl --no-pager -u fanlink -u 'fanlink-dhcp@*' | "
                       f"grep -E '{DENIED}' || true").strip()
         if found:
             raise StepFailed(f"{h.name}: denied calls or capabilities:\n{found}")
+
+
+def exposure(g, unit):
+    """`systemd-analyze security` on the running guest: the overall exposure of `unit`."""
+    line = g.out(f"systemd-analyze security --no-pager {unit} | tail -n 1").strip()
+    try:
+        return float(line.split(":")[1].split()[0])
+    except (IndexError, ValueError):
+        raise StepFailed(f"{g.name}: no exposure level for {unit}: {line}") from None
