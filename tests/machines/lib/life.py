@@ -5,7 +5,7 @@ Guest 1 (Debian 12 by default) is the host; the purge is on the last guest, whos
 scenario 1 listed before the install.
 """
 
-from checks import FAN, FAN2, container, is_up, ping, wait
+from checks import FAN, FAN2, Skip, container, is_up, ping, wait
 from guest import StepFailed
 
 DHCP_RULE = '\\n[[fan]]\\nname = "fan-245"\\noverlay = "245.0.0.0/8"\\nunderlay = "10.66.0.0/16"\\ndhcp = true\\n'
@@ -50,6 +50,8 @@ def lost(g):
 
 
 def unit_life(fleet):
+    if len(fleet.guests) < 2:
+        return Skip("needs two guests or more (traffic to another host)")
     g, far = fleet.guests[0], fleet.index(fleet.guests[-1])
     # A rule added + reload: the dhcp fan of scenario 5 appears, fan-244 untouched.
     ifindex = g.out(f"cat /sys/class/net/{FAN}/ifindex")
@@ -91,6 +93,8 @@ def unit_life(fleet):
 
 def purge(fleet):
     """apt purge on the last guest: fans, NAT and every file of the package gone."""
+    if len(fleet.guests) < 2:
+        return Skip("needs two guests or more (the first one goes on to scenario 5)")
     g = fleet.guests[-1]
     g.sh("ip netns del ct; ip netns del cu; true")
     audit_denials(g, False)
@@ -115,6 +119,8 @@ def purge(fleet):
 # The first live run found the shipped unit's IPAddressDeny=any dropping the DHCP of the fan's
 # dnsmasq (then a child of fanlink, in its cgroup): no lease. Now it is a unit of its own.
 def sandbox(fleet):
+    if len(fleet.guests) < 2:
+        return Skip("needs scenario 4's DHCP fan, which needs two guests or more")
     g = fleet.guests[0]
     # The DHCP fan hands a lease to a container; its dnsmasq is a unit of its own.
     container(g, "ct5", "fan-245", None, None)

@@ -56,9 +56,10 @@ def install_and_reboot(fleet):
         sep = "\n----8<----\n"
         out = g.out(f"fanlink status; echo '{sep}'; fanlink status --json; echo '{sep}'; "
                     f"journalctl -b -u fanlink -o short-monotonic | grep ': up: '; echo '{sep}'; "
+                    f"systemd-analyze blame --no-pager | head -n 6 | tr -s ' ' | paste -sd ','; echo '{sep}'; "
                     "systemd-analyze | head -n 1; "
                     "systemctl show fanlink -p ActiveEnterTimestampMonotonic --value")
-        text, js, ups, times = out.split(sep.strip())
+        text, js, ups, blame, times = out.split(sep.strip())
         st = {f["name"]: f for f in json.loads(js)["fans"]}
         if "source: daemon" not in text:
             raise StepFailed(f"{g.name}: `fanlink status` does not answer through the daemon:\n{text}")
@@ -76,6 +77,7 @@ def install_and_reboot(fleet):
         up = re.search(r"^\[ *([0-9.]+)\]", ups.strip(), re.M)
         fleet.note(g, "boot", f"reboot took {boot[g.name]:.0f} s; {analyze.strip()}; fanlink READY at "
                    f"{int(ready or 0) / 1e6:.1f} s, first fan up at {up.group(1) if up else '?'} s after kernel start")
+        fleet.note(g, "boot", "slowest units:", blame.strip())
     with fleet.step("1: check the fans, all guests"):
         fleet.parallel(check)
 
