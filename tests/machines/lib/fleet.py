@@ -72,7 +72,7 @@ class Fleet:
             g.start()
         t = self.parallel(lambda g: g.wait_boot())
         for g in self.guests:
-            say(f"machines: step boot {g.name}: {t[g.name]:.0f} s")
+            say(f"machines: step boot {g.name}: {t[g.name]:.0f} s (its agent up after {g.to_agent:.0f} s)")
 
     def evidence(self):
         for g in self.guests:

@@ -75,7 +75,8 @@ def install_and_reboot(fleet):
         # unit's ActiveEnter, monotonic since boot) and its first decision line.
         analyze, ready = times.strip().splitlines()[-2:]
         up = re.search(r"^\[ *([0-9.]+)\]", ups.strip(), re.M)
-        fleet.note(g, "boot", f"reboot took {boot[g.name]:.0f} s; {analyze.strip()}; fanlink READY at "
+        fleet.note(g, "boot", f"reboot took {boot[g.name]:.0f} s (its agent up after {g.to_agent:.0f} s); "
+                   f"{analyze.strip()}; fanlink READY at "
                    f"{int(ready or 0) / 1e6:.1f} s, first fan up at {up.group(1) if up else '?'} s after kernel start")
         fleet.note(g, "boot", "slowest units:", blame.strip())
     with fleet.step("1: check the fans, all guests"):
