@@ -140,6 +140,17 @@ impl Supervisor {
     }
 }
 
+/// fan-250 on the host whose slice is 250.3.4.0/24, for the tests.
+#[cfg(test)]
+fn example() -> DhcpConfig {
+    DhcpConfig {
+        fan: "fan-250".parse().unwrap(),
+        bridge_address: "250.3.4.1/8".parse().unwrap(),
+        slice: "250.3.4.0/24".parse().unwrap(),
+        mtu: 1450,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,12 +169,7 @@ mod tests {
 
     #[test]
     fn dnsmasq_is_bound_to_the_bridge_and_tells_the_mtu() {
-        let cfg = DhcpConfig {
-            fan: "fan-250".parse().unwrap(),
-            bridge_address: "250.3.4.1/8".parse().unwrap(),
-            slice: "250.3.4.0/24".parse().unwrap(),
-            mtu: 1450,
-        };
+        let cfg = example();
         let args = args(&cfg, Path::new("/var/lib/fanlink")).join(" ");
         for want in [
             "--no-daemon --conf-file=/dev/null",

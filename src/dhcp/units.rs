@@ -143,12 +143,7 @@ mod tests {
 
     #[test]
     fn a_units_configuration_is_the_fans_options_one_per_line() {
-        let cfg = DhcpConfig {
-            fan: "fan-250".parse().unwrap(),
-            bridge_address: "250.3.4.1/8".parse().unwrap(),
-            slice: "250.3.4.0/24".parse().unwrap(),
-            mtu: 1450,
-        };
+        let cfg = super::super::example();
         let text = conf(&cfg, Path::new("/var/lib/fanlink"));
         assert!(text.starts_with("# Written by fanlink for fanlink-dhcp@fan-250.service"), "{text}");
         for want in [
