@@ -11,6 +11,7 @@
 mod decide;
 mod failures;
 mod follow;
+mod report;
 mod sources;
 
 pub use decide::{
@@ -28,7 +29,6 @@ use crate::model::Want;
 use crate::networkd::BusEvent;
 use crate::notify::Notifier;
 use crate::plan::{plan, plan_absent_all, FanPlan};
-use crate::status::{self, Status};
 use crate::system::System;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -487,66 +487,6 @@ impl Daemon {
             .map(|p| (p.fan.clone(), p))
             .collect();
         decisions.iter().filter_map(|d| plans.remove(&d.fan)).collect()
-    }
-
-    /// One line per change of mind, saying why.
-    fn log_decision(&self, d: &Decision) {
-        let before = self.decisions.iter().find(|p| p.fan == d.fan);
-        if before.is_none_or(|b| b.want != d.want || b.why != d.why) {
-            log::info!("{}: {}: {}", d.fan, want_word(&d.want), d.why);
-        }
-    }
-
-    /// "2 fans: fan-250 up on ens3, fan-240 down (waiting: ...)".
-    fn summary(&self) -> String {
-        if self.links.is_none() && !self.following_kernel {
-            return format!("{} fan(s); networkd not reachable, fans left as they are", self.rules.len());
-        }
-        let parts: Vec<String> = self
-            .decisions
-            .iter()
-            .map(|d| match (&d.want, self.fan_failures.get(&d.fan)) {
-                (want, Some(f)) => format!("{} not {}: {}", d.fan, want_word(want), f.describe()),
-                (Want::Up(u), None) => format!("{} up on {}", d.fan, u.link),
-                (other, None) => format!("{} {} ({})", d.fan, want_word(other), d.why),
-            })
-            .collect();
-        format!("{} fan(s): {}", self.decisions.len(), parts.join(", "))
-    }
-
-    fn status_json(&mut self) -> String {
-        let status =
-            self.status().unwrap_or_else(|e| Status { source: format!("daemon: {e:#}"), fans: Vec::new() });
-        serde_json::to_string(&status).unwrap_or_default() + "\n"
-    }
-
-    fn status(&mut self) -> anyhow::Result<Status> {
-        // Read afresh: `status` shows the kernel as it is, not as the events told it.
-        let mut snap = self.sys.snapshot()?;
-        let fans = self.decisions.iter().map(|d| d.fan.clone()).collect();
-        let nat = nft::list().unwrap_or_default();
-        let observed = self.sys.observe(&mut snap, &fans, &nat)?;
-        let plans = self.plans(&self.decisions, &observed);
-        let decided: Vec<_> = self
-            .decisions
-            .iter()
-            .map(|d| (self.rules.iter().find(|r| r.name == d.fan), d.want.clone(), d.why.clone()))
-            .collect();
-        let source = match (self.following_kernel, &self.links) {
-            (true, _) => "daemon, following the kernel (no networkd)",
-            (false, Some(_)) => "daemon, following networkd",
-            (false, None) => "daemon; networkd not reachable, fans left as they are",
-        };
-        let sys = &mut self.sys;
-        let mut status = status::collect(source, &decided, &observed, &plans, |seen| {
-            seen.vxlan.as_ref().and_then(|v| sys.drops(v.index).ok().flatten())
-        });
-        for fan in &mut status.fans {
-            fan.dhcp = fan.name.parse().ok().and_then(|name| self.dhcp.serving(&name));
-            fan.error =
-                fan.name.parse().ok().and_then(|name| self.fan_failures.get(&name)).map(|f| f.describe());
-        }
-        Ok(status)
     }
 }
 
