@@ -388,9 +388,10 @@ impl Subscription {
         if seed.send((owner, send)).is_err() {
             return Err(Error::Thread(std::io::Error::other("the networkd reader thread ended")));
         }
-        // The reader sees the seed when it reads its next message: this Ping's reply.
-        conn.call_method(Some(BUS_NAME), BUS_PATH, Some("org.freedesktop.DBus.Peer"), "Ping", &())
-            .map_err(call("Ping"))?;
+        // The reader sees the seed when it reads its next message: this call's reply. GetId,
+        // not Peer.Ping: dbus 1.12's system bus policy (Debian 11) refuses Peer calls to the
+        // bus driver (seen on the booted guest: fanlink never reached networkd there).
+        conn.call_method(Some(BUS_NAME), BUS_PATH, Some(BUS_NAME), "GetId", &()).map_err(call("GetId"))?;
         Ok(Reader { stats, handle })
     }
 }
