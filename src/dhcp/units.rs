@@ -14,8 +14,9 @@ pub struct Units {
     state_dir: PathBuf,
     /// The fans that have a configuration file, so a unit that may run.
     configured: HashSet<IfName>,
-    /// Of those, the ones whose unit this daemon started or found running as configured.
-    started: HashSet<IfName>,
+    /// Of those, the ones whose unit this daemon started or found running, with what: an
+    /// unchanged fan costs no file read and no bus call on the next reconcile.
+    started: HashMap<IfName, DhcpConfig>,
     /// The last error per fan, so that a lasting one is logged once.
     failed: HashMap<IfName, String>,
 }
@@ -46,7 +47,7 @@ impl Units {
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".conf")?.parse().ok())
             .collect();
-        Units { state_dir, configured, started: HashSet::new(), failed: HashMap::new() }
+        Units { state_dir, configured, started: HashMap::new(), failed: HashMap::new() }
     }
 
     fn path(&self, fan: &IfName) -> PathBuf {
@@ -54,13 +55,13 @@ impl Units {
     }
 
     pub fn ensure(&mut self, cfg: DhcpConfig, bus: Option<&Connection>) {
-        let text = conf(&cfg, &self.state_dir);
-        let path = self.path(&cfg.fan);
-        let same = std::fs::read_to_string(&path).is_ok_and(|old| old == text);
-        if same && self.started.contains(&cfg.fan) {
+        if self.started.get(&cfg.fan) == Some(&cfg) {
             return;
         }
         let Some(bus) = bus else { return };
+        let text = conf(&cfg, &self.state_dir);
+        let path = self.path(&cfg.fan);
+        let same = std::fs::read_to_string(&path).is_ok_and(|old| old == text);
         let fan = cfg.fan.clone();
         let result = (|| {
             // The unit would fail to start, quietly for fanlink; the child path says the same.
@@ -79,7 +80,7 @@ impl Units {
             Ok(()) => {
                 let (first, last) = range(cfg.slice);
                 log::info!("{fan}: dhcp: {} serving {first}-{last}, mtu {}", unit(&fan), cfg.mtu);
-                self.started.insert(fan.clone());
+                self.started.insert(fan.clone(), cfg.clone());
                 self.failed.remove(&fan);
             }
             Err(e) => self.failure(&fan, e),
@@ -111,7 +112,7 @@ impl Units {
     }
 
     pub fn serving(&self, fan: &IfName) -> Option<String> {
-        self.started.contains(fan).then(|| unit(fan))
+        self.started.contains_key(fan).then(|| unit(fan))
     }
 }
 
