@@ -112,6 +112,19 @@ fn call<E: Into<zbus::Error>>(call: &'static str) -> impl FnOnce(E) -> Error {
     move |source| Error::Call { call, source: Box::new(source.into()) }
 }
 
+/// Where the reader's events go, in bus order. A channel of any event type that a
+/// `BusEvent` converts into is one (the daemon feeds one worker from several sources).
+pub trait EventSink: Send + 'static {
+    /// Hands on one event; `false` when nobody listens any more (the reader then ends).
+    fn deliver(&self, event: BusEvent) -> bool;
+}
+
+impl<T: From<BusEvent> + Send + 'static> EventSink for Sender<T> {
+    fn deliver(&self, event: BusEvent) -> bool {
+        self.send(T::from(event)).is_ok()
+    }
+}
+
 /// One link as networkd reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkState {
@@ -166,17 +179,14 @@ pub struct Attached {
 /// default socket). The reader starts before the snapshot so that nothing waits for a
 /// method reply while no one drains the queue. If the snapshot fails, the connection is
 /// dropped and that reader ends silently.
-pub fn attach<T>(address: Option<&str>, tx: Sender<T>) -> Result<Attached>
-where
-    T: From<BusEvent> + Send + 'static,
-{
+pub fn attach(address: Option<&str>, sink: impl EventSink) -> Result<Attached> {
     let networkd = match address {
         Some(address) => Networkd::connect_address(address)?,
         None => Networkd::connect()?,
     };
     let subscription = networkd.subscribe()?;
     let present = subscription.owner().is_some();
-    let reader = subscription.spawn_reader(tx)?;
+    let reader = subscription.spawn_reader(sink)?;
     let links = if present { Some(networkd.snapshot()?) } else { None };
     Ok(Attached { networkd, reader, links })
 }
@@ -377,14 +387,10 @@ impl Subscription {
         self.owner.as_deref()
     }
 
-    /// Starts the reader thread; its events go to `tx` in bus order. `T` lets the daemon
-    /// feed one worker channel from several sources (`impl From<BusEvent> for Event`).
-    pub fn spawn_reader<T>(self, tx: Sender<T>) -> Result<Reader>
-    where
-        T: From<BusEvent> + Send + 'static,
-    {
+    /// Starts the reader thread; its events go to `sink` in bus order.
+    pub fn spawn_reader(self, sink: impl EventSink) -> Result<Reader> {
         let Subscription { owner, seed, conn, stats, handle } = self;
-        let send = Box::new(move |e| tx.send(T::from(e)).is_ok());
+        let send = Box::new(move |e| sink.deliver(e));
         if seed.send((owner, send)).is_err() {
             return Err(Error::Thread(std::io::Error::other("the networkd reader thread ended")));
         }
