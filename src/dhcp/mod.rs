@@ -93,7 +93,7 @@ impl Supervisor {
 
     /// Makes dnsmasq serve `cfg`: started, or restarted if its configuration changed.
     /// `bus`, the system bus, is what starts a unit; without it that waits for the next call.
-    pub fn ensure(&mut self, cfg: DhcpConfig, bus: Option<&zbus::blocking::Connection>) {
+    pub fn ensure(&mut self, cfg: DhcpConfig, bus: Option<&crate::networkd::Bus>) {
         match self {
             Supervisor::Children(c) => c.ensure(cfg),
             Supervisor::Units(u) => u.ensure(cfg, bus),
@@ -101,7 +101,7 @@ impl Supervisor {
     }
 
     /// Stops every dnsmasq but those of `keep`.
-    pub fn retain(&mut self, keep: &[IfName], bus: Option<&zbus::blocking::Connection>) {
+    pub fn retain(&mut self, keep: &[IfName], bus: Option<&crate::networkd::Bus>) {
         match self {
             Supervisor::Children(c) => c.retain(keep),
             Supervisor::Units(u) => u.retain(keep, bus),

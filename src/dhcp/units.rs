@@ -6,9 +6,9 @@
 
 use super::{options, range, DhcpConfig};
 use crate::ifname::IfName;
+use crate::networkd::Bus;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use zbus::blocking::Connection;
 
 pub struct Units {
     state_dir: PathBuf,
@@ -54,7 +54,7 @@ impl Units {
         self.state_dir.join("dhcp").join(format!("{fan}.conf"))
     }
 
-    pub fn ensure(&mut self, cfg: DhcpConfig, bus: Option<&Connection>) {
+    pub fn ensure(&mut self, cfg: DhcpConfig, bus: Option<&Bus>) {
         if self.started.get(&cfg.fan) == Some(&cfg) {
             return;
         }
@@ -87,7 +87,7 @@ impl Units {
         }
     }
 
-    pub fn retain(&mut self, keep: &[IfName], bus: Option<&Connection>) {
+    pub fn retain(&mut self, keep: &[IfName], bus: Option<&Bus>) {
         let gone: Vec<IfName> = self.configured.iter().filter(|f| !keep.contains(f)).cloned().collect();
         let Some(bus) = bus else { return };
         for fan in gone {
@@ -126,11 +126,11 @@ fn write(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// One of systemd's `Manager` job calls (StartUnit, RestartUnit, StopUnit) in "replace"
 /// mode. It returns once the job is queued: nothing here waits for dnsmasq.
-fn manager(bus: &Connection, method: &'static str, unit: &str) -> Result<(), String> {
+fn manager(bus: &Bus, method: &'static str, unit: &str) -> Result<(), String> {
     bus.call_method(
-        Some("org.freedesktop.systemd1"),
+        "org.freedesktop.systemd1",
         "/org/freedesktop/systemd1",
-        Some("org.freedesktop.systemd1.Manager"),
+        "org.freedesktop.systemd1.Manager",
         method,
         &(unit, "replace"),
     )

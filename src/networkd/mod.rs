@@ -24,8 +24,8 @@
 //! an [`IfName`] that passed the kernel's rules); no bus string is handed on to become part
 //! of a path or a command. A link path for calls is built from the number.
 
+mod bus;
 mod path;
-mod proxy;
 mod reader;
 #[cfg(test)]
 mod reader_tests;
@@ -36,15 +36,15 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use zbus::blocking::{fdo::DBusProxy, Connection, MessageIterator};
-use zbus::names::BusName;
-use zbus::proxy::CacheProperties;
+use zbus::zvariant::OwnedObjectPath;
 use zbus::MatchRule;
+
+use bus::Inbound;
 
 use crate::ifname::IfName;
 
+pub use bus::Bus;
 pub use path::{decode_link_path, escape, link_path, LINK_PATH_NAMESPACE};
-pub use proxy::{LinkProxy, ManagerProxy};
 pub use reader::{BusEvent, ReaderStats};
 pub use state::{AdminState, OperState};
 
@@ -78,12 +78,9 @@ pub const NETWORKD_NAME: &str = "org.freedesktop.network1";
 pub const LINK_INTERFACE: &str = "org.freedesktop.network1.Link";
 const BUS_NAME: &str = "org.freedesktop.DBus";
 const BUS_PATH: &str = "/org/freedesktop/DBus";
-
-/// Capacity of the connection's message queue. The reader thread drains it from before the
-/// first AddMatch on, so a burst only makes zbus wait for it a moment. Small: zbus reserves
-/// the whole ring at once and writes each message one slot further, so a queue of 4096 grew
-/// the daemon's RSS by ~460 KiB over its first 4096 bus messages (~600 flaps), then stayed.
-const QUEUE_CAPACITY: usize = 16;
+const NETWORKD_PATH: &str = "/org/freedesktop/network1";
+const MANAGER_INTERFACE: &str = "org.freedesktop.network1.Manager";
+const PROPERTIES_INTERFACE: &str = "org.freedesktop.DBus.Properties";
 
 /// What the reader waits for before it classifies: the owner seeded by GetNameOwner, and
 /// where its events go.
@@ -134,25 +131,26 @@ pub struct LinkState {
     pub admin: AdminState,
 }
 
-/// A connection to the system bus, for talking to networkd. Dropping it closes the
-/// connection, which ends its reader thread (without a `Disconnected`: we hung up).
-/// It is `Sync`: the reader and method calls may run on different threads.
+/// A connection to the system bus, for talking to networkd. Its reader thread starts with
+/// the connection and keeps what it reads until [`Networkd::subscribe`] and
+/// [`Subscription::spawn_reader`] say what the owner is and where events go. Dropping it
+/// closes the connection, which ends the reader (without a `Disconnected`: we hung up).
+/// It is `Sync`: the reader and method calls run on different threads.
 #[derive(Debug)]
 pub struct Networkd {
-    conn: Connection,
-    /// Set before we close the connection ourselves, so the reader can tell a hang-up
-    /// from a lost bus.
-    closing: Arc<AtomicBool>,
+    bus: Bus,
+    /// The reader's seed slot and thread, until `subscribe` takes them.
+    reader: std::sync::Mutex<Option<(std::sync::mpsc::Sender<Seed>, JoinHandle<()>)>>,
+    stats: Arc<ReaderStats>,
 }
 
-/// Match rules registered, owner seeded, the reader thread draining the queue and keeping
-/// what it read: hand it where its events go (`spawn_reader`).
-pub struct Subscription {
+/// Match rules registered, owner seeded, the reader keeping what it read: hand it where its
+/// events go (`spawn_reader`).
+pub struct Subscription<'a> {
     owner: Option<String>,
     seed: std::sync::mpsc::Sender<Seed>,
     /// To wake the reader once seeded (a message it can read).
-    conn: Connection,
-    stats: Arc<ReaderStats>,
+    networkd: &'a Networkd,
     handle: JoinHandle<()>,
 }
 
@@ -176,9 +174,8 @@ pub struct Attached {
 /// Connects, subscribes, starts the reader and, when networkd is on the bus, takes a
 /// snapshot, in that order: the one way in for the daemon and the tests.
 /// `address` overrides the system bus address (`None`: `DBUS_SYSTEM_BUS_ADDRESS` or the
-/// default socket). The reader starts before the snapshot so that nothing waits for a
-/// method reply while no one drains the queue. If the snapshot fails, the connection is
-/// dropped and that reader ends silently.
+/// default socket). If the snapshot fails, the connection is dropped and that reader ends
+/// silently.
 pub fn attach(address: Option<&str>, sink: impl EventSink) -> Result<Attached> {
     let networkd = match address {
         Some(address) => Networkd::connect_address(address)?,
@@ -191,6 +188,12 @@ pub fn attach(address: Option<&str>, sink: impl EventSink) -> Result<Attached> {
     Ok(Attached { networkd, reader, links })
 }
 
+/// What the reader thread is doing: keeping messages until it is seeded, then dispatching.
+enum Stage {
+    Early { seeded: std::sync::mpsc::Receiver<Seed>, early: Vec<zbus::Message> },
+    Live(reader::Dispatch),
+}
+
 impl Networkd {
     /// Connects to the system bus (honours `DBUS_SYSTEM_BUS_ADDRESS`).
     pub fn connect() -> Result<Self> {
@@ -199,98 +202,104 @@ impl Networkd {
     }
 
     /// Connects to the bus at a D-Bus address such as `unix:path=/run/x/bus.sock`.
-    ///
-    /// A `unix:path=` address is connected here, not by zbus: zbus connects through its
-    /// `spawn_blocking`, which starts the `blocking` crate's thread pool, and that pool's
-    /// last thread wakes every 500 ms for the life of the process (blocking 1.7). An idle
-    /// daemon must not wake.
     pub fn connect_address(address: &str) -> Result<Self> {
-        let builder = match unix_path(address) {
-            Some(path) => {
-                let stream = std::os::unix::net::UnixStream::connect(&path)
-                    .map_err(|e| Error::Connect(Box::new(zbus::Error::InputOutput(Arc::new(e)))))?;
-                zbus::blocking::connection::Builder::async_io_unix_stream(stream)
+        let (seed, seeded) = std::sync::mpsc::channel::<Seed>();
+        let stats = Arc::new(ReaderStats::default());
+        let closing = Arc::new(AtomicBool::new(false));
+        let mut stage = Stage::Early { seeded, early: Vec::new() };
+        let (thread_stats, thread_closing) = (Arc::clone(&stats), Arc::clone(&closing));
+        let inbound = move |inbound: Inbound<'_>| match (&mut stage, inbound) {
+            (Stage::Live(dispatch), Inbound::Message(msg)) => dispatch.message(msg),
+            (Stage::Live(dispatch), Inbound::Ended(why)) => {
+                dispatch.ended(why);
+                false
             }
-            None => zbus::blocking::connection::Builder::address(address)
-                .map_err(|e| Error::Connect(Box::new(e)))?,
+            (Stage::Early { .. }, Inbound::Ended(_)) => false,
+            (Stage::Early { seeded, early }, Inbound::Message(msg)) => match seeded.try_recv() {
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    early.push(msg.clone());
+                    true
+                }
+                // Never seeded: subscribing failed and the connection is going away.
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => false,
+                Ok((owner, send)) => {
+                    let mut dispatch = reader::Dispatch {
+                        classifier: reader::Classifier::new(owner),
+                        send,
+                        stats: Arc::clone(&thread_stats),
+                        closing: Arc::clone(&thread_closing),
+                    };
+                    let live = std::mem::take(early).iter().chain([msg]).all(|m| dispatch.message(m));
+                    stage = Stage::Live(dispatch);
+                    live
+                }
+            },
         };
-        Self::build(builder)
-    }
-
-    fn build(builder: zbus::blocking::connection::Builder<'_>) -> Result<Self> {
-        let conn = builder.max_queued(QUEUE_CAPACITY).build().map_err(|e| Error::Connect(Box::new(e)))?;
-        Ok(Networkd { conn, closing: Arc::new(AtomicBool::new(false)) })
+        let (bus, handle) = Bus::open(address, "networkd-reader", inbound, closing)
+            .map_err(|e| Error::Connect(Box::new(e)))?;
+        Ok(Networkd { bus, reader: std::sync::Mutex::new(Some((seed, handle))), stats })
     }
 
     /// The bus connection, for calls to other services on the same bus (systemd's units).
-    pub fn connection(&self) -> &Connection {
-        &self.conn
+    pub fn connection(&self) -> &Bus {
+        &self.bus
     }
 
     /// Our unique name on the bus.
     pub fn unique_name(&self) -> Option<String> {
-        self.conn.unique_name().map(|n| n.to_string())
+        Some(self.bus.unique_name().to_string())
+    }
+
+    fn call<B: serde::Serialize + zbus::zvariant::DynamicType>(
+        &self,
+        destination: &str,
+        path: &str,
+        interface: &str,
+        member: &str,
+        body: &B,
+    ) -> zbus::Result<zbus::Message> {
+        self.bus.call_method(destination, path, interface, member, body)
     }
 
     /// Registers the match rules and seeds the owner. Call before [`Networkd::snapshot`].
     ///
-    /// The reader reads the connection's single, unfiltered queue rather than one queue per
-    /// match rule: the sender check needs NameOwnerChanged and PropertiesChanged in the
-    /// order the bus sent them, and only one queue keeps that order. The queue is opened
-    /// before AddMatch, so nothing the rules match is missed.
+    /// The reader sees every message in the order the bus sent it: the sender check needs
+    /// NameOwnerChanged and PropertiesChanged in that order. It reads from the moment the
+    /// connection exists, so nothing the rules match is missed.
     ///
     /// Race: a NameOwnerChanged may arrive between AddMatch and the GetNameOwner reply. It
-    /// is then queued *before* the reply, so the reader starts with an owner newer than
+    /// is then read *before* the reply, so the reader starts with an owner newer than
     /// the messages ahead of it. NameOwnerChanged carries the new owner, so replaying it
     /// still ends at the right owner; the only cost is that the old owner's last
     /// PropertiesChanged are dropped, and the OwnerChanged event asks for a resync anyway.
     /// A message is accepted only from the seed owner or one a later NameOwnerChanged
     /// names, so only from a connection that owned the name at some point; the system
     /// bus policy lets only networkd's user own it.
-    pub fn subscribe(&self) -> Result<Subscription> {
-        let messages = MessageIterator::from(&self.conn);
-        let (seed, seeded) = std::sync::mpsc::channel::<Seed>();
-        let stats = Arc::new(ReaderStats::default());
-        let (closing, thread_stats) = (Arc::clone(&self.closing), Arc::clone(&stats));
-        // The queue is drained from now on, so no burst of signals can fill it and hold up
-        // the replies below; what is read before the owner is known is kept, in order.
-        let handle = std::thread::Builder::new()
-            .name("networkd-reader".into())
-            .spawn(move || {
-                let mut messages = messages;
-                let mut early = Vec::new();
-                let (owner, send) = loop {
-                    match seeded.try_recv() {
-                        Ok(seed) => break seed,
-                        // Never seeded: subscribing failed and the connection is going away.
-                        Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
-                        Err(std::sync::mpsc::TryRecvError::Empty) => {}
-                    }
-                    match messages.next() {
-                        Some(m) => early.push(m),
-                        None => return,
-                    }
-                };
-                let classifier = reader::Classifier::new(owner);
-                reader::run(early.into_iter().chain(messages), classifier, &closing, send, &thread_stats)
-            })
-            .map_err(Error::Thread)?;
-        let bus = DBusProxy::new(&self.conn).map_err(call("org.freedesktop.DBus (proxy)"))?;
-        bus.add_match_rule(owner_rule().map_err(call("AddMatch NameOwnerChanged"))?)
-            .map_err(call("AddMatch NameOwnerChanged"))?;
-        bus.add_match_rule(link_rule().map_err(call("AddMatch PropertiesChanged"))?)
-            .map_err(call("AddMatch PropertiesChanged"))?;
+    pub fn subscribe(&self) -> Result<Subscription<'_>> {
+        let (seed, handle) =
+            self.reader.lock().expect("reader slot").take().ok_or_else(|| {
+                Error::Thread(std::io::Error::other("already subscribed on this connection"))
+            })?;
+        for (what, rule) in
+            [("AddMatch NameOwnerChanged", owner_rule()), ("AddMatch PropertiesChanged", link_rule())]
+        {
+            let rule = rule.map_err(call(what))?.to_string();
+            self.call(BUS_NAME, BUS_PATH, BUS_NAME, "AddMatch", &rule).map_err(call(what))?;
+        }
         let owner = self.owner()?;
-        Ok(Subscription { owner, seed, conn: self.conn.clone(), stats, handle })
+        Ok(Subscription { owner, seed, networkd: self, handle })
     }
 
     /// The unique name that owns `org.freedesktop.network1` now, `None` if networkd is
     /// not running.
     pub fn owner(&self) -> Result<Option<String>> {
-        let bus = DBusProxy::new(&self.conn).map_err(call("org.freedesktop.DBus (proxy)"))?;
-        match bus.get_name_owner(BusName::from_static_str(NETWORKD_NAME).expect("valid name")) {
-            Ok(owner) => Ok(Some(owner.to_string())),
-            Err(zbus::fdo::Error::NameHasNoOwner(_)) => Ok(None),
+        match self.call(BUS_NAME, BUS_PATH, BUS_NAME, "GetNameOwner", &NETWORKD_NAME) {
+            Ok(reply) => Ok(Some(reply.body().deserialize::<String>().map_err(call("GetNameOwner"))?)),
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.DBus.Error.NameHasNoOwner" =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(call("GetNameOwner")(e)),
         }
     }
@@ -299,9 +308,13 @@ impl Networkd {
     /// is left out (its `linger` signal follows); a link whose name the kernel could not
     /// have, or whose path does not match its index, is left out and logged.
     pub fn snapshot(&self) -> Result<Vec<LinkState>> {
-        let manager = self.manager()?;
+        let reply = self
+            .call(NETWORKD_NAME, NETWORKD_PATH, MANAGER_INTERFACE, "ListLinks", &())
+            .map_err(call("ListLinks"))?;
+        let listed: Vec<(i32, String, OwnedObjectPath)> =
+            reply.body().deserialize().map_err(call("ListLinks"))?;
         let mut links = Vec::new();
-        for (index, name, path) in manager.list_links().map_err(call("ListLinks"))? {
+        for (index, name, path) in listed {
             let Some(index) =
                 u32::try_from(index).ok().filter(|i| decode_link_path(path.as_str()) == Some(*i))
             else {
@@ -321,33 +334,41 @@ impl Networkd {
         Ok(links)
     }
 
+    /// One string property of a link (the path is built from the number, never taken from
+    /// the bus); `None` if networkd no longer has the link.
+    fn link_property(&self, index: u32, property: &'static str) -> Result<Option<String>> {
+        let what = match property {
+            OperState::PROPERTY => "Get OperationalState",
+            _ => "Get AdministrativeState",
+        };
+        let args = (LINK_INTERFACE, property);
+        match self.call(NETWORKD_NAME, &link_path(index), PROPERTIES_INTERFACE, "Get", &args) {
+            Ok(reply) => match reply.body().deserialize::<zbus::zvariant::Value<'_>>() {
+                Ok(zbus::zvariant::Value::Str(s)) => Ok(Some(s.to_string())),
+                Ok(_) => Err(call(what)(zbus::Error::InvalidReply)),
+                Err(e) => Err(call(what)(e)),
+            },
+            Err(e) if is_gone(&e) => Ok(None),
+            Err(e) => Err(call(what)(e)),
+        }
+    }
+
     /// The two states of one link; `None` if networkd no longer has it.
     fn link_states(&self, index: u32) -> Result<Option<(OperState, AdminState)>> {
-        // The path is built from the number, never taken from the bus.
-        let link = LinkProxy::builder(&self.conn)
-            .path(link_path(index))
-            .and_then(|b| b.cache_properties(CacheProperties::No).build())
-            .map_err(call("org.freedesktop.network1.Link (proxy)"))?;
-        let oper = match link.operational_state() {
-            Ok(s) => OperState::parse(&s),
-            Err(e) if is_gone(&e) => return Ok(None),
-            Err(e) => return Err(call("Get OperationalState")(e)),
-        };
-        let admin = match link.administrative_state() {
-            Ok(s) => AdminState::parse(&s),
-            Err(e) if is_gone(&e) => return Ok(None),
-            Err(e) => return Err(call("Get AdministrativeState")(e)),
-        };
-        Ok(Some((oper, admin)))
+        let Some(oper) = self.link_property(index, OperState::PROPERTY)? else { return Ok(None) };
+        let Some(admin) = self.link_property(index, AdminState::PROPERTY)? else { return Ok(None) };
+        Ok(Some((OperState::parse(&oper), AdminState::parse(&admin))))
     }
 
     /// One link by ifindex (for an index that first shows up in a signal), `None` if
     /// networkd does not know it.
     pub fn link(&self, index: u32) -> Result<Option<LinkState>> {
-        let manager = self.manager()?;
         let Ok(signed) = i32::try_from(index) else { return Ok(None) };
-        let name = match manager.get_link_by_index(signed) {
-            Ok((name, _path)) => name,
+        let name = match self.call(NETWORKD_NAME, NETWORKD_PATH, MANAGER_INTERFACE, "GetLinkByIndex", &signed)
+        {
+            Ok(reply) => {
+                reply.body().deserialize::<(String, OwnedObjectPath)>().map_err(call("GetLinkByIndex"))?.0
+            }
             Err(e) if is_gone(&e) || is_no_such_link(&e) => return Ok(None),
             Err(e) => return Err(call("GetLinkByIndex")(e)),
         };
@@ -358,38 +379,23 @@ impl Networkd {
         Ok(self.link_states(index)?.map(|(oper, admin)| LinkState { index, name, oper, admin }))
     }
 
-    fn manager(&self) -> Result<ManagerProxy<'static>> {
-        ManagerProxy::builder(&self.conn)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .map_err(call("org.freedesktop.network1.Manager (proxy)"))
-    }
-
     /// Closes the connection now; the reader ends without reporting `Disconnected`.
     /// Dropping does the same, ignoring errors.
     pub fn close(self) -> Result<()> {
-        self.closing.store(true, Ordering::Release);
-        self.conn.clone().close().map_err(call("close"))
+        self.bus.close().map_err(|e| call("close")(zbus::Error::InputOutput(Arc::new(e))))
     }
 }
 
-impl Drop for Networkd {
-    fn drop(&mut self) {
-        self.closing.store(true, Ordering::Release);
-        // Already closed by `close`, or the bus is gone: nothing left to do either way.
-        let _ = self.conn.clone().close();
-    }
-}
-
-impl Subscription {
+impl Subscription<'_> {
     /// The owner of `org.freedesktop.network1` when subscribing (`None`: not running).
     pub fn owner(&self) -> Option<&str> {
         self.owner.as_deref()
     }
 
-    /// Starts the reader thread; its events go to `sink` in bus order.
+    /// Hands the reader where its events go, in bus order; it dispatches what it kept, then
+    /// everything that follows.
     pub fn spawn_reader(self, sink: impl EventSink) -> Result<Reader> {
-        let Subscription { owner, seed, conn, stats, handle } = self;
+        let Subscription { owner, seed, networkd, handle } = self;
         let send = Box::new(move |e| sink.deliver(e));
         if seed.send((owner, send)).is_err() {
             return Err(Error::Thread(std::io::Error::other("the networkd reader thread ended")));
@@ -397,8 +403,8 @@ impl Subscription {
         // The reader sees the seed when it reads its next message: this call's reply. GetId,
         // not Peer.Ping: dbus 1.12's system bus policy (Debian 11) refuses Peer calls to the
         // bus driver (seen on the booted guest: fanlink never reached networkd there).
-        conn.call_method(Some(BUS_NAME), BUS_PATH, Some(BUS_NAME), "GetId", &()).map_err(call("GetId"))?;
-        Ok(Reader { stats, handle })
+        networkd.call(BUS_NAME, BUS_PATH, BUS_NAME, "GetId", &()).map_err(call("GetId"))?;
+        Ok(Reader { stats: Arc::clone(&networkd.stats), handle })
     }
 }
 

@@ -1,11 +1,11 @@
 //! The bus reader: turns each incoming message into at most one [`BusEvent`].
 //!
-//! The thread does nothing but decode and `send` on an unbounded channel, and never calls a
-//! method: zbus queues are bounded and never drop, so a reader that waited for a reply
-//! while its own queue was full would deadlock the connection (zbus #213, #350).
+//! It runs on the bus connection's own reader thread (`bus.rs`) and does nothing but decode
+//! and `send` on an unbounded channel, never a method call: the thread that routes replies
+//! must not wait for one.
 //!
 //! Trust: the bus filters broadcasts by our match rules, but anyone may send a signal
-//! *addressed* to us, and zbus cannot match a well-known sender on the client side. So
+//! *addressed* to us, and a client cannot match a well-known sender by itself. So
 //! every message is checked here: a PropertiesChanged counts only if its unique sender is
 //! the current owner of `org.freedesktop.network1`, its path is a link path, its interface
 //! argument is `org.freedesktop.network1.Link` and the states are strings;
@@ -21,9 +21,7 @@ use zbus::Message;
 
 use super::path::{decode_link_path, escape};
 use super::state::{AdminState, OperState};
-use super::{BUS_NAME, BUS_PATH, LINK_INTERFACE, NETWORKD_NAME};
-
-const PROPERTIES_INTERFACE: &str = "org.freedesktop.DBus.Properties";
+use super::{BUS_NAME, BUS_PATH, LINK_INTERFACE, NETWORKD_NAME, PROPERTIES_INTERFACE};
 
 /// What the reader reports, in the order the bus delivered it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,43 +163,40 @@ fn log_drop(msg: &Message, reason: &str) {
     );
 }
 
-/// The reader loop: runs until the connection ends (then reports `Disconnected`, unless
-/// `closing` says we hung up ourselves) or `send` reports that nobody listens any more.
-pub(crate) fn run(
-    messages: impl Iterator<Item = zbus::Result<Message>>,
-    mut classifier: Classifier,
-    closing: &AtomicBool,
-    send: impl Fn(BusEvent) -> bool,
-    stats: &ReaderStats,
-) {
-    for msg in messages {
-        let msg = match msg {
-            Ok(msg) => msg,
-            Err(e) if closing.load(Ordering::Acquire) => {
-                log::debug!("bus connection closed by us: {e}");
-                return;
-            }
-            Err(e) => {
-                log::info!("system bus connection lost: {e}");
-                break;
-            }
-        };
-        match classifier.classify(&msg) {
+/// What the reader thread does with each message once the owner is seeded: classify, count,
+/// hand on. Ends with one `Disconnected` when the connection is lost (not when `closing` says
+/// we hung up ourselves).
+pub(crate) struct Dispatch {
+    pub(crate) classifier: Classifier,
+    pub(crate) send: Box<dyn Fn(BusEvent) -> bool + Send>,
+    pub(crate) stats: std::sync::Arc<ReaderStats>,
+    pub(crate) closing: std::sync::Arc<AtomicBool>,
+}
+
+impl Dispatch {
+    /// `false` once nobody listens any more (the reader then stops).
+    pub(crate) fn message(&mut self, msg: &Message) -> bool {
+        match self.classifier.classify(msg) {
             Verdict::Deliver(event) => {
-                stats.delivered.fetch_add(1, Ordering::Relaxed);
-                if !send(event) {
-                    return;
-                }
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                (self.send)(event)
             }
-            Verdict::Ignore => {}
+            Verdict::Ignore => true,
             Verdict::Drop(reason) => {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                log_drop(&msg, reason);
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                log_drop(msg, reason);
+                true
             }
         }
     }
-    if !closing.load(Ordering::Acquire) {
-        // The receiver may already be gone; then nobody needs to hear about it.
-        send(BusEvent::Disconnected);
+
+    pub(crate) fn ended(&self, why: &std::io::Error) {
+        if self.closing.load(Ordering::Acquire) {
+            log::debug!("bus connection closed by us: {why}");
+        } else {
+            log::info!("system bus connection lost: {why}");
+            // The receiver may already be gone; then nobody needs to hear about it.
+            (self.send)(BusEvent::Disconnected);
+        }
     }
 }
