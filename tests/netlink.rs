@@ -310,6 +310,45 @@ fn monitor_reports_links_and_addresses() {
     assert!(events.contains(&Event::DelLink { index: br, name: "fan-250".into() }), "{events:?}");
 }
 
+/// The monitor's in-kernel filter: a port's state messages (RTM_NEWLINK, AF_BRIDGE) never
+/// arrive, a port leaving its bridge does; routes arrive only while asked for.
+#[test]
+#[ignore = "needs root (CAP_NET_ADMIN): run with --include-ignored"]
+fn monitor_filter_drops_port_states_and_routes_unless_asked() {
+    use fanlink::netlink::monitor::RTMGRP_IPV4_ROUTE;
+    let mut nl = netns();
+    let mut mon = Netlink::monitor(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE).unwrap();
+    mon.filter_events(false).unwrap();
+    let drain = |mon: &mut Netlink, until: &dyn Fn(&[Event]) -> bool| {
+        let mut events = Vec::new();
+        while !until(&events) {
+            let mut fds = [PollFd::new(mon.as_fd(), PollFlags::POLLIN)];
+            let ready = nix::poll::poll(&mut fds, PollTimeout::from(2000u16)).unwrap();
+            assert!(ready > 0, "nothing more within 2 s; got {events:?}");
+            events.extend(mon.recv_events().unwrap());
+        }
+        events
+    };
+    let br = bridge(&mut nl, "fan-250");
+    let vx = vxlan(&mut nl, "fan-250-vx", Some(br));
+    let up = LinkChanges { up: Some(true), ..Default::default() };
+    nl.set_link("fan-250-vx", &up).unwrap();
+    nl.set_link("fan-250", &up).unwrap();
+    let net: Ipv4Net = "250.3.4.1/8".parse().unwrap();
+    nl.add_address(br, net).unwrap(); // adds routes (local, broadcast, the /8)
+    run("ip", &["link", "set", "fan-250-vx", "nomaster"]);
+    let events = drain(&mut mon, &|e| e.iter().any(|e| matches!(e, Event::Port { gone: true, .. })));
+    assert!(events.contains(&Event::NewAddr(fanlink::netlink::AddrInfo { index: br, address: net })));
+    assert!(events.iter().any(|e| matches!(e, Event::NewLink(l) if l.index == vx)), "{events:?}");
+    assert!(!events.iter().any(|e| matches!(e, Event::Port { gone: false, .. })), "{events:?}");
+    assert!(!events.contains(&Event::Route), "routes while not asked for: {events:?}");
+
+    mon.filter_events(true).unwrap();
+    nl.delete_address(br, net).unwrap();
+    let events = drain(&mut mon, &|e| e.contains(&Event::Route));
+    assert!(events.contains(&Event::DelAddr(fanlink::netlink::AddrInfo { index: br, address: net })));
+}
+
 /// A dump larger than one datagram is collected up to NLMSG_DONE.
 #[test]
 #[ignore = "needs root (CAP_NET_ADMIN): run with --include-ignored"]

@@ -40,6 +40,32 @@ const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
 /// Room for a burst of events (a container start is a handful of messages per link).
 const MONITOR_RCVBUF: libc::c_int = 1 << 20;
 
+const SO_ATTACH_FILTER: libc::c_int = 26;
+
+/// The program of `filter_events`. A notification is one message per datagram, so the
+/// first message's header (type at byte 4, little-endian u16 on every host fanlink runs on,
+/// read a byte at a time) and its `ifinfomsg` family (byte 16) decide.
+fn event_filter(routes: bool) -> [libc::sock_filter; 11] {
+    const LOAD_BYTE: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+    const JUMP_IF: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RETURN: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const PASS: u32 = u32::MAX;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    [
+        /* 0 */ op(LOAD_BYTE, 0, 0, 5), // type, high byte
+        /* 1 */ op(JUMP_IF, 0, 7, 0), // every type fanlink drops is < 256; else pass (9)
+        /* 2 */ op(LOAD_BYTE, 0, 0, 4), // type, low byte
+        /* 3 */ op(JUMP_IF, 0, 2, RTM_NEWLINK.into()), // a link message (4) or not (6)
+        /* 4 */ op(LOAD_BYTE, 0, 0, 16), // ifi_family
+        /* 5 */ op(JUMP_IF, 4, 3, AF_BRIDGE.into()), // a port's state: drop (10); else pass (9)
+        /* 6 */ op(JUMP_IF, 1, 0, RTM_NEWROUTE.into()), // a route (8)
+        /* 7 */ op(JUMP_IF, 0, 1, RTM_DELROUTE.into()), // a route (8); else pass (9)
+        /* 8 */ op(RETURN, 0, 0, if routes { PASS } else { 0 }),
+        /* 9 */ op(RETURN, 0, 0, PASS),
+        /* 10 */ op(RETURN, 0, 0, 0),
+    ]
+}
+
 /// One rtnetlink notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -76,7 +102,31 @@ impl Netlink {
         let nl = Self::open(nix::sys::socket::SockProtocol::NetlinkRoute, groups)?;
         super::set_int_opt(&nl.fd, libc::SOL_SOCKET, libc::SO_RCVBUF, MONITOR_RCVBUF)
             .map_err(|e| Error::new("open netlink monitor", e))?;
+        nl.filter_events(true)?;
         Ok(nl)
+    }
+
+    /// Which notifications wake the reader at all, decided in the kernel by a classic BPF
+    /// socket filter, so that one fanlink would only drop costs it no wakeup: a bridge port's
+    /// own state messages (RTM_NEWLINK of family AF_BRIDGE, e.g. a port reaching forwarding
+    /// 15 s after it joined: what kept an idle daemon from being idle) and, unless `routes`,
+    /// IPv4 route changes (they matter only while the daemon follows the kernel instead of
+    /// networkd). A port leaving a bridge (RTM_DELLINK, AF_BRIDGE) still passes.
+    pub fn filter_events(&self, routes: bool) -> Result<(), Error> {
+        let program = event_filter(routes);
+        let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr().cast_mut() };
+        // SAFETY: a valid fd and a pointer to a live sock_fprog whose filter outlives the call
+        // (the kernel copies the program).
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                libc::SOL_SOCKET,
+                SO_ATTACH_FILTER,
+                (&fprog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        Errno::result(r).map(drop).map_err(|e| Error::new("filter netlink events", e))
     }
 
     /// Also receives multicast group `group` (a number, such as `RTNLGRP_TUNNEL`).
