@@ -12,7 +12,7 @@ use crate::model::{
     SHARED_ALIAS, SHARED_VXLAN,
 };
 use crate::netlink::{self, tc, LinkChanges, LinkInfo, Netlink, NewBridge, NewVeth, NewVxlan, Tolerate};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Why observing or applying failed, with what a person can do about it.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +134,11 @@ pub struct System {
     nl: Netlink,
     /// The datapath, probed once (a kernel does not change under a running process).
     datapath: Option<Datapath>,
+    /// Link indexes by name for the ops of the current plan, so that each op on a link costs
+    /// no lookup request: the fans' links `observe` saw, and those created or looked up
+    /// since. `observe` starts every plan and so starts this afresh; a creation records the
+    /// index the kernel echoed (else it is asked once), a deletion forgets them all.
+    indexes: HashMap<IfName, u32>,
 }
 
 /// Forces the datapath (`vnifilter`, `shared`; `auto` or unset: probe the kernel).
@@ -141,7 +146,7 @@ pub const DATAPATH_ENV: &str = "FANLINK_DATAPATH";
 
 impl System {
     pub fn open() -> Result<System, SystemError> {
-        Ok(System { nl: Netlink::new()?, datapath: None })
+        Ok(System { nl: Netlink::new()?, datapath: None, indexes: HashMap::new() })
     }
 
     /// The datapath this host uses: FANLINK_DATAPATH if set, else what the kernel supports.
@@ -215,6 +220,7 @@ impl System {
             .filter(|l| l.alias.as_deref().and_then(parse_alias).is_some() && device(l).fan_vxlan)
             .filter_map(|l| l.name.parse().ok())
             .collect();
+        self.indexes.clear();
         let mut steers = BTreeMap::new();
         if let Some((device, alias)) = snap.link(SHARED_VXLAN).map(|l| (device(l), l.alias.clone())) {
             let index = device.index;
@@ -253,10 +259,17 @@ impl System {
             }
             let bridge = snap.link(fan.as_str());
             let vxlan = snap.link(vxlan_name_for(fan).as_str());
+            let peer = snap.link(crate::plan::peer_name_for(fan).as_str());
+            let shared = snap.link(SHARED_VXLAN);
+            for l in [bridge, vxlan, peer, shared].into_iter().flatten() {
+                if let Ok(name) = l.name.parse() {
+                    self.indexes.insert(name, l.index);
+                }
+            }
             let mut seen = ObservedFan {
                 bridge: bridge.map(device),
                 vxlan: vxlan.map(device),
-                peer: snap.link(crate::plan::peer_name_for(fan).as_str()).map(device),
+                peer: peer.map(device),
                 steer: steers.remove(fan),
                 nat: nat.iter().find(|t| t.fan.as_deref() == Some(fan.as_str())).map(|t| t.params.clone()),
                 ..Default::default()
@@ -280,10 +293,35 @@ impl System {
         Ok(observed)
     }
 
+    /// The index of `link`: known in this plan, else asked (and then known).
     fn index(&mut self, link: &IfName) -> Result<u32, SystemError> {
+        if let Some(&index) = self.indexes.get(link) {
+            return Ok(index);
+        }
         match self.nl.link_by_name(link.as_str())? {
-            Some(l) => Ok(l.index),
+            Some(l) => {
+                self.indexes.insert(link.clone(), l.index);
+                Ok(l.index)
+            }
             None => Err(SystemError::NoLink { link: link.clone() }),
+        }
+    }
+
+    /// Records what a creation of `link` did: its index if the kernel echoed it; "already
+    /// exists" is done, and then the link that exists is asked about when needed.
+    fn created(
+        &mut self,
+        link: &IfName,
+        result: Result<Option<u32>, netlink::Error>,
+    ) -> Result<(), SystemError> {
+        self.indexes.remove(link);
+        match result {
+            Ok(index) => {
+                self.indexes.extend(index.map(|i| (link.clone(), i)));
+                Ok(())
+            }
+            Err(e) if e.is_exists() => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -297,7 +335,8 @@ impl System {
                     mac: Some(*mac),
                     alias: Some(alias.clone()),
                 };
-                self.nl.create_bridge(&new).exists_ok()?;
+                let result = self.nl.create_bridge(&new);
+                self.created(bridge, result)?;
             }
             Op::CreateVxlan { vxlan, bridge, mtu, alias } => {
                 let master = Some(self.index(bridge)?);
@@ -309,7 +348,8 @@ impl System {
                     master,
                     alias: Some(alias.clone()),
                 };
-                self.nl.create_vxlan(&new).exists_ok()?;
+                let result = self.nl.create_vxlan(&new);
+                self.created(vxlan, result)?;
             }
             Op::AddVni { vxlan, vni } => {
                 let index = self.index(vxlan)?;
@@ -346,7 +386,8 @@ impl System {
                     master: None,
                     alias: Some(SHARED_ALIAS.to_string()),
                 };
-                self.nl.create_vxlan(&new).exists_ok()?;
+                let result = self.nl.create_vxlan(&new);
+                self.created(&shared_name(), result)?;
                 let index = self.index(&shared_name())?;
                 self.nl.add_clsact(index).exists_ok()?;
                 let fd = bpf::load(&bpf::drop_all(), "fanlink_drop")?;
@@ -370,7 +411,9 @@ impl System {
                     master,
                     alias: Some(alias.clone()),
                 };
-                self.nl.create_veth(&new).exists_ok()?;
+                let result = self.nl.create_veth(&new);
+                self.created(port, result)?;
+                self.indexes.remove(peer);
                 // Nothing of the host's may enter the fan's bridge through the peer (its
                 // IPv6 link-local chatter would teach the bridge the peer's MAC).
                 self.nl.no_ipv6_addresses(peer.as_str())?;
@@ -412,6 +455,8 @@ impl System {
                 firewall::remove_forward_accept(fan)?;
             }
             Op::DeleteLink { link } => {
+                // A veth takes its peer along: every index is asked again.
+                self.indexes.clear();
                 if let Some(l) = self.nl.link_by_name(link.as_str())? {
                     self.nl.delete_link(l.index).missing_ok()?;
                 }

@@ -30,8 +30,10 @@ fn run(tool: &str, args: &[&str]) -> String {
 
 fn bridge(nl: &mut Netlink, name: &str) -> u32 {
     let b = NewBridge { name: name.into(), mtu: 1450, mac: Some(MAC), alias: Some("fanlink:250".into()) };
-    nl.create_bridge(&b).unwrap();
-    nl.link_by_name(name).unwrap().unwrap().index
+    let echoed = nl.create_bridge(&b).unwrap();
+    let index = nl.link_by_name(name).unwrap().unwrap().index;
+    assert!(echoed.is_none_or(|i| i == index), "the creation's echo (Linux 6.3+) names the new link");
+    index
 }
 
 fn vxlan(nl: &mut Netlink, name: &str, master: Option<u32>) -> u32 {

@@ -213,21 +213,12 @@ pub fn delete_batch(fan: &IfName) -> Vec<(String, MsgBuilder)> {
 /// Creates the fan's table, or replaces it if it exists.
 pub fn apply(fan: &IfName, overlay: Ipv4Net, bridge: &IfName) -> Result<(), NftError> {
     with_socket(|nl| {
-        let mut get = nftnl::get_tables(NFPROTO_IPV4);
-        get.str(1, &table_name(fan));
-        let exists = match nl.get(get) {
-            Ok(_) => true,
-            Err(e) if e.is_not_found() => false,
-            Err(e) => return Err(e.into()),
-        };
-        if !exists {
-            // Created the moment before by someone else: EEXIST, then replaced below.
-            match nl.transaction(create_batch(fan, overlay, bridge)) {
-                Err(e) if e.is_exists() => {}
-                other => return Ok(other?),
-            }
+        // A plan writes the table mostly where there is none (a cold up): the creation is
+        // tried first, with no request to ask; EEXIST (a stale table) and it is replaced.
+        match nl.transaction(create_batch(fan, overlay, bridge)) {
+            Err(e) if e.is_exists() => Ok(nl.transaction(apply_batch(fan, overlay, bridge))?),
+            other => Ok(other?),
         }
-        Ok(nl.transaction(apply_batch(fan, overlay, bridge))?)
     })
 }
 

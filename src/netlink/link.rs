@@ -5,7 +5,7 @@
 
 use nix::errno::Errno;
 
-use super::msg::{self, Attrs, DecodeError, MsgBuilder, NLM_F_CREATE, NLM_F_EXCL};
+use super::msg::{self, Attrs, DecodeError, MsgBuilder, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use super::{Error, Netlink};
 
 const RTM_NEWLINK: u16 = 16;
@@ -143,8 +143,12 @@ pub(crate) fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; IFINFOMSG_L
     h
 }
 
+/// The flags of a link creation: the echo (where the kernel sends it) gives the new link's
+/// index, which every later op on it needs, without a second request.
+const CREATE: u16 = NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO;
+
 pub fn new_bridge_msg(b: &NewBridge) -> MsgBuilder {
-    let mut m = MsgBuilder::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).header(&ifinfomsg(0, 0, 0));
+    let mut m = MsgBuilder::new(RTM_NEWLINK, CREATE).header(&ifinfomsg(0, 0, 0));
     m.str(IFLA_IFNAME, &b.name).u32(IFLA_MTU, b.mtu);
     if let Some(mac) = &b.mac {
         m.bytes(IFLA_ADDRESS, mac);
@@ -158,7 +162,7 @@ pub fn new_bridge_msg(b: &NewBridge) -> MsgBuilder {
 /// The INFO_DATA bytes match `ip link add NAME type vxlan external vnifilter dstport PORT`
 /// (iproute2 adds `nolearning` for `external` by itself; the kernel default is learning on).
 pub fn new_vxlan_msg(v: &NewVxlan) -> MsgBuilder {
-    let mut m = MsgBuilder::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).header(&ifinfomsg(0, 0, 0));
+    let mut m = MsgBuilder::new(RTM_NEWLINK, CREATE).header(&ifinfomsg(0, 0, 0));
     m.str(IFLA_IFNAME, &v.name).u32(IFLA_MTU, v.mtu);
     if let Some(master) = v.master {
         m.u32(IFLA_MASTER, master);
@@ -177,7 +181,7 @@ pub fn new_vxlan_msg(v: &NewVxlan) -> MsgBuilder {
 
 /// `ip link add NAME mtu MTU master M type veth peer name PEER mtu MTU`.
 pub fn new_veth_msg(v: &NewVeth) -> MsgBuilder {
-    let mut m = MsgBuilder::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).header(&ifinfomsg(0, 0, 0));
+    let mut m = MsgBuilder::new(RTM_NEWLINK, CREATE).header(&ifinfomsg(0, 0, 0));
     m.str(IFLA_IFNAME, &v.name).u32(IFLA_MTU, v.mtu);
     if let Some(master) = v.master {
         m.u32(IFLA_MASTER, master);
@@ -245,6 +249,11 @@ pub fn set_link_msg(link: &LinkRef, c: &LinkChanges) -> MsgBuilder {
         m.bytes(IFLA_ADDRESS, mac);
     }
     m
+}
+
+/// The index of link `name` in the replies to a creation (the kernel's echo of it).
+pub fn echoed_index(replies: &[Vec<u8>], name: &str) -> Option<u32> {
+    replies.iter().filter_map(|p| parse_link(p).ok()).find(|l| l.name == name).map(|l| l.index)
 }
 
 /// Decodes an RTM_NEWLINK payload (dump reply, get reply or event).
@@ -330,24 +339,36 @@ impl Netlink {
         }
     }
 
-    /// Creates a bridge, down. EEXIST if the name is taken.
-    pub fn create_bridge(&mut self, b: &NewBridge) -> Result<(), Error> {
-        self.request(new_bridge_msg(b)).map_err(|e| e.context("create bridge", Some(&b.name)))?;
-        self.set_new_alias(&b.name, b.alias.as_deref())
+    /// Creates a bridge, down; its index if the kernel echoed it. EEXIST if the name is taken.
+    pub fn create_bridge(&mut self, b: &NewBridge) -> Result<Option<u32>, Error> {
+        let index =
+            self.create(new_bridge_msg(b), &b.name).map_err(|e| e.context("create bridge", Some(&b.name)))?;
+        self.set_new_alias(&b.name, b.alias.as_deref())?;
+        Ok(index)
     }
 
-    /// Creates a fan vxlan, down. EEXIST if the name is taken or (without vnifilter support)
-    /// another external device already uses the port.
-    pub fn create_vxlan(&mut self, v: &NewVxlan) -> Result<(), Error> {
-        self.request(new_vxlan_msg(v)).map_err(|e| e.context("create vxlan", Some(&v.name)))?;
-        self.set_new_alias(&v.name, v.alias.as_deref())
-    }
-
-    /// Creates a veth pair, both ends down, and marks both ends with the alias.
-    pub fn create_veth(&mut self, v: &NewVeth) -> Result<(), Error> {
-        self.request(new_veth_msg(v)).map_err(|e| e.context("create veth", Some(&v.name)))?;
+    /// Creates a fan vxlan, down; its index if the kernel echoed it. EEXIST if the name is
+    /// taken or (without vnifilter support) another external device already uses the port.
+    pub fn create_vxlan(&mut self, v: &NewVxlan) -> Result<Option<u32>, Error> {
+        let index =
+            self.create(new_vxlan_msg(v), &v.name).map_err(|e| e.context("create vxlan", Some(&v.name)))?;
         self.set_new_alias(&v.name, v.alias.as_deref())?;
-        self.set_new_alias(&v.peer, v.alias.as_deref())
+        Ok(index)
+    }
+
+    /// Creates a veth pair, both ends down, and marks both ends with the alias; the index of
+    /// `name` if the kernel echoed it.
+    pub fn create_veth(&mut self, v: &NewVeth) -> Result<Option<u32>, Error> {
+        let index =
+            self.create(new_veth_msg(v), &v.name).map_err(|e| e.context("create veth", Some(&v.name)))?;
+        self.set_new_alias(&v.name, v.alias.as_deref())?;
+        self.set_new_alias(&v.peer, v.alias.as_deref())?;
+        Ok(index)
+    }
+
+    /// Sends a creation and reads the new link `name`'s index from the echo, if any came.
+    fn create(&mut self, m: MsgBuilder, name: &str) -> Result<Option<u32>, Error> {
+        Ok(echoed_index(&self.get(m)?, name))
     }
 
     /// `ip link set NAME addrgenmode none`: the link gets no IPv6 link-local address, so the
@@ -428,7 +449,7 @@ mod tests {
         let (_, attrs) = msg::split(&b[msg::NLMSG_HDRLEN..], IFINFOMSG_LEN).unwrap();
         let tys: Vec<u16> = attrs.map(|a| a.unwrap().ty).collect();
         assert_eq!(tys, [IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO]);
-        assert_eq!(&b[4..8], [16, 0, 0x01, 0x06], "REQUEST|EXCL|CREATE");
+        assert_eq!(&b[4..8], [16, 0, 0x09, 0x06], "REQUEST|ECHO|EXCL|CREATE");
     }
 
     #[test]
@@ -444,6 +465,21 @@ mod tests {
         assert_eq!(l.name, "fan-250");
         assert_eq!((l.mtu, l.mac, l.alias), (1450, b.mac, None), "the alias is a second message");
         assert_eq!((l.kind.as_deref(), l.vxlan, l.up), (Some("bridge"), None, false));
+    }
+
+    #[test]
+    fn the_echo_of_a_creation_gives_the_new_links_index() {
+        let mut echo = MsgBuilder::new(RTM_NEWLINK, 0).header(&ifinfomsg(7, 0, 0));
+        echo.str(IFLA_IFNAME, "fan-250");
+        let echo = echo.finish(1, 0)[msg::NLMSG_HDRLEN..].to_vec();
+        let peer = {
+            let mut m = MsgBuilder::new(RTM_NEWLINK, 0).header(&ifinfomsg(8, 0, 0));
+            m.str(IFLA_IFNAME, "fan-250-p");
+            m.finish(2, 0)[msg::NLMSG_HDRLEN..].to_vec()
+        };
+        let replies = [vec![1, 2, 3], peer, echo];
+        assert_eq!(echoed_index(&replies, "fan-250"), Some(7), "a short or other link's reply is skipped");
+        assert_eq!(echoed_index(&replies[..2], "fan-250"), None, "no echo (before Linux 6.3): ask");
     }
 
     #[test]

@@ -93,10 +93,10 @@ pub trait Tolerate {
     fn missing_ok(self) -> Result<bool, Error>;
 }
 
-impl Tolerate for Result<(), Error> {
+impl<T> Tolerate for Result<T, Error> {
     fn exists_ok(self) -> Result<bool, Error> {
         match self {
-            Ok(()) => Ok(true),
+            Ok(_) => Ok(true),
             Err(e) if e.is_exists() => Ok(false),
             Err(e) => Err(e),
         }
@@ -104,7 +104,7 @@ impl Tolerate for Result<(), Error> {
 
     fn missing_ok(self) -> Result<bool, Error> {
         match self {
-            Ok(()) => Ok(true),
+            Ok(_) => Ok(true),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
         }

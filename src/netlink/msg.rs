@@ -23,6 +23,9 @@ pub const NLMSG_OVERRUN: u16 = 4;
 pub const NLM_F_REQUEST: u16 = 0x01;
 pub const NLM_F_MULTI: u16 = 0x02;
 pub const NLM_F_ACK: u16 = 0x04;
+/// Send the created object back to the requester (rtnetlink links: Linux 6.3 and later; older
+/// kernels ignore the flag).
+pub const NLM_F_ECHO: u16 = 0x08;
 pub const NLM_F_DUMP_INTR: u16 = 0x10;
 pub const NLM_F_DUMP: u16 = 0x300;
 pub const NLM_F_REPLACE: u16 = 0x100;
