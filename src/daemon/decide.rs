@@ -286,6 +286,8 @@ pub fn kernel_change_matters(events: &[crate::netlink::Event], interest: &Intere
             when(*gone && (interest.bridges.contains_key(name) || interest.vxlans.contains_key(name)), Plan)
         }
         E::Route => when(interest.following_kernel, Plan),
+        // Someone turned forwarding off under a fan that is up: fanlink turns it back on.
+        E::Forwarding(on) => when(!on && interest.bridges.values().any(|up| *up), Plan),
     };
     events.iter().map(one).max().unwrap_or(No)
 }
@@ -349,6 +351,8 @@ mod interest_tests {
             (Event::Port { name: "fan-250-vx".into(), gone: false }, No),
             (Event::Port { name: "veth1234".into(), gone: true }, No),
             (Event::Route, No),
+            (Event::Forwarding(false), Plan),
+            (Event::Forwarding(true), No),
         ] {
             assert_eq!(kernel_change_matters(std::slice::from_ref(&event), &i), matters, "{event:?}");
         }
@@ -358,5 +362,7 @@ mod interest_tests {
         let kernel = Interest { following_kernel: true, ..interest() };
         assert_eq!(kernel_change_matters(&[Event::Route], &kernel), Plan);
         assert_eq!(kernel_change_matters(&[link("ens3", false, 1500)], &kernel), Plan);
+        let all_down = Interest { bridges: HashMap::from([("fan-250".into(), false)]), ..interest() };
+        assert_eq!(kernel_change_matters(&[Event::Forwarding(false)], &all_down), No, "no fan needs it");
     }
 }

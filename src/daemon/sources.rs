@@ -5,7 +5,7 @@
 
 use super::Event;
 use crate::netlink::monitor::{
-    RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_TC, RTNLGRP_TUNNEL,
+    RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_TC, RTNLGRP_IPV4_NETCONF, RTNLGRP_TUNNEL,
 };
 use crate::netlink::Netlink;
 use nix::errno::Errno;
@@ -62,7 +62,7 @@ pub struct Sources {
     signals: SignalFd,
     /// Kernel link, address, tc, route and netconf changes: what networkd does not signal (a
     /// DHCP renew to a new address, an address added by hand, someone deleting a fan's bridge
-    /// or program). Non-blocking: drained until EAGAIN.
+    /// or program, or turning forwarding off). Non-blocking: drained until EAGAIN.
     kernel: Netlink,
     /// nftables changes; `None` where they cannot be watched.
     firewall: Option<OwnedFd>,
@@ -203,6 +203,8 @@ impl Sources {
 fn kernel_monitor() -> Result<Netlink, crate::netlink::Error> {
     // Routes matter only where the kernel decides "routable" (no networkd), and are cheap.
     let mut monitor = Netlink::monitor(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_TC | RTMGRP_IPV4_ROUTE)?;
+    // `net.ipv4.ip_forward` turned off by someone: fanlink turns it back on.
+    monitor.join(RTNLGRP_IPV4_NETCONF)?;
     // VNI filter changes (Linux 5.18, where vnifilter is): the kept VNIs are read again.
     // An older kernel has no such group and no VNI filters either.
     if let Err(e) = monitor.join(RTNLGRP_TUNNEL) {
