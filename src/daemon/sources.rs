@@ -94,17 +94,15 @@ impl Sources {
     /// a burst is handled at once. Empty only when the deadline passed.
     pub fn wait(&mut self, deadline: Option<Instant>) -> Vec<Event> {
         let mut events = Vec::new();
-        while events.is_empty() {
+        loop {
+            // Rounded up: a deadline a fraction of a millisecond away must not spin. One that
+            // has passed still polls (without waiting): a signal must not wait behind a timer.
             let timeout = match deadline {
                 None => PollTimeout::NONE,
-                Some(at) => match at.checked_duration_since(Instant::now()) {
-                    None => break,
-                    Some(left) if left.is_zero() => break,
-                    // Rounded up: a deadline a fraction of a millisecond away must not spin.
-                    Some(left) => {
-                        PollTimeout::try_from(left.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX)
-                    }
-                },
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    PollTimeout::try_from(left.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX)
+                }
             };
             let [signals, kernel, wake, firewall] = match self.poll(timeout) {
                 Ok(ready) => ready,
@@ -132,8 +130,10 @@ impl Sources {
                 let _ = self.wake.read();
                 events.extend(self.rx.try_iter());
             }
+            if !events.is_empty() || deadline.is_some_and(|at| at <= Instant::now()) {
+                return events;
+            }
         }
-        events
     }
 
     /// Which of signals, kernel, wake, firewall are readable.
