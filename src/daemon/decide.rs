@@ -236,6 +236,14 @@ pub struct Interest {
     pub following_kernel: bool,
 }
 
+/// Whether networkd's view of link `index` can change a decision. fanlink's own devices (the
+/// fans' bridges and vxlans, which networkd walks through its states on every flap) are never
+/// an underlay (`underlay::find`); a link not in `links` (not kept, or new) may be.
+pub fn view_can_matter(links: &[crate::netlink::LinkInfo], index: u32) -> bool {
+    let link = links.iter().find(|l| l.index == index);
+    !link.and_then(|l| l.alias.as_deref()).is_some_and(|a| a.starts_with(crate::model::OWNER_PREFIX))
+}
+
 /// What a batch of kernel changes can change. Most of the kernel's chatter (a container's
 /// veth, the echo of fanlink's own requests, networkd's work on other links) changes
 /// nothing; an underlay's address or MTU changes a fan's plan only through its decision.
@@ -323,6 +331,21 @@ mod interest_tests {
             underlays: vec!["10.0.0.0/16".parse().unwrap()],
             following_kernel: false,
         }
+    }
+
+    #[test]
+    fn networkd_on_fanlinks_own_devices_changes_no_decision() {
+        let with_alias = |index, alias: Option<&str>| match link("x", true, 1500) {
+            Event::NewLink(l) => LinkInfo { index, alias: alias.map(String::from), ..l },
+            _ => unreachable!(),
+        };
+        let links =
+            [with_alias(2, None), with_alias(5, Some("fanlink:fan-250")), with_alias(6, Some("other"))];
+        assert!(view_can_matter(&links, 2), "an uplink");
+        assert!(!view_can_matter(&links, 5), "a fan's bridge");
+        assert!(view_can_matter(&links, 6), "someone else's alias");
+        assert!(view_can_matter(&links, 9), "a link not kept");
+        assert!(view_can_matter(&[], 5), "nothing kept");
     }
 
     #[test]

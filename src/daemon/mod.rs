@@ -16,7 +16,8 @@ mod report;
 mod sources;
 
 pub use decide::{
-    decide, decide_all, kernel_change_matters, kernel_views, Decision, Interest, LinkView, Matters,
+    decide, decide_all, kernel_change_matters, kernel_views, view_can_matter, Decision, Interest, LinkView,
+    Matters,
 };
 use failures::Failures;
 use follow::Bus;
@@ -229,7 +230,9 @@ impl Daemon {
                 true
             }
             Event::Bus(BusEvent::LinkChanged { index, oper, admin }) => {
-                self.link_changed(index, oper, admin) && self.wants_change()
+                let kept = self.kernel.as_ref().map_or(&[][..], |s| &s.links[..]);
+                let can_matter = view_can_matter(kept, index);
+                self.link_changed(index, oper, admin) && can_matter && self.wants_change()
             }
             Event::Bus(_) if self.opts.source == Source::Kernel => false,
             Event::Bus(BusEvent::OwnerChanged { new_owner: None }) => {
