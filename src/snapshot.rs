@@ -10,12 +10,14 @@ use crate::netlink::{AddrInfo, Event, FilterInfo, LinkInfo, RouteInfo};
 use crate::underlay::HostLink;
 use std::collections::HashMap;
 
-/// The kernel as one snapshot: links and their IPv4 addresses, and the tc filters, VNIs
-/// and routes read so far.
+/// The kernel as one snapshot: links and their IPv4 addresses, whether it forwards IPv4,
+/// and the tc filters, VNIs and routes read so far.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub links: Vec<LinkInfo>,
     pub addresses: Vec<AddrInfo>,
+    /// `net.ipv4.ip_forward`: read once with the dump, then kept by the netconf events.
+    pub forwarding: bool,
     /// cls_bpf filters by (ifindex, egress), as last read.
     pub(crate) filters: HashMap<(u32, bool), Vec<FilterInfo>>,
     /// VNI filter entries by vxlan ifindex, as last read.
@@ -25,9 +27,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// A snapshot from a dump of links and one of addresses.
-    pub fn new(links: Vec<LinkInfo>, addresses: Vec<AddrInfo>) -> Snapshot {
-        Snapshot { links, addresses, ..Default::default() }
+    /// A snapshot from a dump of links, one of addresses, and the forwarding setting.
+    pub fn new(links: Vec<LinkInfo>, addresses: Vec<AddrInfo>, forwarding: bool) -> Snapshot {
+        Snapshot { links, addresses, forwarding, ..Default::default() }
     }
 
     /// Patches in one rtnetlink notification. Each carries the whole object (a link, an
@@ -55,6 +57,7 @@ impl Snapshot {
                 self.vnis.remove(index);
             }
             Event::Route => self.routes = None,
+            Event::Forwarding(on) => self.forwarding = *on,
             // The bridge layer's view of a port: the AF_UNSPEC message beside it says it all.
             Event::Port { .. } => {}
         }
@@ -108,11 +111,11 @@ mod tests {
 
     /// The state a dump would give after the same changes.
     fn dumped(links: Vec<LinkInfo>, addresses: Vec<AddrInfo>) -> Snapshot {
-        Snapshot::new(links, addresses)
+        Snapshot::new(links, addresses, true)
     }
 
     fn same(a: &Snapshot, b: &Snapshot) -> bool {
-        a.links == b.links && a.addresses == b.addresses
+        a.links == b.links && a.addresses == b.addresses && a.forwarding == b.forwarding
     }
 
     #[test]
@@ -174,5 +177,14 @@ mod tests {
         assert!(s.routes.is_some());
         s.apply(&Event::Route);
         assert!(s.routes.is_none());
+    }
+
+    #[test]
+    fn a_forwarding_event_sets_forwarding() {
+        let mut s = dumped(vec![], vec![]);
+        s.apply(&Event::Forwarding(false));
+        assert!(!s.forwarding);
+        s.apply(&Event::Forwarding(true));
+        assert!(same(&s, &dumped(vec![], vec![])));
     }
 }

@@ -179,10 +179,11 @@ impl System {
         }
     }
 
-    /// Dumps links and addresses (two requests); filters, VNIs and routes are read when
-    /// first needed.
+    /// Dumps links and addresses (two requests) and reads `net.ipv4.ip_forward`; filters,
+    /// VNIs and routes are read when first needed.
     pub fn snapshot(&mut self) -> Result<Snapshot, SystemError> {
-        Ok(Snapshot::new(self.nl.links()?, self.nl.ipv4_addresses()?))
+        let forwarding = sysctl::read(std::path::Path::new(sysctl::IPV4_FORWARD))? == "1";
+        Ok(Snapshot::new(self.nl.links()?, self.nl.ipv4_addresses()?, forwarding))
     }
 
     /// The cls_bpf filters at a hook of link `index`: from `snap`, else read into it.
@@ -209,11 +210,8 @@ impl System {
         fans: &BTreeSet<IfName>,
         nat: &[nft::NatTable],
     ) -> Result<Observed, SystemError> {
-        let mut observed = Observed {
-            forwarding: sysctl::read(std::path::Path::new(sysctl::IPV4_FORWARD))? == "1",
-            datapath: self.datapath()?,
-            ..Default::default()
-        };
+        let mut observed =
+            Observed { forwarding: snap.forwarding, datapath: self.datapath()?, ..Default::default() };
         observed.vnifilter_vxlans = snap
             .links
             .iter()

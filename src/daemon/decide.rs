@@ -236,6 +236,14 @@ pub struct Interest {
     pub following_kernel: bool,
 }
 
+/// Whether networkd's view of link `index` can change a decision. fanlink's own devices (the
+/// fans' bridges and vxlans, which networkd walks through its states on every flap) are never
+/// an underlay (`underlay::find`); a link not in `links` (not kept, or new) may be.
+pub fn view_can_matter(links: &[crate::netlink::LinkInfo], index: u32) -> bool {
+    let link = links.iter().find(|l| l.index == index);
+    !link.and_then(|l| l.alias.as_deref()).is_some_and(|a| a.starts_with(crate::model::OWNER_PREFIX))
+}
+
 /// What a batch of kernel changes can change. Most of the kernel's chatter (a container's
 /// veth, the echo of fanlink's own requests, networkd's work on other links) changes
 /// nothing; an underlay's address or MTU changes a fan's plan only through its decision.
@@ -286,6 +294,8 @@ pub fn kernel_change_matters(events: &[crate::netlink::Event], interest: &Intere
             when(*gone && (interest.bridges.contains_key(name) || interest.vxlans.contains_key(name)), Plan)
         }
         E::Route => when(interest.following_kernel, Plan),
+        // Someone turned forwarding off under a fan that is up: fanlink turns it back on.
+        E::Forwarding(on) => when(!on && interest.bridges.values().any(|up| *up), Plan),
     };
     events.iter().map(one).max().unwrap_or(No)
 }
@@ -324,6 +334,21 @@ mod interest_tests {
     }
 
     #[test]
+    fn networkd_on_fanlinks_own_devices_changes_no_decision() {
+        let with_alias = |index, alias: Option<&str>| match link("x", true, 1500) {
+            Event::NewLink(l) => LinkInfo { index, alias: alias.map(String::from), ..l },
+            _ => unreachable!(),
+        };
+        let links =
+            [with_alias(2, None), with_alias(5, Some("fanlink:fan-250")), with_alias(6, Some("other"))];
+        assert!(view_can_matter(&links, 2), "an uplink");
+        assert!(!view_can_matter(&links, 5), "a fan's bridge");
+        assert!(view_can_matter(&links, 6), "someone else's alias");
+        assert!(view_can_matter(&links, 9), "a link not kept");
+        assert!(view_can_matter(&[], 5), "nothing kept");
+    }
+
+    #[test]
     fn only_changes_that_can_move_a_fan_matter() {
         let i = interest();
         let addr = |a: &str| Event::NewAddr(AddrInfo { index: 2, address: a.parse().unwrap() });
@@ -349,6 +374,8 @@ mod interest_tests {
             (Event::Port { name: "fan-250-vx".into(), gone: false }, No),
             (Event::Port { name: "veth1234".into(), gone: true }, No),
             (Event::Route, No),
+            (Event::Forwarding(false), Plan),
+            (Event::Forwarding(true), No),
         ] {
             assert_eq!(kernel_change_matters(std::slice::from_ref(&event), &i), matters, "{event:?}");
         }
@@ -358,5 +385,7 @@ mod interest_tests {
         let kernel = Interest { following_kernel: true, ..interest() };
         assert_eq!(kernel_change_matters(&[Event::Route], &kernel), Plan);
         assert_eq!(kernel_change_matters(&[link("ens3", false, 1500)], &kernel), Plan);
+        let all_down = Interest { bridges: HashMap::from([("fan-250".into(), false)]), ..interest() };
+        assert_eq!(kernel_change_matters(&[Event::Forwarding(false)], &all_down), No, "no fan needs it");
     }
 }

@@ -65,7 +65,7 @@ impl Daemon {
         if self.opts.source == Source::Kernel {
             return;
         }
-        match networkd::attach(None, self.tx.clone()) {
+        match networkd::attach(None, self.waker.clone()) {
             Ok(networkd::Attached { networkd, reader, links }) => {
                 self.bus = Some(Bus { networkd, _reader: reader });
                 self.failures = 0;

@@ -1,7 +1,8 @@
 //! `fanlink run`: follows systemd-networkd and keeps every fan right.
 //!
-//! One worker thread owns all state and does all work; sources (`sources`, and the bus
-//! reader in `networkd`) only send it `Event`s. Start-up: subscribe to the bus first, then
+//! One worker thread owns all state and does all work, in one `poll` loop (`sources`): it
+//! reads the kernel's sockets and a signalfd itself; the bus reader (`networkd`), the control
+//! socket and dhcp exits only send it `Event`s and wake it. Start-up: subscribe to the bus first, then
 //! read networkd's full state, then reconcile, then `READY=1`; after that every event
 //! that can change a plan (a link state, a kernel change, a reload) ends in one reconcile:
 //! `decide`, `observe`, `plan`, apply. A burst of events is drained first and reconciled once.
@@ -15,7 +16,8 @@ mod report;
 mod sources;
 
 pub use decide::{
-    decide, decide_all, kernel_change_matters, kernel_views, Decision, Interest, LinkView, Matters,
+    decide, decide_all, kernel_change_matters, kernel_views, view_can_matter, Decision, Interest, LinkView,
+    Matters,
 };
 use failures::Failures;
 use follow::Bus;
@@ -30,9 +32,10 @@ use crate::networkd::BusEvent;
 use crate::notify::Notifier;
 use crate::plan::{plan, plan_absent_all, FanPlan};
 use crate::system::System;
+use sources::{Sources, Waker};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::Sender;
 use std::time::Instant;
 
 /// What wakes the worker.
@@ -98,7 +101,7 @@ struct Daemon {
     fan_failures: Failures,
     notifier: Notifier,
     dhcp: crate::dhcp::Supervisor,
-    tx: Sender<Event>,
+    waker: Waker,
 }
 
 /// Runs until SIGTERM or SIGINT. Fans are left as they are on exit.
@@ -107,18 +110,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut sys = System::open()?;
     sys.check_kernel()?;
     log::info!("datapath: {}", sys.datapath()?.as_str());
-    // Before any thread exists, so that every thread inherits the mask and only the
-    // signal thread receives these.
+    // Before any thread exists, so that every thread inherits the mask and the signals
+    // reach only the worker's signalfd.
     sources::handled_signals().thread_block()?;
-    let (tx, rx) = mpsc::channel();
-    sources::spawn_signals(tx.clone())?;
-    sources::spawn_kernel_monitor(tx.clone())?;
-    if let Err(e) = sources::spawn_firewall_monitor(tx.clone()) {
-        log::warn!("cannot watch nftables ({e}); a deleted NAT table is restored only on the next event");
-    }
+    let (mut sources, waker) = Sources::open()?;
     // Without its socket the daemon still does its job; only `fanlink status` falls back to
     // reading the kernel. A full or read-only runtime directory must not stop the fans.
-    if let Err(e) = sources::spawn_control(&opts.runtime_dir, tx.clone()) {
+    if let Err(e) = sources::spawn_control(&opts.runtime_dir, waker.clone()) {
         let path = sources::control_path(&opts.runtime_dir);
         log::error!("control socket {}: {e}; running without it (status reads the kernel)", path.display());
     }
@@ -147,19 +145,19 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         fan_failures: Failures::default(),
         notifier: Notifier::from_env(),
         dhcp: {
-            let tx = tx.clone();
+            let waker = waker.clone();
             let exited = move |fan| {
-                let _ = tx.send(Event::DhcpExited(fan));
+                waker.send(Event::DhcpExited(fan));
             };
             crate::dhcp::Supervisor::new(d_state_dir, d_runtime_dir, std::sync::Arc::new(exited))
         },
-        tx,
+        waker,
     };
     d.connect();
     d.reconcile();
     d.notifier.ready(&d.summary());
     log::info!("running: {}", d.summary());
-    d.serve(rx);
+    d.serve(&mut sources);
     d.notifier.stopping();
     d.dhcp.stop_all();
     log::info!("stopping; fans stay as they are");
@@ -167,34 +165,25 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 }
 
 impl Daemon {
-    fn serve(&mut self, rx: Receiver<Event>) {
+    fn serve(&mut self, sources: &mut Sources) {
         loop {
             let wake = [self.reconnect_at, self.dhcp.next_retry(), self.fan_failures.next_retry()]
                 .into_iter()
                 .flatten()
                 .min();
-            let first = match wake {
-                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(e) => Some(e),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                },
-                None => match rx.recv() {
-                    Ok(e) => Some(e),
-                    Err(_) => return,
-                },
-            };
+            // All that is ready at once: one reconcile for a burst.
+            let events = sources.wait(wake);
             let started = Instant::now();
-            let mut dirty = first.is_none();
-            if first.is_none() && self.reconnect_at.is_some_and(|at| at <= Instant::now()) {
+            let timed_out = events.is_empty();
+            let mut dirty = timed_out;
+            if timed_out && self.reconnect_at.is_some_and(|at| at <= Instant::now()) {
                 self.connect();
             }
-            if first.is_none() {
+            if timed_out {
                 self.fan_failures.retrying(Instant::now());
                 self.kernel = None;
             }
-            // Drain the burst: one reconcile for all of it.
-            for event in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            for event in events {
                 match event {
                     Event::Stop => return,
                     Event::Status(reply) => {
@@ -241,7 +230,9 @@ impl Daemon {
                 true
             }
             Event::Bus(BusEvent::LinkChanged { index, oper, admin }) => {
-                self.link_changed(index, oper, admin) && self.wants_change()
+                let kept = self.kernel.as_ref().map_or(&[][..], |s| &s.links[..]);
+                let can_matter = view_can_matter(kept, index);
+                self.link_changed(index, oper, admin) && can_matter && self.wants_change()
             }
             Event::Bus(_) if self.opts.source == Source::Kernel => false,
             Event::Bus(BusEvent::OwnerChanged { new_owner: None }) => {

@@ -1,22 +1,29 @@
-//! The daemon's event sources, each a thread that blocks on one thing and sends `Event`s
-//! to the worker: signals, the kernel's link and address changes, and the control socket.
-//! None of them does any work itself, so none can hold up another.
+//! What wakes the worker, in one `poll`: the kernel's sockets (rtnetlink, nftables) and a
+//! signalfd are read by the worker itself, so a kernel event costs no thread hop; what still
+//! comes from threads (the bus reader, the control socket, a dhcp child's exit) is sent on a
+//! channel by a `Waker`, which then wakes the worker through an eventfd.
 
 use super::Event;
 use crate::netlink::monitor::{
-    RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_TC, RTNLGRP_TUNNEL,
+    RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_TC, RTNLGRP_IPV4_NETCONF, RTNLGRP_TUNNEL,
 };
 use crate::netlink::Netlink;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Sender};
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The signals the daemon handles. They are blocked in every thread (the mask is set before
-/// any thread starts, and threads inherit it) and taken by `sigwait` in one thread.
+/// any thread starts, and threads inherit it) and read from a signalfd by the worker.
 pub fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGHUP);
@@ -25,96 +32,206 @@ pub fn handled_signals() -> SigSet {
     set
 }
 
-pub fn spawn_signals(tx: Sender<Event>) -> std::io::Result<()> {
-    let set = handled_signals();
-    std::thread::Builder::new().name("signals".into()).spawn(move || loop {
-        let event = match set.wait() {
-            Ok(Signal::SIGHUP) => Event::Reload,
-            Ok(_) => Event::Stop,
-            Err(e) => {
-                log::error!("sigwait: {e}");
-                return;
-            }
-        };
-        if tx.send(event).is_err() {
-            return;
-        }
-    })?;
-    Ok(())
+/// Hands an event from another thread to the worker: the channel, then the eventfd.
+#[derive(Clone)]
+pub struct Waker {
+    tx: Sender<Event>,
+    wake: Arc<EventFd>,
 }
 
-/// Kernel link, address and tc changes: what networkd does not signal (a DHCP renew to a
-/// new address, an address added by hand, someone deleting a fan's bridge or program).
-pub fn spawn_kernel_monitor(tx: Sender<Event>) -> Result<(), crate::netlink::Error> {
+impl Waker {
+    /// `false` when the worker is gone.
+    pub fn send(&self, event: Event) -> bool {
+        if self.tx.send(event).is_err() {
+            return false;
+        }
+        // Fails only when the counter is at its maximum: the worker is woken already.
+        let _ = self.wake.write(1);
+        true
+    }
+}
+
+impl crate::networkd::EventSink for Waker {
+    fn deliver(&self, event: crate::networkd::BusEvent) -> bool {
+        self.send(Event::Bus(event))
+    }
+}
+
+/// Everything the worker waits on.
+pub struct Sources {
+    signals: SignalFd,
+    /// Kernel link, address, tc, route and netconf changes: what networkd does not signal (a
+    /// DHCP renew to a new address, an address added by hand, someone deleting a fan's bridge
+    /// or program, or turning forwarding off). Non-blocking: drained until EAGAIN.
+    kernel: Netlink,
+    /// nftables changes; `None` where they cannot be watched.
+    firewall: Option<OwnedFd>,
+    wake: Arc<EventFd>,
+    rx: Receiver<Event>,
+}
+
+impl Sources {
+    /// Call after `handled_signals` are blocked, before the first snapshot (subscribe, then
+    /// read, then handle events).
+    pub fn open() -> anyhow::Result<(Sources, Waker)> {
+        let signals =
+            SignalFd::with_flags(&handled_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        let kernel = kernel_monitor()?;
+        let firewall = firewall_monitor()
+            .inspect_err(|e| {
+                log::warn!(
+                    "cannot watch nftables ({e}); a deleted NAT table is restored only on the next event"
+                )
+            })
+            .ok();
+        let wake = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
+        let (tx, rx) = mpsc::channel();
+        let waker = Waker { tx, wake: wake.clone() };
+        Ok((Sources { signals, kernel, firewall, wake, rx }, waker))
+    }
+
+    /// Blocks until something happens or `deadline` passes, and returns all that is ready:
+    /// a burst is handled at once. Empty only when the deadline passed.
+    pub fn wait(&mut self, deadline: Option<Instant>) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            // Rounded up: a deadline a fraction of a millisecond away must not spin. One that
+            // has passed still polls (without waiting): a signal must not wait behind a timer.
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    PollTimeout::try_from(left.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let [signals, kernel, wake, firewall] = match self.poll(timeout) {
+                Ok(ready) => ready,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("poll: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if signals {
+                while let Ok(Some(info)) = self.signals.read_signal() {
+                    let hup = info.ssi_signo == Signal::SIGHUP as u32;
+                    events.push(if hup { Event::Reload } else { Event::Stop });
+                }
+            }
+            if kernel {
+                events.extend(self.kernel_events());
+            }
+            if firewall {
+                events.extend(self.firewall_event());
+            }
+            if wake {
+                // Reset the counter first: a send after it wakes the next poll.
+                let _ = self.wake.read();
+                events.extend(self.rx.try_iter());
+            }
+            if !events.is_empty() || deadline.is_some_and(|at| at <= Instant::now()) {
+                return events;
+            }
+        }
+    }
+
+    /// Which of signals, kernel, wake, firewall are readable.
+    fn poll(&self, timeout: PollTimeout) -> nix::Result<[bool; 4]> {
+        let mut fds = Vec::with_capacity(4);
+        fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(self.kernel.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
+        if let Some(fd) = &self.firewall {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        poll(&mut fds, timeout)?;
+        let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        Ok([ready(0), ready(1), ready(2), ready(3)])
+    }
+
+    /// Every queued kernel notification, as one batch; an empty batch when events were lost
+    /// (ENOBUFS): the worker then reads everything again.
+    fn kernel_events(&mut self) -> Option<Event> {
+        let (mut batch, mut lost) = (Vec::new(), false);
+        loop {
+            match self.kernel.recv_events() {
+                Ok(events) => batch.extend(events),
+                Err(e) if e.errno == Errno::EAGAIN => break,
+                Err(e) if e.errno == Errno::ENOBUFS => {
+                    log::debug!("rtnetlink overrun; resyncing");
+                    lost = true;
+                }
+                Err(e) => {
+                    log::error!("rtnetlink monitor: {e}");
+                    lost = true;
+                    break;
+                }
+            }
+        }
+        match (lost, batch.is_empty()) {
+            (true, _) => Some(Event::Kernel(Vec::new())),
+            (false, true) => None,
+            (false, false) => Some(Event::Kernel(batch)),
+        }
+    }
+
+    /// One `Firewall` for all the queued nftables changes: the worker re-reads what it needs.
+    fn firewall_event(&mut self) -> Option<Event> {
+        let fd = self.firewall.as_ref()?;
+        let mut buf = [0u8; 4096];
+        let mut changed = false;
+        loop {
+            // MSG_TRUNC: only that a datagram came matters, not its content.
+            let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_TRUNC;
+            match nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, flags) {
+                // ENOBUFS: changes were lost; a re-read covers them like any change.
+                Ok(_) | Err(Errno::ENOBUFS) => changed = true,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => break,
+                Err(e) => {
+                    log::error!("nftables monitor: {e}");
+                    changed = true;
+                    break;
+                }
+            }
+        }
+        changed.then_some(Event::Firewall)
+    }
+}
+
+fn kernel_monitor() -> Result<Netlink, crate::netlink::Error> {
     // Routes matter only where the kernel decides "routable" (no networkd), and are cheap.
     let mut monitor = Netlink::monitor(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_TC | RTMGRP_IPV4_ROUTE)?;
+    // `net.ipv4.ip_forward` turned off by someone: fanlink turns it back on.
+    monitor.join(RTNLGRP_IPV4_NETCONF)?;
     // VNI filter changes (Linux 5.18, where vnifilter is): the kept VNIs are read again.
     // An older kernel has no such group and no VNI filters either.
     if let Err(e) = monitor.join(RTNLGRP_TUNNEL) {
         log::debug!("no vxlan VNI events: {e}");
     }
-    let spawned = std::thread::Builder::new().name("rtnetlink".into()).spawn(move || loop {
-        let events = match monitor.recv_events() {
-            Ok(events) if events.is_empty() => continue,
-            Ok(events) => events,
-            // ENOBUFS: the kernel dropped events; an empty batch asks the worker to resync.
-            Err(e) if e.errno == nix::errno::Errno::ENOBUFS => {
-                log::debug!("rtnetlink overrun; resyncing");
-                Vec::new()
-            }
-            Err(e) => {
-                log::error!("rtnetlink monitor: {e}");
-                std::thread::sleep(Duration::from_secs(1));
-                Vec::new()
-            }
-        };
-        if tx.send(Event::Kernel(events)).is_err() {
-            return;
-        }
-    });
-    spawned
-        .map(drop)
-        .map_err(|e| crate::netlink::Error::new(format!("spawn monitor: {e}"), nix::errno::Errno::EAGAIN))
+    let flags = nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(monitor.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))
+        .map_err(|e| crate::netlink::Error::new("open netlink monitor", e))?;
+    Ok(monitor)
 }
 
 /// nftables changes (any table, chain or rule, by anyone: `nft`, iptables-nft, Docker), so
 /// a deleted NAT table is restored and a firewall that appears later gets the accept rules.
 /// A bare NETLINK_NETFILTER socket in the NFNLGRP_NFTABLES group: each datagram is one
-/// change; the worker re-reads what it needs.
-pub fn spawn_firewall_monitor(tx: Sender<Event>) -> nix::Result<()> {
-    use nix::sys::socket::{
-        bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
-    };
-    use std::os::fd::AsRawFd;
+/// change.
+fn firewall_monitor() -> nix::Result<OwnedFd> {
+    use nix::sys::socket::{bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType};
     /// `1 << (NFNLGRP_NFTABLES - 1)`, NFNLGRP_NFTABLES = 7.
     const NFTABLES_GROUP: u32 = 1 << 6;
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         SockProtocol::NetlinkNetFilter,
     )?;
     bind(fd.as_raw_fd(), &NetlinkAddr::new(0, NFTABLES_GROUP))?;
-    std::thread::Builder::new()
-        .name("nftables".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                    // ENOBUFS: changes were lost; a re-read covers them like any change.
-                    Ok(_) | Err(nix::errno::Errno::ENOBUFS) => {}
-                    Err(e) => {
-                        log::error!("nftables monitor: {e}");
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
-                }
-                if tx.send(Event::Firewall).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(|_| nix::errno::Errno::EAGAIN)?;
-    Ok(())
+    Ok(fd)
 }
 
 /// The control socket's path in the runtime directory.
@@ -124,7 +241,7 @@ pub fn control_path(runtime_dir: &Path) -> PathBuf {
 
 /// Serves `status` on a unix socket only root can reach (directory 0700, socket 0600).
 /// One line in ("status"), one JSON document out.
-pub fn spawn_control(runtime_dir: &Path, tx: Sender<Event>) -> std::io::Result<()> {
+pub fn spawn_control(runtime_dir: &Path, waker: Waker) -> std::io::Result<()> {
     std::fs::create_dir_all(runtime_dir)?;
     std::fs::set_permissions(runtime_dir, std::fs::Permissions::from_mode(0o700))?;
     let path = control_path(runtime_dir);
@@ -145,7 +262,7 @@ pub fn spawn_control(runtime_dir: &Path, tx: Sender<Event>) -> std::io::Result<(
                 continue;
             }
             let (reply, answer) = mpsc::channel();
-            if tx.send(Event::Status(reply)).is_err() {
+            if !waker.send(Event::Status(reply)) {
                 return;
             }
             if let Ok(json) = answer.recv_timeout(Duration::from_secs(5)) {

@@ -23,6 +23,8 @@ pub const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 /// vxlan VNI filter entries added or removed (Linux 5.18); a group number past the 32 bits
 /// of `bind`'s mask, joined with NETLINK_ADD_MEMBERSHIP (`join`).
 pub const RTNLGRP_TUNNEL: u32 = 35;
+/// IPv4 per-namespace and per-device settings (`net.ipv4.ip_forward` among them).
+pub const RTNLGRP_IPV4_NETCONF: u32 = 24;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
@@ -33,9 +35,17 @@ const RTM_DELROUTE: u16 = 25;
 const RTM_DELQDISC: u16 = 37;
 const RTM_NEWTFILTER: u16 = 44;
 const RTM_DELTFILTER: u16 = 45;
+const RTM_NEWNETCONF: u16 = 80;
 const RTM_NEWTUNNEL: u16 = 120;
 const RTM_DELTUNNEL: u16 = 121;
 const AF_BRIDGE: u8 = libc::AF_BRIDGE as u8;
+const AF_INET: u8 = libc::AF_INET as u8;
+/// `struct netconfmsg`: the family, padded to 4.
+const NETCONFMSG_LEN: usize = 1;
+const NETCONFA_IFINDEX: u16 = 1;
+const NETCONFA_FORWARDING: u16 = 2;
+/// NETCONFA_IFINDEX of the namespace-wide setting (`all`), which `net.ipv4.ip_forward` is.
+const NETCONFA_IFINDEX_ALL: i32 = -1;
 const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
 /// Room for a burst of events (a container start is a handful of messages per link).
 const MONITOR_RCVBUF: libc::c_int = 1 << 20;
@@ -93,6 +103,8 @@ pub enum Event {
     Tunnel {
         index: u32,
     },
+    /// `net.ipv4.ip_forward` was set (to on or off).
+    Forwarding(bool),
 }
 
 impl Netlink {
@@ -175,11 +187,67 @@ impl Netlink {
                     .payload
                     .get(4..8)
                     .map(|b| Event::Tunnel { index: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) }),
+                RTM_NEWNETCONF => {
+                    parse_forwarding(m.payload).map_err(|e| super::malformed(op, e))?.map(Event::Forwarding)
+                }
                 msg::NLMSG_OVERRUN => return Err(Error::new(op, Errno::ENOBUFS)),
                 _ => None,
             };
             out.extend(event);
         }
         Ok(out)
+    }
+}
+
+/// The namespace-wide IPv4 forwarding setting from an RTM_NEWNETCONF, if it carries it: a
+/// change of `net.ipv4.ip_forward` is announced for `all` (and then for `default` and each
+/// device, which fanlink does not need).
+fn parse_forwarding(payload: &[u8]) -> Result<Option<bool>, msg::DecodeError> {
+    let (hdr, attrs) = msg::split(payload, NETCONFMSG_LEN)?;
+    if hdr[0] != AF_INET {
+        return Ok(None);
+    }
+    let (mut index, mut forwarding) = (None, None);
+    for a in attrs {
+        let a = a?;
+        match a.ty {
+            NETCONFA_IFINDEX => index = a.u32().map(|i| i as i32),
+            NETCONFA_FORWARDING => forwarding = a.u32(),
+            _ => {}
+        }
+    }
+    Ok(forwarding.filter(|_| index == Some(NETCONFA_IFINDEX_ALL)).map(|f| f != 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An RTM_NEWNETCONF as the kernel sends it when a forwarding setting changes
+    /// (`inet_netconf_fill_devconf` for NETCONFA_FORWARDING): the family, then the ifindex
+    /// and the value, each a native-endian s32.
+    fn netconf(family: u8, index: i32, forwarding: i32) -> Vec<u8> {
+        let mut b = vec![family, 0, 0, 0];
+        b.extend_from_slice(&[8, 0, 1, 0]);
+        b.extend_from_slice(&index.to_ne_bytes());
+        b.extend_from_slice(&[8, 0, 2, 0]);
+        b.extend_from_slice(&forwarding.to_ne_bytes());
+        b
+    }
+
+    #[test]
+    fn the_namespace_wide_forwarding_setting_is_read_from_netconf() {
+        assert_eq!(parse_forwarding(&netconf(2, -1, 0)), Ok(Some(false)));
+        assert_eq!(parse_forwarding(&netconf(2, -1, 1)), Ok(Some(true)));
+        // `default` (-2) and a device's own setting are not `net.ipv4.ip_forward`.
+        assert_eq!(parse_forwarding(&netconf(2, -2, 0)), Ok(None));
+        assert_eq!(parse_forwarding(&netconf(2, 3, 0)), Ok(None));
+        // IPv6 (family 10) has its own forwarding.
+        assert_eq!(parse_forwarding(&netconf(10, -1, 0)), Ok(None));
+        // Another setting of `all` (rp_filter, type 3) says nothing about forwarding.
+        let mut rp_filter = netconf(2, -1, 1);
+        rp_filter[14] = 3;
+        assert_eq!(parse_forwarding(&rp_filter), Ok(None));
+        assert!(parse_forwarding(&[]).is_err());
     }
 }

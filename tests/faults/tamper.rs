@@ -67,6 +67,28 @@ crate::in_both_datapaths! {
     }
 }
 
+/// `net.ipv4.ip_forward` is watched through the kernel's netconf events (nothing reads the
+/// file per reconcile): turned off by hand under a fan that is up, it is turned back on.
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn forwarding_turned_off_by_hand_is_turned_back_on() {
+    let host = Host::new("fwd");
+    let forwarding = || host.sh("sysctl -n net.ipv4.ip_forward").trim().to_string();
+    let enable = "set net.ipv4.ip_forward = 1";
+    // A new namespace may inherit forwarding on from the host: start from off.
+    host.sh("sysctl -qw net.ipv4.ip_forward=0");
+    let daemon = host.start();
+    host.wait_fan(UP, &daemon);
+    assert_eq!(forwarding(), "1");
+    assert_eq!(daemon.log().matches(enable).count(), 1, "turned on once:\n{}", daemon.log());
+    host.sh("sysctl -qw net.ipv4.ip_forward=0");
+    wait_for(
+        || format!("forwarding to be turned back on; log:\n{}", daemon.log()),
+        || daemon.log().matches(enable).count() == 2 && forwarding() == "1",
+    );
+    assert_one_of_everything(&host, true, "forwarding restored");
+}
+
 #[test]
 #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
 fn the_shared_vxlan_deleted_by_hand_is_restored() {
