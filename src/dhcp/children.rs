@@ -50,12 +50,25 @@ impl Children {
         if self.running.get(&cfg.fan).is_some_and(|r| r.cfg == cfg) {
             return;
         }
-        if self.retry_at.get(&cfg.fan).is_some_and(|at| Instant::now() < *at) {
+        if !self.may_start(&cfg.fan) {
             return;
         }
         self.stop(&cfg.fan);
         if let Err(e) = self.start(cfg.clone()) {
             log::error!("{}: cannot start dnsmasq: {e}", cfg.fan);
+        }
+    }
+
+    /// Whether a fan's dnsmasq may be started now. A wait that has passed is forgotten here:
+    /// kept, it would stay the daemon's next deadline, in the past, and wake it in a loop.
+    fn may_start(&mut self, fan: &IfName) -> bool {
+        match self.retry_at.get(fan) {
+            Some(at) if Instant::now() < *at => false,
+            Some(_) => {
+                self.retry_at.remove(fan);
+                true
+            }
+            None => true,
         }
     }
 
@@ -65,8 +78,8 @@ impl Children {
         self.kill_stale(&cfg.fan);
         let (first, last) = range(cfg.slice);
         let mut command = Command::new("dnsmasq");
-        // The daemon blocks SIGTERM and SIGHUP in all its threads (one thread takes them with
-        // sigwait); a child inherits that mask and would never see our SIGTERM.
+        // The daemon blocks SIGTERM and SIGHUP in all its threads (the worker reads them from a
+        // signalfd); a child inherits that mask and would never see our SIGTERM.
         // SAFETY: sigprocmask is async-signal-safe, and nothing else runs between fork and exec.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, || {
@@ -134,6 +147,7 @@ impl Children {
         for fan in gone {
             self.stop(&fan);
         }
+        self.retry_at.retain(|fan, _| keep.contains(fan));
     }
 
     /// Called when a dnsmasq's output ended: reaps it; the next `ensure` restarts it.
@@ -162,5 +176,24 @@ impl Children {
 
     pub fn stop_all(&mut self) {
         self.retain(&[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_for_a_quickly_dead_dnsmasq_ends_and_is_forgotten() {
+        let mut c = Children::new("/nonexistent".into(), "/nonexistent".into(), Arc::new(|_| {}));
+        let (a, b): (IfName, IfName) = ("fan-250".parse().unwrap(), "fan-251".parse().unwrap());
+        c.retry_at.insert(a.clone(), Instant::now() + Duration::from_secs(60));
+        c.retry_at.insert(b.clone(), Instant::now() - Duration::from_secs(1));
+        assert!(!c.may_start(&a), "still waiting");
+        assert!(c.may_start(&b), "the wait has passed");
+        // Not a deadline any more: a passed one would wake the daemon in a loop.
+        assert!(c.next_retry().is_some_and(|at| at > Instant::now()));
+        c.retain(&[]);
+        assert_eq!(c.next_retry(), None, "a fan no longer served waits for nothing");
     }
 }
