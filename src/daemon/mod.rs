@@ -192,6 +192,11 @@ impl Daemon {
                     other => dirty |= self.handle(other),
                 }
             }
+            if sources.follow_routes(self.following_kernel) {
+                if let Some(snap) = self.kernel.as_mut() {
+                    snap.routes = None;
+                }
+            }
             if dirty {
                 let sent = crate::netlink::requests_sent();
                 self.reconcile();

@@ -68,6 +68,8 @@ pub struct Sources {
     firewall: Option<OwnedFd>,
     wake: Arc<EventFd>,
     rx: Receiver<Event>,
+    /// Whether route changes pass the kernel socket's filter (`follow_routes`).
+    routes: bool,
 }
 
 impl Sources {
@@ -87,7 +89,23 @@ impl Sources {
         let wake = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
         let (tx, rx) = mpsc::channel();
         let waker = Waker { tx, wake: wake.clone() };
-        Ok((Sources { signals, kernel, firewall, wake, rx }, waker))
+        Ok((Sources { signals, kernel, firewall, wake, rx, routes: true }, waker))
+    }
+
+    /// Lets route changes through only while they matter: while the daemon follows the
+    /// kernel rather than networkd, a route decides "routable"; otherwise each flap's dozen
+    /// route messages would each wake the worker for nothing. Says whether routes were just
+    /// let in again, so that what is kept of them, stale by now, is read again.
+    pub fn follow_routes(&mut self, routes: bool) -> bool {
+        if routes == self.routes {
+            return false;
+        }
+        match self.kernel.filter_events(routes) {
+            Ok(()) => self.routes = routes,
+            // The old filter stays: at worst the worker still wakes for routes.
+            Err(e) => log::warn!("{e}"),
+        }
+        self.routes && routes
     }
 
     /// Blocks until something happens or `deadline` passes, and returns all that is ready:
