@@ -195,16 +195,28 @@ impl Sources {
     }
 
     /// One `Firewall` for all the queued nftables changes: the worker re-reads what it needs.
+    /// One `Firewall` event for what other processes changed: a transaction counts when its
+    /// end (NFT_MSG_NEWGEN) names another process. fanlink's own writes (it forgets its NAT
+    /// cache when it writes) would each cost a second reconcile for nothing.
     fn firewall_event(&mut self) -> Option<Event> {
         let fd = self.firewall.as_ref()?;
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; 512];
         let mut changed = false;
         loop {
-            // MSG_TRUNC: only that a datagram came matters, not its content.
+            // MSG_TRUNC: a message about an object may be larger than the buffer; only a
+            // transaction's end is read, and it is small.
             let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_TRUNC;
             match nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, flags) {
+                Ok(n) => {
+                    let by = crate::netlink::nfnl::transaction_by(&buf[..n.min(buf.len())]);
+                    // The kernel names the writing thread (in the initial pid namespace: in a
+                    // container of its own the ids differ, and each write costs one reconcile
+                    // more, as before). The worker writes from this same thread.
+                    let own = nix::unistd::gettid().as_raw() as u32;
+                    changed |= by.is_some_and(|tid| tid != own);
+                }
                 // ENOBUFS: changes were lost; a re-read covers them like any change.
-                Ok(_) | Err(Errno::ENOBUFS) => changed = true,
+                Err(Errno::ENOBUFS) => changed = true,
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => break,
                 Err(e) => {

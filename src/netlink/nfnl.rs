@@ -37,6 +37,25 @@ fn nfgen(ty: u16, flags: u16, family: u8, res_id: u16) -> MsgBuilder {
     MsgBuilder::new(ty, flags).header(&[family, 0, r0, r1])
 }
 
+/// `NFT_MSG_NEWGEN`: sent to the NFNLGRP_NFTABLES group once after each transaction's own
+/// messages, naming the process that made it.
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFTA_GEN_PROC_PID: u16 = 2;
+
+/// Whether one datagram of the NFNLGRP_NFTABLES group ends a transaction, and whose:
+/// `Some(pid)` for NFT_MSG_NEWGEN (0 if the kernel did not say), `None` for the messages about
+/// the objects it changed (or anything else). The kernel sends NEWGEN after every transaction,
+/// so a watcher can wait for it and skip its own.
+pub fn transaction_by(datagram: &[u8]) -> Option<u32> {
+    let m = msg::messages(datagram).next()?.ok()?;
+    if m.ty != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN {
+        return None;
+    }
+    let attrs = m.payload.get(4..).unwrap_or_default();
+    let pid = msg::attrs(attrs).flatten().find(|a| a.ty == NFTA_GEN_PROC_PID).and_then(|a| a.be32());
+    Some(pid.unwrap_or(0))
+}
+
 /// The bytes of one batch: BEGIN with sequence `seq`, each change (with `NLM_F_ACK`) with
 /// the next numbers, END last.
 pub fn batch(changes: Vec<MsgBuilder>, seq: u32) -> Vec<u8> {
@@ -115,6 +134,19 @@ impl Netlink {
 #[cfg(all(test, target_endian = "little"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transactions_end_names_its_process() {
+        let mut gen = nft_msg(NFT_MSG_NEWGEN, 0, 0);
+        gen.be32(1, 42).be32(NFTA_GEN_PROC_PID, 4321).str(3, "nft");
+        assert_eq!(transaction_by(&gen.finish(0, 0)), Some(4321));
+        let mut anonymous = nft_msg(NFT_MSG_NEWGEN, 0, 0);
+        anonymous.be32(1, 42);
+        assert_eq!(transaction_by(&anonymous.finish(0, 0)), Some(0));
+        // NFT_MSG_NEWTABLE: one of the objects; the transaction's end is still to come.
+        assert_eq!(transaction_by(&nft_msg(0, 0, 2).finish(0, 0)), None);
+        assert_eq!(transaction_by(&[1, 2, 3]), None);
+    }
 
     #[test]
     fn batch_framing_matches_iptables_nft() {
