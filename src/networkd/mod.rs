@@ -250,17 +250,6 @@ impl Networkd {
         Some(self.bus.unique_name().to_string())
     }
 
-    fn call<B: serde::Serialize + zbus::zvariant::DynamicType>(
-        &self,
-        destination: &str,
-        path: &str,
-        interface: &str,
-        member: &str,
-        body: &B,
-    ) -> zbus::Result<zbus::Message> {
-        self.bus.call_method(destination, path, interface, member, body)
-    }
-
     /// Registers the match rules and seeds the owner. Call before [`Networkd::snapshot`].
     ///
     /// The reader sees every message in the order the bus sent it: the sender check needs
@@ -284,7 +273,7 @@ impl Networkd {
             [("AddMatch NameOwnerChanged", owner_rule()), ("AddMatch PropertiesChanged", link_rule())]
         {
             let rule = rule.map_err(call(what))?.to_string();
-            self.call(BUS_NAME, BUS_PATH, BUS_NAME, "AddMatch", &rule).map_err(call(what))?;
+            self.bus.call_method(BUS_NAME, BUS_PATH, BUS_NAME, "AddMatch", &rule).map_err(call(what))?;
         }
         let owner = self.owner()?;
         Ok(Subscription { owner, seed, networkd: self, handle })
@@ -293,7 +282,7 @@ impl Networkd {
     /// The unique name that owns `org.freedesktop.network1` now, `None` if networkd is
     /// not running.
     pub fn owner(&self) -> Result<Option<String>> {
-        match self.call(BUS_NAME, BUS_PATH, BUS_NAME, "GetNameOwner", &NETWORKD_NAME) {
+        match self.bus.call_method(BUS_NAME, BUS_PATH, BUS_NAME, "GetNameOwner", &NETWORKD_NAME) {
             Ok(reply) => Ok(Some(reply.body().deserialize::<String>().map_err(call("GetNameOwner"))?)),
             Err(zbus::Error::MethodError(name, _, _))
                 if name.as_str() == "org.freedesktop.DBus.Error.NameHasNoOwner" =>
@@ -309,7 +298,8 @@ impl Networkd {
     /// have, or whose path does not match its index, is left out and logged.
     pub fn snapshot(&self) -> Result<Vec<LinkState>> {
         let reply = self
-            .call(NETWORKD_NAME, NETWORKD_PATH, MANAGER_INTERFACE, "ListLinks", &())
+            .bus
+            .call_method(NETWORKD_NAME, NETWORKD_PATH, MANAGER_INTERFACE, "ListLinks", &())
             .map_err(call("ListLinks"))?;
         let listed: Vec<(i32, String, OwnedObjectPath)> =
             reply.body().deserialize().map_err(call("ListLinks"))?;
@@ -342,7 +332,7 @@ impl Networkd {
             _ => "Get AdministrativeState",
         };
         let args = (LINK_INTERFACE, property);
-        match self.call(NETWORKD_NAME, &link_path(index), PROPERTIES_INTERFACE, "Get", &args) {
+        match self.bus.call_method(NETWORKD_NAME, &link_path(index), PROPERTIES_INTERFACE, "Get", &args) {
             Ok(reply) => match reply.body().deserialize::<zbus::zvariant::Value<'_>>() {
                 Ok(zbus::zvariant::Value::Str(s)) => Ok(Some(s.to_string())),
                 Ok(_) => Err(call(what)(zbus::Error::InvalidReply)),
@@ -364,8 +354,13 @@ impl Networkd {
     /// networkd does not know it.
     pub fn link(&self, index: u32) -> Result<Option<LinkState>> {
         let Ok(signed) = i32::try_from(index) else { return Ok(None) };
-        let name = match self.call(NETWORKD_NAME, NETWORKD_PATH, MANAGER_INTERFACE, "GetLinkByIndex", &signed)
-        {
+        let name = match self.bus.call_method(
+            NETWORKD_NAME,
+            NETWORKD_PATH,
+            MANAGER_INTERFACE,
+            "GetLinkByIndex",
+            &signed,
+        ) {
             Ok(reply) => {
                 reply.body().deserialize::<(String, OwnedObjectPath)>().map_err(call("GetLinkByIndex"))?.0
             }
@@ -403,7 +398,7 @@ impl Subscription<'_> {
         // The reader sees the seed when it reads its next message: this call's reply. GetId,
         // not Peer.Ping: dbus 1.12's system bus policy (Debian 11) refuses Peer calls to the
         // bus driver (seen on the booted guest: fanlink never reached networkd there).
-        networkd.call(BUS_NAME, BUS_PATH, BUS_NAME, "GetId", &()).map_err(call("GetId"))?;
+        networkd.bus.call_method(BUS_NAME, BUS_PATH, BUS_NAME, "GetId", &()).map_err(call("GetId"))?;
         Ok(Reader { stats: Arc::clone(&networkd.stats), handle })
     }
 }
