@@ -12,11 +12,9 @@
 //! NameOwnerChanged counts only from the bus itself. Everything else is dropped, counted
 //! and logged at debug with its strings escaped.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use zbus::message::Type;
-use zbus::zvariant::Value;
 use zbus::Message;
 
 use super::path::{decode_link_path, escape};
@@ -120,19 +118,14 @@ impl Classifier {
         if *body.signature() != "sa{sv}as" {
             return Verdict::Drop("PropertiesChanged with a wrong signature");
         }
-        let Ok((interface, changed, _invalidated)) =
-            body.deserialize::<(&str, HashMap<&str, Value<'_>>, Vec<&str>)>()
-        else {
-            return Verdict::Drop("PropertiesChanged with a malformed body");
+        let Ok((interface, changed, _invalidated)) = body.deserialize::<(&str, States, Vec<&str>)>() else {
+            return Verdict::Drop("PropertiesChanged with a malformed body or a state that is not a string");
         };
         if interface != LINK_INTERFACE {
             return Verdict::Drop("PropertiesChanged for another interface");
         }
-        let (oper, admin) =
-            match (state(&changed, OperState::PROPERTY), state(&changed, AdminState::PROPERTY)) {
-                (Ok(oper), Ok(admin)) => (oper.map(OperState::parse), admin.map(AdminState::parse)),
-                _ => return Verdict::Drop("PropertiesChanged with a state that is not a string"),
-            };
+        let oper = changed.oper.as_deref().map(OperState::parse);
+        let admin = changed.admin.as_deref().map(AdminState::parse);
         if oper.is_none() && admin.is_none() {
             // CarrierState, AddressState, OnlineState alone: fanlink decides on these two.
             return Verdict::Ignore;
@@ -141,13 +134,18 @@ impl Classifier {
     }
 }
 
-/// A state property's string, `Ok(None)` if absent, `Err` if of another type.
-fn state<'a>(changed: &'a HashMap<&str, Value<'_>>, property: &str) -> Result<Option<&'a str>, ()> {
-    match changed.get(property) {
-        None => Ok(None),
-        Some(Value::Str(s)) => Ok(Some(s.as_str())),
-        Some(_) => Err(()),
-    }
+/// The two properties fanlink decides on, from a PropertiesChanged's `a{sv}`: the other
+/// entries are skipped without building values (decoding every entry into a map of generic
+/// values was the reader's largest cost). A state of another type than a string fails the
+/// whole body.
+#[derive(Debug, Default, serde::Deserialize, zbus::zvariant::Type)]
+#[zvariant(signature = "a{sv}")]
+#[serde(default)]
+struct States {
+    #[serde(rename = "OperationalState", with = "zbus::zvariant::as_value::optional")]
+    oper: Option<String>,
+    #[serde(rename = "AdministrativeState", with = "zbus::zvariant::as_value::optional")]
+    admin: Option<String>,
 }
 
 /// Logs a dropped message with every bus string escaped.
