@@ -291,71 +291,83 @@ impl Daemon {
         if !self.following_kernel && self.links.is_none() {
             return;
         }
-        let result = (|| -> anyhow::Result<()> {
-            let mut snap = match self.kernel.take() {
-                Some(snap) => snap,
-                None => self.sys.snapshot()?,
-            };
-            let links = match &self.links {
-                Some(links) if !self.following_kernel => links.clone(),
-                _ => {
-                    let routes = self.sys.routes(&mut snap)?;
-                    kernel_views(&snap.links, &routes)
-                }
-            };
-            let kernel_fans = managed_fans(&snap);
-            let decisions =
-                decide_all(&self.rules, &kernel_fans, &snap.host_links(), &links, self.rules_sound);
-            let fans = decisions.iter().map(|d| d.fan.clone()).collect();
-            let nat = match self.nat.take() {
-                Some(nat) => nat,
-                None => nft::list().unwrap_or_else(|e| {
-                    log::debug!("nftables: {e}");
-                    Vec::new()
-                }),
-            };
-            let observed = self.sys.observe(&mut snap, &fans, &nat)?;
-            self.nat = Some(nat);
-            // What the ops change comes back as events and is patched in.
-            self.interest = self.interest(&decisions, &snap);
-            self.kernel = Some(snap);
-            let mut built = Vec::new();
-            for (decision, fan_plan) in decisions.iter().zip(self.plans(&decisions, &observed)) {
-                self.log_decision(decision);
-                let applied = match fan_plan.result {
-                    Ok(ops) => self.apply_ops(&decision.fan, &ops),
-                    Err(e) => Err(("plan".to_string(), e.to_string())),
-                };
-                match applied {
-                    Ok(()) => {
-                        built.push(decision.fan.clone());
-                        if let Some(f) = self.fan_failures.succeeded(&decision.fan) {
-                            log::info!("{}: recovered after {} failed attempt(s)", decision.fan, f.attempts);
-                        }
-                    }
-                    Err((step, error)) => self.failed(&decision.fan, step, error),
-                }
-                // A firewall may have appeared (Docker's FORWARD DROP) since the bridge was
-                // made; the accept rules are re-ensured, which changes nothing if they hold.
-                if self.firewall_changed && matches!(decision.want, Want::Up(_)) {
-                    let accept = [crate::model::Op::AcceptForwarding { fan: decision.fan.clone() }];
-                    if let Err((step, error)) = self.apply_ops(&decision.fan, &accept) {
-                        self.failed(&decision.fan, step, error);
-                    }
-                }
-            }
-            self.firewall_changed = false;
-            self.fan_failures.retain(&decisions.iter().map(|d| d.fan.clone()).collect::<Vec<_>>());
-            self.supervise_dhcp(&decisions, &built);
-            self.decisions = decisions;
-            Ok(())
-        })();
+        // The kept state may trail the kernel by events not read yet (a vxlan deleted by
+        // `fanlink down --all` elsewhere, whose VNIs are then asked for): such a failure is a
+        // race, not an error, and one read of the kernel settles it. Nothing was applied yet.
+        let kept = self.kernel.is_some();
+        let mut result = self.converge();
+        if let (Err(e), true) = (&result, kept) {
+            log::debug!("reconcile on the kept kernel state: {e:#}; reading the kernel again");
+            self.kernel = None;
+            result = self.converge();
+        }
         if let Err(e) = result {
             log::error!("reconcile: {e:#}");
         }
         if self.notifier.is_active() {
             self.notifier.status(&self.summary());
         }
+    }
+
+    /// One pass of observe, decide, plan, apply. An `Err` comes from reading the kernel,
+    /// before any op; a fan whose op fails is recorded in `fan_failures` instead.
+    fn converge(&mut self) -> anyhow::Result<()> {
+        let mut snap = match self.kernel.take() {
+            Some(snap) => snap,
+            None => self.sys.snapshot()?,
+        };
+        let links = match &self.links {
+            Some(links) if !self.following_kernel => links.clone(),
+            _ => {
+                let routes = self.sys.routes(&mut snap)?;
+                kernel_views(&snap.links, &routes)
+            }
+        };
+        let kernel_fans = managed_fans(&snap);
+        let decisions = decide_all(&self.rules, &kernel_fans, &snap.host_links(), &links, self.rules_sound);
+        let fans = decisions.iter().map(|d| d.fan.clone()).collect();
+        let nat = match self.nat.take() {
+            Some(nat) => nat,
+            None => nft::list().unwrap_or_else(|e| {
+                log::debug!("nftables: {e}");
+                Vec::new()
+            }),
+        };
+        let observed = self.sys.observe(&mut snap, &fans, &nat)?;
+        self.nat = Some(nat);
+        // What the ops change comes back as events and is patched in.
+        self.interest = self.interest(&decisions, &snap);
+        self.kernel = Some(snap);
+        let mut built = Vec::new();
+        for (decision, fan_plan) in decisions.iter().zip(self.plans(&decisions, &observed)) {
+            self.log_decision(decision);
+            let applied = match fan_plan.result {
+                Ok(ops) => self.apply_ops(&decision.fan, &ops),
+                Err(e) => Err(("plan".to_string(), e.to_string())),
+            };
+            match applied {
+                Ok(()) => {
+                    built.push(decision.fan.clone());
+                    if let Some(f) = self.fan_failures.succeeded(&decision.fan) {
+                        log::info!("{}: recovered after {} failed attempt(s)", decision.fan, f.attempts);
+                    }
+                }
+                Err((step, error)) => self.failed(&decision.fan, step, error),
+            }
+            // A firewall may have appeared (Docker's FORWARD DROP) since the bridge was
+            // made; the accept rules are re-ensured, which changes nothing if they hold.
+            if self.firewall_changed && matches!(decision.want, Want::Up(_)) {
+                let accept = [crate::model::Op::AcceptForwarding { fan: decision.fan.clone() }];
+                if let Err((step, error)) = self.apply_ops(&decision.fan, &accept) {
+                    self.failed(&decision.fan, step, error);
+                }
+            }
+        }
+        self.firewall_changed = false;
+        self.fan_failures.retain(&decisions.iter().map(|d| d.fan.clone()).collect::<Vec<_>>());
+        self.supervise_dhcp(&decisions, &built);
+        self.decisions = decisions;
+        Ok(())
     }
 
     /// Whether networkd's new view of the links changes what some fan should be. When it
