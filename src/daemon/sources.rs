@@ -194,7 +194,6 @@ impl Sources {
         }
     }
 
-    /// One `Firewall` for all the queued nftables changes: the worker re-reads what it needs.
     /// One `Firewall` event for what other processes changed: a transaction counts when its
     /// end (NFT_MSG_NEWGEN) names another process. fanlink's own writes (it forgets its NAT
     /// cache when it writes) would each cost a second reconcile for nothing.
@@ -202,6 +201,10 @@ impl Sources {
         let fd = self.firewall.as_ref()?;
         let mut buf = [0u8; 512];
         let mut changed = false;
+        // The kernel names the writing thread (in the initial pid namespace: in a container of
+        // its own the ids differ, and each write costs one reconcile more, as before). The
+        // worker writes from this same thread.
+        let own = nix::unistd::gettid().as_raw() as u32;
         loop {
             // MSG_TRUNC: a message about an object may be larger than the buffer; only a
             // transaction's end is read, and it is small.
@@ -209,10 +212,6 @@ impl Sources {
             match nix::sys::socket::recv(fd.as_raw_fd(), &mut buf, flags) {
                 Ok(n) => {
                     let by = crate::netlink::nfnl::transaction_by(&buf[..n.min(buf.len())]);
-                    // The kernel names the writing thread (in the initial pid namespace: in a
-                    // container of its own the ids differ, and each write costs one reconcile
-                    // more, as before). The worker writes from this same thread.
-                    let own = nix::unistd::gettid().as_raw() as u32;
                     changed |= by.is_some_and(|tid| tid != own);
                 }
                 // ENOBUFS: changes were lost; a re-read covers them like any change.
@@ -248,8 +247,8 @@ fn kernel_monitor() -> Result<Netlink, crate::netlink::Error> {
 
 /// nftables changes (any table, chain or rule, by anyone: `nft`, iptables-nft, Docker), so
 /// a deleted NAT table is restored and a firewall that appears later gets the accept rules.
-/// A bare NETLINK_NETFILTER socket in the NFNLGRP_NFTABLES group: each datagram is one
-/// change.
+/// A bare NETLINK_NETFILTER socket in the NFNLGRP_NFTABLES group: a datagram per changed
+/// object, then one NFT_MSG_NEWGEN per transaction.
 fn firewall_monitor() -> nix::Result<OwnedFd> {
     use nix::sys::socket::{bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType};
     /// `1 << (NFNLGRP_NFTABLES - 1)`, NFNLGRP_NFTABLES = 7.
