@@ -70,7 +70,14 @@ pub struct Sources {
     rx: Receiver<Event>,
     /// Whether route changes pass the kernel socket's filter (`follow_routes`).
     routes: bool,
+    /// Until when a socket that failed with an unexpected error is left unread: each failure
+    /// costs a full re-read, and a socket that keeps failing must not make that a busy loop.
+    kernel_rests: Option<Instant>,
+    firewall_rests: Option<Instant>,
 }
+
+/// How long a monitor socket rests after an error other than "nothing queued" or "overrun".
+const REST_AFTER_ERROR: Duration = Duration::from_secs(1);
 
 impl Sources {
     /// Call after `handled_signals` are blocked, before the first snapshot (subscribe, then
@@ -89,7 +96,19 @@ impl Sources {
         let wake = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
         let (tx, rx) = mpsc::channel();
         let waker = Waker { tx, wake: wake.clone() };
-        Ok((Sources { signals, kernel, firewall, wake, rx, routes: true }, waker))
+        Ok((
+            Sources {
+                signals,
+                kernel,
+                firewall,
+                wake,
+                rx,
+                routes: true,
+                kernel_rests: None,
+                firewall_rests: None,
+            },
+            waker,
+        ))
     }
 
     /// Lets route changes through only while they matter: while the daemon follows the
@@ -115,7 +134,7 @@ impl Sources {
         loop {
             // Rounded up: a deadline a fraction of a millisecond away must not spin. One that
             // has passed still polls (without waiting): a signal must not wait behind a timer.
-            let timeout = match deadline {
+            let timeout = match wake_at(deadline, [self.kernel_rests, self.firewall_rests], Instant::now()) {
                 None => PollTimeout::NONE,
                 Some(at) => {
                     let left = at.saturating_duration_since(Instant::now());
@@ -154,18 +173,31 @@ impl Sources {
         }
     }
 
-    /// Which of signals, kernel, wake, firewall are readable.
-    fn poll(&self, timeout: PollTimeout) -> nix::Result<[bool; 4]> {
+    /// Which of signals, kernel, wake, firewall are readable (a resting socket is not polled).
+    fn poll(&mut self, timeout: PollTimeout) -> nix::Result<[bool; 4]> {
+        let now = Instant::now();
+        let awake = |rests: &mut Option<Instant>| {
+            if rests.is_some_and(|until| until <= now) {
+                *rests = None;
+            }
+            rests.is_none()
+        };
+        let kernel = awake(&mut self.kernel_rests).then(|| self.kernel.as_fd());
+        let firewall =
+            self.firewall.as_ref().filter(|_| awake(&mut self.firewall_rests)).map(|fd| fd.as_fd());
+        let wanted = [Some(self.signals.as_fd()), kernel, Some(self.wake.as_fd()), firewall];
         let mut fds = Vec::with_capacity(4);
-        fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
-        fds.push(PollFd::new(self.kernel.as_fd(), PollFlags::POLLIN));
-        fds.push(PollFd::new(self.wake.as_fd(), PollFlags::POLLIN));
-        if let Some(fd) = &self.firewall {
-            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-        }
+        let slots = wanted.map(|fd| {
+            fd.map(|fd| {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                fds.len() - 1
+            })
+        });
         poll(&mut fds, timeout)?;
-        let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
-        Ok([ready(0), ready(1), ready(2), ready(3)])
+        let ready = |i: Option<usize>| {
+            i.and_then(|i| fds.get(i)).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty())
+        };
+        Ok(slots.map(ready))
     }
 
     /// Every queued kernel notification, as one batch; an empty batch when events were lost
@@ -181,7 +213,11 @@ impl Sources {
                     lost = true;
                 }
                 Err(e) => {
-                    log::error!("rtnetlink monitor: {e}");
+                    log::error!(
+                        "rtnetlink monitor: {e}; reading it again in {} s",
+                        REST_AFTER_ERROR.as_secs()
+                    );
+                    self.kernel_rests = Some(Instant::now() + REST_AFTER_ERROR);
                     lost = true;
                     break;
                 }
@@ -219,7 +255,11 @@ impl Sources {
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => break,
                 Err(e) => {
-                    log::error!("nftables monitor: {e}");
+                    log::error!(
+                        "nftables monitor: {e}; reading it again in {} s",
+                        REST_AFTER_ERROR.as_secs()
+                    );
+                    self.firewall_rests = Some(Instant::now() + REST_AFTER_ERROR);
                     changed = true;
                     break;
                 }
@@ -227,6 +267,12 @@ impl Sources {
         }
         changed.then_some(Event::Firewall)
     }
+}
+
+/// When `wait` must return or look again: the caller's deadline, or the end of a socket's
+/// rest (then it is polled again), whichever comes first; rests already over do not count.
+fn wake_at(deadline: Option<Instant>, rests: [Option<Instant>; 2], now: Instant) -> Option<Instant> {
+    rests.into_iter().flatten().filter(|&until| until > now).chain(deadline).min()
 }
 
 fn kernel_monitor() -> Result<Netlink, crate::netlink::Error> {
@@ -310,5 +356,23 @@ trait TakeLine: Sized {
 impl<R: std::io::Read> TakeLine for BufReader<R> {
     fn take_line(self, limit: u64) -> BufReader<std::io::Take<Self>> {
         BufReader::new(std::io::Read::take(self, limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resting_socket_wakes_the_loop_when_its_rest_ends_unless_the_deadline_is_first() {
+        let now = Instant::now();
+        let (soon, later) = (now + Duration::from_millis(10), now + Duration::from_secs(1));
+        assert_eq!(wake_at(None, [None, None], now), None);
+        assert_eq!(wake_at(Some(later), [None, None], now), Some(later));
+        assert_eq!(wake_at(None, [Some(later), None], now), Some(later));
+        assert_eq!(wake_at(Some(later), [None, Some(soon)], now), Some(soon));
+        assert_eq!(wake_at(Some(soon), [Some(later), Some(later)], now), Some(soon));
+        // A rest that is over is no reason to wake: without a deadline, wait for events.
+        assert_eq!(wake_at(None, [Some(now), Some(now - Duration::from_millis(1))], now), None);
     }
 }

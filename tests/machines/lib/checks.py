@@ -35,7 +35,9 @@ def wait(g, cond, secs, what, show=None):
 
 def ping(g, dst, ns=None, count=3):
     pre = f"ip netns exec {ns} " if ns else ""
-    rc, out = g.sh(f"{pre}ping -n -c {count} -i 0.2 -w 15 {dst}", timeout=40, check=False)
+    # The ping's own -w decides; the agent's timeout is only for a guest that stopped
+    # answering, and a guest under TCG has been seen to pause for 40 s right after a reboot.
+    rc, out = g.sh(f"{pre}ping -n -c {count} -i 0.2 -w 15 {dst}", timeout=120, check=False)
     if rc != 0:
         raise StepFailed(f"{g.name}: {'container' if ns else 'host'} cannot ping {dst}\n{out}")
 
