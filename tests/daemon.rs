@@ -184,6 +184,21 @@ crate::in_both_datapaths! {
     }
 }
 
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn the_devices_fanlink_creates_cost_no_call_to_networkd() {
+    let host = Host::new("ownlinks", "10.99.1.1/16", &[]);
+    let launch = Launch::new(host.ns(), host.harness.bus(), host.rules.path(), host.runtime.path());
+    let daemon = Daemon::start(&Launch { env: &["RUST_LOG=debug"], ..launch });
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    // networkd reports the new bridge and vxlan by their indexes only; asking it who they are
+    // (three calls each, answered only once networkd is done configuring them) is needless:
+    // a link that carries fanlink's alias is never an underlay.
+    std::thread::sleep(Duration::from_secs(1));
+    let log = daemon.log();
+    assert!(!log.contains("asking networkd for link"), "log:\n{log}");
+}
+
 crate::in_both_datapaths! {
     #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
     fn fanlink_resyncs_after_networkd_and_the_bus_restart(mode) {

@@ -61,12 +61,14 @@ def summary(values):
 # ---------------------------------------------------------------- /proc readings
 
 def proc_status(pid):
-    """VmRSS/VmHWM (KiB) of the process, fds, and context switches summed over its threads."""
+    """VmRSS/VmHWM (KiB) of the process and its split into anonymous memory (heap, stacks: the
+    process's own) and file pages (the binary's text and data: clean, shared, reclaimable), fds,
+    and context switches summed over its threads."""
     out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
+            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[k] = int(v.split()[0])
     vol = invol = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -557,6 +559,12 @@ def report(r):
           f"{r['after10']['dispatcher']['VmRSS']} |",
           f"| VmRSS after {total_flaps(a)} flaps (KiB) | {af['fanlink']['VmRSS']} | {af['dispatcher']['VmRSS']} |",
           f"| VmHWM after (KiB) | {af['fanlink']['VmHWM']} | {af['dispatcher']['VmHWM']} |",
+          "| of VmRSS: anonymous (heap, stacks) at start / after 30 / after all (KiB) | "
+          + " | ".join(" / ".join(str(r[w][k].get("RssAnon", "?")) for w in ("start", "after10", "after"))
+                       for k in ("fanlink", "dispatcher")) + " |",
+          "| of VmRSS: file pages (the binary's text and data) at start / after 30 / after all (KiB) | "
+          + " | ".join(" / ".join(str(r[w][k].get("RssFile", "?")) for w in ("start", "after10", "after"))
+                       for k in ("fanlink", "dispatcher")) + " |",
           f"| fds at start / after | {st['fanlink']['fds']} / {af['fanlink']['fds']} | "
           f"{st['dispatcher']['fds']} / {af['dispatcher']['fds']} |",
           f"| threads | {st['fanlink']['threads']} | {st['dispatcher']['threads']} |",

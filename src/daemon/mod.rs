@@ -235,9 +235,11 @@ impl Daemon {
                 true
             }
             Event::Bus(BusEvent::LinkChanged { index, oper, admin }) => {
+                // fanlink's own devices are never an underlay, so their views are not kept, and
+                // a new one's is not asked for: that was three calls to networkd per device
+                // created, each waiting for networkd while it configured that very device.
                 let kept = self.kernel.as_ref().map_or(&[][..], |s| &s.links[..]);
-                let can_matter = view_can_matter(kept, index);
-                self.link_changed(index, oper, admin) && can_matter && self.wants_change()
+                view_can_matter(kept, index) && self.link_changed(index, oper, admin) && self.wants_change()
             }
             Event::Bus(_) if self.opts.source == Source::Kernel => false,
             Event::Bus(BusEvent::OwnerChanged { new_owner: None }) => {

@@ -354,6 +354,7 @@ impl Networkd {
     /// networkd does not know it.
     pub fn link(&self, index: u32) -> Result<Option<LinkState>> {
         let Ok(signed) = i32::try_from(index) else { return Ok(None) };
+        log::debug!("asking networkd for link {index}");
         let name = match self.bus.call_method(
             NETWORKD_NAME,
             NETWORKD_PATH,
