@@ -362,7 +362,7 @@ impl Netlink {
     /// address on the bridge only costs: each up would add it (DAD, MLD and router
     /// solicitations into the fan) and each down remove it, and with a masquerade rule
     /// anywhere on the host that removal makes the kernel walk the whole conntrack table
-    /// once more (bench/README.md, "Found while measuring"). LXD disables IPv6 on its fan
+    /// once more (bench/README.md, "Found while measuring", 13). LXD disables IPv6 on its fan
     /// bridges likewise. Containers' own IPv6 across the bridge (L2) is untouched.
     pub fn create_bridge(&mut self, b: &NewBridge) -> Result<Option<u32>, Error> {
         let index =
