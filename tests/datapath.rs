@@ -100,6 +100,23 @@ crate::in_both_datapaths! {
     }
 }
 
+crate::in_both_datapaths! {
+    #[ignore = "needs root (network namespaces, netlink, BPF): run with --include-ignored"]
+    fn the_fan_bridge_has_no_ipv6_address_and_containers_keep_their_ipv6(mode) {
+        let fleet = Fleet::new(mode, FAN_250, 1);
+        let (host, first) = (&fleet.hosts[0], &fleet.containers[0]);
+        let second = host.container("fan-250", "250.1.1.11/8", "250.1.1.1", 1450);
+        // Operationally up with ports: the kernel would have given it a link-local address now.
+        crate::topology::wait_for("fan-250 state UP", std::time::Duration::from_secs(3), || {
+            host.ns.run("ip link show dev fan-250").contains("state UP")
+        });
+        first.run("ip -6 addr add fd00::10/64 dev eth0 nodad");
+        second.run("ip -6 addr add fd00::11/64 dev eth0 nodad");
+        assert!(first.sh("ping -6 -c1 -W2 fd00::11").status.success(), "containers' IPv6 crosses the bridge");
+        assert_eq!(host.ns.run("ip -6 addr show dev fan-250"), "", "the host has no IPv6 address in the fan");
+    }
+}
+
 /// fdb `self` entries, permanent neighbours and routes: the state that per-peer designs grow.
 fn per_peer_state(host: &Host) -> String {
     host.ns.run(

@@ -197,16 +197,6 @@ pub fn new_veth_msg(v: &NewVeth) -> MsgBuilder {
     m
 }
 
-pub fn addr_gen_none_msg(name: &str) -> MsgBuilder {
-    let mut m = MsgBuilder::new(RTM_SETLINK, 0).header(&ifinfomsg(0, 0, 0));
-    m.str(IFLA_IFNAME, name).nest(IFLA_AF_SPEC, |m| {
-        m.nest(libc::AF_INET6 as u16, |m| {
-            m.u8(IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE);
-        });
-    });
-    m
-}
-
 /// A message that makes the kernel load the vxlan driver if it is a module (on a kernel
 /// with vnifilter, its RTM_*TUNNEL handlers exist only once it is loaded) and then fails
 /// its validation: a VNI of 2^24 is out of range, so nothing is created.
@@ -249,6 +239,32 @@ pub fn set_link_msg(link: &LinkRef, c: &LinkChanges) -> MsgBuilder {
         m.bytes(IFLA_ADDRESS, mac);
     }
     m
+}
+
+/// What a new link is marked with after its creation (see `Netlink::mark_new`).
+#[derive(Debug, Clone, Copy)]
+struct Mark<'a> {
+    alias: Option<&'a str>,
+    /// `addrgenmode none`: the link gets no IPv6 link-local address when it comes up.
+    no_ipv6_addresses: bool,
+}
+
+/// RTM_SETLINK by name with the alias, if any, and `addrgenmode none` if asked.
+fn mark_msg(name: &str, mark: Mark) -> MsgBuilder {
+    let c = LinkChanges { alias: mark.alias.map(str::to_owned), ..Default::default() };
+    let mut m = set_link_msg(&LinkRef::from(name), &c);
+    if mark.no_ipv6_addresses {
+        m.nest(IFLA_AF_SPEC, |m| {
+            m.nest(libc::AF_INET6 as u16, |m| {
+                m.u8(IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE);
+            });
+        });
+    }
+    m
+}
+
+fn alias_only(alias: &Option<String>) -> Mark<'_> {
+    Mark { alias: alias.as_deref(), no_ipv6_addresses: false }
 }
 
 /// The index of link `name` in the replies to a creation (the kernel's echo of it).
@@ -339,11 +355,19 @@ impl Netlink {
         }
     }
 
-    /// Creates a bridge, down; its index if the kernel echoed it. EEXIST if the name is taken.
+    /// Creates a bridge, down, that will get no IPv6 address; its index if the kernel echoed
+    /// it. EEXIST if the name is taken.
+    ///
+    /// The fan is IPv4 only (the datapath maps IPv4 overlay addresses), so an IPv6 link-local
+    /// address on the bridge only costs: each up would add it (DAD, MLD and router
+    /// solicitations into the fan) and each down remove it, and with a masquerade rule
+    /// anywhere on the host that removal makes the kernel walk the whole conntrack table
+    /// once more (bench/README.md, "Found while measuring", 13). LXD disables IPv6 on its fan
+    /// bridges likewise. Containers' own IPv6 across the bridge (L2) is untouched.
     pub fn create_bridge(&mut self, b: &NewBridge) -> Result<Option<u32>, Error> {
         let index =
             self.create(new_bridge_msg(b), &b.name).map_err(|e| e.context("create bridge", Some(&b.name)))?;
-        self.set_new_alias(&b.name, b.alias.as_deref())?;
+        self.mark_new(&b.name, Mark { alias: b.alias.as_deref(), no_ipv6_addresses: true })?;
         Ok(index)
     }
 
@@ -352,7 +376,7 @@ impl Netlink {
     pub fn create_vxlan(&mut self, v: &NewVxlan) -> Result<Option<u32>, Error> {
         let index =
             self.create(new_vxlan_msg(v), &v.name).map_err(|e| e.context("create vxlan", Some(&v.name)))?;
-        self.set_new_alias(&v.name, v.alias.as_deref())?;
+        self.mark_new(&v.name, alias_only(&v.alias))?;
         Ok(index)
     }
 
@@ -361,8 +385,8 @@ impl Netlink {
     pub fn create_veth(&mut self, v: &NewVeth) -> Result<Option<u32>, Error> {
         let index =
             self.create(new_veth_msg(v), &v.name).map_err(|e| e.context("create veth", Some(&v.name)))?;
-        self.set_new_alias(&v.name, v.alias.as_deref())?;
-        self.set_new_alias(&v.peer, v.alias.as_deref())?;
+        self.mark_new(&v.name, alias_only(&v.alias))?;
+        self.mark_new(&v.peer, alias_only(&v.alias))?;
         Ok(index)
     }
 
@@ -374,7 +398,8 @@ impl Netlink {
     /// `ip link set NAME addrgenmode none`: the link gets no IPv6 link-local address, so the
     /// host sends nothing from it (no DAD, router solicitation or MLD). Before it is up.
     pub fn no_ipv6_addresses(&mut self, name: &str) -> Result<(), Error> {
-        self.request(addr_gen_none_msg(name)).map_err(|e| e.context("set addrgenmode none", Some(name)))
+        let mark = Mark { alias: None, no_ipv6_addresses: true };
+        self.request(mark_msg(name, mark)).map_err(|e| e.context("set addrgenmode none", Some(name)))
     }
 
     /// Asks the kernel to load the vxlan driver (see `load_vxlan_msg`); the expected answer
@@ -387,12 +412,23 @@ impl Netlink {
     }
 
     /// RTM_NEWLINK silently ignores IFLA_IFALIAS when it creates a link (only the change
-    /// path reads it), so the alias is a second message. If that fails the link is removed
-    /// again: fanlink recognises its links by alias, and an unmarked one would be orphaned.
-    fn set_new_alias(&mut self, name: &str, alias: Option<&str>) -> Result<(), Error> {
-        let Some(alias) = alias else { return Ok(()) };
-        let c = LinkChanges { alias: Some(alias.to_owned()), ..Default::default() };
-        let r = self.set_link(name, &c);
+    /// path reads it), and refuses IFLA_AF_SPEC for AF_INET6 (the link has no IPv6 state
+    /// yet), so both are a second message. If that fails the link is removed again:
+    /// fanlink recognises its links by alias, and an unmarked one would be orphaned.
+    fn mark_new(&mut self, name: &str, mark: Mark) -> Result<(), Error> {
+        if mark.alias.is_none() && !mark.no_ipv6_addresses {
+            return Ok(());
+        }
+        let mut send =
+            |mark| self.request(mark_msg(name, mark)).map_err(|e| e.context("set link", Some(name)));
+        let r = match send(mark) {
+            // No IPv6 state on the link (a kernel booted with ipv6.disable=1, or an MTU below
+            // IPv6's 1280): the kernel refuses the AF_INET6 part, and there is nothing to turn off.
+            Err(e) if e.errno == Errno::EAFNOSUPPORT && mark.no_ipv6_addresses => {
+                send(Mark { no_ipv6_addresses: false, ..mark })
+            }
+            r => r,
+        };
         if r.is_err() {
             let mut m = MsgBuilder::new(RTM_DELLINK, 0).header(&ifinfomsg(0, 0, 0));
             m.str(IFLA_IFNAME, name);
@@ -480,6 +516,22 @@ mod tests {
         let replies = [vec![1, 2, 3], peer, echo];
         assert_eq!(echoed_index(&replies, "fan-250"), Some(7), "a short or other link's reply is skipped");
         assert_eq!(echoed_index(&replies[..2], "fan-250"), None, "no echo (before Linux 6.3): ask");
+    }
+
+    #[test]
+    fn a_new_bridges_mark_carries_its_alias_and_addrgenmode_none() {
+        let b = mark_msg("x", Mark { alias: Some("f"), no_ipv6_addresses: true }).finish(1, 0);
+        #[rustfmt::skip]
+        assert_eq!(&b[msg::NLMSG_HDRLEN..], [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            6, 0, 3, 0, b'x', 0, 0, 0,
+            6, 0, 20, 0, b'f', 0, 0, 0,
+            // IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE: IN6_ADDR_GEN_MODE_NONE } }
+            16, 0, 26, 0, 12, 0, 10, 0, 5, 0, 8, 0, 1, 0, 0, 0,
+        ]);
+        let alias_only = mark_msg("x", Mark { alias: Some("f"), no_ipv6_addresses: false }).finish(1, 0);
+        let body = |m: &[u8]| m[msg::NLMSG_HDRLEN..].to_vec();
+        assert_eq!(body(&alias_only), body(&b[..b.len() - 16]), "a veth or vxlan: its alias only");
     }
 
     #[test]
