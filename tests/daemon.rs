@@ -199,6 +199,24 @@ fn the_devices_fanlink_creates_cost_no_call_to_networkd() {
     assert!(!log.contains("asking networkd for link"), "log:\n{log}");
 }
 
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn a_restart_asks_networkd_about_no_device_of_its_own() {
+    let host = Host::new("ownstart", "10.99.1.1/16", &[]);
+    let daemon = host.start();
+    host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
+    let followed =
+        |log: &str| log.lines().find(|l| l.contains("networkd is on the bus; ")).map(str::to_owned);
+    let first = followed(&daemon.log()).expect("the first start follows networkd");
+    drop(daemon);
+    // The bridge and vxlan now exist, and networkd lists them: each would cost two calls
+    // at start (sixteen fans: 64), and neither can be an underlay.
+    let daemon = host.start();
+    daemon.wait_log("networkd is on the bus; ");
+    let log = daemon.log();
+    assert_eq!(followed(&log), Some(first), "log:\n{log}");
+}
+
 crate::in_both_datapaths! {
     #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
     fn fanlink_resyncs_after_networkd_and_the_bus_restart(mode) {

@@ -21,7 +21,7 @@ fn attached(h: &Harness) -> (Attached, Receiver<BusEvent>, u32) {
     let _ = env_logger::builder().is_test(true).try_init();
     let (tx, rx) = channel();
     let t0 = Instant::now();
-    let a = attach(Some(h.bus()), tx).expect("attach");
+    let a = attach(Some(h.bus()), tx, |_| false).expect("attach");
     eprintln!("[test] attach (connect, subscribe, reader, snapshot) took {} ms", t0.elapsed().as_millis());
     let index = uplink(a.links.as_deref().expect("networkd is on the bus")).index;
     (a, rx, index)
@@ -83,7 +83,7 @@ fn networkd_restart_changes_owner() {
     h.run("kill-networkd", &[]);
     recv_until(&rx, WITHIN, "owner gone", |e| *e == BusEvent::OwnerChanged { new_owner: None });
     assert_eq!(a.networkd.owner().unwrap(), None);
-    assert!(a.networkd.snapshot().is_err(), "a snapshot without networkd must fail, not be empty");
+    assert!(a.networkd.snapshot(|_| false).is_err(), "a snapshot without networkd must fail, not be empty");
 
     h.run("start-networkd", &[]);
     let (event, _) =
@@ -91,7 +91,7 @@ fn networkd_restart_changes_owner() {
     let now = a.networkd.owner().unwrap();
     assert_eq!(event, BusEvent::OwnerChanged { new_owner: now.clone() });
     assert_ne!(now, before);
-    let links = a.networkd.snapshot().expect("snapshot after restart");
+    let links = a.networkd.snapshot(|_| false).expect("snapshot after restart");
     assert_eq!(uplink(&links).oper, OperState::Routable);
 
     // The reader now trusts the new owner (and only it).
@@ -185,7 +185,7 @@ fn bus_restart_disconnects_and_reattach_works() {
     h.run("start-networkd", &[]);
     let (tx, rx) = channel::<BusEvent>();
     let Attached { networkd, reader, links } =
-        attach(Some(h.bus()), tx).expect("attach after the bus came back");
+        attach(Some(h.bus()), tx, |_| false).expect("attach after the bus came back");
     assert_eq!(uplink(&links.unwrap()).oper, OperState::Routable);
     // Hanging up ourselves ends the reader without a Disconnected (no reconnect loop).
     networkd.close().unwrap();
@@ -199,13 +199,13 @@ fn attach_before_networkd_is_on_the_bus_then_follow_it_when_it_comes() {
     let h = Harness::start("early");
     h.run("kill-networkd", &[]);
     let (tx, rx) = channel::<BusEvent>();
-    let a = attach(Some(h.bus()), tx).expect("attach while networkd is not on the bus");
+    let a = attach(Some(h.bus()), tx, |_| false).expect("attach while networkd is not on the bus");
     assert!(a.links.is_none(), "{:?}", a.links);
     h.run("start-networkd", &[]);
     recv_until(&rx, WITHIN, "networkd's arrival", |e| {
         matches!(e, BusEvent::OwnerChanged { new_owner: Some(_) })
     });
-    assert_eq!(uplink(&a.networkd.snapshot().unwrap()).oper, OperState::Routable);
+    assert_eq!(uplink(&a.networkd.snapshot(|_| false).unwrap()).oper, OperState::Routable);
 }
 
 #[test]
@@ -359,7 +359,7 @@ fn a_flood_of_forgeries_neither_stalls_calls_nor_gets_through() {
     let mut snapshots = 0;
     while !flood.is_finished() {
         assert_eq!(
-            uplink(&a.networkd.snapshot().expect("snapshot during the flood")).oper,
+            uplink(&a.networkd.snapshot(|_| false).expect("snapshot during the flood")).oper,
             OperState::Routable
         );
         snapshots += 1;

@@ -65,7 +65,8 @@ impl Daemon {
         if self.opts.source == Source::Kernel {
             return;
         }
-        match networkd::attach(None, self.waker.clone()) {
+        let own = self.own_links();
+        match networkd::attach(None, self.waker.clone(), own) {
             Ok(networkd::Attached { networkd, reader, links }) => {
                 self.bus = Some(Bus { networkd, _reader: reader });
                 self.failures = 0;
@@ -97,7 +98,8 @@ impl Daemon {
     /// A new snapshot, when networkd changed hands.
     pub(super) fn resync(&mut self) {
         self.kernel = None;
-        match self.bus.as_ref().map(|b| b.networkd.snapshot()) {
+        let own = self.own_links();
+        match self.bus.as_ref().map(|b| b.networkd.snapshot(own)) {
             Some(Ok(links)) => self.follow(&links),
             Some(Err(e)) => {
                 log::warn!("networkd: {e}");
@@ -105,6 +107,22 @@ impl Daemon {
             }
             None => {}
         }
+    }
+
+    /// Which links are fanlink's own devices (by the kernel's state, read now if it is not
+    /// kept): never an underlay, so networkd is not asked about them.
+    fn own_links(&mut self) -> impl Fn(u32) -> bool {
+        if self.kernel.is_none() {
+            // Failing here only means asking networkd about every link.
+            self.kernel = self.sys.snapshot().inspect_err(|e| log::debug!("{e}")).ok();
+        }
+        let kept = self.kernel.as_ref().map_or(&[][..], |s| &s.links[..]);
+        let own: Vec<u32> = kept
+            .iter()
+            .map(|l| l.index)
+            .filter(|&index| !super::decide::view_can_matter(kept, index))
+            .collect();
+        move |index| own.contains(&index)
     }
 
     /// networkd's links are the truth from now on.

@@ -174,9 +174,10 @@ pub struct Attached {
 /// Connects, subscribes, starts the reader and, when networkd is on the bus, takes a
 /// snapshot, in that order: the one way in for the daemon and the tests.
 /// `address` overrides the system bus address (`None`: `DBUS_SYSTEM_BUS_ADDRESS` or the
-/// default socket). If the snapshot fails, the connection is dropped and that reader ends
-/// silently.
-pub fn attach(address: Option<&str>, sink: impl EventSink) -> Result<Attached> {
+/// default socket). `skip` names links whose states are not asked for (see
+/// [`Networkd::snapshot`]). If the snapshot fails, the connection is dropped and that reader
+/// ends silently.
+pub fn attach(address: Option<&str>, sink: impl EventSink, skip: impl Fn(u32) -> bool) -> Result<Attached> {
     let networkd = match address {
         Some(address) => Networkd::connect_address(address)?,
         None => Networkd::connect()?,
@@ -184,7 +185,7 @@ pub fn attach(address: Option<&str>, sink: impl EventSink) -> Result<Attached> {
     let subscription = networkd.subscribe()?;
     let present = subscription.owner().is_some();
     let reader = subscription.spawn_reader(sink)?;
-    let links = if present { Some(networkd.snapshot()?) } else { None };
+    let links = if present { Some(networkd.snapshot(skip)?) } else { None };
     Ok(Attached { networkd, reader, links })
 }
 
@@ -293,10 +294,12 @@ impl Networkd {
         }
     }
 
-    /// Every link networkd knows, with its states. A link that vanishes while this runs
-    /// is left out (its `linger` signal follows); a link whose name the kernel could not
-    /// have, or whose path does not match its index, is left out and logged.
-    pub fn snapshot(&self) -> Result<Vec<LinkState>> {
+    /// Every link networkd knows, with its states, except those `skip` names: each link costs
+    /// two calls, and a daemon that restarts over 16 fans would ask about 32 links of its own,
+    /// none of them an underlay. A link that vanishes while this runs is left out (its
+    /// `linger` signal follows); a link whose name the kernel could not have, or whose path
+    /// does not match its index, is left out and logged.
+    pub fn snapshot(&self, skip: impl Fn(u32) -> bool) -> Result<Vec<LinkState>> {
         let reply = self
             .bus
             .call_method(NETWORKD_NAME, NETWORKD_PATH, MANAGER_INTERFACE, "ListLinks", &())
@@ -315,6 +318,9 @@ impl Networkd {
                 log::warn!("networkd lists link {index} as \"{}\"; ignoring it", escape(&name));
                 continue;
             };
+            if skip(index) {
+                continue;
+            }
             match self.link_states(index) {
                 Ok(Some((oper, admin))) => links.push(LinkState { index, name, oper, admin }),
                 Ok(None) => log::debug!("link {index} ({name}) vanished during the snapshot"),
