@@ -373,12 +373,21 @@ fn signature_ok(sig: &str) -> bool {
     true
 }
 
-/// `/`, or `/`-separated non-empty elements of `[A-Za-z0-9_]`.
+/// `/`, or `/`-separated non-empty elements of `[A-Za-z0-9_]`. One pass over the bytes:
+/// `split('/')` cost a third of a header's reading.
 fn object_path_ok(path: &str) -> bool {
-    path == "/"
-        || path.strip_prefix('/').is_some_and(|p| {
-            p.split('/').all(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-        })
+    let bytes = path.as_bytes();
+    let mut after_slash = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'/' if i > 0 && after_slash => return false,
+            b'/' => after_slash = true,
+            _ if i == 0 => return false,
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' => after_slash = false,
+            _ => return false,
+        }
+    }
+    path == "/" || (!bytes.is_empty() && !after_slash)
 }
 
 #[cfg(test)]

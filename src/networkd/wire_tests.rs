@@ -357,3 +357,13 @@ fn header_fields(m: &[u8]) -> usize {
     let b = [m[12], m[13], m[14], m[15]];
     (if m[0] == b'B' { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }) as usize
 }
+
+#[test]
+fn object_paths() {
+    for ok in ["/", "/a", "/org/freedesktop/network1/link/_32", "/A_1/b2"] {
+        assert!(super::object_path_ok(ok), "{ok}");
+    }
+    for bad in ["", "a", "a/b", "//", "/a/", "/a//b", "/a-b", "/é", "/a/ b", "/a\0"] {
+        assert!(!super::object_path_ok(bad), "{bad:?}");
+    }
+}
