@@ -1,6 +1,7 @@
 //! The bus reader: turns each incoming message into at most one [`BusEvent`].
 //!
-//! It runs on the bus connection's own reader thread (`bus.rs`) and does nothing but decode
+//! It runs on the bus connection's own reader thread (`bus.rs`), on a view of each message's
+//! bytes (`wire.rs`: reading a signal allocates nothing), and does nothing but decode
 //! and `send` on an unbounded channel, never a method call: the thread that routes replies
 //! must not wait for one.
 //!
@@ -154,8 +155,8 @@ fn properties<'a>(body: &mut Cursor<'a>) -> Option<(&'a str, States<'a>)> {
         let key = entries.string()?;
         let signature = entries.signature()?;
         let slot = match key {
-            "OperationalState" => &mut states.oper,
-            "AdministrativeState" => &mut states.admin,
+            OperState::PROPERTY => &mut states.oper,
+            AdminState::PROPERTY => &mut states.admin,
             _ => {
                 entries.variant_value(signature)?;
                 continue;
