@@ -301,6 +301,14 @@ fn refuses_malformed_headers() {
     assert!(with(18, b's').is_some(), "a path of the wrong type");
     assert!(with(20, 200).is_some(), "the path's length past the fields");
     assert!(with(24, b'x').is_some(), "a path that is not one");
+    // The fields array claims 8 bytes of the body, the body 8 bytes less: the total still
+    // agrees, and the body's first bytes are then read as a header field.
+    let mut lying = good.clone();
+    let fields = u32::from_le_bytes(lying[12..16].try_into().unwrap());
+    let body = u32::from_le_bytes(lying[4..8].try_into().unwrap());
+    lying[12..16].copy_from_slice(&(fields.next_multiple_of(8) + 8).to_le_bytes());
+    lying[4..8].copy_from_slice(&(body - 8).to_le_bytes());
+    assert_eq!(Message::parse(&lying).err(), Some("malformed header fields"));
     for len in 0..good.len() {
         assert!(Message::parse(&good[..len]).is_err(), "truncated to {len}");
     }
