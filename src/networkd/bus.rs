@@ -8,6 +8,10 @@
 //! the caller's `inbound` (the networkd reader). A call is a write from the calling thread
 //! and a wait for its reply; the reader thread never calls, so it can never wait for itself.
 //!
+//! Incoming messages are read in place (`wire.rs`): only a reply to a waiting call becomes a
+//! `zbus::Message`, for its caller; signals reach `inbound` as a view of the read buffer,
+//! which is reused, so a signal costs no allocation here.
+//!
 //! Only `unix:path=` addresses (the system bus's, and the harness's) and the EXTERNAL
 //! mechanism (the kernel vouches for our uid): all a system daemon needs.
 
@@ -25,26 +29,26 @@ use zbus::message::Type;
 use zbus::zvariant::{serialized::Context, serialized::Data, DynamicType, Endian};
 use zbus::Message;
 
+use super::wire::{self, message_length, Kind, FIXED_HEADER};
+
 /// How long a call waits for its reply: dbus-daemon's own default reply timeout.
 const CALL_TIMEOUT: Duration = Duration::from_secs(25);
 /// Messages larger than this are read and dropped whole: nothing fanlink is sent legitimately
 /// comes near it (a ListLinks reply of a thousand links is ~60 KiB), and a forged giant must
 /// not become an allocation.
 const MAX_MESSAGE: usize = 1 << 20;
-/// The fixed part of every message: endianness, type, flags, version, body length, serial,
-/// and the length of the header fields array.
-const FIXED_HEADER: usize = 16;
 
 /// What the reader thread hands to `inbound`.
 pub(crate) enum Inbound<'a> {
     /// A message, in the order the bus sent it (replies too, after they were routed).
-    Message(&'a Message),
+    Message(wire::Message<'a>),
     /// The connection ended (EOF, an error, or we closed it); the last call.
     Ended(&'a std::io::Error),
 }
 
-/// Calls waiting for replies, by serial; `None` once the reader has ended.
-type Pending = Mutex<Option<HashMap<u32, SyncSender<Message>>>>;
+/// Calls waiting for replies, by serial (the reply, or why zbus could not decode it); `None`
+/// once the reader has ended.
+type Pending = Mutex<Option<HashMap<u32, SyncSender<zbus::Result<Message>>>>>;
 
 /// A connection to a bus. `Sync`: any thread may call; one thread reads.
 #[derive(Debug)]
@@ -132,7 +136,7 @@ impl Bus {
             return Err(zbus::Error::InputOutput(Arc::new(e)));
         }
         let reply = match rx.recv_timeout(CALL_TIMEOUT) {
-            Ok(reply) => reply,
+            Ok(reply) => reply?,
             // Disconnected: the reader ended and dropped every waiting call.
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(closed()),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -196,22 +200,29 @@ fn read_loop(
     pending: &Pending,
     mut inbound: impl FnMut(Inbound<'_>) -> bool,
 ) {
+    let mut buf = Vec::new();
     let ended = loop {
-        let msg = match read_message(&mut reader) {
-            Ok(Some(msg)) => msg,
-            Ok(None) => continue,
+        match read_message(&mut reader, &mut buf) {
+            Ok(true) => {}
+            Ok(false) => continue,
             Err(e) => break e,
+        }
+        let msg = match wire::Message::parse(&buf) {
+            Ok(msg) => msg,
+            Err(why) => {
+                log::debug!("dropped an undecodable D-Bus message: {why}");
+                continue;
+            }
         };
-        if matches!(msg.message_type(), Type::MethodReturn | Type::Error) {
+        if matches!(msg.kind, Kind::MethodReturn | Kind::Error) {
             let waiting = msg
-                .header()
-                .reply_serial()
-                .and_then(|serial| pending.lock().expect("pending calls").as_mut()?.remove(&serial.get()));
+                .reply_serial
+                .and_then(|serial| pending.lock().expect("pending calls").as_mut()?.remove(&serial));
             if let Some(call) = waiting {
-                let _ = call.send(msg.clone());
+                let _ = call.send(to_zbus(&msg));
             }
         }
-        if !inbound(Inbound::Message(&msg)) {
+        if !inbound(Inbound::Message(msg)) {
             break std::io::Error::other("the reader's consumer went away");
         }
     };
@@ -220,9 +231,21 @@ fn read_loop(
     inbound(Inbound::Ended(&ended));
 }
 
-/// Reads one whole message. `Ok(None)`: one was read and dropped (too large, or zbus could not
-/// decode it); `Err`: the stream ended or lost its framing, and the connection with it.
-pub(crate) fn read_message(reader: &mut impl Read) -> std::io::Result<Option<Message>> {
+/// A reply as zbus's message, for the caller to deserialize its body.
+fn to_zbus(msg: &wire::Message<'_>) -> zbus::Result<Message> {
+    let endian = if msg.big_endian { Endian::Big } else { Endian::Little };
+    // SAFETY: `from_bytes` is unsafe only in that the bytes may be badly encoded, and then it
+    // returns an error or a message whose body fails to deserialize; these are exactly the
+    // checks zbus's own socket reader makes before the same call (a whole message by the
+    // lengths of its header, in the endianness its first byte names), and `wire` has read
+    // the header already.
+    unsafe { Message::from_bytes(Data::new(msg.bytes().to_vec(), Context::new_dbus(endian, 0))) }
+}
+
+/// Reads one whole message into `buf` (reused: its capacity stays). `Ok(false)`: one was read
+/// and dropped (too large); `Err`: the stream ended or lost its framing, and the connection
+/// with it.
+pub(crate) fn read_message(reader: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     let mut fixed = [0u8; FIXED_HEADER];
     reader.read_exact(&mut fixed)?;
     let Some(total) = message_length(&fixed) else {
@@ -232,40 +255,13 @@ pub(crate) fn read_message(reader: &mut impl Read) -> std::io::Result<Option<Mes
         let rest = (total - FIXED_HEADER) as u64;
         std::io::copy(&mut reader.take(rest), &mut std::io::sink())?;
         log::debug!("dropped a D-Bus message of {total} bytes (more than {MAX_MESSAGE})");
-        return Ok(None);
+        return Ok(false);
     }
-    let mut bytes = vec![0u8; total];
-    bytes[..FIXED_HEADER].copy_from_slice(&fixed);
-    reader.read_exact(&mut bytes[FIXED_HEADER..])?;
-    let endian = if fixed[0] == b'l' { Endian::Little } else { Endian::Big };
-    // SAFETY: `from_bytes` is unsafe only in that the bytes may be badly encoded, and then it
-    // returns an error or a message whose body fails to deserialize; these are exactly the
-    // checks zbus's own socket reader makes before the same call (a whole message by the
-    // lengths of its header, in the endianness its first byte names).
-    match unsafe { Message::from_bytes(Data::new(bytes, Context::new_dbus(endian, 0))) } {
-        Ok(msg) => Ok(Some(msg)),
-        Err(e) => {
-            log::debug!("dropped an undecodable D-Bus message: {e}");
-            Ok(None)
-        }
-    }
-}
-
-/// A message's whole length from its fixed header: the header (fixed part and fields array),
-/// padded to 8, then the body. `None` if the first byte names no endianness or the lengths
-/// overflow.
-pub(crate) fn message_length(fixed: &[u8; FIXED_HEADER]) -> Option<usize> {
-    let word = |at: usize| {
-        let b = [fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]];
-        match fixed[0] {
-            b'l' => Some(u32::from_le_bytes(b)),
-            b'B' => Some(u32::from_be_bytes(b)),
-            _ => None,
-        }
-    };
-    let body = usize::try_from(word(4)?).ok()?;
-    let fields = usize::try_from(word(12)?).ok()?;
-    FIXED_HEADER.checked_add(fields)?.checked_next_multiple_of(8)?.checked_add(body)
+    buf.clear();
+    buf.resize(total, 0);
+    buf[..FIXED_HEADER].copy_from_slice(&fixed);
+    reader.read_exact(&mut buf[FIXED_HEADER..])?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -282,12 +278,15 @@ mod tests {
         let mut wire = a.data().to_vec();
         wire.extend_from_slice(b.data());
         let mut r = std::io::Cursor::new(wire);
-        let first = read_message(&mut r).unwrap().unwrap();
-        let second = read_message(&mut r).unwrap().unwrap();
-        assert_eq!(first.header().member().unwrap().as_str(), "A");
-        assert_eq!(second.header().member().unwrap().as_str(), "B");
-        assert_eq!(second.body().deserialize::<(String, u32)>().unwrap(), ("x".into(), 7));
-        let end = read_message(&mut r).unwrap_err();
+        let mut buf = Vec::new();
+        assert!(read_message(&mut r, &mut buf).unwrap());
+        assert_eq!(wire::Message::parse(&buf).unwrap().member, Some("A"));
+        assert!(read_message(&mut r, &mut buf).unwrap());
+        let second = wire::Message::parse(&buf).unwrap();
+        assert_eq!(second.member, Some("B"));
+        let reply = to_zbus(&second).unwrap();
+        assert_eq!(reply.body().deserialize::<(String, u32)>().unwrap(), ("x".into(), 7));
+        let end = read_message(&mut r, &mut buf).unwrap_err();
         assert_eq!(end.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
@@ -316,14 +315,16 @@ mod tests {
         wire.resize(16 + 2 * MAX_MESSAGE, 0xa5);
         wire.extend_from_slice(signal("After").data());
         let mut r = std::io::Cursor::new(wire);
-        assert!(read_message(&mut r).unwrap().is_none());
-        let next = read_message(&mut r).unwrap().unwrap();
-        assert_eq!(next.header().member().unwrap().as_str(), "After");
+        let mut buf = Vec::new();
+        assert!(!read_message(&mut r, &mut buf).unwrap());
+        assert!(read_message(&mut r, &mut buf).unwrap());
+        assert_eq!(wire::Message::parse(&buf).unwrap().member, Some("After"));
     }
 
     #[test]
     fn a_header_of_garbage_ends_the_connection() {
         let mut r = std::io::Cursor::new(vec![b'x'; 64]);
-        assert_eq!(read_message(&mut r).unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+        let err = read_message(&mut r, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     }
 }

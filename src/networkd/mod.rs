@@ -30,6 +30,7 @@ mod reader;
 #[cfg(test)]
 mod reader_tests;
 mod state;
+mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -191,7 +192,11 @@ pub fn attach(address: Option<&str>, sink: impl EventSink, skip: impl Fn(u32) ->
 
 /// What the reader thread is doing: keeping messages until it is seeded, then dispatching.
 enum Stage {
-    Early { seeded: std::sync::mpsc::Receiver<Seed>, early: Vec<zbus::Message> },
+    /// `early` holds the messages' bytes (the read buffer is reused).
+    Early {
+        seeded: std::sync::mpsc::Receiver<Seed>,
+        early: Vec<Vec<u8>>,
+    },
     Live(reader::Dispatch),
 }
 
@@ -210,7 +215,7 @@ impl Networkd {
         let mut stage = Stage::Early { seeded, early: Vec::new() };
         let (thread_stats, thread_closing) = (Arc::clone(&stats), Arc::clone(&closing));
         let inbound = move |inbound: Inbound<'_>| match (&mut stage, inbound) {
-            (Stage::Live(dispatch), Inbound::Message(msg)) => dispatch.message(msg),
+            (Stage::Live(dispatch), Inbound::Message(msg)) => dispatch.message(&msg),
             (Stage::Live(dispatch), Inbound::Ended(why)) => {
                 dispatch.ended(why);
                 false
@@ -218,7 +223,7 @@ impl Networkd {
             (Stage::Early { .. }, Inbound::Ended(_)) => false,
             (Stage::Early { seeded, early }, Inbound::Message(msg)) => match seeded.try_recv() {
                 Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    early.push(msg.clone());
+                    early.push(msg.bytes().to_vec());
                     true
                 }
                 // Never seeded: subscribing failed and the connection is going away.
@@ -230,7 +235,10 @@ impl Networkd {
                         stats: Arc::clone(&thread_stats),
                         closing: Arc::clone(&thread_closing),
                     };
-                    let live = std::mem::take(early).iter().chain([msg]).all(|m| dispatch.message(m));
+                    let kept = std::mem::take(early);
+                    // They parsed when read; parsing the same bytes again cannot fail.
+                    let kept = kept.iter().filter_map(|bytes| wire::Message::parse(bytes).ok());
+                    let live = kept.chain([msg]).all(|m| dispatch.message(&m));
                     stage = Stage::Live(dispatch);
                     live
                 }

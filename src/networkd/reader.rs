@@ -1,6 +1,7 @@
 //! The bus reader: turns each incoming message into at most one [`BusEvent`].
 //!
-//! It runs on the bus connection's own reader thread (`bus.rs`) and does nothing but decode
+//! It runs on the bus connection's own reader thread (`bus.rs`), on a view of each message's
+//! bytes (`wire.rs`: reading a signal allocates nothing), and does nothing but decode
 //! and `send` on an unbounded channel, never a method call: the thread that routes replies
 //! must not wait for one.
 //!
@@ -14,11 +15,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use zbus::message::Type;
-use zbus::Message;
-
 use super::path::{decode_link_path, escape};
 use super::state::{AdminState, OperState};
+use super::wire::{Cursor, Kind, Message};
 use super::{BUS_NAME, BUS_PATH, LINK_INTERFACE, NETWORKD_NAME, PROPERTIES_INTERFACE};
 
 /// What the reader reports, in the order the bus delivered it.
@@ -64,34 +63,32 @@ impl Classifier {
         Classifier { owner }
     }
 
-    pub(crate) fn classify(&mut self, msg: &Message) -> Verdict {
-        match msg.message_type() {
+    pub(crate) fn classify(&mut self, msg: &Message<'_>) -> Verdict {
+        match msg.kind {
             // Replies to our own calls (snapshot) arrive on the same unfiltered stream.
-            Type::MethodReturn | Type::Error => return Verdict::Ignore,
-            Type::MethodCall => return Verdict::Drop("a method call (fanlink serves nothing)"),
-            Type::Signal => {}
+            Kind::MethodReturn | Kind::Error => return Verdict::Ignore,
+            Kind::MethodCall => return Verdict::Drop("a method call (fanlink serves nothing)"),
+            Kind::Signal => {}
         }
-        let header = msg.header();
-        let sender = header.sender().map(|s| s.as_str());
-        match (header.interface().map(|i| i.as_str()), header.member().map(|m| m.as_str())) {
-            (Some(BUS_NAME), Some("NameOwnerChanged")) => self.name_owner_changed(msg, sender),
+        match (msg.interface, msg.member) {
+            (Some(BUS_NAME), Some("NameOwnerChanged")) => self.name_owner_changed(msg),
             // Unsolicited after Hello, about our own unique name.
-            (Some(BUS_NAME), Some("NameAcquired" | "NameLost")) if sender == Some(BUS_NAME) => {
+            (Some(BUS_NAME), Some("NameAcquired" | "NameLost")) if msg.sender == Some(BUS_NAME) => {
                 Verdict::Ignore
             }
-            (Some(PROPERTIES_INTERFACE), Some("PropertiesChanged")) => self.properties_changed(msg, sender),
+            (Some(PROPERTIES_INTERFACE), Some("PropertiesChanged")) => self.properties_changed(msg),
             _ => Verdict::Drop("an unexpected signal"),
         }
     }
 
-    fn name_owner_changed(&mut self, msg: &Message, sender: Option<&str>) -> Verdict {
+    fn name_owner_changed(&mut self, msg: &Message<'_>) -> Verdict {
         // dbus-daemon stamps every message's sender itself, so no client can claim to be
         // org.freedesktop.DBus.
-        if sender != Some(BUS_NAME) || msg.header().path().map(|p| p.as_str()) != Some(BUS_PATH) {
+        if msg.sender != Some(BUS_NAME) || msg.path != Some(BUS_PATH) {
             return Verdict::Drop("NameOwnerChanged not from the bus");
         }
-        let body = msg.body();
-        let Ok((name, _old, new)) = body.deserialize::<(&str, &str, &str)>() else {
+        let decoded = if msg.signature == "sss" { three_strings(&mut msg.body()) } else { None };
+        let Some((name, _old, new)) = decoded else {
             return Verdict::Drop("NameOwnerChanged with a malformed body");
         };
         if name != NETWORKD_NAME {
@@ -106,26 +103,24 @@ impl Classifier {
         Verdict::Deliver(BusEvent::OwnerChanged { new_owner })
     }
 
-    fn properties_changed(&self, msg: &Message, sender: Option<&str>) -> Verdict {
-        if self.owner.is_none() || sender != self.owner.as_deref() {
+    fn properties_changed(&self, msg: &Message<'_>) -> Verdict {
+        if self.owner.is_none() || msg.sender != self.owner.as_deref() {
             return Verdict::Drop("PropertiesChanged not from the owner of org.freedesktop.network1");
         }
-        let header = msg.header();
-        let Some(index) = header.path().and_then(|p| decode_link_path(p.as_str())) else {
+        let Some(index) = msg.path.and_then(decode_link_path) else {
             return Verdict::Drop("PropertiesChanged on a path that is not a link");
         };
-        let body = msg.body();
-        if *body.signature() != "sa{sv}as" {
+        if msg.signature != "sa{sv}as" {
             return Verdict::Drop("PropertiesChanged with a wrong signature");
         }
-        let Ok((interface, changed, _invalidated)) = body.deserialize::<(&str, States, Vec<&str>)>() else {
+        let Some((interface, states)) = properties(&mut msg.body()) else {
             return Verdict::Drop("PropertiesChanged with a malformed body or a state that is not a string");
         };
         if interface != LINK_INTERFACE {
             return Verdict::Drop("PropertiesChanged for another interface");
         }
-        let oper = changed.oper.as_deref().map(OperState::parse);
-        let admin = changed.admin.as_deref().map(AdminState::parse);
+        let oper = states.oper.map(OperState::parse);
+        let admin = states.admin.map(AdminState::parse);
         if oper.is_none() && admin.is_none() {
             // CarrierState, AddressState, OnlineState alone: fanlink decides on these two.
             return Verdict::Ignore;
@@ -134,30 +129,60 @@ impl Classifier {
     }
 }
 
-/// The two properties fanlink decides on, from a PropertiesChanged's `a{sv}`: the other
-/// entries are skipped without building values (decoding every entry into a map of generic
-/// values was the reader's largest cost). A state of another type than a string fails the
-/// whole body.
-#[derive(Debug, Default, serde::Deserialize, zbus::zvariant::Type)]
-#[zvariant(signature = "a{sv}")]
-#[serde(default)]
-struct States {
-    #[serde(rename = "OperationalState", with = "zbus::zvariant::as_value::optional")]
-    oper: Option<String>,
-    #[serde(rename = "AdministrativeState", with = "zbus::zvariant::as_value::optional")]
-    admin: Option<String>,
+/// A NameOwnerChanged body (`sss`: name, old owner, new owner) and nothing after it.
+fn three_strings<'a>(body: &mut Cursor<'a>) -> Option<(&'a str, &'a str, &'a str)> {
+    let strings = (body.string()?, body.string()?, body.string()?);
+    body.at_end().then_some(strings)
+}
+
+/// The two properties fanlink decides on, borrowed from the message.
+#[derive(Debug, Default)]
+struct States<'a> {
+    oper: Option<&'a str>,
+    admin: Option<&'a str>,
+}
+
+/// A PropertiesChanged body (`sa{sv}as`): the interface and the two states; every other
+/// entry is skipped by its variant's signature without building a value. `None` for a
+/// malformed body, a state that is not a plain string or that comes twice, or bytes left
+/// over.
+fn properties<'a>(body: &mut Cursor<'a>) -> Option<(&'a str, States<'a>)> {
+    let interface = body.string()?;
+    let mut states = States::default();
+    let mut entries = body.array(8)?;
+    while !entries.at_end() {
+        entries.align(8)?;
+        let key = entries.string()?;
+        let signature = entries.signature()?;
+        let slot = match key {
+            OperState::PROPERTY => &mut states.oper,
+            AdminState::PROPERTY => &mut states.admin,
+            _ => {
+                entries.variant_value(signature)?;
+                continue;
+            }
+        };
+        if signature != "s" || slot.is_some() {
+            return None;
+        }
+        *slot = Some(entries.string()?);
+    }
+    let mut invalidated = body.array(4)?;
+    while !invalidated.at_end() {
+        invalidated.string()?;
+    }
+    body.at_end().then_some((interface, states))
 }
 
 /// Logs a dropped message with every bus string escaped.
-fn log_drop(msg: &Message, reason: &str) {
-    let header = msg.header();
+fn log_drop(msg: &Message<'_>, reason: &str) {
     let field = |v: Option<&str>| v.map_or_else(|| "-".to_owned(), escape);
     log::debug!(
         "dropped {reason}: sender={} path={} interface={} member={}",
-        field(header.sender().map(|s| s.as_str())),
-        field(header.path().map(|p| p.as_str())),
-        field(header.interface().map(|i| i.as_str())),
-        field(header.member().map(|m| m.as_str())),
+        field(msg.sender),
+        field(msg.path),
+        field(msg.interface),
+        field(msg.member),
     );
 }
 
@@ -173,7 +198,7 @@ pub(crate) struct Dispatch {
 
 impl Dispatch {
     /// `false` once nobody listens any more (the reader then stops).
-    pub(crate) fn message(&mut self, msg: &Message) -> bool {
+    pub(crate) fn message(&mut self, msg: &Message<'_>) -> bool {
         match self.classifier.classify(msg) {
             Verdict::Deliver(event) => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);

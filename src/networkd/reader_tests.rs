@@ -1,5 +1,6 @@
 //! The reader's decisions on hand-built messages: what networkd sends, and what a forger
-//! or a confused peer might.
+//! or a confused peer might. zbus builds them and `wire` reads zbus's bytes, which is also
+//! the proof that the two agree on the wire format.
 
 use std::collections::HashMap;
 
@@ -7,7 +8,7 @@ use zbus::zvariant::Value;
 use zbus::Message;
 
 use super::reader::{BusEvent, Classifier, Verdict};
-use super::{AdminState, OperState};
+use super::{wire, AdminState, OperState};
 
 const NETWORKD: &str = ":1.7";
 const FORGER: &str = ":1.66";
@@ -36,6 +37,11 @@ fn owner_changed(sender: &str, name: &str, old: &str, new: &str) -> Message {
         .unwrap()
 }
 
+/// What the reader decides on zbus's bytes of `msg`.
+fn classify(c: &mut Classifier, msg: &Message) -> Verdict {
+    c.classify(&wire::Message::parse(msg.data()).expect("zbus's message reads back"))
+}
+
 fn link_changed(index: u32, oper: Option<OperState>, admin: Option<AdminState>) -> Verdict {
     Verdict::Deliver(BusEvent::LinkChanged { index, oper, admin })
 }
@@ -43,7 +49,10 @@ fn link_changed(index: u32, oper: Option<OperState>, admin: Option<AdminState>) 
 #[test]
 fn accepts_networkd_states() {
     let mut c = Classifier::new(Some(NETWORKD.into()));
-    assert_eq!(c.classify(&oper(NETWORKD, LINK2, "off".into())), link_changed(2, Some(OperState::Off), None));
+    assert_eq!(
+        classify(&mut c, &oper(NETWORKD, LINK2, "off".into())),
+        link_changed(2, Some(OperState::Off), None)
+    );
     let both = changed(
         NETWORKD,
         "/org/freedesktop/network1/link/_312",
@@ -54,10 +63,13 @@ fn accepts_networkd_states() {
             ("AdministrativeState", "configured".into()),
         ],
     );
-    assert_eq!(c.classify(&both), link_changed(12, Some(OperState::Routable), Some(AdminState::Configured)));
+    assert_eq!(
+        classify(&mut c, &both),
+        link_changed(12, Some(OperState::Routable), Some(AdminState::Configured))
+    );
     // A value the enum does not know is delivered as Unknown, never as routable.
     assert_eq!(
-        c.classify(&oper(NETWORKD, LINK2, "../../x".into())),
+        classify(&mut c, &oper(NETWORKD, LINK2, "../../x".into())),
         link_changed(2, Some(OperState::Unknown), None)
     );
 }
@@ -66,7 +78,7 @@ fn accepts_networkd_states() {
 fn ignores_other_link_properties() {
     let mut c = Classifier::new(Some(NETWORKD.into()));
     let msg = changed(NETWORKD, LINK2, "org.freedesktop.network1.Link", &[("OnlineState", "online".into())]);
-    assert_eq!(c.classify(&msg), Verdict::Ignore);
+    assert_eq!(classify(&mut c, &msg), Verdict::Ignore);
 }
 
 #[test]
@@ -101,14 +113,14 @@ fn drops_forgeries_and_malformed_messages() {
             .unwrap(),
     ];
     for msg in dropped {
-        assert!(matches!(c.classify(&msg), Verdict::Drop(_)), "{msg:?}");
+        assert!(matches!(classify(&mut c, &msg), Verdict::Drop(_)), "{msg:?}");
     }
 }
 
 #[test]
 fn drops_everything_while_networkd_is_not_running() {
     let mut c = Classifier::new(None);
-    assert!(matches!(c.classify(&oper(NETWORKD, LINK2, "routable".into())), Verdict::Drop(_)));
+    assert!(matches!(classify(&mut c, &oper(NETWORKD, LINK2, "routable".into())), Verdict::Drop(_)));
 }
 
 #[test]
@@ -116,24 +128,24 @@ fn tracks_the_owner_from_the_bus_only() {
     let mut c = Classifier::new(Some(NETWORKD.into()));
     // A forged NameOwnerChanged (sent by a client, addressed to us) changes nothing.
     let forged = owner_changed(FORGER, "org.freedesktop.network1", NETWORKD, FORGER);
-    assert!(matches!(c.classify(&forged), Verdict::Drop(_)));
-    assert!(matches!(c.classify(&oper(FORGER, LINK2, "routable".into())), Verdict::Drop(_)));
+    assert!(matches!(classify(&mut c, &forged), Verdict::Drop(_)));
+    assert!(matches!(classify(&mut c, &oper(FORGER, LINK2, "routable".into())), Verdict::Drop(_)));
 
     let other_name = owner_changed("org.freedesktop.DBus", "org.example", "", FORGER);
-    assert!(matches!(c.classify(&other_name), Verdict::Drop(_)));
+    assert!(matches!(classify(&mut c, &other_name), Verdict::Drop(_)));
 
     let gone = owner_changed("org.freedesktop.DBus", "org.freedesktop.network1", NETWORKD, "");
-    assert_eq!(c.classify(&gone), Verdict::Deliver(BusEvent::OwnerChanged { new_owner: None }));
-    assert!(matches!(c.classify(&oper(NETWORKD, LINK2, "routable".into())), Verdict::Drop(_)));
+    assert_eq!(classify(&mut c, &gone), Verdict::Deliver(BusEvent::OwnerChanged { new_owner: None }));
+    assert!(matches!(classify(&mut c, &oper(NETWORKD, LINK2, "routable".into())), Verdict::Drop(_)));
 
     let back = owner_changed("org.freedesktop.DBus", "org.freedesktop.network1", "", ":1.9");
     assert_eq!(
-        c.classify(&back),
+        classify(&mut c, &back),
         Verdict::Deliver(BusEvent::OwnerChanged { new_owner: Some(":1.9".into()) })
     );
-    assert!(matches!(c.classify(&oper(NETWORKD, LINK2, "routable".into())), Verdict::Drop(_)));
+    assert!(matches!(classify(&mut c, &oper(NETWORKD, LINK2, "routable".into())), Verdict::Drop(_)));
     assert_eq!(
-        c.classify(&oper(":1.9", LINK2, "routable".into())),
+        classify(&mut c, &oper(":1.9", LINK2, "routable".into())),
         link_changed(2, Some(OperState::Routable), None)
     );
 }
@@ -147,9 +159,9 @@ fn ignores_replies_and_our_own_name() {
         .unwrap()
         .build(&":1.3")
         .unwrap();
-    assert_eq!(c.classify(&acquired), Verdict::Ignore);
+    assert_eq!(classify(&mut c, &acquired), Verdict::Ignore);
     let call = Message::method_call("/", "Ping").unwrap().sender(FORGER).unwrap().build(&()).unwrap();
-    assert!(matches!(c.classify(&call), Verdict::Drop(_)));
+    assert!(matches!(classify(&mut c, &call), Verdict::Drop(_)));
     let reply = Message::method_return(&call.header()).unwrap().sender(NETWORKD).unwrap().build(&()).unwrap();
-    assert_eq!(c.classify(&reply), Verdict::Ignore);
+    assert_eq!(classify(&mut c, &reply), Verdict::Ignore);
 }
