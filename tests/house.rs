@@ -36,11 +36,11 @@ fn the_cli_does_not_depend_on_the_generator() {
 
 #[test]
 fn the_daemon_reaches_networkd_the_way_the_tests_do() {
-    // One function connects, subscribes, starts the reader and reads the state:
+    // One function connects, subscribes, starts delivering and reads the state:
     // networkd::attach, which also covers "networkd not on the bus yet".
     let follow = source("src/daemon/follow.rs");
     assert!(follow.contains("networkd::attach("), "follow.rs does not use networkd::attach");
-    for step in ["Networkd::connect", ".subscribe()", ".spawn_reader("] {
+    for step in ["Networkd::connect", ".subscribe()", ".deliver("] {
         assert!(!follow.contains(step), "follow.rs repeats a step of networkd::attach: {step}");
     }
 }

@@ -1,5 +1,8 @@
 //! The D-Bus edge against a real systemd-networkd and dbus-daemon (tests/harness): states,
 //! restarts, bus loss, and forged signals. Root only; run with `--include-ignored`.
+//!
+//! No thread reads the bus: as the daemon's poll loop does, these tests poll the
+//! connection's socket and pump it while they wait (`recv`, `pumped`).
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver, TryRecvError};
@@ -7,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fanlink::networkd::{attach, AdminState, Attached, BusEvent, LinkState, Networkd, OperState};
 
-use crate::util::{recv_until, wait_for, Harness};
+use crate::util::{wait_for, Harness};
 
 /// Generous: networkd reacts within ~100 ms, but CI machines have 2 busy cores.
 const WITHIN: Duration = Duration::from_secs(10);
@@ -25,6 +28,43 @@ fn attached(h: &Harness) -> (Attached, Receiver<BusEvent>, u32) {
     eprintln!("[test] attach (connect, subscribe, reader, snapshot) took {} ms", t0.elapsed().as_millis());
     let index = uplink(a.links.as_deref().expect("networkd is on the bus")).index;
     (a, rx, index)
+}
+
+/// Pumps `networkd` until an event that `want` accepts is delivered on `rx`; returns it and
+/// the events before it.
+fn recv(
+    networkd: &Networkd,
+    rx: &Receiver<BusEvent>,
+    what: &str,
+    want: impl Fn(&BusEvent) -> bool,
+) -> (BusEvent, Vec<BusEvent>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = Instant::now() + WITHIN;
+    let mut seen = Vec::new();
+    loop {
+        networkd.pump();
+        for event in rx.try_iter() {
+            if want(&event) {
+                return (event, seen);
+            }
+            seen.push(event);
+        }
+        assert!(Instant::now() < deadline, "no {what} within {WITHIN:?}; seen: {seen:?}");
+        match networkd.fd() {
+            Some(fd) => {
+                let _ = poll(&mut [PollFd::new(fd, PollFlags::POLLIN)], PollTimeout::from(50u8));
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Pumps `networkd`, then says whether `cond` holds (for `wait_for`).
+fn pumped<'a>(networkd: &'a Networkd, cond: impl Fn() -> bool + 'a) -> impl FnMut() -> bool + 'a {
+    move || {
+        networkd.pump();
+        cond()
+    }
 }
 
 fn oper_of(index: u32, want: OperState) -> impl Fn(&BusEvent) -> bool {
@@ -54,24 +94,24 @@ fn carrier_loss_and_back() {
     let (a, rx, index) = attached(&h);
     let t0 = Instant::now();
     h.run("carrier", &["down"]);
-    recv_until(&rx, WITHIN, "no-carrier", oper_of(index, OperState::NoCarrier));
+    recv(&a.networkd, &rx, "no-carrier", oper_of(index, OperState::NoCarrier));
     eprintln!("[test] no-carrier seen {} ms after peer down", t0.elapsed().as_millis());
     let t0 = Instant::now();
     h.run("carrier", &["up"]);
-    recv_until(&rx, WITHIN, "routable", oper_of(index, OperState::Routable));
+    recv(&a.networkd, &rx, "routable", oper_of(index, OperState::Routable));
     eprintln!("[test] routable seen {} ms after peer up", t0.elapsed().as_millis());
-    assert_eq!(a.reader.dropped(), 0);
+    assert_eq!(a.networkd.dropped(), 0);
 }
 
 #[test]
 #[ignore = "needs root and systemd-networkd: run with --include-ignored"]
 fn uplink_down_is_off() {
     let h = Harness::start("off");
-    let (_a, rx, index) = attached(&h);
+    let (a, rx, index) = attached(&h);
     h.run("link", &["down"]);
-    recv_until(&rx, WITHIN, "off", oper_of(index, OperState::Off));
+    recv(&a.networkd, &rx, "off", oper_of(index, OperState::Off));
     h.run("link", &["up"]);
-    recv_until(&rx, WITHIN, "routable", oper_of(index, OperState::Routable));
+    recv(&a.networkd, &rx, "routable", oper_of(index, OperState::Routable));
 }
 
 #[test]
@@ -81,13 +121,13 @@ fn networkd_restart_changes_owner() {
     let (a, rx, index) = attached(&h);
     let before = a.networkd.owner().unwrap();
     h.run("kill-networkd", &[]);
-    recv_until(&rx, WITHIN, "owner gone", |e| *e == BusEvent::OwnerChanged { new_owner: None });
+    recv(&a.networkd, &rx, "owner gone", |e| *e == BusEvent::OwnerChanged { new_owner: None });
     assert_eq!(a.networkd.owner().unwrap(), None);
     assert!(a.networkd.snapshot(|_| false).is_err(), "a snapshot without networkd must fail, not be empty");
 
     h.run("start-networkd", &[]);
     let (event, _) =
-        recv_until(&rx, WITHIN, "new owner", |e| matches!(e, BusEvent::OwnerChanged { new_owner: Some(_) }));
+        recv(&a.networkd, &rx, "new owner", |e| matches!(e, BusEvent::OwnerChanged { new_owner: Some(_) }));
     let now = a.networkd.owner().unwrap();
     assert_eq!(event, BusEvent::OwnerChanged { new_owner: now.clone() });
     assert_ne!(now, before);
@@ -96,8 +136,8 @@ fn networkd_restart_changes_owner() {
 
     // The reader now trusts the new owner (and only it).
     h.run("carrier", &["down"]);
-    recv_until(&rx, WITHIN, "no-carrier from the new networkd", oper_of(index, OperState::NoCarrier));
-    assert_eq!(a.reader.dropped(), 0);
+    recv(&a.networkd, &rx, "no-carrier from the new networkd", oper_of(index, OperState::NoCarrier));
+    assert_eq!(a.networkd.dropped(), 0);
 }
 
 #[test]
@@ -131,7 +171,7 @@ fn forged_signals_are_dropped() {
         ("/tmp/x", link1, "OperationalState", "s", "off"),
         (link.as_str(), "org.freedesktop.network1.Network", "OperationalState", "s", "off"),
     ];
-    let base = a.reader.dropped();
+    let base = a.networkd.dropped();
     for (path, iface, prop, sig, value) in directed {
         pc(Some(&me), path, iface, prop, sig, value);
     }
@@ -150,17 +190,19 @@ fn forged_signals_are_dropped() {
     ]);
     pc(Some(&me), &link, link1, "OperationalState", "s", "off");
     let forged = directed.len() as u64 + 3;
-    let stats = a.reader.stats();
-    wait_for(WITHIN, "the reader to drop every forgery", || {
-        stats.dropped.load(Ordering::Relaxed) >= base + forged
-    });
-    assert_eq!(a.reader.dropped(), base + forged);
-    eprintln!("[test] dropped {base} before the forgeries, {} after", a.reader.dropped());
+    let stats = a.networkd.stats();
+    wait_for(
+        WITHIN,
+        "every forgery to be dropped",
+        pumped(&a.networkd, || stats.dropped.load(Ordering::Relaxed) >= base + forged),
+    );
+    assert_eq!(a.networkd.dropped(), base + forged);
+    eprintln!("[test] dropped {base} before the forgeries, {} after", a.networkd.dropped());
     assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "a forgery got through");
 
     // Still listening to the real networkd, which still owns its name.
     h.run("carrier", &["down"]);
-    let (_, before) = recv_until(&rx, WITHIN, "real no-carrier", oper_of(index, OperState::NoCarrier));
+    let (_, before) = recv(&a.networkd, &rx, "real no-carrier", oper_of(index, OperState::NoCarrier));
     assert!(
         before.iter().all(|e| matches!(e, BusEvent::LinkChanged { index: i, .. } if *i == index)),
         "{before:?}"
@@ -174,9 +216,8 @@ fn bus_restart_disconnects_and_reattach_works() {
     let h = Harness::start("busloss");
     let (a, rx, _) = attached(&h);
     h.run("kill-bus", &[]);
-    recv_until(&rx, WITHIN, "Disconnected", |e| *e == BusEvent::Disconnected);
-    wait_for(WITHIN, "the reader thread to end", || a.reader.is_finished());
-    a.reader.join();
+    recv(&a.networkd, &rx, "Disconnected", |e| *e == BusEvent::Disconnected);
+    assert!(a.networkd.fd().is_none(), "an ended connection is still polled");
 
     // networkd (sd-bus) does not reconnect to a new bus by itself: restart it as the
     // daemon's operator would, then attach again as the daemon does after Disconnected.
@@ -184,12 +225,11 @@ fn bus_restart_disconnects_and_reattach_works() {
     h.run("kill-networkd", &[]);
     h.run("start-networkd", &[]);
     let (tx, rx) = channel::<BusEvent>();
-    let Attached { networkd, reader, links } =
+    let Attached { networkd, links } =
         attach(Some(h.bus()), tx, |_| false).expect("attach after the bus came back");
     assert_eq!(uplink(&links.unwrap()).oper, OperState::Routable);
-    // Hanging up ourselves ends the reader without a Disconnected (no reconnect loop).
+    // Hanging up ourselves ends the connection without a Disconnected (no reconnect loop).
     networkd.close().unwrap();
-    wait_for(WITHIN, "the reader to end after close", || reader.is_finished());
     assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
 }
 
@@ -202,7 +242,7 @@ fn attach_before_networkd_is_on_the_bus_then_follow_it_when_it_comes() {
     let a = attach(Some(h.bus()), tx, |_| false).expect("attach while networkd is not on the bus");
     assert!(a.links.is_none(), "{:?}", a.links);
     h.run("start-networkd", &[]);
-    recv_until(&rx, WITHIN, "networkd's arrival", |e| {
+    recv(&a.networkd, &rx, "networkd's arrival", |e| {
         matches!(e, BusEvent::OwnerChanged { new_owner: Some(_) })
     });
     assert_eq!(uplink(&a.networkd.snapshot(|_| false).unwrap()).oper, OperState::Routable);
@@ -242,10 +282,11 @@ fn two_hosts_on_one_switch() {
     assert_eq!(uplink(sb.links.as_deref().unwrap()).oper, OperState::Routable);
     // Each host's events are its own: B's switch port going down reaches only B.
     b.run("carrier", &["down"]);
-    recv_until(&rxb, WITHIN, "no-carrier on host B", oper_of(ib, OperState::NoCarrier));
+    recv(&sb.networkd, &rxb, "no-carrier on host B", oper_of(ib, OperState::NoCarrier));
+    sa.networkd.pump();
     assert_eq!(rxa.try_recv(), Err(TryRecvError::Empty), "host A saw B's carrier loss");
     a.run("carrier", &["down"]);
-    recv_until(&rxa, WITHIN, "no-carrier on host A", oper_of(ia, OperState::NoCarrier));
+    recv(&sa.networkd, &rxa, "no-carrier on host A", oper_of(ia, OperState::NoCarrier));
 }
 
 #[test]
@@ -259,7 +300,7 @@ fn garbage_from_the_owner_is_dropped_or_unknown() {
     // Stand in for networkd (the harness bus lets anyone own the name) so that the checks
     // behind the sender check are reached on a real bus.
     h.run("kill-networkd", &[]);
-    recv_until(&rx, WITHIN, "owner gone", |e| *e == BusEvent::OwnerChanged { new_owner: None });
+    recv(&a.networkd, &rx, "owner gone", |e| *e == BusEvent::OwnerChanged { new_owner: None });
     let fake = zbus::blocking::connection::Builder::address(h.bus())
         .unwrap()
         .name("org.freedesktop.network1")
@@ -267,7 +308,7 @@ fn garbage_from_the_owner_is_dropped_or_unknown() {
         .build()
         .expect("the fake networkd takes the name");
     let fake_name = fake.unique_name().unwrap().to_string();
-    recv_until(&rx, WITHIN, "fake owner", |e| {
+    recv(&a.networkd, &rx, "fake owner", |e| {
         *e == BusEvent::OwnerChanged { new_owner: Some(fake_name.clone()) }
     });
 
@@ -279,25 +320,30 @@ fn garbage_from_the_owner_is_dropped_or_unknown() {
             .unwrap();
     };
     let link1 = "org.freedesktop.network1.Link";
-    let base = a.reader.dropped();
+    let base = a.networkd.dropped();
     emit(&link, link1, &[("OperationalState", Value::I32(5))]);
     emit(&link, link1, &[("OperationalState", Value::new(Value::from("routable")))]);
     emit(&link, link1, &[("AdministrativeState", Value::Bool(true))]);
     emit("/org/freedesktop/network1/link/_30", link1, &[("OperationalState", "routable".into())]);
     emit("/org/freedesktop/network1/link/_32/x", link1, &[("OperationalState", "routable".into())]);
-    let stats = a.reader.stats();
-    wait_for(WITHIN, "the garbage to be dropped", || stats.dropped.load(Ordering::Relaxed) >= base + 5);
+    let stats = a.networkd.stats();
+    wait_for(
+        WITHIN,
+        "the garbage to be dropped",
+        pumped(&a.networkd, || stats.dropped.load(Ordering::Relaxed) >= base + 5),
+    );
     // The bus's arg0 filter keeps this one from us; were it delivered, it would be the
     // LinkChanged the next step finds (one sender's messages keep their order).
     emit(&link, "org.freedesktop.network1.Network", &[("OperationalState", "routable".into())]);
+    a.networkd.pump();
     assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "garbage got through");
 
     // A well-formed but unknown state is delivered, as Unknown (never routable).
     emit(&link, link1, &[("OperationalState", "../../x".into())]);
     let (event, _) =
-        recv_until(&rx, WITHIN, "the unknown state", |e| matches!(e, BusEvent::LinkChanged { .. }));
+        recv(&a.networkd, &rx, "the unknown state", |e| matches!(e, BusEvent::LinkChanged { .. }));
     assert_eq!(event, BusEvent::LinkChanged { index, oper: Some(OperState::Unknown), admin: None });
-    assert_eq!(a.reader.dropped(), base + 5);
+    assert_eq!(a.networkd.dropped(), base + 5);
 }
 
 #[test]
@@ -308,11 +354,11 @@ fn reconfigure_passes_through_carrier() {
     // A reconfigure (here: a new address) drops the link's addresses first: oper goes
     // routable -> carrier -> routable within milliseconds. The daemon must expect it.
     h.run("set-address", &["10.99.1.7/24"]);
-    recv_until(&rx, WITHIN, "carrier while reconfiguring", oper_of(index, OperState::Carrier));
-    recv_until(&rx, WITHIN, "routable again", oper_of(index, OperState::Routable));
-    recv_until(
+    recv(&a.networkd, &rx, "carrier while reconfiguring", oper_of(index, OperState::Carrier));
+    recv(&a.networkd, &rx, "routable again", oper_of(index, OperState::Routable));
+    recv(
+        &a.networkd,
         &rx,
-        WITHIN,
         "configured",
         |e| matches!(e, BusEvent::LinkChanged { index: i, admin: Some(AdminState::Configured), .. } if *i == index),
     );
@@ -324,7 +370,7 @@ fn reconfigure_passes_through_carrier() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("10.99.1.7/24")
     });
-    assert_eq!(a.reader.dropped(), 0);
+    assert_eq!(a.networkd.dropped(), 0);
 }
 
 #[test]
@@ -365,12 +411,16 @@ fn a_flood_of_forgeries_neither_stalls_calls_nor_gets_through() {
         snapshots += 1;
     }
     flood.join().unwrap();
-    let stats = a.reader.stats();
-    wait_for(WITHIN, "every forgery to be dropped", || stats.dropped.load(Ordering::Relaxed) >= N);
+    let stats = a.networkd.stats();
+    wait_for(
+        WITHIN,
+        "every forgery to be dropped",
+        pumped(&a.networkd, || stats.dropped.load(Ordering::Relaxed) >= N),
+    );
     eprintln!(
         "[test] {N} forgeries dropped in {} ms, {snapshots} snapshots meanwhile",
         t0.elapsed().as_millis()
     );
-    assert_eq!(a.reader.dropped(), N);
+    assert_eq!(a.networkd.dropped(), N);
     assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
 }

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/networkd-harness.sh");
@@ -91,27 +90,6 @@ impl Drop for Harness {
         match Command::new("bash").arg(SCRIPT).arg("stop").arg(&self.dir).output() {
             Ok(out) if out.status.success() => eprint!("{}", String::from_utf8_lossy(&out.stderr)),
             other => eprintln!("[test] harness stop {} failed: {other:?}", self.dir.display()),
-        }
-    }
-}
-
-/// Receives until an item satisfies `want` or `within` passes; panics with everything seen.
-/// Returns the matching item and the ones before it.
-pub fn recv_until<T: std::fmt::Debug>(
-    rx: &Receiver<T>,
-    within: Duration,
-    what: &str,
-    want: impl Fn(&T) -> bool,
-) -> (T, Vec<T>) {
-    let deadline = Instant::now() + within;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(item) if want(&item) => return (item, seen),
-            Ok(item) => seen.push(item),
-            Err(RecvTimeoutError::Timeout) => panic!("no {what} within {within:?}; seen: {seen:?}"),
-            Err(RecvTimeoutError::Disconnected) => panic!("channel closed before {what}; seen: {seen:?}"),
         }
     }
 }

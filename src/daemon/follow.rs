@@ -17,12 +17,6 @@ pub enum Source {
     Kernel,
 }
 
-/// The bus connection and its reader thread (which ends when the connection drops).
-pub(super) struct Bus {
-    pub(super) networkd: networkd::Networkd,
-    pub(super) _reader: networkd::Reader,
-}
-
 /// Reconnect delays after the bus goes away: quick at first, then at most every 5 s (every
 /// 30 s where the kernel is followed meanwhile: nothing waits on the bus then).
 const BACKOFF: [Duration; 5] = [
@@ -44,7 +38,7 @@ impl Daemon {
         let view = match links.get(&index) {
             Some(v) => LinkView { oper: oper.unwrap_or(v.oper), admin: admin.unwrap_or(v.admin) },
             // A link networkd just started reporting: its signal carries only what changed.
-            None => match self.bus.as_ref().map(|b| b.networkd.link(index)) {
+            None => match self.bus.as_ref().map(|b| b.link(index)) {
                 Some(Ok(Some(l))) => LinkView { oper: l.oper, admin: l.admin },
                 Some(Ok(None)) => return false,
                 Some(Err(e)) => {
@@ -57,7 +51,9 @@ impl Daemon {
         links.insert(index, view) != Some(view)
     }
 
-    /// Attaches to networkd (`networkd::attach`: the reader starts before any state is read).
+    /// Attaches to networkd (`networkd::attach`: events are kept from before any state is
+    /// read). They reach the worker's channel as the worker reads the bus (`Sources::wait`,
+    /// or a call made while handling an event), so they need no wakeup.
     /// With `Source::Auto`, a host where networkd is not on the bus at start follows the
     /// kernel until networkd appears.
     pub(super) fn connect(&mut self) {
@@ -66,9 +62,9 @@ impl Daemon {
             return;
         }
         let own = self.own_links();
-        match networkd::attach(None, self.waker.clone(), own) {
-            Ok(networkd::Attached { networkd, reader, links }) => {
-                self.bus = Some(Bus { networkd, _reader: reader });
+        match networkd::attach(None, self.waker.same_thread(), own) {
+            Ok(networkd::Attached { networkd, links }) => {
+                self.bus = Some(networkd);
                 self.failures = 0;
                 match links {
                     Some(links) => self.follow(&links),
@@ -99,7 +95,7 @@ impl Daemon {
     pub(super) fn resync(&mut self) {
         self.kernel = None;
         let own = self.own_links();
-        match self.bus.as_ref().map(|b| b.networkd.snapshot(own)) {
+        match self.bus.as_ref().map(|b| b.snapshot(own)) {
             Some(Ok(links)) => self.follow(&links),
             Some(Err(e)) => {
                 log::warn!("networkd: {e}");

@@ -1,7 +1,7 @@
 //! `fanlink run`: follows systemd-networkd and keeps every fan right.
 //!
 //! One worker thread owns all state and does all work, in one `poll` loop (`sources`): it
-//! reads the kernel's sockets and a signalfd itself; the bus reader (`networkd`), the control
+//! reads the kernel's sockets, the bus socket (`networkd`) and a signalfd itself; the control
 //! socket and dhcp exits only send it `Event`s and wake it. Start-up: subscribe to the bus first, then
 //! read networkd's full state, then reconcile, then `READY=1`; after that every event
 //! that can change a plan (a link state, a kernel change, a reload) ends in one reconcile:
@@ -20,7 +20,6 @@ pub use decide::{
     Matters,
 };
 use failures::Failures;
-use follow::Bus;
 pub use follow::Source;
 pub use sources::control_path;
 
@@ -76,7 +75,7 @@ struct Daemon {
     rules_sound: bool,
     sys: System,
     /// The bus connection; `None` while disconnected.
-    bus: Option<Bus>,
+    bus: Option<crate::networkd::Networkd>,
     /// Whether the kernel decides "routable" (no networkd); see `Source`.
     following_kernel: bool,
     /// networkd's view of each link; `None` while networkd or the bus is gone: then fans
@@ -172,7 +171,7 @@ impl Daemon {
                 .flatten()
                 .min();
             // All that is ready at once: one reconcile for a burst.
-            let events = sources.wait(wake);
+            let events = sources.wait(wake, self.bus.as_ref());
             let started = Instant::now();
             let timed_out = events.is_empty();
             let mut dirty = timed_out;
@@ -478,9 +477,9 @@ impl Daemon {
             keep.push(d.fan.clone());
             let mtu = underlay.mtu;
             let cfg = crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, slice, mtu };
-            self.dhcp.ensure(cfg, self.bus.as_ref().map(|b| b.networkd.connection()));
+            self.dhcp.ensure(cfg, self.bus.as_ref().map(|b| b.connection()));
         }
-        self.dhcp.retain(&keep, self.bus.as_ref().map(|b| b.networkd.connection()));
+        self.dhcp.retain(&keep, self.bus.as_ref().map(|b| b.connection()));
     }
 
     /// One `plan` for the fans with rules (the host's datapath is planned once), and the

@@ -1,13 +1,16 @@
-//! What wakes the worker, in one `poll`: the kernel's sockets (rtnetlink, nftables) and a
-//! signalfd are read by the worker itself, so a kernel event costs no thread hop; what still
-//! comes from threads (the bus reader, the control socket, a dhcp child's exit) is sent on a
-//! channel by a `Waker`, which then wakes the worker through an eventfd.
+//! What wakes the worker, in one `poll`: the kernel's sockets (rtnetlink, nftables), the
+//! bus socket and a signalfd are read by the worker itself, so neither a kernel event nor a
+//! networkd signal costs a thread hop; what still comes from threads (the control socket, a
+//! dhcp child's exit) is sent on a channel by a `Waker`, which then wakes the worker through
+//! an eventfd. The bus's events go on the same channel, from the worker's own thread, with
+//! no wakeup: `wait` looks at the channel before it polls.
 
 use super::Event;
 use crate::netlink::monitor::{
     RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_TC, RTNLGRP_IPV4_NETCONF, RTNLGRP_TUNNEL,
 };
 use crate::netlink::Netlink;
+use crate::networkd::Networkd;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -51,9 +54,11 @@ impl Waker {
     }
 }
 
-impl crate::networkd::EventSink for Waker {
-    fn deliver(&self, event: crate::networkd::BusEvent) -> bool {
-        self.send(Event::Bus(event))
+impl Waker {
+    /// The channel alone, for events sent on the worker's own thread (the bus, which the
+    /// worker reads): it looks at the channel before it waits, so they need no wakeup.
+    pub fn same_thread(&self) -> Sender<Event> {
+        self.tx.clone()
     }
 }
 
@@ -128,20 +133,24 @@ impl Sources {
     }
 
     /// Blocks until something happens or `deadline` passes, and returns all that is ready:
-    /// a burst is handled at once. Empty only when the deadline passed.
-    pub fn wait(&mut self, deadline: Option<Instant>) -> Vec<Event> {
-        let mut events = Vec::new();
+    /// a burst is handled at once. Empty only when the deadline passed. `bus`: the networkd
+    /// connection, read here when its socket is readable.
+    pub fn wait(&mut self, deadline: Option<Instant>, bus: Option<&Networkd>) -> Vec<Event> {
+        // Sent while the last events were handled (a bus call reads, and delivers, what
+        // came before its reply): nothing will wake the poll for these.
+        let mut events: Vec<Event> = self.rx.try_iter().collect();
         loop {
             // Rounded up: a deadline a fraction of a millisecond away must not spin. One that
             // has passed still polls (without waiting): a signal must not wait behind a timer.
             let timeout = match wake_at(deadline, [self.kernel_rests, self.firewall_rests], Instant::now()) {
+                _ if !events.is_empty() => PollTimeout::ZERO,
                 None => PollTimeout::NONE,
                 Some(at) => {
                     let left = at.saturating_duration_since(Instant::now());
                     PollTimeout::try_from(left.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX)
                 }
             };
-            let [signals, kernel, wake, firewall] = match self.poll(timeout) {
+            let [signals, kernel, wake, firewall, networkd] = match self.poll(timeout, bus) {
                 Ok(ready) => ready,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -162,9 +171,17 @@ impl Sources {
             if firewall {
                 events.extend(self.firewall_event());
             }
+            if networkd {
+                // Its events come on the channel, read just below.
+                if let Some(bus) = bus {
+                    bus.pump();
+                }
+            }
             if wake {
                 // Reset the counter first: a send after it wakes the next poll.
                 let _ = self.wake.read();
+            }
+            if wake || networkd {
                 events.extend(self.rx.try_iter());
             }
             if !events.is_empty() || deadline.is_some_and(|at| at <= Instant::now()) {
@@ -173,8 +190,9 @@ impl Sources {
         }
     }
 
-    /// Which of signals, kernel, wake, firewall are readable (a resting socket is not polled).
-    fn poll(&mut self, timeout: PollTimeout) -> nix::Result<[bool; 4]> {
+    /// Which of signals, kernel, wake, firewall, bus are readable (a resting socket is not
+    /// polled, nor a bus connection that has ended).
+    fn poll(&mut self, timeout: PollTimeout, bus: Option<&Networkd>) -> nix::Result<[bool; 5]> {
         let now = Instant::now();
         let awake = |rests: &mut Option<Instant>| {
             if rests.is_some_and(|until| until <= now) {
@@ -185,8 +203,9 @@ impl Sources {
         let kernel = awake(&mut self.kernel_rests).then(|| self.kernel.as_fd());
         let firewall =
             self.firewall.as_ref().filter(|_| awake(&mut self.firewall_rests)).map(|fd| fd.as_fd());
-        let wanted = [Some(self.signals.as_fd()), kernel, Some(self.wake.as_fd()), firewall];
-        let mut fds = Vec::with_capacity(4);
+        let networkd = bus.and_then(|bus| bus.fd());
+        let wanted = [Some(self.signals.as_fd()), kernel, Some(self.wake.as_fd()), firewall, networkd];
+        let mut fds = Vec::with_capacity(5);
         let slots = wanted.map(|fd| {
             fd.map(|fd| {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));

@@ -1,29 +1,31 @@
 //! fanlink's own D-Bus connection: zbus for the wire format (building and decoding
 //! messages), this file for the socket.
 //!
-//! zbus's connection runs two threads of its own, its executor and async-io's reactor, and
-//! every signal crossed both before fanlink's reader saw it: three wakeups per signal, and
-//! two threads for an idle daemon to keep. Here one thread reads the socket itself and
-//! hands each message on as it comes: a reply to the call waiting for it, every message to
-//! the caller's `inbound` (the networkd reader). A call is a write from the calling thread
-//! and a wait for its reply; the reader thread never calls, so it can never wait for itself.
+//! No thread of its own reads the socket. Its owner polls it with everything else it waits
+//! on and calls [`Bus::pump`] when it is readable; a call writes its message and reads the
+//! socket itself until its reply comes. Either way, every message read that is not the
+//! awaited reply goes to `inbound` (the networkd reader), in the order the bus sent it. The
+//! daemon's worker does both, so a signal reaches it with no thread hop: a dedicated reader
+//! thread cost a second wakeup per signal, and the worker waited for that thread's
+//! hand-over.
 //!
-//! Incoming messages are read in place (`wire.rs`): only a reply to a waiting call becomes a
+//! Incoming messages are read in place (`wire.rs`): only the awaited reply becomes a
 //! `zbus::Message`, for its caller; signals reach `inbound` as a view of the read buffer,
 //! which is reused, so a signal costs no allocation here.
 //!
 //! Only `unix:path=` addresses (the system bus's, and the harness's) and the EXTERNAL
 //! mechanism (the kernel vouches for our uid): all a system daemon needs.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::MsgFlags;
 use serde::Serialize;
 use zbus::message::Type;
 use zbus::zvariant::{serialized::Context, serialized::Data, DynamicType, Endian};
@@ -37,57 +39,77 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(25);
 /// comes near it (a ListLinks reply of a thousand links is ~60 KiB), and a forged giant must
 /// not become an allocation.
 const MAX_MESSAGE: usize = 1 << 20;
+/// The read buffer's first size, and the least room one read is given: a flap's signals are
+/// ~1 KiB, a ListLinks reply of a few dozen links ~3 KiB.
+const READ_CHUNK: usize = 16 << 10;
+/// Reads one `pump` makes at most: a flood of messages must not keep the worker from its
+/// other sources (the socket stays readable, and the next poll comes back here).
+const PUMP_READS: usize = 16;
 
-/// What the reader thread hands to `inbound`.
+/// What the connection hands to `inbound`.
 pub(crate) enum Inbound<'a> {
-    /// A message, in the order the bus sent it (replies too, after they were routed).
+    /// A message, in the order the bus sent it (replies too, except the one a call awaited).
     Message(wire::Message<'a>),
-    /// The connection ended (EOF, an error, or we closed it); the last call.
+    /// The connection was lost (EOF or an error); the last call. Not made when we hung up.
     Ended(&'a std::io::Error),
 }
 
-/// Calls waiting for replies, by serial (the reply, or why zbus could not decode it); `None`
-/// once the reader has ended.
-type Pending = Mutex<Option<HashMap<u32, SyncSender<zbus::Result<Message>>>>>;
+type InboundFn = Box<dyn FnMut(Inbound<'_>) + Send>;
 
-/// A connection to a bus. `Sync`: any thread may call; one thread reads.
-#[derive(Debug)]
+/// A connection to a bus. Any thread may use it; a call holds it until its reply is read.
 pub struct Bus {
-    out: Mutex<UnixStream>,
-    pending: Arc<Pending>,
+    state: Mutex<State>,
+    /// The socket, for polling; reads and writes go through `state`.
+    fd: UnixStream,
     unique_name: String,
-    /// Set before we close the socket ourselves.
-    closing: Arc<AtomicBool>,
+    /// Set before we close the socket ourselves: the end that follows is no loss.
+    closing: AtomicBool,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").field("unique_name", &self.unique_name).finish_non_exhaustive()
+    }
+}
+
+struct State {
+    stream: UnixStream,
+    frames: Frames,
+    inbound: InboundFn,
+    /// The connection ended: nothing more is read or written.
+    ended: bool,
 }
 
 impl Bus {
-    /// Connects to `address`, authenticates, starts the reader thread (named `thread`, handing
-    /// each message to `inbound` until it returns `false` or the connection ends) and says
-    /// Hello. `closing` is set when we hang up ourselves. The reader starts before Hello, so nothing the bus sends is ever unread.
+    /// Connects to `address`, authenticates and says Hello. Every message read from then on
+    /// that no call awaits goes to `inbound`, the Hello's neighbours too.
     pub(crate) fn open(
         address: &str,
-        thread: &str,
-        inbound: impl FnMut(Inbound<'_>) -> bool + Send + 'static,
-        closing: Arc<AtomicBool>,
-    ) -> zbus::Result<(Bus, JoinHandle<()>)> {
+        inbound: impl FnMut(Inbound<'_>) + Send + 'static,
+    ) -> zbus::Result<Bus> {
         let path = super::unix_path(address).ok_or_else(|| {
             zbus::Error::Address(format!("{address}: fanlink connects to unix:path= addresses only"))
         })?;
-        let io = |e: std::io::Error| zbus::Error::InputOutput(Arc::new(e));
         let mut stream = UnixStream::connect(&path).map_err(io)?;
         stream.set_read_timeout(Some(CALL_TIMEOUT)).map_err(io)?;
         let mut reader = BufReader::new(stream.try_clone().map_err(io)?);
         authenticate(&mut stream, &mut reader)?;
         stream.set_read_timeout(None).map_err(io)?;
-        let pending: Arc<Pending> = Arc::new(Mutex::new(Some(HashMap::new())));
-        let handle = {
-            let pending = Arc::clone(&pending);
-            std::thread::Builder::new()
-                .name(thread.into())
-                .spawn(move || read_loop(reader, &pending, inbound))
-                .map_err(io)?
+        let mut frames = Frames::default();
+        // Whatever the bus sent after its OK (nothing, in practice) is the first message's start.
+        frames.extend(reader.buffer());
+        let state = State {
+            stream: stream.try_clone().map_err(io)?,
+            frames,
+            inbound: Box::new(inbound),
+            ended: false,
         };
-        let mut bus = Bus { out: Mutex::new(stream), pending, unique_name: String::new(), closing };
+        let mut bus = Bus {
+            state: Mutex::new(state),
+            fd: stream,
+            unique_name: String::new(),
+            closing: AtomicBool::new(false),
+        };
         let hello = bus.call(
             Message::method_call(super::BUS_PATH, "Hello")?
                 .destination(super::BUS_NAME)?
@@ -95,12 +117,35 @@ impl Bus {
                 .build(&())?,
         )?;
         bus.unique_name = hello.body().deserialize::<String>()?;
-        Ok((bus, handle))
+        Ok(bus)
     }
 
     /// Our unique name on the bus.
     pub fn unique_name(&self) -> &str {
         &self.unique_name
+    }
+
+    /// The socket to poll for reading, then [`Bus::pump`]; `None` once the connection ended.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        let ended = self.state.lock().expect("bus state").ended;
+        (!ended).then(|| self.fd.as_fd())
+    }
+
+    /// Reads what the socket holds, without waiting, and hands every whole message to
+    /// `inbound`; at the end of the connection, `Ended`.
+    pub fn pump(&self) {
+        let mut state = self.state.lock().expect("bus state");
+        for _ in 0..PUMP_READS {
+            if state.ended || !self.deliver_queued(&mut state) {
+                return;
+            }
+            match state.read() {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => return self.end(&mut state, e),
+            }
+        }
+        self.deliver_queued(&mut state);
     }
 
     /// Calls `member` and returns the reply; an error reply becomes `zbus::Error::MethodError`.
@@ -119,44 +164,102 @@ impl Bus {
         self.call(msg)
     }
 
+    /// Writes `msg` and reads until its reply; what comes before it goes to `inbound`, and
+    /// so does every whole message read after it, so nothing read waits for the next poll.
     fn call(&self, msg: Message) -> zbus::Result<Message> {
         let serial = msg.primary_header().serial_num().get();
-        let (tx, rx) = sync_channel(1);
-        match self.pending.lock().expect("pending calls").as_mut() {
-            Some(pending) => pending.insert(serial, tx),
-            None => return Err(closed()),
-        };
-        let forget = || {
-            if let Some(pending) = self.pending.lock().expect("pending calls").as_mut() {
-                pending.remove(&serial);
-            }
-        };
-        if let Err(e) = self.out.lock().expect("bus socket").write_all(msg.data()) {
-            forget();
-            return Err(zbus::Error::InputOutput(Arc::new(e)));
+        let mut state = self.state.lock().expect("bus state");
+        if state.ended {
+            return Err(closed());
         }
-        let reply = match rx.recv_timeout(CALL_TIMEOUT) {
-            Ok(reply) => reply?,
-            // Disconnected: the reader ended and dropped every waiting call.
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(closed()),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                forget();
-                return Err(zbus::Error::InputOutput(Arc::new(std::io::Error::new(
+        if let Err(e) = state.stream.write_all(msg.data()) {
+            self.end(&mut state, e);
+            return Err(closed());
+        }
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let reply = loop {
+            if let Some(reply) = self.deliver_until(&mut state, serial) {
+                break reply;
+            }
+            if state.ended {
+                return Err(closed());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no reply in {} s", CALL_TIMEOUT.as_secs()),
-                ))));
+                )));
+            }
+            if let Err(e) = state.wait_readable(left).and_then(|_| state.read().map(|_| ())) {
+                self.end(&mut state, e);
             }
         };
+        self.deliver_queued(&mut state);
+        let reply = reply?;
         match reply.message_type() {
             Type::Error => Err(zbus::Error::from(reply)),
             _ => Ok(reply),
         }
     }
 
-    /// Hangs up: the reader thread ends (its `inbound` sees `Ended`), waiting calls fail.
+    /// Hands on the whole messages read so far, up to the reply to `serial`, which is returned
+    /// (as zbus's message; the rest stays queued). `None`: not read yet.
+    fn deliver_until(&self, state: &mut State, serial: u32) -> Option<zbus::Result<Message>> {
+        loop {
+            let bytes = match state.frames.next() {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return None,
+                Err(e) => {
+                    self.end(state, e);
+                    return None;
+                }
+            };
+            let Some(msg) = parse(bytes) else { continue };
+            let reply = matches!(msg.kind, Kind::MethodReturn | Kind::Error);
+            if reply && msg.reply_serial == Some(serial) {
+                return Some(to_zbus(&msg));
+            }
+            (state.inbound)(Inbound::Message(msg));
+        }
+    }
+
+    /// Hands on every whole message read so far; `false` if the framing was lost (the
+    /// connection has ended then).
+    fn deliver_queued(&self, state: &mut State) -> bool {
+        loop {
+            match state.frames.next() {
+                Ok(Some(bytes)) => {
+                    if let Some(msg) = parse(bytes) {
+                        (state.inbound)(Inbound::Message(msg));
+                    }
+                }
+                Ok(None) => return true,
+                Err(e) => {
+                    self.end(state, e);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The connection is over: reported to `inbound` unless we hung up ourselves.
+    fn end(&self, state: &mut State, why: std::io::Error) {
+        if state.ended {
+            return;
+        }
+        state.ended = true;
+        if self.closing.load(Ordering::Acquire) {
+            log::debug!("bus connection closed by us: {why}");
+        } else {
+            (state.inbound)(Inbound::Ended(&why));
+        }
+    }
+
+    /// Hangs up: nothing more is read, waiting calls fail, `inbound` hears no `Ended`.
     pub fn close(&self) -> std::io::Result<()> {
         self.closing.store(true, Ordering::Release);
-        self.out.lock().expect("bus socket").shutdown(std::net::Shutdown::Both)
+        self.fd.shutdown(std::net::Shutdown::Both)
     }
 }
 
@@ -167,18 +270,57 @@ impl Drop for Bus {
     }
 }
 
+impl State {
+    /// Reads what the socket has now, without waiting. `Ok(false)`: nothing was there; EOF
+    /// is an error (the connection ended).
+    fn read(&mut self) -> std::io::Result<bool> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.stream);
+        let room = self.frames.room();
+        loop {
+            return match nix::sys::socket::recv(fd, room, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the bus hung up")),
+                Ok(n) => {
+                    self.frames.filled(n);
+                    Ok(true)
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => Ok(false),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+
+    /// Waits until the socket is readable (or hung up), at most `left`.
+    fn wait_readable(&self, left: Duration) -> std::io::Result<()> {
+        let ms = PollTimeout::try_from(left.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, ms) {
+            Ok(_) | Err(Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn io(e: std::io::Error) -> zbus::Error {
+    zbus::Error::InputOutput(Arc::new(e))
+}
+
 fn closed() -> zbus::Error {
-    zbus::Error::InputOutput(Arc::new(std::io::Error::new(
-        std::io::ErrorKind::NotConnected,
-        "the bus connection is closed",
-    )))
+    io(std::io::Error::new(std::io::ErrorKind::NotConnected, "the bus connection is closed"))
+}
+
+/// A message's header, or `None` (logged) for one that does not decode: dropped, like any
+/// message fanlink cannot read.
+fn parse(bytes: &[u8]) -> Option<wire::Message<'_>> {
+    wire::Message::parse(bytes)
+        .inspect_err(|why| log::debug!("dropped an undecodable D-Bus message: {why}"))
+        .ok()
 }
 
 /// SASL EXTERNAL (D-Bus specification, "Authentication Protocol"): a NUL byte, our uid in
 /// hex-encoded decimal, `OK <server guid>` back, then BEGIN. No unix fd passing is
 /// negotiated, so the bus sends us none.
 fn authenticate(stream: &mut UnixStream, reader: &mut impl BufRead) -> zbus::Result<()> {
-    let io = |e: std::io::Error| zbus::Error::InputOutput(Arc::new(e));
     let uid = nix::unistd::Uid::current().as_raw().to_string();
     let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
     stream.write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes()).map_err(io)?;
@@ -194,43 +336,6 @@ fn authenticate(stream: &mut UnixStream, reader: &mut impl BufRead) -> zbus::Res
     stream.write_all(b"BEGIN\r\n").map_err(io)
 }
 
-/// The reader thread: routes replies to their calls and hands every message to `inbound`.
-fn read_loop(
-    mut reader: BufReader<UnixStream>,
-    pending: &Pending,
-    mut inbound: impl FnMut(Inbound<'_>) -> bool,
-) {
-    let mut buf = Vec::new();
-    let ended = loop {
-        match read_message(&mut reader, &mut buf) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => break e,
-        }
-        let msg = match wire::Message::parse(&buf) {
-            Ok(msg) => msg,
-            Err(why) => {
-                log::debug!("dropped an undecodable D-Bus message: {why}");
-                continue;
-            }
-        };
-        if matches!(msg.kind, Kind::MethodReturn | Kind::Error) {
-            let waiting = msg
-                .reply_serial
-                .and_then(|serial| pending.lock().expect("pending calls").as_mut()?.remove(&serial));
-            if let Some(call) = waiting {
-                let _ = call.send(to_zbus(&msg));
-            }
-        }
-        if !inbound(Inbound::Message(msg)) {
-            break std::io::Error::other("the reader's consumer went away");
-        }
-    };
-    // Every waiting call fails at once (its sender is dropped), and no new one waits.
-    pending.lock().expect("pending calls").take();
-    inbound(Inbound::Ended(&ended));
-}
-
 /// A reply as zbus's message, for the caller to deserialize its body.
 fn to_zbus(msg: &wire::Message<'_>) -> zbus::Result<Message> {
     let endian = if msg.big_endian { Endian::Big } else { Endian::Little };
@@ -242,26 +347,94 @@ fn to_zbus(msg: &wire::Message<'_>) -> zbus::Result<Message> {
     unsafe { Message::from_bytes(Data::new(msg.bytes().to_vec(), Context::new_dbus(endian, 0))) }
 }
 
-/// Reads one whole message into `buf` (reused: its capacity stays). `Ok(false)`: one was read
-/// and dropped (too large); `Err`: the stream ended or lost its framing, and the connection
-/// with it.
-pub(crate) fn read_message(reader: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
-    let mut fixed = [0u8; FIXED_HEADER];
-    reader.read_exact(&mut fixed)?;
-    let Some(total) = message_length(&fixed) else {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a D-Bus message header"));
-    };
-    if total > MAX_MESSAGE {
-        let rest = (total - FIXED_HEADER) as u64;
-        std::io::copy(&mut reader.take(rest), &mut std::io::sink())?;
-        log::debug!("dropped a D-Bus message of {total} bytes (more than {MAX_MESSAGE})");
-        return Ok(false);
+/// The bytes read from the socket, cut into whole messages in order. The buffer is reused
+/// (a signal costs no allocation) and grows only for a message larger than it; it returns
+/// to its first size once such a message is handed on.
+#[derive(Default)]
+struct Frames {
+    buf: Vec<u8>,
+    /// The unread part is `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// Bytes of a message too large to keep, still to be dropped as they come.
+    skip: usize,
+    /// The whole length of the message at `start`, while it is not all read yet.
+    wanted: usize,
+}
+
+impl Frames {
+    /// Room for the next read: at least `READ_CHUNK`, and all the message at `start` still
+    /// needs.
+    fn room(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+            if self.buf.len() > 4 * READ_CHUNK {
+                self.buf = Vec::new();
+            }
+        }
+        let need = READ_CHUNK.max(self.wanted.saturating_sub(self.end - self.start));
+        if self.buf.len() - self.end < need {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+            if self.buf.len() - self.end < need {
+                self.buf.resize(self.end + need, 0);
+            }
+        }
+        &mut self.buf[self.end..]
     }
-    buf.clear();
-    buf.resize(total, 0);
-    buf[..FIXED_HEADER].copy_from_slice(&fixed);
-    reader.read_exact(&mut buf[FIXED_HEADER..])?;
-    Ok(true)
+
+    /// `n` bytes were read into `room`.
+    fn filled(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    /// Appends `bytes` as if read.
+    fn extend(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = self.room();
+            let n = room.len().min(bytes.len());
+            room[..n].copy_from_slice(&bytes[..n]);
+            self.filled(n);
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// The next whole message; `None` until it is all read. A message over `MAX_MESSAGE` is
+    /// dropped as it comes, unkept; an `Err` is a stream that lost its framing, and the
+    /// connection with it.
+    fn next(&mut self) -> std::io::Result<Option<&[u8]>> {
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(self.end - self.start);
+                self.start += n;
+                self.skip -= n;
+                if self.skip > 0 {
+                    return Ok(None);
+                }
+            }
+            let unread = &self.buf[self.start..self.end];
+            let Some(fixed) = unread.first_chunk::<FIXED_HEADER>() else { return Ok(None) };
+            let Some(total) = message_length(fixed) else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "not a D-Bus message header",
+                ));
+            };
+            if total > MAX_MESSAGE {
+                log::debug!("dropped a D-Bus message of {total} bytes (more than {MAX_MESSAGE})");
+                self.skip = total;
+                continue;
+            }
+            if unread.len() < total {
+                self.wanted = total;
+                return Ok(None);
+            }
+            self.wanted = 0;
+            let at = self.start;
+            self.start += total;
+            return Ok(Some(&self.buf[at..at + total]));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -272,22 +445,39 @@ mod tests {
         Message::signal("/org/example", "org.example.I", member).unwrap().build(&("x", 7u32)).unwrap()
     }
 
+    /// The members of the messages `frames` yields now.
+    fn members(frames: &mut Frames) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(bytes) = frames.next().unwrap() {
+            out.push(wire::Message::parse(bytes).unwrap().member.unwrap().to_owned());
+        }
+        out
+    }
+
     #[test]
-    fn reads_back_what_zbus_writes_one_message_at_a_time() {
+    fn messages_come_whole_and_in_order_however_the_reads_cut_them() {
         let (a, b) = (signal("A"), signal("B"));
-        let mut wire = a.data().to_vec();
-        wire.extend_from_slice(b.data());
-        let mut r = std::io::Cursor::new(wire);
-        let mut buf = Vec::new();
-        assert!(read_message(&mut r, &mut buf).unwrap());
-        assert_eq!(wire::Message::parse(&buf).unwrap().member, Some("A"));
-        assert!(read_message(&mut r, &mut buf).unwrap());
-        let second = wire::Message::parse(&buf).unwrap();
-        assert_eq!(second.member, Some("B"));
-        let reply = to_zbus(&second).unwrap();
+        let wire = [&a.data()[..], &b.data()[..]].concat();
+        for cut in [1, 3, 16, 17, wire.len()] {
+            let mut frames = Frames::default();
+            let mut seen = Vec::new();
+            for piece in wire.chunks(cut) {
+                frames.extend(piece);
+                seen.extend(members(&mut frames));
+            }
+            assert_eq!(seen, ["A", "B"], "reads of {cut} bytes");
+            assert_eq!(frames.start, frames.end, "nothing left over");
+        }
+    }
+
+    #[test]
+    fn a_reply_becomes_zbus_s_message_with_its_body() {
+        let msg = signal("B");
+        let mut frames = Frames::default();
+        frames.extend(msg.data());
+        let bytes = frames.next().unwrap().unwrap();
+        let reply = to_zbus(&wire::Message::parse(bytes).unwrap()).unwrap();
         assert_eq!(reply.body().deserialize::<(String, u32)>().unwrap(), ("x".into(), 7));
-        let end = read_message(&mut r, &mut buf).unwrap_err();
-        assert_eq!(end.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
@@ -307,24 +497,38 @@ mod tests {
     }
 
     #[test]
-    fn a_message_too_large_is_skipped_whole_and_the_next_one_read() {
+    fn a_message_too_large_is_dropped_as_it_comes_and_the_next_one_read() {
         let mut giant = [0u8; 16];
         giant[0] = b'l';
         giant[4..8].copy_from_slice(&(2 * MAX_MESSAGE as u32).to_le_bytes());
         let mut wire = giant.to_vec();
         wire.resize(16 + 2 * MAX_MESSAGE, 0xa5);
         wire.extend_from_slice(signal("After").data());
-        let mut r = std::io::Cursor::new(wire);
-        let mut buf = Vec::new();
-        assert!(!read_message(&mut r, &mut buf).unwrap());
-        assert!(read_message(&mut r, &mut buf).unwrap());
-        assert_eq!(wire::Message::parse(&buf).unwrap().member, Some("After"));
+        let mut frames = Frames::default();
+        let mut seen = Vec::new();
+        for piece in wire.chunks(READ_CHUNK) {
+            frames.extend(piece);
+            seen.extend(members(&mut frames));
+            assert!(frames.buf.len() <= 2 * READ_CHUNK, "the giant was kept: {} bytes", frames.buf.len());
+        }
+        assert_eq!(seen, ["After"]);
+    }
+
+    #[test]
+    fn the_buffer_returns_to_its_size_after_a_large_message() {
+        let big = Message::signal("/o", "o.I", "Big").unwrap().build(&vec![7u8; 200_000]).unwrap();
+        let mut frames = Frames::default();
+        frames.extend(big.data());
+        assert_eq!(members(&mut frames), ["Big"]);
+        frames.extend(signal("Small").data());
+        assert_eq!(members(&mut frames), ["Small"]);
+        assert!(frames.buf.len() <= READ_CHUNK, "{} bytes kept", frames.buf.len());
     }
 
     #[test]
     fn a_header_of_garbage_ends_the_connection() {
-        let mut r = std::io::Cursor::new(vec![b'x'; 64]);
-        let err = read_message(&mut r, &mut Vec::new()).unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        let mut frames = Frames::default();
+        frames.extend(&[b'x'; 64]);
+        assert_eq!(frames.next().unwrap_err().kind(), std::io::ErrorKind::InvalidData);
     }
 }

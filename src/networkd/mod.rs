@@ -4,8 +4,14 @@
 //! 1. [`Networkd::connect`] to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` is honoured).
 //! 2. [`Networkd::subscribe`]: add the match rules, then read the current owner of
 //!    `org.freedesktop.network1` (the seed for the reader's sender check).
-//! 3. [`Subscription::spawn_reader`]: a thread that turns messages into [`BusEvent`]s.
+//! 3. [`Subscription::deliver`]: from now on every message read becomes a [`BusEvent`]
+//!    for the sink (what was read before is kept until then, and goes first).
 //! 4. [`Networkd::snapshot`]: the full state. Then apply queued events in order.
+//!
+//! No thread reads the bus: the caller polls [`Networkd::fd`] with whatever else it waits
+//! on and calls [`Networkd::pump`] when it is readable; a call reads the socket itself while
+//! it waits for its reply and hands on what comes before it (`bus.rs`). Events thus reach
+//! the sink on the thread that pumps or calls, in bus order.
 //!
 //! [`attach`] does all four. Subscribing before reading the state means no change falls
 //! between the two; an event older than the snapshot may be applied after it, which is
@@ -15,10 +21,10 @@
 //!
 //! On `BusEvent::OwnerChanged { new_owner: Some(_) }` take a new snapshot (networkd
 //! announces nothing per link when it stops or starts); on `Disconnected` call [`attach`]
-//! again, with backoff. Nothing here retries or sleeps. Every reader ends with exactly one
-//! `Disconnected` when the bus goes away, and with none when we hang up ourselves (dropping
-//! the [`Networkd`], or an [`attach`] that failed half-way): a stale session can never
-//! trigger another reconnect.
+//! again, with backoff. Nothing here retries or sleeps. Every connection ends with exactly
+//! one `Disconnected` when the bus goes away, and with none when we hang up ourselves
+//! (dropping the [`Networkd`], or an [`attach`] that failed half-way): a stale session can
+//! never trigger another reconnect.
 //!
 //! Trust: a state reaches the caller only as a closed enum, a link only as an ifindex (and
 //! an [`IfName`] that passed the kernel's rules); no bus string is handed on to become part
@@ -32,10 +38,10 @@ mod reader_tests;
 mod state;
 mod wire;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 
 use zbus::zvariant::OwnedObjectPath;
 use zbus::MatchRule;
@@ -83,10 +89,6 @@ const NETWORKD_PATH: &str = "/org/freedesktop/network1";
 const MANAGER_INTERFACE: &str = "org.freedesktop.network1.Manager";
 const PROPERTIES_INTERFACE: &str = "org.freedesktop.DBus.Properties";
 
-/// What the reader waits for before it classifies: the owner seeded by GetNameOwner, and
-/// where its events go.
-type Seed = (Option<String>, Box<dyn Fn(BusEvent) -> bool + Send>);
-
 /// Errors of the D-Bus edge; each says which step failed, the source says why (boxed:
 /// `zbus::Error` is large and these travel through every `Result` here).
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +101,8 @@ pub enum Error {
         #[source]
         source: Box<zbus::Error>,
     },
-    #[error("cannot start the bus reader thread")]
-    Thread(#[source] std::io::Error),
+    #[error("already subscribed on this connection")]
+    Subscribed,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -110,10 +112,10 @@ fn call<E: Into<zbus::Error>>(call: &'static str) -> impl FnOnce(E) -> Error {
     move |source| Error::Call { call, source: Box::new(source.into()) }
 }
 
-/// Where the reader's events go, in bus order. A channel of any event type that a
-/// `BusEvent` converts into is one (the daemon feeds one worker from several sources).
+/// Where the events go, in bus order. A channel of any event type that a `BusEvent`
+/// converts into is one (the daemon feeds one worker from several sources).
 pub trait EventSink: Send + 'static {
-    /// Hands on one event; `false` when nobody listens any more (the reader then ends).
+    /// Hands on one event; `false` when nobody listens any more.
     fn deliver(&self, event: BusEvent) -> bool;
 }
 
@@ -132,52 +134,37 @@ pub struct LinkState {
     pub admin: AdminState,
 }
 
-/// A connection to the system bus, for talking to networkd. Its reader thread starts with
-/// the connection and keeps what it reads until [`Networkd::subscribe`] and
-/// [`Subscription::spawn_reader`] say what the owner is and where events go. Dropping it
-/// closes the connection, which ends the reader (without a `Disconnected`: we hung up).
-/// It is `Sync`: the reader and method calls run on different threads.
+/// A connection to the system bus, for talking to networkd. What it reads is kept until
+/// [`Networkd::subscribe`] and [`Subscription::deliver`] say what the owner is and where
+/// events go. Dropping it closes the connection (without a `Disconnected`: we hung up).
 #[derive(Debug)]
 pub struct Networkd {
     bus: Bus,
-    /// The reader's seed slot and thread, until `subscribe` takes them.
-    reader: std::sync::Mutex<Option<(std::sync::mpsc::Sender<Seed>, JoinHandle<()>)>>,
+    stage: Arc<Mutex<Stage>>,
     stats: Arc<ReaderStats>,
 }
 
-/// Match rules registered, owner seeded, the reader keeping what it read: hand it where its
-/// events go (`spawn_reader`).
+/// Match rules registered, owner seeded: say where events go ([`Subscription::deliver`]).
 pub struct Subscription<'a> {
     owner: Option<String>,
-    seed: std::sync::mpsc::Sender<Seed>,
-    /// To wake the reader once seeded (a message it can read).
     networkd: &'a Networkd,
-    handle: JoinHandle<()>,
 }
 
-/// A running reader thread and its counters.
-#[derive(Debug)]
-pub struct Reader {
-    stats: Arc<ReaderStats>,
-    handle: JoinHandle<()>,
-}
-
-/// What [`attach`] returns: the connection, its reader, and networkd's links at attach time.
+/// What [`attach`] returns: the connection, delivering events, and networkd's links at
+/// attach time.
 #[derive(Debug)]
 pub struct Attached {
     pub networkd: Networkd,
-    pub reader: Reader,
-    /// `None`: networkd is not on the bus (yet); the reader reports an `OwnerChanged` when
-    /// it appears, and a snapshot is taken then.
+    /// `None`: networkd is not on the bus (yet); an `OwnerChanged` is delivered when it
+    /// appears, and a snapshot is taken then.
     pub links: Option<Vec<LinkState>>,
 }
 
-/// Connects, subscribes, starts the reader and, when networkd is on the bus, takes a
-/// snapshot, in that order: the one way in for the daemon and the tests.
+/// Connects, subscribes, starts delivering to `sink` and, when networkd is on the bus,
+/// takes a snapshot, in that order: the one way in for the daemon and the tests.
 /// `address` overrides the system bus address (`None`: `DBUS_SYSTEM_BUS_ADDRESS` or the
 /// default socket). `skip` names links whose states are not asked for (see
-/// [`Networkd::snapshot`]). If the snapshot fails, the connection is dropped and that reader
-/// ends silently.
+/// [`Networkd::snapshot`]). If the snapshot fails, the connection is dropped silently.
 pub fn attach(address: Option<&str>, sink: impl EventSink, skip: impl Fn(u32) -> bool) -> Result<Attached> {
     let networkd = match address {
         Some(address) => Networkd::connect_address(address)?,
@@ -185,19 +172,25 @@ pub fn attach(address: Option<&str>, sink: impl EventSink, skip: impl Fn(u32) ->
     };
     let subscription = networkd.subscribe()?;
     let present = subscription.owner().is_some();
-    let reader = subscription.spawn_reader(sink)?;
+    subscription.deliver(sink);
     let links = if present { Some(networkd.snapshot(skip)?) } else { None };
-    Ok(Attached { networkd, reader, links })
+    Ok(Attached { networkd, links })
 }
 
-/// What the reader thread is doing: keeping messages until it is seeded, then dispatching.
+/// What becomes of each message read: kept (as bytes: the read buffer is reused) until the
+/// owner is seeded, then classified and delivered.
 enum Stage {
-    /// `early` holds the messages' bytes (the read buffer is reused).
-    Early {
-        seeded: std::sync::mpsc::Receiver<Seed>,
-        early: Vec<Vec<u8>>,
-    },
+    Early(Vec<Vec<u8>>),
     Live(reader::Dispatch),
+}
+
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stage::Early(kept) => write!(f, "Early({} kept)", kept.len()),
+            Stage::Live(_) => f.write_str("Live"),
+        }
+    }
 }
 
 impl Networkd {
@@ -209,44 +202,42 @@ impl Networkd {
 
     /// Connects to the bus at a D-Bus address such as `unix:path=/run/x/bus.sock`.
     pub fn connect_address(address: &str) -> Result<Self> {
-        let (seed, seeded) = std::sync::mpsc::channel::<Seed>();
         let stats = Arc::new(ReaderStats::default());
-        let closing = Arc::new(AtomicBool::new(false));
-        let mut stage = Stage::Early { seeded, early: Vec::new() };
-        let (thread_stats, thread_closing) = (Arc::clone(&stats), Arc::clone(&closing));
-        let inbound = move |inbound: Inbound<'_>| match (&mut stage, inbound) {
-            (Stage::Live(dispatch), Inbound::Message(msg)) => dispatch.message(&msg),
-            (Stage::Live(dispatch), Inbound::Ended(why)) => {
-                dispatch.ended(why);
-                false
+        let stage = Arc::new(Mutex::new(Stage::Early(Vec::new())));
+        let inbound = {
+            let stage = Arc::clone(&stage);
+            move |inbound: Inbound<'_>| match (&mut *stage.lock().expect("networkd stage"), inbound) {
+                (Stage::Live(dispatch), Inbound::Message(msg)) => dispatch.message(&msg),
+                (Stage::Live(dispatch), Inbound::Ended(why)) => dispatch.ended(why),
+                (Stage::Early(kept), Inbound::Message(msg)) => kept.push(msg.bytes().to_vec()),
+                // Before anyone listens: the call under way fails, and says so.
+                (Stage::Early(_), Inbound::Ended(why)) => log::debug!("bus connection lost early: {why}"),
             }
-            (Stage::Early { .. }, Inbound::Ended(_)) => false,
-            (Stage::Early { seeded, early }, Inbound::Message(msg)) => match seeded.try_recv() {
-                Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    early.push(msg.bytes().to_vec());
-                    true
-                }
-                // Never seeded: subscribing failed and the connection is going away.
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => false,
-                Ok((owner, send)) => {
-                    let mut dispatch = reader::Dispatch {
-                        classifier: reader::Classifier::new(owner),
-                        send,
-                        stats: Arc::clone(&thread_stats),
-                        closing: Arc::clone(&thread_closing),
-                    };
-                    let kept = std::mem::take(early);
-                    // They parsed when read; parsing the same bytes again cannot fail.
-                    let kept = kept.iter().filter_map(|bytes| wire::Message::parse(bytes).ok());
-                    let live = kept.chain([msg]).all(|m| dispatch.message(&m));
-                    stage = Stage::Live(dispatch);
-                    live
-                }
-            },
         };
-        let (bus, handle) = Bus::open(address, "networkd-reader", inbound, closing)
-            .map_err(|e| Error::Connect(Box::new(e)))?;
-        Ok(Networkd { bus, reader: std::sync::Mutex::new(Some((seed, handle))), stats })
+        let bus = Bus::open(address, inbound).map_err(|e| Error::Connect(Box::new(e)))?;
+        Ok(Networkd { bus, stage, stats })
+    }
+
+    /// The socket to poll for reading (then [`Networkd::pump`]); `None` once the connection
+    /// ended.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.bus.fd()
+    }
+
+    /// Reads what the bus has sent, without waiting, and delivers it: call when `fd` is
+    /// readable.
+    pub fn pump(&self) {
+        self.bus.pump()
+    }
+
+    /// The counters of what was read (shared, live).
+    pub fn stats(&self) -> Arc<ReaderStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Messages dropped so far as not from networkd or malformed.
+    pub fn dropped(&self) -> u64 {
+        self.stats.dropped.load(Ordering::Relaxed)
     }
 
     /// The bus connection, for calls to other services on the same bus (systemd's units).
@@ -261,12 +252,12 @@ impl Networkd {
 
     /// Registers the match rules and seeds the owner. Call before [`Networkd::snapshot`].
     ///
-    /// The reader sees every message in the order the bus sent it: the sender check needs
-    /// NameOwnerChanged and PropertiesChanged in that order. It reads from the moment the
-    /// connection exists, so nothing the rules match is missed.
+    /// Every message is classified in the order the bus sent it: the sender check needs
+    /// NameOwnerChanged and PropertiesChanged in that order. What is read from the moment the
+    /// connection exists is kept, so nothing the rules match is missed.
     ///
     /// Race: a NameOwnerChanged may arrive between AddMatch and the GetNameOwner reply. It
-    /// is then read *before* the reply, so the reader starts with an owner newer than
+    /// is then read *before* the reply, so the classifier starts with an owner newer than
     /// the messages ahead of it. NameOwnerChanged carries the new owner, so replaying it
     /// still ends at the right owner; the only cost is that the old owner's last
     /// PropertiesChanged are dropped, and the OwnerChanged event asks for a resync anyway.
@@ -274,10 +265,9 @@ impl Networkd {
     /// names, so only from a connection that owned the name at some point; the system
     /// bus policy lets only networkd's user own it.
     pub fn subscribe(&self) -> Result<Subscription<'_>> {
-        let (seed, handle) =
-            self.reader.lock().expect("reader slot").take().ok_or_else(|| {
-                Error::Thread(std::io::Error::other("already subscribed on this connection"))
-            })?;
+        if !matches!(*self.stage.lock().expect("networkd stage"), Stage::Early(_)) {
+            return Err(Error::Subscribed);
+        }
         for (what, rule) in
             [("AddMatch NameOwnerChanged", owner_rule()), ("AddMatch PropertiesChanged", link_rule())]
         {
@@ -285,7 +275,7 @@ impl Networkd {
             self.bus.call_method(BUS_NAME, BUS_PATH, BUS_NAME, "AddMatch", &rule).map_err(call(what))?;
         }
         let owner = self.owner()?;
-        Ok(Subscription { owner, seed, networkd: self, handle })
+        Ok(Subscription { owner, networkd: self })
     }
 
     /// The unique name that owns `org.freedesktop.network1` now, `None` if networkd is
@@ -389,7 +379,7 @@ impl Networkd {
         Ok(self.link_states(index)?.map(|(oper, admin)| LinkState { index, name, oper, admin }))
     }
 
-    /// Closes the connection now; the reader ends without reporting `Disconnected`.
+    /// Closes the connection now, without a `Disconnected`.
     /// Dropping does the same, ignoring errors.
     pub fn close(self) -> Result<()> {
         self.bus.close().map_err(|e| call("close")(zbus::Error::InputOutput(Arc::new(e))))
@@ -402,43 +392,22 @@ impl Subscription<'_> {
         self.owner.as_deref()
     }
 
-    /// Hands the reader where its events go, in bus order; it dispatches what it kept, then
-    /// everything that follows.
-    pub fn spawn_reader(self, sink: impl EventSink) -> Result<Reader> {
-        let Subscription { owner, seed, networkd, handle } = self;
-        let send = Box::new(move |e| sink.deliver(e));
-        if seed.send((owner, send)).is_err() {
-            return Err(Error::Thread(std::io::Error::other("the networkd reader thread ended")));
+    /// Says where events go, in bus order: what was read so far first, then everything that
+    /// is read from now on, whichever thread pumps or calls.
+    pub fn deliver(self, sink: impl EventSink) {
+        let mut dispatch = reader::Dispatch {
+            classifier: reader::Classifier::new(self.owner),
+            send: Box::new(move |e| sink.deliver(e)),
+            stats: Arc::clone(&self.networkd.stats),
+        };
+        let mut stage = self.networkd.stage.lock().expect("networkd stage");
+        if let Stage::Early(kept) = &*stage {
+            // They parsed when read; parsing the same bytes again cannot fail.
+            for msg in kept.iter().filter_map(|bytes| wire::Message::parse(bytes).ok()) {
+                dispatch.message(&msg);
+            }
         }
-        // The reader sees the seed when it reads its next message: this call's reply. GetId,
-        // not Peer.Ping: dbus 1.12's system bus policy (Debian 11) refuses Peer calls to the
-        // bus driver (seen on the booted guest: fanlink never reached networkd there).
-        networkd.bus.call_method(BUS_NAME, BUS_PATH, BUS_NAME, "GetId", &()).map_err(call("GetId"))?;
-        Ok(Reader { stats: Arc::clone(&networkd.stats), handle })
-    }
-}
-
-impl Reader {
-    /// The reader's counters (shared, live).
-    pub fn stats(&self) -> Arc<ReaderStats> {
-        Arc::clone(&self.stats)
-    }
-
-    /// Messages dropped so far as not from networkd or malformed.
-    pub fn dropped(&self) -> u64 {
-        self.stats.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Whether the thread has ended (after `Disconnected` or when the receiver went away).
-    pub fn is_finished(&self) -> bool {
-        self.handle.is_finished()
-    }
-
-    /// Waits for the thread to end; it does once the connection is closed.
-    pub fn join(self) {
-        if self.handle.join().is_err() {
-            log::error!("the networkd reader thread panicked");
-        }
+        *stage = Stage::Live(dispatch);
     }
 }
 

@@ -1,9 +1,9 @@
 //! The bus reader: turns each incoming message into at most one [`BusEvent`].
 //!
-//! It runs on the bus connection's own reader thread (`bus.rs`), on a view of each message's
-//! bytes (`wire.rs`: reading a signal allocates nothing), and does nothing but decode
-//! and `send` on an unbounded channel, never a method call: the thread that routes replies
-//! must not wait for one.
+//! It runs on whichever thread reads the bus (`bus.rs`: the one that pumps, or a call
+//! reading up to its reply), on a view of each message's bytes (`wire.rs`: reading a signal
+//! allocates nothing), and does nothing but decode and `send` on an unbounded channel, never
+//! a method call: it runs inside the connection's read.
 //!
 //! Trust: the bus filters broadcasts by our match rules, but anyone may send a signal
 //! *addressed* to us, and a client cannot match a well-known sender by itself. So
@@ -13,7 +13,7 @@
 //! NameOwnerChanged counts only from the bus itself. Everything else is dropped, counted
 //! and logged at debug with its strings escaped.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::path::{decode_link_path, escape};
 use super::state::{AdminState, OperState};
@@ -186,40 +186,33 @@ fn log_drop(msg: &Message<'_>, reason: &str) {
     );
 }
 
-/// What the reader thread does with each message once the owner is seeded: classify, count,
-/// hand on. Ends with one `Disconnected` when the connection is lost (not when `closing` says
-/// we hung up ourselves).
+/// What becomes of each message once the owner is seeded: classify, count, hand on. The
+/// connection's end is one `Disconnected` (the bus reports no end when we hung up).
 pub(crate) struct Dispatch {
     pub(crate) classifier: Classifier,
+    /// `false` once nobody listens; nothing is read for the listener's sake then.
     pub(crate) send: Box<dyn Fn(BusEvent) -> bool + Send>,
     pub(crate) stats: std::sync::Arc<ReaderStats>,
-    pub(crate) closing: std::sync::Arc<AtomicBool>,
 }
 
 impl Dispatch {
-    /// `false` once nobody listens any more (the reader then stops).
-    pub(crate) fn message(&mut self, msg: &Message<'_>) -> bool {
+    pub(crate) fn message(&mut self, msg: &Message<'_>) {
         match self.classifier.classify(msg) {
             Verdict::Deliver(event) => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                (self.send)(event)
+                (self.send)(event);
             }
-            Verdict::Ignore => true,
+            Verdict::Ignore => {}
             Verdict::Drop(reason) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 log_drop(msg, reason);
-                true
             }
         }
     }
 
     pub(crate) fn ended(&self, why: &std::io::Error) {
-        if self.closing.load(Ordering::Acquire) {
-            log::debug!("bus connection closed by us: {why}");
-        } else {
-            log::info!("system bus connection lost: {why}");
-            // The receiver may already be gone; then nobody needs to hear about it.
-            (self.send)(BusEvent::Disconnected);
-        }
+        log::info!("system bus connection lost: {why}");
+        // The receiver may already be gone; then nobody needs to hear about it.
+        (self.send)(BusEvent::Disconnected);
     }
 }
