@@ -117,6 +117,29 @@ crate::in_both_datapaths! {
     }
 }
 
+crate::in_both_datapaths! {
+    #[ignore = "needs root (network namespaces, netlink, BPF): run with --include-ignored"]
+    fn an_underlay_too_small_for_ipv6_still_carries_a_fan(mode) {
+        // A 1300-byte underlay makes a 1250-byte fan: below IPv6's minimum of 1280 the kernel
+        // gives the fan's links no IPv6 state, and refuses to turn off what is not there.
+        let rules = TempDir::new("rules");
+        rules.write("50-test.toml", FAN_250);
+        let switch = Switch::new();
+        let mut containers = Vec::new();
+        let mut hosts = Vec::new();
+        for n in 1..=2u8 {
+            let host = switch.host(&format!("10.99.{n}.{n}/16"));
+            host.ns.run("ip link set uplink0 mtu 1300");
+            fanlink(mode, &host.ns, &rules, "up fan-250");
+            assert!(host.ns.run("ip link show dev fan-250").contains("mtu 1250"));
+            containers.push(host.container("fan-250", &format!("250.{n}.{n}.10/8"), &format!("250.{n}.{n}.1"), 1250));
+            hosts.push(host);
+        }
+        let c1 = &containers[0];
+        assert!(c1.sh("ping -c1 -W2 -M do -s 1222 250.2.2.10").status.success(), "1250-byte DF ping");
+    }
+}
+
 /// fdb `self` entries, permanent neighbours and routes: the state that per-peer designs grow.
 fn per_peer_state(host: &Host) -> String {
     host.ns.run(

@@ -396,10 +396,14 @@ impl Netlink {
     }
 
     /// `ip link set NAME addrgenmode none`: the link gets no IPv6 link-local address, so the
-    /// host sends nothing from it (no DAD, router solicitation or MLD). Before it is up.
+    /// host sends nothing from it (no DAD, router solicitation or MLD). Before it is up. A
+    /// link without IPv6 state (see `mark_new`) has nothing to turn off.
     pub fn no_ipv6_addresses(&mut self, name: &str) -> Result<(), Error> {
         let mark = Mark { alias: None, no_ipv6_addresses: true };
-        self.request(mark_msg(name, mark)).map_err(|e| e.context("set addrgenmode none", Some(name)))
+        match self.request(mark_msg(name, mark)) {
+            Err(e) if e.errno == Errno::EAFNOSUPPORT => Ok(()),
+            r => r.map_err(|e| e.context("set addrgenmode none", Some(name))),
+        }
     }
 
     /// Asks the kernel to load the vxlan driver (see `load_vxlan_msg`); the expected answer
