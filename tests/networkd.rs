@@ -89,6 +89,42 @@ fn snapshot_shows_uplink_routable() {
 
 #[test]
 #[ignore = "needs root and systemd-networkd: run with --include-ignored"]
+fn a_snapshot_of_a_host_with_hundreds_of_links_has_them_all() {
+    // A container host: networkd lists every veth, and the snapshot asks two Gets of each,
+    // pipelined (more than dbus-daemon lets one connection await at once, 128 by default).
+    let h = Harness::start("many");
+    const N: usize = 150;
+    let batch: String = (0..N).map(|i| format!("link add flmany{i} type bridge\n")).collect();
+    let mut ip = std::process::Command::new("ip")
+        .args(["-n", h.var("HARNESS_NETNS"), "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(ip.stdin.as_mut().unwrap(), batch.as_bytes()).unwrap();
+    drop(ip.stdin.take());
+    assert!(ip.wait().unwrap().success());
+    let (a, _rx, index) = attached(&h);
+    let count = |links: &[LinkState]| links.iter().filter(|l| l.name.as_str().starts_with("flmany")).count();
+    // networkd may not list the newest links yet: it learns them from the kernel too.
+    wait_for(WITHIN, "networkd to list every extra link", || {
+        count(&a.networkd.snapshot(|_| false).expect("snapshot")) == N
+    });
+    let t0 = Instant::now();
+    let links = a.networkd.snapshot(|_| false).expect("snapshot");
+    eprintln!("[test] snapshot of {} links took {} ms", links.len(), t0.elapsed().as_millis());
+    assert_eq!(count(&links), N);
+    assert!(links
+        .iter()
+        .filter(|l| l.name.as_str().starts_with("flmany"))
+        .all(|l| l.admin == AdminState::Unmanaged));
+    assert_eq!(uplink(&links).oper, OperState::Routable);
+    // Skipped links are not asked about, the others still are.
+    let fewer = a.networkd.snapshot(|i| i != index).expect("snapshot");
+    assert_eq!(fewer.iter().map(|l| l.index).collect::<Vec<_>>(), [index]);
+}
+
+#[test]
+#[ignore = "needs root and systemd-networkd: run with --include-ignored"]
 fn carrier_loss_and_back() {
     let h = Harness::start("carrier");
     let (a, rx, index) = attached(&h);

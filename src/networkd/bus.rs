@@ -42,6 +42,10 @@ const MAX_MESSAGE: usize = 1 << 20;
 /// The read buffer's first size, and the least room one read is given: a flap's signals are
 /// ~1 KiB, a ListLinks reply of a few dozen links ~3 KiB.
 const READ_CHUNK: usize = 16 << 10;
+/// Calls awaiting replies at once in `call_all`: dbus-daemon refuses calls beyond its
+/// `max_replies_per_connection` (128 where the configuration leaves its default), and more in
+/// flight would not make networkd answer sooner.
+const WINDOW: usize = 32;
 /// Reads one `pump` makes at most: a flood of messages must not keep the worker from its
 /// other sources (the socket stays readable, and the next poll comes back here).
 const PUMP_READS: usize = 16;
@@ -157,70 +161,102 @@ impl Bus {
         member: &str,
         body: &B,
     ) -> zbus::Result<Message> {
-        let msg = Message::method_call(path, member)?
-            .destination(destination)?
-            .interface(interface)?
-            .build(body)?;
-        self.call(msg)
+        self.call(method_call(destination, path, interface, member, body)?)
     }
 
     /// Writes `msg` and reads until its reply; what comes before it goes to `inbound`, and
     /// so does every whole message read after it, so nothing read waits for the next poll.
     fn call(&self, msg: Message) -> zbus::Result<Message> {
-        let serial = msg.primary_header().serial_num().get();
+        self.call_all(&[msg]).pop().expect("one reply per call")
+    }
+
+    /// Calls each of `calls`, with up to `WINDOW` of them awaiting replies at once, and returns
+    /// the replies in the same order (an error reply as `zbus::Error::MethodError`): the round
+    /// trips overlap instead of adding up. What is read besides goes to `inbound`, in order.
+    pub fn call_all(&self, calls: &[Message]) -> Vec<zbus::Result<Message>> {
+        let mut replies: Vec<Option<zbus::Result<Message>>> = calls.iter().map(|_| None).collect();
+        // (serial, index into `calls`) of the calls sent and not answered yet.
+        let mut awaited: Vec<(u32, usize)> = Vec::new();
+        let mut unsent = calls.iter().enumerate();
         let mut state = self.state.lock().expect("bus state");
-        if state.ended {
-            return Err(closed());
-        }
-        if let Err(e) = state.stream.write_all(msg.data()) {
-            self.end(&mut state, e);
-            return Err(closed());
-        }
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let reply = loop {
-            if let Some(reply) = self.deliver_until(&mut state, serial) {
-                break reply;
+        let mut deadline = Instant::now() + CALL_TIMEOUT;
+        let mut timed_out = false;
+        loop {
+            while awaited.len() < WINDOW && !state.ended {
+                let Some((at, msg)) = unsent.next() else { break };
+                match state.stream.write_all(msg.data()) {
+                    Ok(()) => awaited.push((msg.primary_header().serial_num().get(), at)),
+                    Err(e) => self.end(&mut state, e),
+                }
             }
-            if state.ended {
-                return Err(closed());
+            if self.deliver_replies(&mut state, &mut awaited, &mut replies) {
+                // Each answer gives the next one the whole timeout again.
+                deadline = Instant::now() + CALL_TIMEOUT;
+            }
+            if state.ended || (awaited.is_empty() && unsent.len() == 0) {
+                break;
+            }
+            if awaited.len() < WINDOW && unsent.len() > 0 {
+                // Answers made room: send the next calls before waiting for more.
+                continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no reply in {} s", CALL_TIMEOUT.as_secs()),
-                )));
+                timed_out = true;
+                break;
             }
             if let Err(e) = state.wait_readable(left).and_then(|_| state.read().map(|_| ())) {
                 self.end(&mut state, e);
             }
-        };
-        self.deliver_queued(&mut state);
-        let reply = reply?;
-        match reply.message_type() {
-            Type::Error => Err(zbus::Error::from(reply)),
-            _ => Ok(reply),
         }
+        self.deliver_queued(&mut state);
+        let unanswered = || match timed_out {
+            true => io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no reply in {} s", CALL_TIMEOUT.as_secs()),
+            )),
+            false => closed(),
+        };
+        replies
+            .into_iter()
+            .map(|reply| match reply.unwrap_or_else(|| Err(unanswered()))? {
+                reply if reply.message_type() == Type::Error => Err(zbus::Error::from(reply)),
+                reply => Ok(reply),
+            })
+            .collect()
     }
 
-    /// Hands on the whole messages read so far, up to the reply to `serial`, which is returned
-    /// (as zbus's message; the rest stays queued). `None`: not read yet.
-    fn deliver_until(&self, state: &mut State, serial: u32) -> Option<zbus::Result<Message>> {
+    /// Hands on the whole messages read so far, except replies to `awaited` calls, which go to
+    /// their slots in `replies` (as zbus's messages). Says whether any came.
+    fn deliver_replies(
+        &self,
+        state: &mut State,
+        awaited: &mut Vec<(u32, usize)>,
+        replies: &mut [Option<zbus::Result<Message>>],
+    ) -> bool {
+        let mut answered = false;
         loop {
             let bytes = match state.frames.next() {
                 Ok(Some(bytes)) => bytes,
-                Ok(None) => return None,
+                Ok(None) => return answered,
                 Err(e) => {
                     self.end(state, e);
-                    return None;
+                    return answered;
                 }
             };
             let Some(msg) = parse(bytes) else { continue };
-            let reply = matches!(msg.kind, Kind::MethodReturn | Kind::Error);
-            if reply && msg.reply_serial == Some(serial) {
-                return Some(to_zbus(&msg));
+            let reply_to = match msg.kind {
+                Kind::MethodReturn | Kind::Error => msg.reply_serial,
+                _ => None,
+            };
+            match reply_to.and_then(|serial| awaited.iter().position(|&(s, _)| s == serial)) {
+                Some(slot) => {
+                    let (_, at) = awaited.swap_remove(slot);
+                    replies[at] = Some(to_zbus(&msg));
+                    answered = true;
+                }
+                None => (state.inbound)(Inbound::Message(msg)),
             }
-            (state.inbound)(Inbound::Message(msg));
         }
     }
 
@@ -299,6 +335,17 @@ impl State {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A method call to `destination`, for [`Bus::call_all`].
+pub fn method_call<B: Serialize + DynamicType>(
+    destination: &str,
+    path: &str,
+    interface: &str,
+    member: &str,
+    body: &B,
+) -> zbus::Result<Message> {
+    Message::method_call(path, member)?.destination(destination)?.interface(interface)?.build(body)
 }
 
 fn io(e: std::io::Error) -> zbus::Error {
