@@ -52,9 +52,7 @@ impl Waker {
         let _ = self.wake.write(1);
         true
     }
-}
 
-impl Waker {
     /// The channel alone, for events sent on the worker's own thread (the bus, which the
     /// worker reads): it looks at the channel before it waits, so they need no wakeup.
     pub fn same_thread(&self) -> Sender<Event> {
