@@ -114,12 +114,7 @@ impl Bus {
             unique_name: String::new(),
             closing: AtomicBool::new(false),
         };
-        let hello = bus.call(
-            Message::method_call(super::BUS_PATH, "Hello")?
-                .destination(super::BUS_NAME)?
-                .interface(super::BUS_NAME)?
-                .build(&())?,
-        )?;
+        let hello = bus.call_method(super::BUS_NAME, super::BUS_PATH, super::BUS_NAME, "Hello", &())?;
         bus.unique_name = hello.body().deserialize::<String>()?;
         Ok(bus)
     }

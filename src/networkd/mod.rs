@@ -3,7 +3,7 @@
 //! Start-up order (the daemon loop of STYLE.md):
 //! 1. [`Networkd::connect`] to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` is honoured).
 //! 2. [`Networkd::subscribe`]: add the match rules, then read the current owner of
-//!    `org.freedesktop.network1` (the seed for the reader's sender check).
+//!    `org.freedesktop.network1` (the seed for the classifier's sender check).
 //! 3. [`Subscription::deliver`]: from now on every message read becomes a [`BusEvent`]
 //!    for the sink (what was read before is kept until then, and goes first).
 //! 4. [`Networkd::snapshot`]: the full state. Then apply queued events in order.
