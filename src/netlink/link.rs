@@ -396,13 +396,22 @@ impl Netlink {
     }
 
     /// `ip link set NAME addrgenmode none`: the link gets no IPv6 link-local address, so the
-    /// host sends nothing from it (no DAD, router solicitation or MLD). Before it is up. A
-    /// link without IPv6 state (see `mark_new`) has nothing to turn off.
+    /// host sends nothing from it (no DAD, router solicitation or MLD). Before it is up.
     pub fn no_ipv6_addresses(&mut self, name: &str) -> Result<(), Error> {
         let mark = Mark { alias: None, no_ipv6_addresses: true };
+        self.mark(name, mark).map_err(|e| e.context("set addrgenmode none", Some(name)))
+    }
+
+    /// Sends `mark`. A link without IPv6 state (a kernel booted with ipv6.disable=1, or an
+    /// MTU below IPv6's 1280) refuses the AF_INET6 part, and has nothing to turn off: then
+    /// only the alias is sent, if there is one.
+    fn mark(&mut self, name: &str, mark: Mark) -> Result<(), Error> {
         match self.request(mark_msg(name, mark)) {
-            Err(e) if e.errno == Errno::EAFNOSUPPORT => Ok(()),
-            r => r.map_err(|e| e.context("set addrgenmode none", Some(name))),
+            Err(e) if e.errno == Errno::EAFNOSUPPORT && mark.no_ipv6_addresses => match mark.alias {
+                Some(_) => self.request(mark_msg(name, Mark { no_ipv6_addresses: false, ..mark })),
+                None => Ok(()),
+            },
+            r => r,
         }
     }
 
@@ -423,16 +432,7 @@ impl Netlink {
         if mark.alias.is_none() && !mark.no_ipv6_addresses {
             return Ok(());
         }
-        let mut send =
-            |mark| self.request(mark_msg(name, mark)).map_err(|e| e.context("set link", Some(name)));
-        let r = match send(mark) {
-            // No IPv6 state on the link (a kernel booted with ipv6.disable=1, or an MTU below
-            // IPv6's 1280): the kernel refuses the AF_INET6 part, and there is nothing to turn off.
-            Err(e) if e.errno == Errno::EAFNOSUPPORT && mark.no_ipv6_addresses => {
-                send(Mark { no_ipv6_addresses: false, ..mark })
-            }
-            r => r,
-        };
+        let r = self.mark(name, mark).map_err(|e| e.context("set link", Some(name)));
         if r.is_err() {
             let mut m = MsgBuilder::new(RTM_DELLINK, 0).header(&ifinfomsg(0, 0, 0));
             m.str(IFLA_IFNAME, name);
