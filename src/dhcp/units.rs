@@ -6,7 +6,7 @@
 
 use super::{options, range, DhcpConfig};
 use crate::ifname::IfName;
-use crate::networkd::Bus;
+use crate::networkd::{Arg, Bus};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -132,7 +132,7 @@ fn manager(bus: &Bus, method: &'static str, unit: &str) -> Result<(), String> {
         "/org/freedesktop/systemd1",
         "org.freedesktop.systemd1.Manager",
         method,
-        &(unit, "replace"),
+        &[Arg::Str(unit), Arg::Str("replace")],
     )
     .map(|_| ())
     .map_err(|e| format!("systemd {method} {unit}: {e}"))

@@ -1,5 +1,4 @@
-//! fanlink's own D-Bus connection: zbus for the wire format (building and decoding
-//! messages), this file for the socket.
+//! fanlink's own D-Bus connection: `wire.rs` for the format, this file for the socket.
 //!
 //! No thread of its own reads the socket. Its owner polls it with everything else it waits
 //! on and calls [`Bus::pump`] when it is readable; a call writes its message and reads the
@@ -9,9 +8,9 @@
 //! thread cost a second wakeup per signal, and the worker waited for that thread's
 //! hand-over.
 //!
-//! Incoming messages are read in place (`wire.rs`): only the awaited reply becomes a
-//! `zbus::Message`, for its caller; signals reach `inbound` as a view of the read buffer,
-//! which is reused, so a signal costs no allocation here.
+//! Incoming messages are read in place (`wire.rs`): only the awaited reply is copied out,
+//! for its caller; signals reach `inbound` as a view of the read buffer, which is reused, so
+//! a signal costs no allocation here.
 //!
 //! Only `unix:path=` addresses (the system bus's, and the harness's) and the EXTERNAL
 //! mechanism (the kernel vouches for our uid): all a system daemon needs.
@@ -20,18 +19,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::wire::{self, message_length, Arg, Call, Kind, FIXED_HEADER};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::MsgFlags;
-use serde::Serialize;
-use zbus::message::Type;
-use zbus::zvariant::{serialized::Context, serialized::Data, DynamicType, Endian};
-use zbus::Message;
-
-use super::wire::{self, message_length, Kind, FIXED_HEADER};
 
 /// How long a call waits for its reply: dbus-daemon's own default reply timeout.
 const CALL_TIMEOUT: Duration = Duration::from_secs(25);
@@ -60,6 +54,65 @@ pub(crate) enum Inbound<'a> {
 
 type InboundFn = Box<dyn FnMut(Inbound<'_>) + Send>;
 
+/// Why a connection or a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}: fanlink connects to unix:path= addresses only")]
+    Address(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("the bus refused EXTERNAL authentication: {0}")]
+    Handshake(String),
+    /// An error reply: its name and, where it sent one, its message.
+    #[error("{name}: {message}")]
+    Method { name: String, message: String },
+    #[error("an unexpected reply: {0}")]
+    Reply(String),
+    #[error("a call the bus would refuse: {0}")]
+    Invalid(&'static str),
+}
+
+impl Error {
+    /// The error reply's name, for an error reply.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Error::Method { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// A method's return, kept whole for its caller to read.
+#[derive(Debug)]
+pub struct Reply {
+    bytes: Vec<u8>,
+}
+
+impl Reply {
+    /// The body, read by `read`: it must be of type `signature` and `read` must take all of
+    /// it; anything else is `Error::Reply`.
+    pub(crate) fn read<T>(
+        &self,
+        signature: &str,
+        read: impl FnOnce(&mut wire::Cursor<'_>) -> Option<T>,
+    ) -> Result<T, Error> {
+        let msg = wire::Message::parse(&self.bytes).map_err(|why| Error::Reply(why.to_owned()))?;
+        if msg.signature != signature {
+            return Err(Error::Reply(format!("of type \"{}\", not \"{signature}\"", msg.signature)));
+        }
+        let mut body = msg.body();
+        match read(&mut body) {
+            Some(value) if body.at_end() => Ok(value),
+            _ => Err(Error::Reply(format!("a body of type \"{signature}\" that does not decode"))),
+        }
+    }
+
+    /// A reply of one string (Hello, GetNameOwner).
+    pub(crate) fn string(&self) -> Result<String, Error> {
+        self.read("s", |body| body.string().map(str::to_owned))
+    }
+}
+
 /// A connection to a bus. Any thread may use it; a call holds it until its reply is read.
 pub struct Bus {
     state: Mutex<State>,
@@ -79,6 +132,9 @@ impl std::fmt::Debug for Bus {
 struct State {
     stream: UnixStream,
     frames: Frames,
+    /// The last serial sent (0: none yet), and the buffer a call is stamped in.
+    serial: u32,
+    out: Vec<u8>,
     inbound: InboundFn,
     /// The connection ended: nothing more is read or written.
     ended: bool,
@@ -90,21 +146,21 @@ impl Bus {
     pub(crate) fn open(
         address: &str,
         inbound: impl FnMut(Inbound<'_>) + Send + 'static,
-    ) -> zbus::Result<Bus> {
-        let path = super::unix_path(address).ok_or_else(|| {
-            zbus::Error::Address(format!("{address}: fanlink connects to unix:path= addresses only"))
-        })?;
-        let mut stream = UnixStream::connect(&path).map_err(io)?;
-        stream.set_read_timeout(Some(CALL_TIMEOUT)).map_err(io)?;
-        let mut reader = BufReader::new(stream.try_clone().map_err(io)?);
+    ) -> Result<Bus, Error> {
+        let path = super::unix_path(address).ok_or_else(|| Error::Address(address.to_owned()))?;
+        let mut stream = UnixStream::connect(&path)?;
+        stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
         authenticate(&mut stream, &mut reader)?;
-        stream.set_read_timeout(None).map_err(io)?;
+        stream.set_read_timeout(None)?;
         let mut frames = Frames::default();
         // Whatever the bus sent after its OK (nothing, in practice) is the first message's start.
         frames.extend(reader.buffer());
         let state = State {
-            stream: stream.try_clone().map_err(io)?,
+            stream: stream.try_clone()?,
             frames,
+            serial: 0,
+            out: Vec::new(),
             inbound: Box::new(inbound),
             ended: false,
         };
@@ -114,8 +170,8 @@ impl Bus {
             unique_name: String::new(),
             closing: AtomicBool::new(false),
         };
-        let hello = bus.call_method(super::BUS_NAME, super::BUS_PATH, super::BUS_NAME, "Hello", &())?;
-        bus.unique_name = hello.body().deserialize::<String>()?;
+        let hello = bus.call_method(super::BUS_NAME, super::BUS_PATH, super::BUS_NAME, "Hello", &[])?;
+        bus.unique_name = hello.string()?;
         Ok(bus)
     }
 
@@ -147,29 +203,29 @@ impl Bus {
         self.deliver_queued(&mut state);
     }
 
-    /// Calls `member` and returns the reply; an error reply becomes `zbus::Error::MethodError`.
-    pub fn call_method<B: Serialize + DynamicType>(
+    /// Calls `member` and returns the reply; an error reply becomes `Error::Method`.
+    pub(crate) fn call_method(
         &self,
         destination: &str,
         path: &str,
         interface: &str,
         member: &str,
-        body: &B,
-    ) -> zbus::Result<Message> {
-        self.call(method_call(destination, path, interface, member, body)?)
+        args: &[Arg<'_>],
+    ) -> Result<Reply, Error> {
+        self.call(method_call(destination, path, interface, member, args)?)
     }
 
-    /// Writes `msg` and reads until its reply; what comes before it goes to `inbound`, and
+    /// Writes `call` and reads until its reply; what comes before it goes to `inbound`, and
     /// so does every whole message read after it, so nothing read waits for the next poll.
-    fn call(&self, msg: Message) -> zbus::Result<Message> {
-        self.call_all(&[msg]).pop().expect("one reply per call")
+    fn call(&self, call: Call) -> Result<Reply, Error> {
+        self.call_all(&[call]).pop().expect("one reply per call")
     }
 
     /// Calls each of `calls`, with up to `WINDOW` of them awaiting replies at once, and returns
-    /// the replies in the same order (an error reply as `zbus::Error::MethodError`): the round
-    /// trips overlap instead of adding up. What is read besides goes to `inbound`, in order.
-    pub fn call_all(&self, calls: &[Message]) -> Vec<zbus::Result<Message>> {
-        let mut replies: Vec<Option<zbus::Result<Message>>> = calls.iter().map(|_| None).collect();
+    /// the replies in the same order (an error reply as `Error::Method`): the round trips
+    /// overlap instead of adding up. What is read besides goes to `inbound`, in order.
+    pub(crate) fn call_all(&self, calls: &[Call]) -> Vec<Result<Reply, Error>> {
+        let mut replies: Vec<Option<Result<Reply, Error>>> = calls.iter().map(|_| None).collect();
         // (serial, index into `calls`) of the calls sent and not answered yet.
         let mut awaited: Vec<(u32, usize)> = Vec::new();
         let mut unsent = calls.iter().enumerate();
@@ -178,9 +234,14 @@ impl Bus {
         let mut timed_out = false;
         loop {
             while awaited.len() < WINDOW && !state.ended {
-                let Some((at, msg)) = unsent.next() else { break };
-                match state.stream.write_all(msg.data()) {
-                    Ok(()) => awaited.push((msg.primary_header().serial_num().get(), at)),
+                let Some((at, call)) = unsent.next() else { break };
+                // Serials only have to be unique among our calls awaiting replies; 0 is invalid.
+                state.serial = state.serial.checked_add(1).unwrap_or(1);
+                let serial = state.serial;
+                let State { stream, out, .. } = &mut *state;
+                call.stamped(serial, out);
+                match stream.write_all(out) {
+                    Ok(()) => awaited.push((serial, at)),
                     Err(e) => self.end(&mut state, e),
                 }
             }
@@ -206,28 +267,22 @@ impl Bus {
         }
         self.deliver_queued(&mut state);
         let unanswered = || match timed_out {
-            true => io(std::io::Error::new(
+            true => std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no reply in {} s", CALL_TIMEOUT.as_secs()),
-            )),
-            false => closed(),
+            ),
+            false => std::io::Error::new(std::io::ErrorKind::NotConnected, "the bus connection is closed"),
         };
-        replies
-            .into_iter()
-            .map(|reply| match reply.unwrap_or_else(|| Err(unanswered()))? {
-                reply if reply.message_type() == Type::Error => Err(zbus::Error::from(reply)),
-                reply => Ok(reply),
-            })
-            .collect()
+        replies.into_iter().map(|reply| reply.unwrap_or_else(|| Err(unanswered().into()))).collect()
     }
 
     /// Hands on the whole messages read so far, except replies to `awaited` calls, which go to
-    /// their slots in `replies` (as zbus's messages). Says whether any came.
+    /// their slots in `replies`. Says whether any came.
     fn deliver_replies(
         &self,
         state: &mut State,
         awaited: &mut Vec<(u32, usize)>,
-        replies: &mut [Option<zbus::Result<Message>>],
+        replies: &mut [Option<Result<Reply, Error>>],
     ) -> bool {
         let mut answered = false;
         loop {
@@ -247,7 +302,7 @@ impl Bus {
             match reply_to.and_then(|serial| awaited.iter().position(|&(s, _)| s == serial)) {
                 Some(slot) => {
                     let (_, at) = awaited.swap_remove(slot);
-                    replies[at] = Some(to_zbus(&msg));
+                    replies[at] = Some(reply(&msg));
                     answered = true;
                 }
                 None => (state.inbound)(Inbound::Message(msg)),
@@ -333,22 +388,29 @@ impl State {
 }
 
 /// A method call to `destination`, for [`Bus::call_all`].
-pub fn method_call<B: Serialize + DynamicType>(
+pub(crate) fn method_call(
     destination: &str,
     path: &str,
     interface: &str,
     member: &str,
-    body: &B,
-) -> zbus::Result<Message> {
-    Message::method_call(path, member)?.destination(destination)?.interface(interface)?.build(body)
+    args: &[Arg<'_>],
+) -> Result<Call, Error> {
+    Call::new(destination, path, interface, member, args).map_err(Error::Invalid)
 }
 
-fn io(e: std::io::Error) -> zbus::Error {
-    zbus::Error::InputOutput(Arc::new(e))
-}
-
-fn closed() -> zbus::Error {
-    io(std::io::Error::new(std::io::ErrorKind::NotConnected, "the bus connection is closed"))
+/// A reply to a call: a return kept whole, an error by its name and message.
+fn reply(msg: &wire::Message<'_>) -> Result<Reply, Error> {
+    match msg.kind {
+        Kind::Error => {
+            let message = match msg.signature.starts_with('s') {
+                true => msg.body().string().unwrap_or_default(),
+                false => "",
+            };
+            let name = msg.error_name.unwrap_or_default();
+            Err(Error::Method { name: name.to_owned(), message: message.to_owned() })
+        }
+        _ => Ok(Reply { bytes: msg.bytes().to_vec() }),
+    }
 }
 
 /// A message's header, or `None` (logged) for one that does not decode: dropped, like any
@@ -362,31 +424,17 @@ fn parse(bytes: &[u8]) -> Option<wire::Message<'_>> {
 /// SASL EXTERNAL (D-Bus specification, "Authentication Protocol"): a NUL byte, our uid in
 /// hex-encoded decimal, `OK <server guid>` back, then BEGIN. No unix fd passing is
 /// negotiated, so the bus sends us none.
-fn authenticate(stream: &mut UnixStream, reader: &mut impl BufRead) -> zbus::Result<()> {
+fn authenticate(stream: &mut UnixStream, reader: &mut impl BufRead) -> Result<(), Error> {
     let uid = nix::unistd::Uid::current().as_raw().to_string();
     let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
-    stream.write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes()).map_err(io)?;
+    stream.write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())?;
     let mut line = Vec::new();
-    reader.take(512).read_until(b'\n', &mut line).map_err(io)?;
+    reader.take(512).read_until(b'\n', &mut line)?;
     let line = String::from_utf8_lossy(&line);
     if !line.starts_with("OK ") {
-        return Err(zbus::Error::Handshake(format!(
-            "the bus refused EXTERNAL authentication: {}",
-            line.trim_end().escape_debug()
-        )));
+        return Err(Error::Handshake(line.trim_end().escape_debug().to_string()));
     }
-    stream.write_all(b"BEGIN\r\n").map_err(io)
-}
-
-/// A reply as zbus's message, for the caller to deserialize its body.
-fn to_zbus(msg: &wire::Message<'_>) -> zbus::Result<Message> {
-    let endian = if msg.big_endian { Endian::Big } else { Endian::Little };
-    // SAFETY: `from_bytes` is unsafe only in that the bytes may be badly encoded, and then it
-    // returns an error or a message whose body fails to deserialize; these are exactly the
-    // checks zbus's own socket reader makes before the same call (a whole message by the
-    // lengths of its header, in the endianness its first byte names), and `wire` has read
-    // the header already.
-    unsafe { Message::from_bytes(Data::new(msg.bytes().to_vec(), Context::new_dbus(endian, 0))) }
+    Ok(stream.write_all(b"BEGIN\r\n")?)
 }
 
 /// The bytes read from the socket, cut into whole messages in order. The buffer is reused
@@ -482,6 +530,7 @@ impl Frames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zbus::Message;
 
     fn signal(member: &str) -> Message {
         Message::signal("/org/example", "org.example.I", member).unwrap().build(&("x", 7u32)).unwrap()
@@ -512,14 +561,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_reply_becomes_zbus_s_message_with_its_body() {
-        let msg = signal("B");
+    /// The reply (or error) `msg` becomes, read back through the framing.
+    fn replied(msg: &Message) -> Result<Reply, Error> {
         let mut frames = Frames::default();
         frames.extend(msg.data());
-        let bytes = frames.next().unwrap().unwrap();
-        let reply = to_zbus(&wire::Message::parse(bytes).unwrap()).unwrap();
-        assert_eq!(reply.body().deserialize::<(String, u32)>().unwrap(), ("x".into(), 7));
+        reply(&wire::Message::parse(frames.next().unwrap().unwrap()).unwrap())
+    }
+
+    fn call_to_reply() -> Message {
+        Message::method_call("/o", "M").unwrap().destination("o.D").unwrap().build(&()).unwrap()
+    }
+
+    #[test]
+    fn a_reply_is_read_by_its_signature_whole() {
+        let reply = Message::method_return(&call_to_reply().header()).unwrap().build(&("x", 7u32)).unwrap();
+        let reply = replied(&reply).unwrap();
+        let both = |b: &mut wire::Cursor<'_>| Some((b.string()?.to_owned(), b.u32()?));
+        assert_eq!(reply.read("su", both).unwrap(), ("x".to_owned(), 7));
+        // Another type, or a part of it left unread, is not the reply the caller expects.
+        assert!(matches!(reply.string(), Err(Error::Reply(_))));
+        assert!(matches!(reply.read("su", |b| b.string().map(str::to_owned)), Err(Error::Reply(_))));
+    }
+
+    #[test]
+    fn an_error_reply_is_its_name_and_message() {
+        let call = call_to_reply();
+        let error =
+            Message::error(&call.header(), "org.example.Error.Nope").unwrap().build(&"not here").unwrap();
+        let error = replied(&error).unwrap_err();
+        assert_eq!(error.name(), Some("org.example.Error.Nope"));
+        assert_eq!(error.to_string(), "org.example.Error.Nope: not here");
+        let bare = Message::error(&call.header(), "org.example.Error.Bare").unwrap().build(&()).unwrap();
+        assert!(matches!(replied(&bare), Err(Error::Method { message, .. }) if message.is_empty()));
     }
 
     #[test]

@@ -43,14 +43,12 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
-use zbus::zvariant::OwnedObjectPath;
-use zbus::MatchRule;
-
-use bus::Inbound;
+use bus::{Inbound, Reply};
+pub(crate) use wire::Arg;
 
 use crate::ifname::IfName;
 
-pub use bus::Bus;
+pub use bus::{Bus, Error as BusError};
 pub use path::{decode_link_path, escape, link_path, LINK_PATH_NAMESPACE};
 pub use reader::{BusEvent, ReaderStats};
 pub use state::{AdminState, OperState};
@@ -89,17 +87,16 @@ const NETWORKD_PATH: &str = "/org/freedesktop/network1";
 const MANAGER_INTERFACE: &str = "org.freedesktop.network1.Manager";
 const PROPERTIES_INTERFACE: &str = "org.freedesktop.DBus.Properties";
 
-/// Errors of the D-Bus edge; each says which step failed, the source says why (boxed:
-/// `zbus::Error` is large and these travel through every `Result` here).
+/// Errors of the D-Bus edge; each says which step failed, the source says why.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot connect to the system bus")]
-    Connect(#[source] Box<zbus::Error>),
+    Connect(#[source] BusError),
     #[error("D-Bus call {call} failed")]
     Call {
         call: &'static str,
         #[source]
-        source: Box<zbus::Error>,
+        source: BusError,
     },
     #[error("already subscribed on this connection")]
     Subscribed,
@@ -107,9 +104,9 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Wraps a failed call's error (plain or `fdo`) with the call's name.
-fn call<E: Into<zbus::Error>>(call: &'static str) -> impl FnOnce(E) -> Error {
-    move |source| Error::Call { call, source: Box::new(source.into()) }
+/// Wraps a failed call's error with the call's name.
+fn call(call: &'static str) -> impl FnOnce(BusError) -> Error {
+    move |source| Error::Call { call, source }
 }
 
 /// Where the events go, in bus order. A channel of any event type that a `BusEvent`
@@ -214,7 +211,7 @@ impl Networkd {
                 (Stage::Early(_), Inbound::Ended(why)) => log::debug!("bus connection lost early: {why}"),
             }
         };
-        let bus = Bus::open(address, inbound).map_err(|e| Error::Connect(Box::new(e)))?;
+        let bus = Bus::open(address, inbound).map_err(Error::Connect)?;
         Ok(Networkd { bus, stage, stats })
     }
 
@@ -271,7 +268,7 @@ impl Networkd {
         for (what, rule) in
             [("AddMatch NameOwnerChanged", owner_rule()), ("AddMatch PropertiesChanged", link_rule())]
         {
-            let rule = rule.map_err(call(what))?.to_string();
+            let rule = [Arg::Str(&rule)];
             self.bus.call_method(BUS_NAME, BUS_PATH, BUS_NAME, "AddMatch", &rule).map_err(call(what))?;
         }
         let owner = self.owner()?;
@@ -281,13 +278,10 @@ impl Networkd {
     /// The unique name that owns `org.freedesktop.network1` now, `None` if networkd is
     /// not running.
     pub fn owner(&self) -> Result<Option<String>> {
-        match self.bus.call_method(BUS_NAME, BUS_PATH, BUS_NAME, "GetNameOwner", &NETWORKD_NAME) {
-            Ok(reply) => Ok(Some(reply.body().deserialize::<String>().map_err(call("GetNameOwner"))?)),
-            Err(zbus::Error::MethodError(name, _, _))
-                if name.as_str() == "org.freedesktop.DBus.Error.NameHasNoOwner" =>
-            {
-                Ok(None)
-            }
+        let name = [Arg::Str(NETWORKD_NAME)];
+        match self.bus.call_method(BUS_NAME, BUS_PATH, BUS_NAME, "GetNameOwner", &name) {
+            Ok(reply) => Ok(Some(reply.string().map_err(call("GetNameOwner"))?)),
+            Err(e) if e.name() == Some("org.freedesktop.DBus.Error.NameHasNoOwner") => Ok(None),
             Err(e) => Err(call("GetNameOwner")(e)),
         }
     }
@@ -302,26 +296,30 @@ impl Networkd {
     pub fn snapshot(&self, skip: impl Fn(u32) -> bool) -> Result<Vec<LinkState>> {
         let reply = self
             .bus
-            .call_method(NETWORKD_NAME, NETWORKD_PATH, MANAGER_INTERFACE, "ListLinks", &())
+            .call_method(NETWORKD_NAME, NETWORKD_PATH, MANAGER_INTERFACE, "ListLinks", &[])
             .map_err(call("ListLinks"))?;
-        let listed: Vec<(i32, String, OwnedObjectPath)> =
-            reply.body().deserialize().map_err(call("ListLinks"))?;
         let mut wanted = Vec::new();
-        for (index, name, path) in listed {
-            let Some(index) =
-                u32::try_from(index).ok().filter(|i| decode_link_path(path.as_str()) == Some(*i))
-            else {
-                log::warn!("networkd lists link {index} at {}; ignoring it", escape(path.as_str()));
-                continue;
-            };
-            let Ok(name) = name.parse::<IfName>() else {
-                log::warn!("networkd lists link {index} as \"{}\"; ignoring it", escape(&name));
-                continue;
-            };
-            if !skip(index) {
-                wanted.push((index, name));
+        let listed = reply.read("a(iso)", |body| {
+            let mut links = body.array(8)?;
+            while !links.at_end() {
+                links.align(8)?;
+                let (index, name, path) = (links.i32()?, links.string()?, links.object_path()?);
+                let Some(index) = u32::try_from(index).ok().filter(|i| decode_link_path(path) == Some(*i))
+                else {
+                    log::warn!("networkd lists link {index} at {}; ignoring it", escape(path));
+                    continue;
+                };
+                let Ok(name) = name.parse::<IfName>() else {
+                    log::warn!("networkd lists link {index} as \"{}\"; ignoring it", escape(name));
+                    continue;
+                };
+                if !skip(index) {
+                    wanted.push((index, name));
+                }
             }
-        }
+            Some(())
+        });
+        listed.map_err(call("ListLinks"))?;
         let indexes: Vec<u32> = wanted.iter().map(|(index, _)| *index).collect();
         let states = self.link_states(&indexes)?;
         let mut links = Vec::new();
@@ -344,16 +342,15 @@ impl Networkd {
         let mut calls = Vec::with_capacity(2 * indexes.len());
         for &index in indexes {
             for (property, what) in PROPERTIES {
-                let args = (LINK_INTERFACE, property);
+                let args = [Arg::Str(LINK_INTERFACE), Arg::Str(property)];
                 let get =
                     bus::method_call(NETWORKD_NAME, &link_path(index), PROPERTIES_INTERFACE, "Get", &args);
                 calls.push(get.map_err(call(what))?);
             }
         }
-        let replies = self.bus.call_all(&calls);
+        let mut replies = self.bus.call_all(&calls).into_iter();
         let mut states = Vec::with_capacity(indexes.len());
-        for pair in replies.chunks(2) {
-            let [oper, admin] = pair else { unreachable!("two calls per link") };
+        while let (Some(oper), Some(admin)) = (replies.next(), replies.next()) {
             // A link gone by the first answer is gone, whatever the second says.
             let Some(oper) = string_property(oper, PROPERTIES[0].1)? else {
                 states.push(None);
@@ -375,11 +372,15 @@ impl Networkd {
             NETWORKD_PATH,
             MANAGER_INTERFACE,
             "GetLinkByIndex",
-            &signed,
+            &[Arg::I32(signed)],
         ) {
-            Ok(reply) => {
-                reply.body().deserialize::<(String, OwnedObjectPath)>().map_err(call("GetLinkByIndex"))?.0
-            }
+            Ok(reply) => reply
+                .read("so", |body| {
+                    let name = body.string()?;
+                    body.object_path()?;
+                    Some(name.to_owned())
+                })
+                .map_err(call("GetLinkByIndex"))?,
             Err(e) if is_gone(&e) || is_no_such_link(&e) => return Ok(None),
             Err(e) => return Err(call("GetLinkByIndex")(e)),
         };
@@ -394,7 +395,7 @@ impl Networkd {
     /// Closes the connection now, without a `Disconnected`.
     /// Dropping does the same, ignoring errors.
     pub fn close(self) -> Result<()> {
-        self.bus.close().map_err(|e| call("close")(zbus::Error::InputOutput(Arc::new(e))))
+        self.bus.close().map_err(|e| call("close")(e.into()))
     }
 }
 
@@ -425,72 +426,70 @@ impl Subscription<'_> {
 
 /// A Get reply's string; `None` if the link object is gone (removed between ListLinks and
 /// Get), an error for any other failure or a value that is not a string.
-fn string_property(reply: &zbus::Result<zbus::Message>, what: &'static str) -> Result<Option<String>> {
+fn string_property(
+    reply: std::result::Result<Reply, BusError>,
+    what: &'static str,
+) -> Result<Option<String>> {
     match reply {
-        Ok(reply) => match reply.body().deserialize::<zbus::zvariant::Value<'_>>() {
-            Ok(zbus::zvariant::Value::Str(s)) => Ok(Some(s.to_string())),
-            Ok(_) => Err(call(what)(zbus::Error::InvalidReply)),
-            Err(e) => Err(call(what)(e)),
-        },
-        Err(e) if is_gone(e) => Ok(None),
-        Err(e) => Err(call(what)(e.clone())),
+        Ok(reply) => {
+            let value = reply.read("v", |body| match body.signature()? {
+                "s" => body.string().map(str::to_owned),
+                _ => None,
+            });
+            value.map(Some).map_err(call(what))
+        }
+        Err(e) if is_gone(&e) => Ok(None),
+        Err(e) => Err(call(what)(e)),
     }
 }
 
+/// A match rule of `key='value'` pairs (none of fanlink's values holds a quote).
+fn match_rule(pairs: &[(&str, &str)]) -> String {
+    let pairs: Vec<String> = pairs.iter().map(|(key, value)| format!("{key}='{value}'")).collect();
+    pairs.join(",")
+}
+
 /// NameOwnerChanged for networkd's name only (arg0).
-fn owner_rule() -> zbus::Result<MatchRule<'static>> {
-    Ok(MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .sender(BUS_NAME)?
-        .path(BUS_PATH)?
-        .interface(BUS_NAME)?
-        .member("NameOwnerChanged")?
-        .arg(0, NETWORKD_NAME)?
-        .build())
+fn owner_rule() -> String {
+    match_rule(&[
+        ("type", "signal"),
+        ("sender", BUS_NAME),
+        ("interface", BUS_NAME),
+        ("member", "NameOwnerChanged"),
+        ("path", BUS_PATH),
+        ("arg0", NETWORKD_NAME),
+    ])
 }
 
 /// One rule for all links: the bus delivers only what networkd's current owner sends.
-fn link_rule() -> zbus::Result<MatchRule<'static>> {
-    Ok(MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .sender(NETWORKD_NAME)?
-        .interface("org.freedesktop.DBus.Properties")?
-        .member("PropertiesChanged")?
-        .path_namespace(LINK_PATH_NAMESPACE)?
-        .arg(0, LINK_INTERFACE)?
-        .build())
+fn link_rule() -> String {
+    match_rule(&[
+        ("type", "signal"),
+        ("sender", NETWORKD_NAME),
+        ("interface", PROPERTIES_INTERFACE),
+        ("member", "PropertiesChanged"),
+        ("path_namespace", LINK_PATH_NAMESPACE),
+        ("arg0", LINK_INTERFACE),
+    ])
 }
 
 /// networkd's answer to GetLinkByIndex for an index it does not know. systemd (v252 seen
 /// live) shares sd-bus's error table with resolved and answers
 /// `org.freedesktop.resolve1.NoSuchLink`; accept a network1 spelling too, should it be fixed.
-fn is_no_such_link(e: &zbus::Error) -> bool {
-    match e {
-        zbus::Error::MethodError(name, _, _) => matches!(
-            name.as_str(),
-            "org.freedesktop.resolve1.NoSuchLink" | "org.freedesktop.network1.NoSuchLink"
-        ),
-        _ => false,
-    }
+fn is_no_such_link(e: &BusError) -> bool {
+    matches!(e.name(), Some("org.freedesktop.resolve1.NoSuchLink" | "org.freedesktop.network1.NoSuchLink"))
 }
 
 /// Whether an error means the link object is gone (removed between ListLinks and Get).
-fn is_gone(e: &zbus::Error) -> bool {
-    const GONE: [&str; 3] = [
-        "org.freedesktop.DBus.Error.UnknownObject",
-        "org.freedesktop.DBus.Error.UnknownInterface",
-        "org.freedesktop.DBus.Error.UnknownProperty",
-    ];
-    match e {
-        zbus::Error::MethodError(name, _, _) => GONE.contains(&name.as_str()),
-        zbus::Error::FDO(e) => matches!(
-            **e,
-            zbus::fdo::Error::UnknownObject(_)
-                | zbus::fdo::Error::UnknownInterface(_)
-                | zbus::fdo::Error::UnknownProperty(_)
-        ),
-        _ => false,
-    }
+fn is_gone(e: &BusError) -> bool {
+    matches!(
+        e.name(),
+        Some(
+            "org.freedesktop.DBus.Error.UnknownObject"
+                | "org.freedesktop.DBus.Error.UnknownInterface"
+                | "org.freedesktop.DBus.Error.UnknownProperty"
+        )
+    )
 }
 
 #[cfg(test)]
@@ -500,13 +499,13 @@ mod tests {
     #[test]
     fn match_rules_are_the_documented_ones() {
         assert_eq!(
-            link_rule().unwrap().to_string(),
+            link_rule(),
             "type='signal',sender='org.freedesktop.network1',interface='org.freedesktop.DBus.Properties',\
              member='PropertiesChanged',path_namespace='/org/freedesktop/network1/link',\
              arg0='org.freedesktop.network1.Link'"
         );
         assert_eq!(
-            owner_rule().unwrap().to_string(),
+            owner_rule(),
             "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
              member='NameOwnerChanged',path='/org/freedesktop/DBus',arg0='org.freedesktop.network1'"
         );

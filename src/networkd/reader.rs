@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::path::{decode_link_path, escape};
 use super::state::{AdminState, OperState};
-use super::wire::{Cursor, Kind, Message};
+use super::wire::{unique_name_ok, Cursor, Kind, Message};
 use super::{BUS_NAME, BUS_PATH, LINK_INTERFACE, NETWORKD_NAME, PROPERTIES_INTERFACE};
 
 /// What the reader reports, in the order the bus delivered it.
@@ -96,7 +96,7 @@ impl Classifier {
         }
         let new_owner = match new {
             "" => None,
-            unique if zbus::names::UniqueName::try_from(unique).is_ok() => Some(unique.to_owned()),
+            unique if unique_name_ok(unique) => Some(unique.to_owned()),
             _ => return Verdict::Drop("NameOwnerChanged with an invalid new owner"),
         };
         self.owner = new_owner.clone();

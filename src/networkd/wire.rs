@@ -1,11 +1,13 @@
-//! The D-Bus wire format, read (the specification's "Message Format"): a message's header as
-//! a view of its bytes, and a cursor for the few body values the reader decodes.
+//! The D-Bus wire format (the specification's "Message Format"): a message's header read as
+//! a view of its bytes, a cursor for the few body values fanlink decodes, and the method
+//! calls it makes, written.
 //!
-//! Every signal fanlink receives went through zbus's `Message::from_bytes` (header fields
-//! parsed into owned values, signature strings parsed, allocations) before the classifier
-//! looked at three strings of it: half of the daemon's instructions per event. Here a
-//! message is read in place, nothing is allocated, and only a reply to a waiting call still
-//! becomes a `zbus::Message` (`bus.rs`).
+//! A message is read in place and nothing is allocated: when zbus decoded every signal
+//! (header fields parsed into owned values, signature strings parsed), that was half of the
+//! daemon's instructions per event, for three strings the classifier looks at. fanlink
+//! makes a dozen kinds of call, with strings and an int32 for arguments; writing them here
+//! took zbus and its serde layer out of the binary (252 of its 2017 KiB; the binary is most
+//! of the daemon's resident memory: bench/README point 19). zbus stays the tests' oracle.
 //!
 //! The bytes come from anyone on the bus: every length and offset is checked against the
 //! bytes it claims, padding must be zero, strings valid UTF-8 without NUL, signatures
@@ -37,6 +39,7 @@ pub(crate) struct Message<'a> {
     pub(crate) interface: Option<&'a str>,
     pub(crate) member: Option<&'a str>,
     pub(crate) sender: Option<&'a str>,
+    pub(crate) error_name: Option<&'a str>,
     pub(crate) signature: &'a str,
     /// Little-endian (`false`) or big-endian, as the first byte says.
     pub(crate) big_endian: bool,
@@ -93,6 +96,7 @@ impl<'a> Message<'a> {
             interface: None,
             member: None,
             sender: None,
+            error_name: None,
             signature: "",
             big_endian,
             bytes,
@@ -108,7 +112,8 @@ impl<'a> Message<'a> {
         let required = match kind {
             Kind::MethodCall => msg.path.is_some() && msg.member.is_some(),
             Kind::Signal => msg.path.is_some() && msg.interface.is_some() && msg.member.is_some(),
-            Kind::MethodReturn | Kind::Error => msg.reply_serial.is_some(),
+            Kind::MethodReturn => msg.reply_serial.is_some(),
+            Kind::Error => msg.reply_serial.is_some() && msg.error_name.is_some(),
         };
         if !required {
             return Err("a header field its type requires is missing");
@@ -149,10 +154,11 @@ impl<'a> Message<'a> {
                 1 => self.path = Some(fields.object_path().ok_or(MALFORMED)?),
                 2 => self.interface = Some(fields.string().ok_or(MALFORMED)?),
                 3 => self.member = Some(fields.string().ok_or(MALFORMED)?),
+                4 => self.error_name = Some(fields.string().ok_or(MALFORMED)?),
                 5 => self.reply_serial = Some(fields.u32().ok_or(MALFORMED)?),
                 7 => self.sender = Some(fields.string().ok_or(MALFORMED)?),
                 8 => self.signature = fields.signature().filter(|s| signature_ok(s)).ok_or(MALFORMED)?,
-                // ERROR_NAME, DESTINATION, UNIX_FDS: checked, not needed.
+                // DESTINATION, UNIX_FDS: checked, not needed.
                 9 => _ = fields.u32().ok_or(MALFORMED)?,
                 _ => _ = fields.string().ok_or(MALFORMED)?,
             }
@@ -218,6 +224,10 @@ impl<'a> Cursor<'a> {
         Some(read_u32(self.big_endian, [b[0], b[1], b[2], b[3]]))
     }
 
+    pub(crate) fn i32(&mut self) -> Option<i32> {
+        self.u32().map(|u| u as i32)
+    }
+
     /// `s`: a length, UTF-8 without NUL, a NUL.
     pub(crate) fn string(&mut self) -> Option<&'a str> {
         let len = usize::try_from(self.u32()?).ok()?;
@@ -231,7 +241,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// `o`: a string that is a valid object path.
-    fn object_path(&mut self) -> Option<&'a str> {
+    pub(crate) fn object_path(&mut self) -> Option<&'a str> {
         self.string().filter(|p| object_path_ok(p))
     }
 
@@ -320,6 +330,112 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// An argument of a method call fanlink makes: its calls take strings and an int32.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arg<'a> {
+    Str(&'a str),
+    I32(i32),
+}
+
+/// A method call, written little-endian with serial 0; the connection stamps the serial as
+/// it sends it ([`Call::stamped`]).
+#[derive(Debug, Clone)]
+pub struct Call {
+    bytes: Vec<u8>,
+}
+
+impl Call {
+    /// The call of `member` on `destination`. An argument or name the bus would refuse
+    /// (a NUL in a string, a malformed path) is an error here: dbus-daemon answers an
+    /// invalid message by hanging up.
+    pub(crate) fn new(
+        destination: &str,
+        path: &str,
+        interface: &str,
+        member: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Call, &'static str> {
+        if !object_path_ok(path) {
+            return Err("not an object path");
+        }
+        let strings = args.iter().filter_map(|a| match a {
+            Arg::Str(s) => Some(*s),
+            Arg::I32(_) => None,
+        });
+        if [destination, interface, member].into_iter().chain(strings).any(|s| s.contains('\0')) {
+            return Err("a string with a NUL");
+        }
+        let signature: String =
+            args.iter().map(|a| if matches!(a, Arg::Str(_)) { 's' } else { 'i' }).collect();
+        let mut w = Writer { bytes: Vec::with_capacity(160) };
+        // Endianness, type, flags, version; then body length, serial and fields length.
+        w.bytes.extend_from_slice(&[b'l', 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        for (code, value) in [(1, path), (2, interface), (3, member), (6, destination)] {
+            w.align(8);
+            w.bytes.push(code);
+            w.signature(if code == 1 { "o" } else { "s" });
+            w.string(value);
+        }
+        if !signature.is_empty() {
+            w.align(8);
+            w.bytes.push(8);
+            w.signature("g");
+            w.signature(&signature);
+        }
+        let fields = w.bytes.len() - FIXED_HEADER;
+        w.align(8);
+        let body_start = w.bytes.len();
+        for arg in args {
+            match *arg {
+                Arg::Str(s) => w.string(s),
+                Arg::I32(i) => w.u32(i as u32),
+            }
+        }
+        let body = w.bytes.len() - body_start;
+        w.bytes[4..8].copy_from_slice(&(body as u32).to_le_bytes());
+        w.bytes[12..16].copy_from_slice(&(fields as u32).to_le_bytes());
+        Ok(Call { bytes: w.bytes })
+    }
+
+    /// The bytes to send as the call numbered `serial` (which must not be 0), written into
+    /// `out`.
+    pub(crate) fn stamped(&self, serial: u32, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.bytes);
+        out[8..12].copy_from_slice(&serial.to_le_bytes());
+    }
+}
+
+/// Appends values little-endian; alignment is relative to the message's start, which is the
+/// buffer's.
+struct Writer {
+    bytes: Vec<u8>,
+}
+
+impl Writer {
+    fn align(&mut self, n: usize) {
+        self.bytes.resize(self.bytes.len().next_multiple_of(n), 0);
+    }
+
+    fn u32(&mut self, value: u32) {
+        self.align(4);
+        self.bytes.extend_from_slice(&value.to_le_bytes());
+    }
+
+    fn string(&mut self, s: &str) {
+        self.u32(s.len() as u32);
+        self.bytes.extend_from_slice(s.as_bytes());
+        self.bytes.push(0);
+    }
+
+    /// A signature: fanlink's are a few type codes, far below the 255 a length byte allows.
+    fn signature(&mut self, s: &str) {
+        self.bytes.push(s.len() as u8);
+        self.bytes.extend_from_slice(s.as_bytes());
+        self.bytes.push(0);
+    }
+}
+
 /// Where values of a type start: the specification's alignment per type code.
 fn alignment(code: u8) -> usize {
     match code {
@@ -371,6 +487,17 @@ fn signature_ok(sig: &str) -> bool {
         }
     }
     true
+}
+
+/// A unique connection name (the specification's "Bus Names"): `:`, then at least two
+/// `.`-separated non-empty elements of `[A-Za-z0-9_-]`, 255 bytes at most.
+pub(crate) fn unique_name_ok(name: &str) -> bool {
+    let Some(elements) = name.strip_prefix(':') else { return false };
+    name.len() <= 255
+        && elements.split('.').count() >= 2
+        && elements
+            .split('.')
+            .all(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
 }
 
 /// `/`, or `/`-separated non-empty elements of `[A-Za-z0-9_]`. One pass over the bytes:

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use zbus::zvariant::{Endian, Value};
 
-use super::{Kind, Message};
+use super::{unique_name_ok, Arg, Call, Kind, Message};
 use crate::networkd::reader::{BusEvent, Classifier, Verdict};
 use crate::networkd::OperState;
 
@@ -91,6 +91,7 @@ fn reads_the_header_fields_zbus_writes() {
         assert_eq!(view.interface, header.interface().map(|i| i.as_str()));
         assert_eq!(view.member, header.member().map(|m| m.as_str()));
         assert_eq!(view.sender, header.sender().map(|s| s.as_str()));
+        assert_eq!(view.error_name, header.error_name().map(|e| e.as_str()));
         assert_eq!(view.signature, header.signature().to_string_no_parens());
         assert_eq!(view.bytes(), &msg.data()[..]);
         let mut c = Classifier::new(Some(NETWORKD.into()));
@@ -373,5 +374,101 @@ fn object_paths() {
     }
     for bad in ["", "a", "a/b", "//", "/a/", "/a//b", "/a-b", "/é", "/a/ b", "/a\0"] {
         assert!(!super::object_path_ok(bad), "{bad:?}");
+    }
+}
+
+/// Ours and zbus's bytes of the same call, both with zbus's serial.
+fn both(
+    path: &str,
+    interface: &str,
+    member: &str,
+    args: &[Arg<'_>],
+    body: impl FnOnce(zbus::message::Builder<'_>) -> zbus::Message,
+) -> (Vec<u8>, Vec<u8>) {
+    let destination = "org.freedesktop.network1";
+    let theirs = body(
+        zbus::Message::method_call(path, member)
+            .unwrap()
+            .destination(destination)
+            .unwrap()
+            .interface(interface)
+            .unwrap(),
+    );
+    let mut ours = Vec::new();
+    Call::new(destination, path, interface, member, args)
+        .unwrap()
+        .stamped(theirs.primary_header().serial_num().get(), &mut ours);
+    (ours, theirs.data().to_vec())
+}
+
+#[test]
+fn writes_each_call_byte_for_byte_as_zbus_does() {
+    let link = "/org/freedesktop/network1/link/_32";
+    let manager = "org.freedesktop.network1.Manager";
+    let cases = [
+        both("/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello", &[], |b| b.build(&()).unwrap()),
+        both(
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "AddMatch",
+            &[Arg::Str("type='signal'")],
+            |b| b.build(&"type='signal'").unwrap(),
+        ),
+        both("/org/freedesktop/network1", manager, "ListLinks", &[], |b| b.build(&()).unwrap()),
+        both("/org/freedesktop/network1", manager, "GetLinkByIndex", &[Arg::I32(-2)], |b| {
+            b.build(&(-2i32)).unwrap()
+        }),
+        both(
+            link,
+            "org.freedesktop.DBus.Properties",
+            "Get",
+            &[Arg::Str("a.b.C"), Arg::Str("OperationalState")],
+            |b| b.build(&("a.b.C", "OperationalState")).unwrap(),
+        ),
+        both("/", "i.J", "Odd", &[Arg::Str(""), Arg::I32(i32::MAX), Arg::Str("é")], |b| {
+            b.build(&("", i32::MAX, "é")).unwrap()
+        }),
+    ];
+    for (ours, theirs) in cases {
+        assert_eq!(ours, theirs);
+        let read = Message::parse(&ours).unwrap();
+        assert_eq!(read.kind, Kind::MethodCall);
+    }
+}
+
+#[test]
+fn refuses_to_write_a_call_the_bus_would_hang_up_on() {
+    let call = |path: &str, arg: &str| Call::new("o.D", path, "o.I", "M", &[Arg::Str(arg)]).map(|_| ());
+    assert_eq!(call("/o", "a\0b"), Err("a string with a NUL"));
+    assert_eq!(call("o", "x"), Err("not an object path"));
+    assert_eq!(call("/o/", "x"), Err("not an object path"));
+    assert_eq!(Call::new("o.D\0", "/o", "o.I", "M", &[]).map(|_| ()), Err("a string with a NUL"));
+    assert_eq!(call("/o", "x"), Ok(()));
+}
+
+#[test]
+fn unique_names_as_zbus_judges_them() {
+    let samples = [
+        ":1.7",
+        ":1.7.9",
+        ":a-b.c_d",
+        ":1",
+        ":",
+        ":1.",
+        ":.1",
+        ":1..2",
+        ":1.7 ",
+        ":1.é",
+        "1.7",
+        "org.freedesktop.DBus",
+        "",
+        ":x.\0",
+    ];
+    let long = format!(":1.{}", "7".repeat(253));
+    let longer = format!(":1.{}", "7".repeat(254));
+    for name in samples.iter().copied().chain([long.as_str(), longer.as_str()]) {
+        // zbus also takes the bus's own name, which is never the new owner of another name.
+        let theirs = zbus::names::UniqueName::try_from(name).is_ok() && name != "org.freedesktop.DBus";
+        assert_eq!(unique_name_ok(name), theirs, "{name:?}");
     }
 }
