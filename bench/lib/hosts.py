@@ -156,8 +156,11 @@ class Daemon:
 
 
 def start_fanlink(work, host, binary, rules, log, notify=None, level="debug"):
-    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=host.bus, RUST_LOG=level)
-    env.pop("NOTIFY_SOCKET", None)
+    # The unit's environment, not the operator's shell: with RUST_BACKTRACE set, each error
+    # the daemon makes (a kept state gone stale in a cold trial, say) walks the unwind tables,
+    # which pages in ~128 KiB of them that a daemon under systemd never reads.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUST_") and k != "NOTIFY_SOCKET"}
+    env.update(DBUS_SYSTEM_BUS_ADDRESS=host.bus, RUST_LOG=level)
     if notify:
         env["NOTIFY_SOCKET"] = notify
     argv = ["ip", "netns", "exec", host.ns, binary, "--rules-dir", rules,
