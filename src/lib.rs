@@ -4,6 +4,7 @@
 //! (`observe`) become a desired and an observed state, `plan` turns the two into `Op`s, and
 //! `apply` performs them through `netlink`, `datapath` (BPF, nftables, sysctl).
 
+pub mod addrplan;
 pub mod cli;
 pub mod commands;
 pub mod config;
