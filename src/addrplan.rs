@@ -12,6 +12,7 @@
 //! (x.y.z.0 and x.y.z.255 of a /24 confuse enough software to be worth two addresses).
 
 use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -192,6 +193,44 @@ impl AddrPlan {
                 format!("{} (--ip-range; {} kept out)", d.range, aux.join(", "))
             }
         }
+    }
+}
+
+/// The plan as `addr --json` and `status --json` print it (and the daemon sends it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanReport {
+    /// The host's own addresses, first and last (the bridge's first).
+    pub host: [Ipv4Addr; 2],
+    /// What dnsmasq hands out with `dhcp = true`, first and last.
+    pub dhcp: Option<[Ipv4Addr; 2]>,
+    /// Docker's `--ip-range`, a prefix such as "250.3.4.128/25".
+    pub docker_ip_range: Option<String>,
+    /// Docker's `--aux-address`es: addresses of its range it must not hand out.
+    pub docker_aux_addresses: Vec<Ipv4Addr>,
+}
+
+impl From<&AddrPlan> for PlanReport {
+    fn from(p: &AddrPlan) -> PlanReport {
+        PlanReport {
+            host: [p.host.0, p.host.1],
+            dhcp: p.dhcp.map(|(a, b)| [a, b]),
+            docker_ip_range: p.docker.as_ref().map(|d| d.range.to_string()),
+            docker_aux_addresses: p
+                .docker
+                .as_ref()
+                .map_or(Vec::new(), |d| d.aux.iter().map(|a| a.1).collect()),
+        }
+    }
+}
+
+impl fmt::Display for PlanReport {
+    /// One line: "host 250.3.4.1, dhcp 250.3.4.2-250.3.4.127, docker 250.3.4.128/25".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let range =
+            |r: [Ipv4Addr; 2]| if r[0] == r[1] { r[0].to_string() } else { format!("{}-{}", r[0], r[1]) };
+        let dhcp = self.dhcp.map_or("none".into(), range);
+        let docker = self.docker_ip_range.as_deref().unwrap_or("none");
+        write!(f, "host {}, dhcp {dhcp}, docker {docker}", range(self.host))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod dhcp;
+pub mod docker_args;
 pub mod error;
 pub mod fan;
 pub mod generate;
