@@ -27,6 +27,7 @@ fn target_rule(dirs: &[PathBuf], target: &UpTarget) -> Result<Rule> {
             mtu: None,
             masquerade: true,
             dhcp: false,
+            split: Default::default(),
             origin,
             by_hand: true,
         });

@@ -469,14 +469,16 @@ impl Daemon {
             if !rule.dhcp || !built.contains(&d.fan) {
                 continue;
             }
-            let (Ok(slice), Ok(bridge_address)) =
-                (rule.map.slice(underlay.address), rule.map.bridge_address(underlay.address))
+            // The rule's check made sure a DHCP range exists in every slice of the fan.
+            let (Ok(plan), Ok(bridge_address)) =
+                (rule.addr_plan(underlay.address), rule.map.bridge_address(underlay.address))
             else {
                 continue;
             };
+            let Some(range) = plan.dhcp else { continue };
             keep.push(d.fan.clone());
             let mtu = underlay.mtu;
-            let cfg = crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, slice, mtu };
+            let cfg = crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, range, mtu };
             self.dhcp.ensure(cfg, self.bus.as_ref().map(|b| b.connection()));
         }
         self.dhcp.retain(&keep, self.bus.as_ref().map(|b| b.connection()));
