@@ -1,5 +1,6 @@
 //! fanlink's integration tests, one binary (`autotests = false`): the CLI as a user runs it,
 //! and the kernel-facing parts in network namespaces of their own.
+mod boot;
 mod bpf;
 mod byhand;
 mod cli;

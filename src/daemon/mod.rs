@@ -346,6 +346,7 @@ impl Daemon {
                 Ok(ops) => self.apply_ops(&decision.fan, &ops),
                 Err(e) => Err(("plan".to_string(), e.to_string())),
             };
+            let has_bridge = matches!(decision.want, Want::Up(_) | Want::Down) && applied.is_ok();
             match applied {
                 Ok(()) => {
                     built.push(decision.fan.clone());
@@ -356,12 +357,10 @@ impl Daemon {
                 Err((step, error)) => self.failed(&decision.fan, step, error),
             }
             // A firewall may have appeared (Docker's FORWARD DROP) since the bridge was
-            // made; the accept rules are re-ensured, which changes nothing if they hold.
-            if self.firewall_changed && matches!(decision.want, Want::Up(_)) {
-                let accept = [crate::model::Op::AcceptForwarding { fan: decision.fan.clone() }];
-                if let Err((step, error)) = self.apply_ops(&decision.fan, &accept) {
-                    self.failed(&decision.fan, step, error);
-                }
+            // made; the accept rules are re-ensured, also for a fan that is down (its bridge
+            // is there, and its next `up` reads no firewall).
+            if self.firewall_changed && has_bridge {
+                self.reensure_accept(&decision.fan);
             }
         }
         self.firewall_changed = false;
@@ -421,6 +420,7 @@ impl Daemon {
             if let Want::Up(u) = &d.want {
                 let link_mtu = snap.links.iter().find(|l| l.name == u.link.as_str()).map(|l| l.mtu);
                 interest.underlay_links.insert(u.link.to_string(), link_mtu.unwrap_or(0));
+                interest.forwarding.extend(index(d.fan.as_str()).into_iter().chain(index(u.link.as_str())));
             }
         }
         interest
@@ -443,6 +443,18 @@ impl Daemon {
             self.sys.apply(op).map_err(|e| (op.to_string(), e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// Re-ensures the fan's accept rules after a firewall change. Docker rewrites its chains
+    /// at start, dozens of nftables events in a few seconds, and each re-ensures: the op is
+    /// logged at info only when it changed something (it was 51 lines for 4 inserts).
+    fn reensure_accept(&mut self, fan: &crate::ifname::IfName) {
+        let op = crate::model::Op::AcceptForwarding { fan: fan.clone() };
+        match self.sys.accept_forwarding(fan) {
+            Ok(true) => log::info!("{fan}: {op}"),
+            Ok(false) => log::debug!("{fan}: {op}: in place"),
+            Err(e) => self.failed(fan, op.to_string(), e.to_string()),
+        }
     }
 
     /// Records a failed step; its error is logged in full once per cause, at error priority.

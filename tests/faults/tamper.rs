@@ -67,24 +67,36 @@ crate::in_both_datapaths! {
     }
 }
 
-/// `net.ipv4.ip_forward` is watched through the kernel's netconf events (nothing reads the
-/// file per reconcile): turned off by hand under a fan that is up, it is turned back on.
+/// The forwarding of the fan's bridge and of its underlay link is watched through the
+/// kernel's netconf events (nothing reads the files per reconcile): turned off by hand,
+/// one link's or every link's at once (`net.ipv4.ip_forward` from 1 to 0), under a fan that is up, it
+/// is turned back on, on those two links only; `ip_forward` itself stays as it was.
 #[test]
 #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
 fn forwarding_turned_off_by_hand_is_turned_back_on() {
     let host = Host::new("fwd");
-    let forwarding = || host.sh("sysctl -n net.ipv4.ip_forward").trim().to_string();
-    let enable = "set net.ipv4.ip_forward = 1";
+    let get = |key: &str| host.sh(&format!("sysctl -n net.ipv4.{key}")).trim().to_string();
+    let on = || [get("conf.fan-250.forwarding"), get("conf.uplink0.forwarding"), get("ip_forward")];
+    let ons = ["1", "1", "0"].map(String::from);
     // A new namespace may inherit forwarding on from the host: start from off.
     host.sh("sysctl -qw net.ipv4.ip_forward=0");
     let daemon = host.start();
+    let enables =
+        |link: &str| daemon.log().matches(&format!("set net.ipv4.conf.{link}.forwarding = 1")).count();
     host.wait_fan(UP, &daemon);
-    assert_eq!(forwarding(), "1");
-    assert_eq!(daemon.log().matches(enable).count(), 1, "turned on once:\n{}", daemon.log());
-    host.sh("sysctl -qw net.ipv4.ip_forward=0");
+    assert_eq!(on(), ons, "the bridge and the underlay, not ip_forward");
+    assert!(!daemon.log().contains("ip_forward"), "{}", daemon.log());
+    assert_eq!((enables("fan-250"), enables("uplink0")), (1, 1), "{}", daemon.log());
+    host.sh("sysctl -qw net.ipv4.conf.uplink0.forwarding=0");
     wait_for(
-        || format!("forwarding to be turned back on; log:\n{}", daemon.log()),
-        || daemon.log().matches(enable).count() == 2 && forwarding() == "1",
+        || format!("the underlay's forwarding to be turned back on; log:\n{}", daemon.log()),
+        || enables("uplink0") == 2 && on() == ons,
+    );
+    // Someone's ip_forward on, then off (a sysctl.conf applied again): every link's goes off.
+    host.sh("sysctl -qw net.ipv4.ip_forward=1 && sysctl -qw net.ipv4.ip_forward=0");
+    wait_for(
+        || format!("both to be turned back on; log:\n{}", daemon.log()),
+        || enables("uplink0") == 3 && enables("fan-250") == 2 && on() == ons,
     );
     assert_one_of_everything(&host, true, "forwarding restored");
 }
