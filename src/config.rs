@@ -232,6 +232,18 @@ fn clash(rule: &Rule, other: &Rule, at: &Located) -> Option<(Key, String)> {
         let message = format!("overlay {a} overlaps overlay {b} of fan \"{}\" at {}", other.name, at.overlay);
         return Some((Key::Overlay, message));
     }
+    // The VNI is the overlay's top 24 bits: two overlays inside one /24 share it, and the
+    // kernel (or the shared datapath's steering) can carry one fan per VNI only.
+    if rule.map.vni() == other.map.vni() {
+        let message = format!(
+            "overlay {a} would use VNI {}, which overlay {b} of fan \"{}\" at {} uses; \
+             two fans need overlays in different /24s",
+            rule.map.vni(),
+            other.name,
+            at.overlay
+        );
+        return Some((Key::Overlay, message));
+    }
     None
 }
 
