@@ -76,7 +76,7 @@ fn every_rule_error_names_file_line_and_column() {
         ("this-network.toml", "this-network.toml:2:11: error: overlay 0.0.0.0/8 overlaps 0.0.0.0/8 (\"this network\"); use an unused range such as 240.0.0.0/8 to 254.0.0.0/8"),
         ("tiny-underlay.toml", "tiny-underlay.toml:2:11: error: underlay 10.0.0.0/31 leaves fewer than 2 host bits, so no host can own a slice; use /30 or wider"),
         ("unaligned.toml", "unaligned.toml:2:11: error: overlay 250.1.0.0/8 has host bits set; did you mean 250.0.0.0/8?"),
-        ("unknown-key.toml", "unknown-key.toml:4:1: error: unknown key `colour`; a fan has name, overlay, underlay, interface, mtu, masquerade, dhcp"),
+        ("unknown-key.toml", "unknown-key.toml:4:1: error: unknown key `colour`; a fan has name, overlay, underlay, interface, mtu, masquerade, dhcp, dhcp-lease, enable"),
         ("unknown-table.toml", "unknown-table.toml:1:1: error: unknown field `fans`, expected `fan`"),
         ("wrong-type.toml", "wrong-type.toml:3:12: error: `underlay` must be a string such as \"10.0.0.0/16\", not an integer"),
     ];
@@ -110,7 +110,7 @@ fn check_reports_all_errors_of_all_files() {
         "50-two.toml:2:8: error: `name`: \"a b\" contains ' ', which interface names cannot contain\n\
          50-two.toml:5:7: error: `mtu` must be an integer from 576 to 9000, not 10\n\
          mtu.toml:4:7: error: `mtu` must be an integer from 576 to 9000, not 100000\n\
-         unknown-key.toml:4:1: error: unknown key `colour`; a fan has name, overlay, underlay, interface, mtu, masquerade, dhcp\n\
+         unknown-key.toml:4:1: error: unknown key `colour`; a fan has name, overlay, underlay, interface, mtu, masquerade, dhcp, dhcp-lease, enable\n\
          wrong-type.toml:3:12: error: `underlay` must be a string such as \"10.0.0.0/16\", not an integer\n\
          fanlink: 5 error(s) in the rules\n"
     );

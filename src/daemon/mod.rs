@@ -476,7 +476,8 @@ impl Daemon {
             };
             keep.push(d.fan.clone());
             let mtu = underlay.mtu;
-            let cfg = crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, slice, mtu };
+            let lease = rule.dhcp_lease.clone().unwrap_or_else(|| "1h".into());
+            let cfg = crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, slice, mtu, lease };
             self.dhcp.ensure(cfg, self.bus.as_ref().map(|b| b.connection()));
         }
         self.dhcp.retain(&keep, self.bus.as_ref().map(|b| b.connection()));

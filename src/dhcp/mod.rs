@@ -28,6 +28,8 @@ pub struct DhcpConfig {
     /// This host's slice, e.g. 250.3.4.0/24.
     pub slice: Ipv4Net,
     pub mtu: u32,
+    /// The lease time, in dnsmasq's syntax ("1h").
+    pub lease: String,
 }
 
 /// The addresses handed out: `.2`-`.254` of the host's first /24 inside its slice, or the
@@ -51,7 +53,7 @@ pub fn options(cfg: &DhcpConfig, state_dir: &Path) -> Vec<String> {
         // Bound to the bridge's address only: no DNS or DHCP on any other interface, and no
         // clash with another resolver on the host.
         "bind-dynamic".into(),
-        format!("dhcp-range={first},{last},{},1h", cfg.bridge_address.netmask()),
+        format!("dhcp-range={first},{last},{},{}", cfg.bridge_address.netmask(), cfg.lease),
         format!("dhcp-option=option:router,{router}"),
         format!("dhcp-option=option:mtu,{}", cfg.mtu),
         "dhcp-authoritative".into(),
@@ -148,6 +150,7 @@ fn example() -> DhcpConfig {
         bridge_address: "250.3.4.1/8".parse().unwrap(),
         slice: "250.3.4.0/24".parse().unwrap(),
         mtu: 1450,
+        lease: "1h".into(),
     }
 }
 
@@ -182,5 +185,8 @@ mod tests {
         ] {
             assert!(args.contains(want), "{want} in {args}");
         }
+        let week = DhcpConfig { lease: "7d".into(), ..cfg };
+        let week = super::args(&week, Path::new("/var/lib/fanlink")).join(" ");
+        assert!(week.contains("--dhcp-range=250.3.4.2,250.3.4.254,255.0.0.0,7d "), "{week}");
     }
 }
