@@ -118,3 +118,46 @@ crate::in_both_datapaths! {
         assert!(vx.contains("master fan-250"), "the port stays on the bridge: {vx}");
     }
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_fanlink");
+
+/// The kernel's devices of a host, one name a line.
+fn links(ns: &Netns) -> Vec<String> {
+    ns.run("ip -o link show")
+        .lines()
+        .filter_map(|l| Some(l.split(": ").nth(1)?.split('@').next()?.to_string()))
+        .collect()
+}
+
+crate::in_both_datapaths! {
+    /// flannel's `flannel.1` holds UDP 8472: `up` refuses before building anything, naming
+    /// it; the daemon reports it once, retries, and builds the fan once the device is gone.
+    #[ignore = "needs root (network namespaces): run with --include-ignored"]
+    fn another_vxlan_on_the_fan_port_is_named_and_nothing_is_built(mode) {
+        let host = KernelHost::new("flkv");
+        host.ns.run("ip link add flannel.1 type vxlan id 1 dstport 8472 nolearning dev uplink0 && ip link set flannel.1 up");
+        let before = links(&host.ns);
+        let out = host.ns.sh(&format!("{} {BIN} up --overlay 250.0.0.0/8 --underlay 10.99.0.0/16", mode.env()));
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(
+            text(&out.stderr),
+            "fanlink: fan-250: UDP port 8472, which every fan needs, is held by another vxlan: flannel.1 \
+             (likely flannel's vxlan backend (8472 is its default port)); nothing was changed. Remove it \
+             (`ip link del flannel.1`) or move it to another port, and fanlink retries\n"
+        );
+        assert_eq!(links(&host.ns), before, "nothing built");
+        assert!(!host.ns.run("nft list tables").contains("fanlink"), "no NAT table");
+
+        host.rules.write("50-t.toml", &fan(250, ""));
+        let daemon = host.start(mode);
+        daemon.wait_log("is held by another vxlan: flannel.1");
+        // Retried after 1 s, then 2 s: the third attempt is made within ~3 s.
+        std::thread::sleep(std::time::Duration::from_millis(3500));
+        let log = daemon.log();
+        let errors = log.lines().filter(|l| l.contains("ERROR") && l.contains("held by another vxlan")).count();
+        assert_eq!(errors, 1, "reported once per cause:\n{log}");
+        assert_eq!(links(&host.ns), before, "nothing built by the daemon either:\n{log}");
+        host.ns.run("ip link del flannel.1");
+        host.wait("fan-250", "up", &daemon);
+    }
+}
