@@ -24,7 +24,7 @@ pub fn rule_dirs(given: &[PathBuf]) -> Vec<PathBuf> {
 
 /// `fanlink check`: every fan on one line, every error on stderr.
 pub fn check(dirs: &[PathBuf]) -> Result<u8> {
-    let (rules, errors) = config::load(dirs);
+    let (rules, errors) = config::load_all(dirs);
     for rule in &rules {
         println!("{}", describe(rule));
     }
@@ -51,8 +51,15 @@ pub fn describe(rule: &Rule) -> String {
     let link = rule.interface.as_ref().map_or("auto".to_string(), |i| i.to_string());
     let mtu = rule.mtu.map_or("auto".to_string(), |m| m.to_string());
     let nat = if rule.masquerade { "on" } else { "off" };
+    let mut extra = String::new();
+    if rule.dhcp {
+        extra += &format!("  dhcp {}", rule.dhcp_lease.as_deref().unwrap_or("1h"));
+    }
+    if !rule.enabled {
+        extra += "  disabled";
+    }
     format!(
-        "{}  overlay {}  underlay {}  vni {}  link {}  mtu {}  masquerade {}  ({})",
+        "{}  overlay {}  underlay {}  vni {}  link {}  mtu {}  masquerade {}{extra}  ({})",
         rule.name,
         rule.map.overlay(),
         rule.map.underlay(),
@@ -85,7 +92,20 @@ fn select(dirs: &[PathBuf], fan: &FanSelector, name: Option<&FanName>) -> Result
             let origin = "the command line".to_string();
             let split = Default::default();
             let (mtu, dhcp, masquerade, by_hand) = (None, false, true, true);
-            Rule { name, map, interface: None, mtu, masquerade, dhcp, split, origin, by_hand }
+            let (dhcp_lease, enabled) = (None, true);
+            Rule {
+                name,
+                map,
+                interface: None,
+                mtu,
+                masquerade,
+                dhcp,
+                split,
+                dhcp_lease,
+                enabled,
+                origin,
+                by_hand,
+            }
         }
         _ => named(dirs, fan.fan.name.as_deref().unwrap_or_default())?,
     };

@@ -119,6 +119,7 @@ mod tests {
                 bridge_address: "250.3.4.1/8".parse().unwrap(),
                 range: p.dhcp.unwrap(),
                 mtu: 1450,
+                lease: "1h".into(),
             };
             let given = options(&cfg, std::path::Path::new("/x"));
             let range = given.iter().find_map(|o| o.strip_prefix("dhcp-range=")).unwrap();

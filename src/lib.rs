@@ -23,6 +23,7 @@ pub mod networkd;
 pub mod notify;
 pub mod oneshot;
 pub mod plan;
+pub mod port;
 pub mod selftest;
 pub mod snapshot;
 pub mod status;

@@ -176,6 +176,9 @@ pub struct Observed {
     /// Every fan's vxlan of the vnifilter datapath, whatever fans were asked about: in the
     /// shared datapath (a kernel change) they hold UDP 8472 and must go first.
     pub vnifilter_vxlans: Vec<IfName>,
+    /// Vxlans up on UDP 8472 that are not fanlink's (flannel's, LXD's fan): no fan can open
+    /// the port while they hold it (see `port`).
+    pub port_holders: Vec<String>,
 }
 
 /// A change to an existing link; `None` fields stay as they are.

@@ -34,7 +34,7 @@ pub fn plan(targets: &[(Rule, Want)], observed: &Observed) -> Vec<FanPlan> {
     let empty = ObservedFan::default();
     let ups: Vec<u32> =
         targets.iter().filter_map(|(_, w)| if let Want::Up(u) = w { Some(u.mtu) } else { None }).collect();
-    let (host_ops, shared_index) = plan_host(observed, ups.iter().max().copied());
+    let (mut host_ops, shared_index) = plan_host(observed, ups.iter().max().copied());
     let mut users = observed.shared.as_ref().map(|s| s.users.clone());
     let mut plans: Vec<FanPlan> = targets
         .iter()
@@ -47,6 +47,22 @@ pub fn plan(targets: &[(Rule, Want)], observed: &Observed) -> Vec<FanPlan> {
             FanPlan { fan: rule.name.clone(), result }
         })
         .collect();
+    // Another vxlan holds UDP 8472: a plan that would open the port is refused whole, before
+    // anything is built; the fans already up keep it open and are left alone.
+    if !observed.port_holders.is_empty() {
+        let opens = |op: &Op, rule: &Rule| crate::port::opens(op, &rule.vxlan_name(), observed.datapath);
+        let host_opens = host_ops.iter().any(|op| matches!(op, Op::CreateSharedVxlan { .. }));
+        for ((rule, want), p) in targets.iter().zip(plans.iter_mut()) {
+            let refused =
+                p.result.as_ref().is_ok_and(|ops| host_opens || ops.iter().any(|op| opens(op, rule)));
+            if matches!(want, Want::Up(_)) && refused {
+                p.result = Err(crate::port::refusal(&observed.port_holders));
+            }
+        }
+        if host_opens {
+            host_ops.clear();
+        }
+    }
     let first_up = targets
         .iter()
         .zip(plans.iter_mut())

@@ -64,9 +64,30 @@ fn observed(datapath: Datapath, fans: &[(&Rule, ObservedFan)], shared: Option<Sh
         forwarding: fans.iter().map(|(r, _)| r.name.clone()).chain(["eth0".parse().unwrap()]).collect(),
         datapath,
         shared,
-        shared_blocked: None,
-        vnifilter_vxlans: Vec::new(),
+        ..Default::default()
     }
+}
+
+#[test]
+fn another_vxlan_on_the_port_refuses_every_fan_that_needs_the_shared_vxlan_made() {
+    let (a, b) = (rule(250), rule(251));
+    let holders = vec!["flannel.1".to_string()];
+    let seen = Observed { port_holders: holders.clone(), ..observed(Datapath::Shared, &[], None) };
+    let plans = plan(&[(a.clone(), up()), (b.clone(), Want::Down)], &seen);
+    assert_eq!(
+        plans[0].result,
+        Err(crate::port::refusal(&holders)),
+        "nothing built, not even the host's part"
+    );
+    assert_eq!(plans[1].result, Ok(vec![]));
+    // The shared vxlan is up already (it came first): a new fan only adds its own veth.
+    let seen = Observed {
+        port_holders: holders,
+        ..observed(Datapath::Shared, &[(&a, built(&a))], Some(shared(&[&a])))
+    };
+    let plans = plan(&[(a.clone(), up()), (b.clone(), up())], &seen);
+    assert_eq!(plans[0].result, Ok(vec![]));
+    assert!(lines(&plans[1].result).iter().any(|o| o.starts_with("create veth fan-251-vx")), "{plans:?}");
 }
 
 #[test]

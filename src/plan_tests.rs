@@ -59,6 +59,17 @@ fn observed(fan: &Rule, seen: ObservedFan) -> Observed {
 }
 
 #[test]
+fn another_vxlan_on_the_port_refuses_a_new_fan_and_leaves_a_running_one() {
+    let r = rule("");
+    let holders = vec!["lxdfan0-fan".to_string(), "flannel.1".to_string()];
+    let new = Observed { port_holders: holders.clone(), ..observed(&r, ObservedFan::default()) };
+    let plans = plan(&[(r.clone(), up_at("10.0.3.4"))], &new);
+    assert_eq!(plans[0].result, Err(crate::port::refusal(&holders)));
+    let running = Observed { port_holders: holders, ..observed(&r, built(&r)) };
+    assert_eq!(plan(&[(r.clone(), up_at("10.0.3.4"))], &running)[0].result, Ok(vec![]));
+}
+
+#[test]
 fn first_up_builds_everything_and_links_come_up_last() {
     let r = rule("");
     let plans = plan(&[(r.clone(), up_at("10.0.3.4"))], &Observed::default());

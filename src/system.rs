@@ -247,6 +247,7 @@ impl System {
             .filter(|l| l.alias.as_deref().and_then(parse_alias).is_some() && device(l).fan_vxlan)
             .filter_map(|l| l.name.parse().ok())
             .collect();
+        observed.port_holders = crate::port::holders(&snap.links);
         self.indexes.clear();
         let mut steers = BTreeMap::new();
         if let Some((device, alias)) = snap.link(SHARED_VXLAN).map(|l| (device(l), l.alias.clone())) {

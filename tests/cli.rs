@@ -73,11 +73,12 @@ fn every_rule_error_names_file_line_and_column() {
         ("narrow-slice.toml", "narrow-slice.toml:2:11: error: overlay 250.0.0.0/16 over underlay 10.0.0.0/16 gives each host a /32 slice, narrower than /30; use an overlay of /14 or wider"),
         ("not-a-prefix.toml", "not-a-prefix.toml:2:11: error: `overlay` \"250.0.0.0\" is not an IPv4 prefix such as \"250.0.0.0/8\""),
         ("overlapping-overlays.toml", "overlapping-overlays.toml:7:11: error: overlay 250.7.0.0/16 overlaps overlay 250.0.0.0/8 of fan \"fan-250\" at overlapping-overlays.toml:2:11"),
+        ("same-vni.toml", "same-vni.toml:8:11: error: overlay 250.1.1.64/26 would use VNI 16384257, which overlay 250.1.1.0/26 of fan \"fan-a\" at same-vni.toml:3:11 uses; two fans need overlays in different /24s"),
         ("syntax.toml", "syntax.toml:1:7: error: unclosed array table, expected `]`"),
         ("this-network.toml", "this-network.toml:2:11: error: overlay 0.0.0.0/8 overlaps 0.0.0.0/8 (\"this network\"); use an unused range such as 240.0.0.0/8 to 254.0.0.0/8"),
         ("tiny-underlay.toml", "tiny-underlay.toml:2:11: error: underlay 10.0.0.0/31 leaves fewer than 2 host bits, so no host can own a slice; use /30 or wider"),
         ("unaligned.toml", "unaligned.toml:2:11: error: overlay 250.1.0.0/8 has host bits set; did you mean 250.0.0.0/8?"),
-        ("unknown-key.toml", "unknown-key.toml:4:1: error: unknown key `colour`; a fan has name, overlay, underlay, interface, mtu, masquerade, dhcp, host-reserve, docker-share"),
+        ("unknown-key.toml", "unknown-key.toml:4:1: error: unknown key `colour`; a fan has name, overlay, underlay, interface, mtu, masquerade, dhcp, dhcp-lease, host-reserve, docker-share, enable"),
         ("unknown-table.toml", "unknown-table.toml:1:1: error: unknown field `fans`, expected `fan`"),
         ("wrong-type.toml", "wrong-type.toml:3:12: error: `underlay` must be a string such as \"10.0.0.0/16\", not an integer"),
     ];
@@ -111,7 +112,7 @@ fn check_reports_all_errors_of_all_files() {
         "50-two.toml:2:8: error: `name`: \"a b\" contains ' ', which interface names cannot contain\n\
          50-two.toml:5:7: error: `mtu` must be an integer from 576 to 9000, not 10\n\
          mtu.toml:4:7: error: `mtu` must be an integer from 576 to 9000, not 100000\n\
-         unknown-key.toml:4:1: error: unknown key `colour`; a fan has name, overlay, underlay, interface, mtu, masquerade, dhcp, host-reserve, docker-share\n\
+         unknown-key.toml:4:1: error: unknown key `colour`; a fan has name, overlay, underlay, interface, mtu, masquerade, dhcp, dhcp-lease, host-reserve, docker-share, enable\n\
          wrong-type.toml:3:12: error: `underlay` must be a string such as \"10.0.0.0/16\", not an integer\n\
          fanlink: 5 error(s) in the rules\n"
     );

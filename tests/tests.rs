@@ -8,6 +8,7 @@ mod daemon;
 mod datapath;
 mod deps;
 mod dhcp;
+mod fanctl;
 mod fans;
 mod faults;
 mod fuzz;

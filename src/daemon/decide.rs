@@ -48,10 +48,12 @@ pub struct Decision {
     pub why: String,
 }
 
-/// Up when the underlay link is routable in networkd's eyes and holds an address in the
+/// Down (devices kept) when the rule says `enable = false`. Up when the underlay link is routable in networkd's eyes and holds an address in the
 /// underlay; down otherwise (devices kept).
 pub fn decide(rule: &Rule, links: &[HostLink], networkd: &HashMap<u32, LinkView>) -> Decision {
     let (want, why) = match underlay::find(rule, links) {
+        // Kept, not removed: containers stay attached to a running fan's bridge.
+        _ if !rule.enabled => (Want::Down, crate::config::DISABLED.into()),
         Err(e) => (Want::Down, format!("waiting: {e}")),
         Ok(u) => {
             let index = links.iter().find(|l| l.name == u.link.as_str()).map(|l| l.index);
@@ -143,6 +145,13 @@ mod tests {
         }
         let d = decide(&rule(), &links("10.0.3.4/16"), &HashMap::new());
         assert_eq!(d.why, "waiting: networkd does not report ens3");
+    }
+
+    #[test]
+    fn a_disabled_fan_is_down_whatever_its_underlay() {
+        let disabled = Rule { enabled: false, ..rule() };
+        let d = decide(&disabled, &links("10.0.3.4/16"), &view("routable", "configured"));
+        assert_eq!((d.want, d.why.as_str()), (Want::Down, "disabled by its rule (enable = false)"));
     }
 
     #[test]

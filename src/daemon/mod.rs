@@ -490,7 +490,8 @@ impl Daemon {
             let Some(range) = plan.dhcp else { continue };
             keep.push(d.fan.clone());
             let mtu = underlay.mtu;
-            let cfg = crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, range, mtu };
+            let lease = rule.dhcp_lease.clone().unwrap_or_else(|| "1h".into());
+            let cfg = crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, range, mtu, lease };
             self.dhcp.ensure(cfg, self.bus.as_ref().map(|b| b.connection()));
         }
         self.dhcp.retain(&keep, self.bus.as_ref().map(|b| b.connection()));

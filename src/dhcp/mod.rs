@@ -30,6 +30,8 @@ pub struct DhcpConfig {
     /// e.g. 250.3.4.2-250.3.4.127 (Docker's share is the rest).
     pub range: (Ipv4Addr, Ipv4Addr),
     pub mtu: u32,
+    /// The lease time, in dnsmasq's syntax ("1h").
+    pub lease: String,
 }
 
 /// The fan's own dnsmasq options, as long option names without their `--` (the form of a
@@ -45,7 +47,7 @@ pub fn options(cfg: &DhcpConfig, state_dir: &Path) -> Vec<String> {
         // Bound to the bridge's address only: no DNS or DHCP on any other interface, and no
         // clash with another resolver on the host.
         "bind-dynamic".into(),
-        format!("dhcp-range={first},{last},{},1h", cfg.bridge_address.netmask()),
+        format!("dhcp-range={first},{last},{},{}", cfg.bridge_address.netmask(), cfg.lease),
         format!("dhcp-option=option:router,{router}"),
         format!("dhcp-option=option:mtu,{}", cfg.mtu),
         "dhcp-authoritative".into(),
@@ -142,6 +144,7 @@ fn example() -> DhcpConfig {
         bridge_address: "250.3.4.1/8".parse().unwrap(),
         range: ("250.3.4.2".parse().unwrap(), "250.3.4.127".parse().unwrap()),
         mtu: 1450,
+        lease: "1h".into(),
     }
 }
 
@@ -164,5 +167,8 @@ mod tests {
         ] {
             assert!(args.contains(want), "{want} in {args}");
         }
+        let week = DhcpConfig { lease: "7d".into(), ..cfg };
+        let week = super::args(&week, Path::new("/var/lib/fanlink")).join(" ");
+        assert!(week.contains("--dhcp-range=250.3.4.2,250.3.4.254,255.0.0.0,7d "), "{week}");
     }
 }
