@@ -17,5 +17,6 @@ mod launch;
 mod nat;
 mod netlink;
 mod networkd;
+mod scripts;
 mod topology;
 mod util;
