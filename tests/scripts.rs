@@ -69,7 +69,9 @@ fn every_stage_is_counted_in_the_closing_line() {
 fn a_failed_stage_without_failed_lines_is_counted_as_failed() {
     // The fleet test and the bench without their summary line count by exit status; cargo
     // test that did not build prints no "test result:" line at all.
-    for (stage, output) in [("fleet", "FAIL: x\n"), ("bench", "bench/run: no figures\n"), ("test", "error[E0308]\n")] {
+    for (stage, output) in
+        [("fleet", "FAIL: x\n"), ("bench", "bench/run: no figures\n"), ("test", "error[E0308]\n")]
+    {
         let (ok, text) = tally(&[("fmt", "", 0, ""), (stage, output, 1, "")]);
         assert!(!ok, "{text}");
         assert_eq!(closing(&text), "fanlink: 1 passed, 1 failed, 0 skipped", "{stage}: {text}");
