@@ -7,10 +7,9 @@
 mod tamper;
 
 pub(crate) use crate::launch::{wait_until as wait_for, Daemon};
-use crate::topology::{sh, Mode};
+use crate::topology::Mode;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fanlink");
 pub(crate) const UP: &str = "up 250.1.1.1/8";
 
 /// A host of tests/daemon.rs (netns + bus + networkd, uplink0 10.99.1.1/16, fanlink's rules
@@ -73,14 +72,6 @@ impl Host {
             || format!("fan-250 {want}; have {}; log:\n{}", self.fan(), daemon.log()),
             || self.fan() == want,
         );
-    }
-
-    /// Asks the daemon for its status over the control socket: the reply comes after every
-    /// event queued before the request, so afterwards the daemon has caught up.
-    pub fn settle(&self) {
-        let rt = self.runtime.path().join("rt");
-        let status = format!("{BIN} --runtime-dir {} status --json >/dev/null", rt.display());
-        wait_for(|| "the daemon to answer status".into(), || sh(Some(self.ns()), &status).status.success());
     }
 }
 
