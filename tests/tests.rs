@@ -19,6 +19,7 @@ mod launch;
 mod nat;
 mod netlink;
 mod networkd;
+mod scripts;
 mod selftest;
 mod topology;
 mod util;

@@ -169,6 +169,6 @@ mod tests {
         }
         let week = DhcpConfig { lease: "7d".into(), ..cfg };
         let week = super::args(&week, Path::new("/var/lib/fanlink")).join(" ");
-        assert!(week.contains("--dhcp-range=250.3.4.2,250.3.4.254,255.0.0.0,7d "), "{week}");
+        assert!(week.contains("--dhcp-range=250.3.4.2,250.3.4.127,255.0.0.0,7d "), "{week}");
     }
 }

@@ -138,6 +138,23 @@ fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_t
     std::fs::write(&path, second(1400)).unwrap();
     daemon.signal_hup();
     wait_for(|| "fan-251".into(), || host.sh("ip -o link show dev fan-251").contains("mtu 1400"));
+    // A fan deleted and made again during the storm would pass a look at the end and need
+    // not say so in the log: its devices' indexes would change.
+    let fan_250 = || {
+        let links = host.sh("ip -o link show | awk -F': ' '{ print $1 \": \" $2 }' | cut -d@ -f1");
+        let ours = ["fan-250", "fan-250-vx", "fan-250-vp", "fanlink-vx"];
+        links
+            .lines()
+            .filter(|l| ours.iter().any(|o| l.ends_with(&format!(": {o}"))))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let before = fan_250();
+    assert_eq!(
+        before.split(", ").count(),
+        4,
+        "fan-250's bridge, its veth pair and the shared vxlan: {before}"
+    );
     let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut atomic_log = String::new();
@@ -198,6 +215,7 @@ fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_t
         );
         assert!(!line.contains("set fan-251 down"), "{line}; log:\n{log}");
     }
+    assert_eq!(fan_250(), before, "fan-250's devices are the same ones after the storm; log:\n{log}");
     assert!(!atomic_log.contains("delete link"), "atomic rewrites never remove a fan; log:\n{atomic_log}");
     if removed > 0 {
         // A truncated file is empty, and an empty file is valid rules without fans: the
