@@ -121,6 +121,27 @@ pub enum Command {
         json: bool,
     },
 
+    /// Check that a fan works on this host, as ubuntu-fan's `fanatic test` did.
+    ///
+    /// Steps: the fan is up with its devices, program and NAT as planned; the underlay's
+    /// MTU leaves room for the fan's + 50; IPv4 forwarding is on for the bridge and the
+    /// underlay; the NAT table is there; and for each peer, its bridge address answers
+    /// across the fan (vxlan on UDP 8472 both ways) and a packet of the fan's MTU with DF set
+    /// crosses too. Each step prints ok, FAILED or skipped with what to check.
+    /// Exits 1 when a step failed. Sends ICMP echoes (needs root).
+    Test {
+        /// Name of a configured fan.
+        name: String,
+        /// A host on the fan to reach across it, by its underlay address (repeatable;
+        /// default: the hosts this one talked to on the fan recently, from the bridge's
+        /// neighbours).
+        #[arg(long, value_name = "ADDRESS")]
+        peer: Vec<Ipv4Addr>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Translate ubuntu-fan's /etc/network/fan, a hook script that runs `fanctl up`, or a
     /// `fanctl up` command, into a fanlink rule file printed on stdout.
     ///

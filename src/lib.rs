@@ -21,6 +21,7 @@ pub mod networkd;
 pub mod notify;
 pub mod oneshot;
 pub mod plan;
+pub mod selftest;
 pub mod snapshot;
 pub mod status;
 pub mod system;

@@ -18,5 +18,6 @@ mod launch;
 mod nat;
 mod netlink;
 mod networkd;
+mod selftest;
 mod topology;
 mod util;
