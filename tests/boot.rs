@@ -60,6 +60,11 @@ crate::in_both_datapaths! {
         assert!(host.sh("ip -o link show dev cv0").contains("master fan-250"), "attached");
         wait_for("host -> container", SOON, || host.sh("ping -c1 -W1 250.1.1.10").contains(" 0% packet loss"));
         assert_eq!(host.fan("fan-251"), "down", "its underlay is still not here");
+        let rt = host.runtime.path().join("rt");
+        let status = host.sh(&format!("{BIN} --runtime-dir {} status", rt.display()));
+        let fan_251 = status.split("\nfan-251: ").nth(1).unwrap_or_default();
+        assert!(fan_251.contains(", actually down\n"), "{status}");
+        assert!(fan_251.contains("  drift     none\n"), "a bridge alone is what a down fan has: {status}");
         assert!(!daemon.log().contains("ERROR"), "{}", daemon.log());
         // `fanlink down` removes a down fan's bridge as it removes everything of a fan.
         drop(daemon);

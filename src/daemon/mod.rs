@@ -441,6 +441,13 @@ impl Daemon {
                 self.nat = None;
             }
             self.sys.apply(op).map_err(|e| (op.to_string(), e.to_string()))?;
+            // Known now, whatever the netconf events still queued say (a write that changed
+            // nothing sends none): a stale "off" would repeat the op on every reconcile.
+            if let (crate::model::Op::EnableForwarding { link }, Some(snap)) = (op, self.kernel.as_mut()) {
+                if let Some(index) = snap.link(link.as_str()).map(|l| l.index) {
+                    snap.forwarding.insert(index, true);
+                }
+            }
         }
         Ok(())
     }

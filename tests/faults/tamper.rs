@@ -68,9 +68,9 @@ crate::in_both_datapaths! {
 }
 
 /// The forwarding of the fan's bridge and of its underlay link is watched through the
-/// kernel's netconf events (nothing reads the files per reconcile): turned off by hand,
-/// one link's or every link's at once (`net.ipv4.ip_forward` from 1 to 0), under a fan that is up, it
-/// is turned back on, on those two links only; `ip_forward` itself stays as it was.
+/// kernel's netconf events (nothing reads the files per reconcile): turned off by hand, one
+/// link's or every link's at once (`net.ipv4.ip_forward` from 1 to 0), under a fan that is
+/// up, it is turned back on, on those two links only; `ip_forward` stays as it was.
 #[test]
 #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
 fn forwarding_turned_off_by_hand_is_turned_back_on() {
