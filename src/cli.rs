@@ -91,6 +91,10 @@ pub enum Command {
     },
 
     /// Remove a fan from this host: exactly the devices, program and NAT fanlink made.
+    ///
+    /// Refuses, as fanctl did, while workloads are attached (ports on the fan's bridge other
+    /// than fanlink's own): it names them and takes nothing down; --force removes the fan
+    /// anyway (the workloads' interfaces stay, detached).
     Down {
         /// Name of the fan (its bridge).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -98,6 +102,9 @@ pub enum Command {
         /// Every fan fanlink made on this host, with or without a rule.
         #[arg(long)]
         all: bool,
+        /// Take the fans down even if workloads are attached to their bridges.
+        #[arg(long)]
+        force: bool,
     },
 
     /// Run the daemon: follow systemd-networkd and keep every fan right.

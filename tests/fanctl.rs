@@ -161,3 +161,41 @@ crate::in_both_datapaths! {
         host.wait("fan-250", "up", &daemon);
     }
 }
+
+crate::in_both_datapaths! {
+    /// A container (a veth on the bridge) keeps `down` and `down --all` from taking its fan
+    /// away, as fanctl refused; `--force` does it and leaves the container's veth detached.
+    #[ignore = "needs root (network namespaces): run with --include-ignored"]
+    fn down_refuses_while_workloads_are_attached(mode) {
+        let host = KernelHost::new("flkw");
+        let container = Netns::new("flkc");
+        let fanlink = |args: &str| host.ns.sh(&format!("{} {BIN} {args}", mode.env()));
+        for overlay in ["250.0.0.0/8", "251.0.0.0/8"] {
+            let out = fanlink(&format!("up --overlay {overlay} --underlay 10.99.0.0/16"));
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+        crate::topology::run(
+            None,
+            &format!(
+                "ip -n {h} link add c0 type veth peer name eth0 netns {c} && ip -n {h} link set c0 master fan-250 up",
+                h = host.ns.name(),
+                c = container.name()
+            ),
+        );
+        let refusal = "fanlink: fan-250 has 1 attached (c0): workloads still use the fan; nothing was taken \
+                       down. Stop them (or move them to another bridge), or add --force to take the fan down \
+                       under them\n";
+        for args in ["down fan-250", "down --all"] {
+            let out = fanlink(args);
+            assert_eq!((out.status.code(), text(&out.stderr)), (Some(2), refusal.to_string()), "{args}");
+            assert_eq!((host.bridge("fan-250"), host.bridge("fan-251")), ("up", "up"), "{args}");
+        }
+        let out = fanlink("down fan-251");
+        assert!(out.status.success(), "a fan without workloads goes: {}", text(&out.stderr));
+        let out = fanlink("down fan-250 --force");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(host.bridge("fan-250"), "absent");
+        let c0 = host.ns.run("ip -o link show dev c0");
+        assert!(!c0.contains("master"), "the container's veth stays, detached: {c0}");
+    }
+}

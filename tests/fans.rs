@@ -115,8 +115,9 @@ fn isolation(mode: Mode, fans: usize) {
         assert!(!clsact.contains("dropped 0,"), "the unknown VNI is dropped on the shared vxlan: {qdiscs}");
     }
 
-    // The middle fan goes; the others carry on, and come back after.
-    fanlink(mode, &bed.hosts[0].ns, &bed.rules, "down fan-251");
+    // The middle fan goes (under its containers: --force); the others carry on, and come
+    // back after.
+    fanlink(mode, &bed.hosts[0].ns, &bed.rules, "down fan-251 --force");
     let others: Vec<usize> = indexes.iter().copied().filter(|&f| f != 1).collect();
     all_pairs(&bed, &others);
     if mode == Mode::Shared {
@@ -124,7 +125,7 @@ fn isolation(mode: Mode, fans: usize) {
         assert!(!filters.contains("fan-251") && filters.contains("fan-250"), "{filters}");
     }
     for f in ["fan-250", "fan-252"].iter().take(fans - 1) {
-        fanlink(mode, &bed.hosts[0].ns, &bed.rules, &format!("down {f}"));
+        fanlink(mode, &bed.hosts[0].ns, &bed.rules, &format!("down {f} --force"));
     }
     let left = bed.hosts[0].ns.run("ip -o link show");
     assert!(!left.contains("fan"), "down removes every fan and the shared vxlan: {left}");
