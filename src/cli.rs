@@ -131,8 +131,15 @@ pub enum Command {
     /// Translate ubuntu-fan's /etc/network/fan, a hook script that runs `fanctl up`, or a
     /// `fanctl up` command, into a fanlink rule file printed on stdout.
     ///
-    /// Refuses (exit 2, nothing on stdout) what it cannot translate: the ipip type,
-    /// unknown options; each as FILE:LINE:COL: error: MESSAGE.
+    /// Reads every form fanctl and cloud-init's `fan:` module write: UNDERLAY OVERLAY or the
+    /// old OVERLAY UNDERLAY, -u/-o; fanctl's bridge option or `bridge NAME` becomes `name`; --dhcp or
+    /// `dhcp` becomes `dhcp = true`; --disable or `off` becomes `enable = false` (kept, not
+    /// brought up); an underlay given as an interface (`eth0/16`) becomes `interface` and
+    /// its prefix, `default` the prefix alone. fanctl's commands: `up -a` is the daemon,
+    /// `down -a`/`-e` is `down --all`, `show` is `status`.
+    ///
+    /// Refuses (exit 2, nothing on stdout) what it cannot translate: the ipip type (it needs
+    /// Ubuntu's kernel fan patch), unknown options; each as FILE:LINE:COL: error: MESSAGE.
     Import(crate::import::ImportArgs),
 
     /// Print the operations `up` would apply, applying nothing (all fans without NAME).
