@@ -404,23 +404,7 @@ impl<'a> FanTable<'a> {
     /// (dnsmasq raises shorter ones silently), and only beside `dhcp = true`.
     fn lease(&mut self, dhcp: bool) -> Option<String> {
         let (text, span) = self.string("dhcp-lease", "\"1h\"")?;
-        let seconds = match text.find(|c: char| !c.is_ascii_digit()) {
-            _ if text == "infinite" => Some(u64::MAX),
-            Some(0) => None,
-            None => text.parse::<u64>().ok(),
-            Some(at) => {
-                let unit = match &text[at..] {
-                    "s" => 1,
-                    "m" => 60,
-                    "h" => 3600,
-                    "d" => 86400,
-                    "w" => 604_800,
-                    _ => 0,
-                };
-                text[..at].parse::<u64>().ok().map(|n| n.saturating_mul(unit)).filter(|s| *s > 0)
-            }
-        };
-        let message = match seconds {
+        let message = match crate::dhcp::lease_seconds(text) {
             None => format!(
                 "`dhcp-lease` \"{}\" is not a lease time such as \"45m\", \"12h\", \"7d\" or \"infinite\"",
                 text.escape_default()

@@ -266,6 +266,15 @@ fn clash(fan: &Fan, l: &FanLine, earlier: &[Fan]) -> Option<Refusal> {
         if a.contains(&b.network()) || b.contains(&a.network()) {
             return refuse(l.overlay_col, format!("overlay {a} overlaps overlay {b} of line {}", other.line));
         }
+        if fan.map.vni() == other.map.vni() {
+            let message = format!(
+                "overlay {a} would use VNI {}, which overlay {b} of line {} uses; two fans need \
+                 overlays in different /24s",
+                fan.map.vni(),
+                other.line
+            );
+            return refuse(l.overlay_col, message);
+        }
     }
     None
 }
