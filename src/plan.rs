@@ -353,6 +353,8 @@ fn plan_down(rule: &Rule, bridge: Option<&Device>) -> Vec<Op> {
             }]
         }
         Some(_) => Vec::new(),
+        // A disabled fan builds nothing (`enable = false`); a running one is only set down.
+        None if !rule.enabled => Vec::new(),
         None => vec![
             Op::CreateBridge {
                 bridge: rule.name.clone(),

@@ -359,3 +359,14 @@ fn devices_made_but_not_marked_before_a_crash_are_adopted_and_marked() {
         .unwrap_err()
         .starts_with("a bridge named fan-250 exists that fanlink did not make"));
 }
+
+#[test]
+fn a_down_fan_gets_its_bridge_but_a_disabled_one_builds_nothing() {
+    let enabled = rule("");
+    let disabled = rule("enable = false\n");
+    let seen = Observed::default();
+    let down = plan(&[(enabled, Want::Down)], &seen);
+    assert!(lines(&down[0].result).iter().any(|o| o.starts_with("create bridge fan-250")), "{down:?}");
+    let off = plan(&[(disabled, Want::Down)], &seen);
+    assert_eq!(off[0].result, Ok(vec![]));
+}
