@@ -27,12 +27,20 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::MsgFlags;
 
-/// How long a call waits for its reply: dbus-daemon's own default reply timeout.
-const CALL_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a call waits for its reply (each answer of a batch gives the next one as long).
+/// Short: the worker that calls also serves the kernel's events and `status`, so a call
+/// that is never answered (its reply lost, networkd stuck) must not hold it for
+/// dbus-daemon's 25 s. A call that times out is a failed resync, retried with backoff.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages larger than this are read and dropped whole: nothing fanlink is sent legitimately
 /// comes near it (a ListLinks reply of a thousand links is ~60 KiB), and a forged giant must
-/// not become an allocation.
+/// not become an allocation. dbus-daemon forwards only messages that it validated, so such
+/// a length is true and the next message starts after it; ending the connection instead
+/// would let any local user make fanlink reconnect and resync at will.
 const MAX_MESSAGE: usize = 1 << 20;
+/// The specification's maximum message length (2^27): a header that claims more is no
+/// D-Bus message, and the stream has lost its framing.
+const SPEC_MAX_MESSAGE: usize = 1 << 27;
 /// The read buffer's first size, and the least room one read is given: a flap's signals are
 /// ~1 KiB, a ListLinks reply of a few dozen links ~3 KiB.
 const READ_CHUNK: usize = 16 << 10;
@@ -48,6 +56,9 @@ const PUMP_READS: usize = 16;
 pub(crate) enum Inbound<'a> {
     /// A message, in the order the bus sent it (replies too, except the one a call awaited).
     Message(wire::Message<'a>),
+    /// A message over `MAX_MESSAGE` was dropped unread: nothing legitimate sends fanlink one,
+    /// and a flood of them fills the bus's queue for us, which then drops networkd's signals.
+    Oversized,
     /// The connection was lost (EOF or an error); the last call. Not made when we hung up.
     Ended(&'a std::io::Error),
 }
@@ -286,9 +297,17 @@ impl Bus {
     ) -> bool {
         let mut answered = false;
         loop {
+            if state.frames.take_oversized() {
+                (state.inbound)(Inbound::Oversized);
+            }
             let bytes = match state.frames.next() {
                 Ok(Some(bytes)) => bytes,
-                Ok(None) => return answered,
+                Ok(None) => {
+                    if state.frames.take_oversized() {
+                        (state.inbound)(Inbound::Oversized);
+                    }
+                    return answered;
+                }
                 Err(e) => {
                     self.end(state, e);
                     return answered;
@@ -314,13 +333,21 @@ impl Bus {
     /// connection has ended then).
     fn deliver_queued(&self, state: &mut State) -> bool {
         loop {
+            if state.frames.take_oversized() {
+                (state.inbound)(Inbound::Oversized);
+            }
             match state.frames.next() {
                 Ok(Some(bytes)) => {
                     if let Some(msg) = parse(bytes) {
                         (state.inbound)(Inbound::Message(msg));
                     }
                 }
-                Ok(None) => return true,
+                Ok(None) => {
+                    if state.frames.take_oversized() {
+                        (state.inbound)(Inbound::Oversized);
+                    }
+                    return true;
+                }
                 Err(e) => {
                     self.end(state, e);
                     return false;
@@ -450,6 +477,8 @@ struct Frames {
     skip: usize,
     /// The whole length of the message at `start`, while it is not all read yet.
     wanted: usize,
+    /// A message over `MAX_MESSAGE` began to be dropped since `take_oversized` last looked.
+    oversized: bool,
 }
 
 impl Frames {
@@ -489,9 +518,15 @@ impl Frames {
         }
     }
 
+    /// Whether a message over `MAX_MESSAGE` began to be dropped since the last look.
+    fn take_oversized(&mut self) -> bool {
+        std::mem::take(&mut self.oversized)
+    }
+
     /// The next whole message; `None` until it is all read. A message over `MAX_MESSAGE` is
-    /// dropped as it comes, unkept; an `Err` is a stream that lost its framing, and the
-    /// connection with it.
+    /// dropped as it comes, unkept; an `Err` is a stream that lost its framing (a header of
+    /// garbage, or one that claims more than the specification allows), and the connection
+    /// with it.
     fn next(&mut self) -> std::io::Result<Option<&[u8]>> {
         loop {
             if self.skip > 0 {
@@ -510,9 +545,16 @@ impl Frames {
                     "not a D-Bus message header",
                 ));
             };
+            if total > SPEC_MAX_MESSAGE {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a D-Bus header that claims {total} bytes (at most {SPEC_MAX_MESSAGE})"),
+                ));
+            }
             if total > MAX_MESSAGE {
                 log::debug!("dropped a D-Bus message of {total} bytes (more than {MAX_MESSAGE})");
                 self.skip = total;
+                self.oversized = true;
                 continue;
             }
             if unread.len() < total {
@@ -638,6 +680,32 @@ mod tests {
         frames.extend(signal("Small").data());
         assert_eq!(members(&mut frames), ["Small"]);
         assert!(frames.buf.len() <= READ_CHUNK, "{} bytes kept", frames.buf.len());
+    }
+
+    #[test]
+    fn a_header_that_claims_more_than_the_spec_allows_ends_the_connection() {
+        for claimed in [SPEC_MAX_MESSAGE as u32 + 1, u32::MAX / 2, u32::MAX] {
+            let mut liar = [0u8; 16];
+            liar[0] = b'l';
+            liar[1] = 4;
+            liar[3] = 1;
+            liar[4..8].copy_from_slice(&claimed.to_le_bytes());
+            let mut frames = Frames::default();
+            frames.extend(&liar);
+            frames.extend(signal("After").data());
+            let e = frames.next().unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{claimed}: {e}");
+            assert!(!frames.take_oversized(), "{claimed}: taken for a message to skip");
+        }
+        // The largest length the specification allows is a message, dropped as it comes.
+        let mut giant = [0u8; 16];
+        giant[0] = b'l';
+        giant[4..8].copy_from_slice(&(SPEC_MAX_MESSAGE as u32 - 16).to_le_bytes());
+        let mut frames = Frames::default();
+        frames.extend(&giant);
+        assert!(frames.next().unwrap().is_none());
+        assert!(frames.take_oversized(), "a dropped giant is reported");
+        assert!(!frames.take_oversized(), "once");
     }
 
     #[test]

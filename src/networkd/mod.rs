@@ -141,6 +141,16 @@ pub struct Networkd {
     stats: Arc<ReaderStats>,
 }
 
+/// What [`Networkd::recheck_owner`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerCheck {
+    /// The owner of `org.freedesktop.network1` now (`None`: networkd is not on the bus).
+    pub owner: Option<String>,
+    /// Not the owner the messages said: its NameOwnerChanged was lost. Otherwise the signal
+    /// that raised the doubt was a forgery.
+    pub changed: bool,
+}
+
 /// Match rules registered, owner seeded: say where events go ([`Subscription::deliver`]).
 pub struct Subscription<'a> {
     owner: Option<String>,
@@ -177,16 +187,47 @@ pub fn attach(address: Option<&str>, sink: impl EventSink, skip: impl Fn(u32) ->
 /// What becomes of each message read: kept (as bytes: the read buffer is reused) until the
 /// owner is seeded, then classified and delivered.
 enum Stage {
-    Early(Vec<Vec<u8>>),
+    Early(Early),
     Live(reader::Dispatch),
 }
 
 impl std::fmt::Debug for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Stage::Early(kept) => write!(f, "Early({} kept)", kept.len()),
+            Stage::Early(early) => write!(f, "Early({} kept, lost: {})", early.kept.len(), early.lost),
             Stage::Live(_) => f.write_str("Live"),
         }
+    }
+}
+
+/// The most bytes kept before the owner is known: the few messages that can come between
+/// Hello and the GetNameOwner reply are a few hundred bytes; a flood must not grow memory.
+const EARLY_KEPT: usize = 64 << 10;
+
+/// The messages read before anyone listens, up to `EARLY_KEPT` bytes.
+#[derive(Default)]
+struct Early {
+    kept: Vec<Vec<u8>>,
+    bytes: usize,
+    /// Something was not kept: then nothing is, and the listener hears `Lost`. Replaying
+    /// the messages before a gap could end at an owner older than the seed.
+    lost: bool,
+}
+
+impl Early {
+    fn keep(&mut self, bytes: &[u8]) {
+        if self.lost || self.bytes + bytes.len() > EARLY_KEPT {
+            self.lost();
+            return;
+        }
+        self.bytes += bytes.len();
+        self.kept.push(bytes.to_vec());
+    }
+
+    fn lost(&mut self) {
+        self.lost = true;
+        self.kept = Vec::new();
+        self.bytes = 0;
     }
 }
 
@@ -200,13 +241,15 @@ impl Networkd {
     /// Connects to the bus at a D-Bus address such as `unix:path=/run/x/bus.sock`.
     pub fn connect_address(address: &str) -> Result<Self> {
         let stats = Arc::new(ReaderStats::default());
-        let stage = Arc::new(Mutex::new(Stage::Early(Vec::new())));
+        let stage = Arc::new(Mutex::new(Stage::Early(Early::default())));
         let inbound = {
             let stage = Arc::clone(&stage);
             move |inbound: Inbound<'_>| match (&mut *stage.lock().expect("networkd stage"), inbound) {
                 (Stage::Live(dispatch), Inbound::Message(msg)) => dispatch.message(&msg),
+                (Stage::Live(dispatch), Inbound::Oversized) => dispatch.oversized(),
                 (Stage::Live(dispatch), Inbound::Ended(why)) => dispatch.ended(why),
-                (Stage::Early(kept), Inbound::Message(msg)) => kept.push(msg.bytes().to_vec()),
+                (Stage::Early(early), Inbound::Message(msg)) => early.keep(msg.bytes()),
+                (Stage::Early(early), Inbound::Oversized) => early.lost(),
                 // Before anyone listens: the call under way fails, and says so.
                 (Stage::Early(_), Inbound::Ended(why)) => log::debug!("bus connection lost early: {why}"),
             }
@@ -286,6 +329,22 @@ impl Networkd {
         }
     }
 
+    /// Asks the bus who owns `org.freedesktop.network1` now and, if that is not the owner the
+    /// messages said (a NameOwnerChanged was lost), trusts the bus's answer from now on. A
+    /// signal read before the answer stays dropped: take a snapshot after a change.
+    pub fn recheck_owner(&self) -> Result<OwnerCheck> {
+        let owner = self.owner()?;
+        let mut stage = self.stage.lock().expect("networkd stage");
+        let changed = match &mut *stage {
+            Stage::Live(dispatch) if dispatch.classifier.owner() != owner.as_deref() => {
+                dispatch.classifier.set_owner(owner.clone());
+                true
+            }
+            _ => false,
+        };
+        Ok(OwnerCheck { owner, changed })
+    }
+
     /// Every link networkd knows, with its states, except those `skip` names: each link costs
     /// two calls, and a daemon that restarts over 16 fans would ask about 32 links of its own,
     /// none of them an underlay. The calls are pipelined (`Bus::call_all`): on a host with a
@@ -362,6 +421,12 @@ impl Networkd {
         Ok(states)
     }
 
+    /// One link's two states read again (the kernel says something networkd's last signal
+    /// does not); `None` if networkd does not know the link.
+    pub fn link_state(&self, index: u32) -> Result<Option<(OperState, AdminState)>> {
+        Ok(self.link_states(&[index])?.pop().flatten())
+    }
+
     /// One link by ifindex (for an index that first shows up in a signal), `None` if
     /// networkd does not know it.
     pub fn link(&self, index: u32) -> Result<Option<LinkState>> {
@@ -414,10 +479,16 @@ impl Subscription<'_> {
             stats: Arc::clone(&self.networkd.stats),
         };
         let mut stage = self.networkd.stage.lock().expect("networkd stage");
-        if let Stage::Early(kept) = &*stage {
+        if let Stage::Early(early) = &*stage {
             // They parsed when read; parsing the same bytes again cannot fail.
-            for msg in kept.iter().filter_map(|bytes| wire::Message::parse(bytes).ok()) {
+            for msg in early.kept.iter().filter_map(|bytes| wire::Message::parse(bytes).ok()) {
                 dispatch.message(&msg);
+            }
+            if early.lost {
+                log::debug!(
+                    "messages read before the owner was known were not kept (over {EARLY_KEPT} bytes)"
+                );
+                (dispatch.send)(BusEvent::Lost);
             }
         }
         *stage = Stage::Live(dispatch);
@@ -495,6 +566,25 @@ fn is_gone(e: &BusError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_before_the_owner_is_known_is_bounded() {
+        let mut early = Early::default();
+        let message = vec![0u8; 1000];
+        for _ in 0..10_000 {
+            early.keep(&message);
+            assert!(early.bytes <= EARLY_KEPT, "{} bytes kept", early.bytes);
+        }
+        // What came before the gap is not replayed either: it could end at an old owner.
+        assert!(early.lost);
+        assert!(early.kept.is_empty());
+        let mut few = Early::default();
+        few.keep(&message);
+        few.keep(&message);
+        assert_eq!((few.kept.len(), few.lost), (2, false));
+        few.lost();
+        assert!(few.kept.is_empty() && few.lost, "a giant dropped unread is a loss");
+    }
 
     #[test]
     fn match_rules_are_the_documented_ones() {
