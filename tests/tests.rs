@@ -1,6 +1,7 @@
 //! fanlink's integration tests, one binary (`autotests = false`): the CLI as a user runs it,
 //! and the kernel-facing parts in network namespaces of their own.
 mod bpf;
+mod busproxy;
 mod byhand;
 mod cli;
 mod daemon;
@@ -14,6 +15,7 @@ mod house;
 mod import;
 mod interop;
 mod launch;
+mod lossy;
 mod nat;
 mod netlink;
 mod networkd;

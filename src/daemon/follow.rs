@@ -83,7 +83,7 @@ impl Daemon {
                 }
             }
             Err(e) => {
-                self.networkd_absent(&format!("cannot reach networkd ({e})"));
+                self.networkd_absent(&format!("cannot reach networkd ({:#})", anyhow::Error::new(e)));
                 self.schedule_reconnect();
             }
         }
