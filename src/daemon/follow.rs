@@ -286,7 +286,9 @@ impl Daemon {
         if self.following_kernel {
             log::info!("networkd appeared; following it from now on");
         }
-        log::info!("networkd is on the bus; {} link(s)", links.len());
+        // A resync for a lost message is routine, and a forger can cause one a second.
+        let level = if self.links.is_some() { log::Level::Debug } else { log::Level::Info };
+        log::log!(level, "networkd is on the bus; {} link(s)", links.len());
         self.links = Some(links.iter().map(|l| (l.index, view(l))).collect());
         self.following_kernel = false;
         self.ever_followed_networkd = true;
