@@ -464,7 +464,6 @@ fn a_flood_of_forgeries_neither_stalls_calls_nor_gets_through() {
         t0.elapsed().as_millis()
     );
     assert_eq!(a.networkd.dropped(), N);
-    assert!(snapshots > 0, "no snapshot was taken during the flood");
     let events: Vec<BusEvent> = rx.try_iter().collect();
     assert!(events.iter().all(|e| *e == BusEvent::OwnerInDoubt), "a forgery got through: {events:?}");
     assert!(!a.networkd.recheck_owner().unwrap().changed);

@@ -31,6 +31,7 @@
 //! of a path or a command. A link path for calls is built from the number.
 
 mod bus;
+mod early;
 mod path;
 mod reader;
 #[cfg(test)]
@@ -44,6 +45,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use bus::{Inbound, Reply};
+use early::{Early, EARLY_KEPT};
 pub(crate) use wire::Arg;
 
 use crate::ifname::IfName;
@@ -197,37 +199,6 @@ impl std::fmt::Debug for Stage {
             Stage::Early(early) => write!(f, "Early({} kept, lost: {})", early.kept.len(), early.lost),
             Stage::Live(_) => f.write_str("Live"),
         }
-    }
-}
-
-/// The most bytes kept before the owner is known: the few messages that can come between
-/// Hello and the GetNameOwner reply are a few hundred bytes; a flood must not grow memory.
-const EARLY_KEPT: usize = 64 << 10;
-
-/// The messages read before anyone listens, up to `EARLY_KEPT` bytes.
-#[derive(Default)]
-struct Early {
-    kept: Vec<Vec<u8>>,
-    bytes: usize,
-    /// Something was not kept: then nothing is, and the listener hears `Lost`. Replaying
-    /// the messages before a gap could end at an owner older than the seed.
-    lost: bool,
-}
-
-impl Early {
-    fn keep(&mut self, bytes: &[u8]) {
-        if self.lost || self.bytes + bytes.len() > EARLY_KEPT {
-            self.lost();
-            return;
-        }
-        self.bytes += bytes.len();
-        self.kept.push(bytes.to_vec());
-    }
-
-    fn lost(&mut self) {
-        self.lost = true;
-        self.kept = Vec::new();
-        self.bytes = 0;
     }
 }
 
@@ -566,25 +537,6 @@ fn is_gone(e: &BusError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn memory_before_the_owner_is_known_is_bounded() {
-        let mut early = Early::default();
-        let message = vec![0u8; 1000];
-        for _ in 0..10_000 {
-            early.keep(&message);
-            assert!(early.bytes <= EARLY_KEPT, "{} bytes kept", early.bytes);
-        }
-        // What came before the gap is not replayed either: it could end at an old owner.
-        assert!(early.lost);
-        assert!(early.kept.is_empty());
-        let mut few = Early::default();
-        few.keep(&message);
-        few.keep(&message);
-        assert_eq!((few.kept.len(), few.lost), (2, false));
-        few.lost();
-        assert!(few.kept.is_empty() && few.lost, "a giant dropped unread is a loss");
-    }
 
     #[test]
     fn match_rules_are_the_documented_ones() {
