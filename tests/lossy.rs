@@ -99,3 +99,30 @@ fn a_lost_properties_changed_is_corrected_by_the_kernels_own_events() {
     host.harness.run("link", &["up"]);
     host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
 }
+
+#[test]
+#[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
+fn a_signal_from_an_owner_whose_arrival_was_lost_raises_a_doubt_the_bus_settles() {
+    use crate::networkd::{oper_of, recv};
+    use fanlink::networkd::{attach, BusEvent, OperState};
+
+    let h = crate::util::Harness::start("doubt");
+    let proxy = Proxy::start(h.bus());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let a = attach(Some(&proxy.address()), tx, |_| false).expect("attach through the proxy");
+    let index = a.links.as_deref().unwrap().iter().find(|l| l.name.as_str() == "uplink0").unwrap().index;
+    let old = a.networkd.owner().unwrap();
+    h.run("kill-networkd", &[]);
+    recv(&a.networkd, &rx, "owner gone", |e| *e == BusEvent::OwnerChanged { new_owner: None });
+    proxy.drop_next_owner_change();
+    h.run("start-networkd", &[]);
+    // The new networkd's signals are dropped, and each says the owner is in doubt; only the
+    // bus's answer makes the new name trusted.
+    recv(&a.networkd, &rx, "a doubt", |e| *e == BusEvent::OwnerInDoubt);
+    assert_eq!(proxy.dropped(), 1);
+    let check = a.networkd.recheck_owner().unwrap();
+    assert!(check.changed && check.owner.is_some() && check.owner != old, "{check:?} (was {old:?})");
+    assert!(!a.networkd.recheck_owner().unwrap().changed, "asked twice, changed once");
+    h.run("carrier", &["down"]);
+    recv(&a.networkd, &rx, "no-carrier from the new owner", oper_of(index, OperState::NoCarrier));
+}

@@ -32,7 +32,7 @@ fn attached(h: &Harness) -> (Attached, Receiver<BusEvent>, u32) {
 
 /// Pumps `networkd` until an event that `want` accepts is delivered on `rx`; returns it and
 /// the events before it.
-fn recv(
+pub fn recv(
     networkd: &Networkd,
     rx: &Receiver<BusEvent>,
     what: &str,
@@ -67,7 +67,7 @@ fn pumped<'a>(networkd: &'a Networkd, cond: impl Fn() -> bool + 'a) -> impl FnMu
     }
 }
 
-fn oper_of(index: u32, want: OperState) -> impl Fn(&BusEvent) -> bool {
+pub fn oper_of(index: u32, want: OperState) -> impl Fn(&BusEvent) -> bool {
     move |e| matches!(e, BusEvent::LinkChanged { index: i, oper: Some(o), .. } if *i == index && *o == want)
 }
 

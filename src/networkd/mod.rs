@@ -20,8 +20,11 @@
 //! queued before acting, or such a stale event may flip a Fan down and up again.
 //!
 //! On `BusEvent::OwnerChanged { new_owner: Some(_) }` take a new snapshot (networkd
-//! announces nothing per link when it stops or starts); on `Disconnected` call [`attach`]
-//! again, with backoff. Nothing here retries or sleeps. Every connection ends with exactly
+//! announces nothing per link when it stops or starts); on `Lost` take one too (a message may
+//! have been dropped by the bus); on `OwnerInDoubt` call [`Networkd::recheck_owner`] (a
+//! NameOwnerChanged may have been); on `Disconnected` call [`attach`] again, with backoff.
+//! The caller rate-limits and retries; nothing here retries or sleeps, and a call waits for
+//! its reply 2 s at most. Every connection ends with exactly
 //! one `Disconnected` when the bus goes away, and with none when we hang up ourselves
 //! (dropping the [`Networkd`], or an [`attach`] that failed half-way): a stale session can
 //! never trigger another reconnect.
@@ -303,16 +306,27 @@ impl Networkd {
     /// Asks the bus who owns `org.freedesktop.network1` now and, if that is not the owner the
     /// messages said (a NameOwnerChanged was lost), trusts the bus's answer from now on. A
     /// signal read before the answer stays dropped: take a snapshot after a change.
+    ///
+    /// A NameOwnerChanged read while the call waited (before or after its reply: the order is
+    /// not known here) wins: its `OwnerChanged` is on its way to the caller, which resyncs
+    /// for it, and should it be the older news, the next signal in doubt asks again.
     pub fn recheck_owner(&self) -> Result<OwnerCheck> {
+        let known = || match &*self.stage.lock().expect("networkd stage") {
+            Stage::Live(dispatch) => Some(dispatch.classifier.owner().map(str::to_owned)),
+            Stage::Early(_) => None,
+        };
+        let before = known();
         let owner = self.owner()?;
         let mut stage = self.stage.lock().expect("networkd stage");
-        let changed = match &mut *stage {
-            Stage::Live(dispatch) if dispatch.classifier.owner() != owner.as_deref() => {
-                dispatch.classifier.set_owner(owner.clone());
-                true
-            }
-            _ => false,
-        };
+        let Stage::Live(dispatch) = &mut *stage else { return Ok(OwnerCheck { owner, changed: false }) };
+        let now = dispatch.classifier.owner().map(str::to_owned);
+        if Some(&now) != before.as_ref() {
+            return Ok(OwnerCheck { owner: now, changed: false });
+        }
+        let changed = now != owner;
+        if changed {
+            dispatch.classifier.set_owner(owner.clone());
+        }
         Ok(OwnerCheck { owner, changed })
     }
 
