@@ -1,5 +1,6 @@
 //! fanlink's integration tests, one binary (`autotests = false`): the CLI as a user runs it,
 //! and the kernel-facing parts in network namespaces of their own.
+mod boot;
 mod bpf;
 mod busproxy;
 mod byhand;
@@ -8,6 +9,7 @@ mod daemon;
 mod datapath;
 mod deps;
 mod dhcp;
+mod fanctl;
 mod fans;
 mod faults;
 mod fuzz;
@@ -19,5 +21,7 @@ mod lossy;
 mod nat;
 mod netlink;
 mod networkd;
+mod scripts;
+mod selftest;
 mod topology;
 mod util;
