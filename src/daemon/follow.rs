@@ -76,7 +76,9 @@ impl Daemon {
             Ok(networkd::Attached { networkd, links }) => {
                 self.bus = Some(networkd);
                 self.failures = 0;
+                // attach read the state in full (or networkd is not there): a resync now.
                 self.doubts = Default::default();
+                self.doubts.resynced(Instant::now());
                 match links {
                     Some(links) => self.follow(&links),
                     None => self.networkd_absent("no networkd on the bus"),
