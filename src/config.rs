@@ -3,6 +3,7 @@
 //! Every problem becomes a `RuleError` that names file, line and column; loading goes on
 //! after an error so that one run reports all of them.
 
+use crate::addrplan::{self, AddrPlan, Split, SplitKey};
 use crate::fan::FanMap;
 use crate::ifname::IfName;
 use ipnet::Ipv4Net;
@@ -35,6 +36,9 @@ pub struct Rule {
     pub masquerade: bool,
     /// Serve DHCP on the bridge (dnsmasq), as LXD and `fanctl --dhcp` do.
     pub dhcp: bool,
+    /// How each host's slice is shared by the host, DHCP and Docker (`host-reserve`,
+    /// `docker-share`).
+    pub split: Split,
     /// The lease time dnsmasq hands out (`dhcp-lease`, in dnsmasq's syntax: "45m", "1h",
     /// "infinite"); `None`: one hour.
     pub dhcp_lease: Option<String>,
@@ -51,6 +55,12 @@ impl Rule {
     /// The vxlan device paired with the bridge: the bridge's name (cut to fit) plus "-vx".
     pub fn vxlan_name(&self) -> IfName {
         vxlan_name_for(&self.name)
+    }
+
+    /// The address plan of the slice that `address` owns.
+    pub fn addr_plan(&self, address: std::net::Ipv4Addr) -> Result<AddrPlan, String> {
+        let slice = self.map.slice(address).map_err(|e| e.to_string())?;
+        self.split.plan(slice)
     }
 }
 
@@ -94,8 +104,19 @@ struct RawFile {
 type RawFan = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 
 /// The keys a `[[fan]]` table may hold.
-const KEYS: [&str; 9] =
-    ["name", "overlay", "underlay", "interface", "mtu", "masquerade", "dhcp", "dhcp-lease", "enable"];
+const KEYS: [&str; 11] = [
+    "name",
+    "overlay",
+    "underlay",
+    "interface",
+    "mtu",
+    "masquerade",
+    "dhcp",
+    "dhcp-lease",
+    "host-reserve",
+    "docker-share",
+    "enable",
+];
 
 /// The rule files that take effect: `*.toml` by file name, an earlier directory masking a
 /// later one, a link to /dev/null masking the name altogether. Sorted by file name.
@@ -339,6 +360,46 @@ impl<'a> FanTable<'a> {
         flag
     }
 
+    /// `host-reserve` and `docker-share`, checked against the fan's slice size: the parts of
+    /// every host's slice must fit, and with `dhcp = true` leave DHCP some addresses.
+    fn split(&mut self, map: Option<FanMap>, dhcp: Option<bool>, header: &Range<usize>) -> Option<Split> {
+        let mut split = Split::default();
+        if let Some(value) = self.get("host-reserve") {
+            match value.get_ref().as_integer().and_then(|n| u32::try_from(n).ok()).filter(|n| *n >= 1) {
+                Some(n) => split.host_reserve = n,
+                None => {
+                    let message = format!(
+                        "`host-reserve` must be a number of addresses, 1 or more (the bridge's is the first), not {}",
+                        shown(value.get_ref())
+                    );
+                    self.error(value.span(), message);
+                    return None;
+                }
+            }
+        }
+        if let Some((text, span)) = self.string("docker-share", "\"1/2\"") {
+            split.docker_share = addrplan::parse_share(text).map_err(|m| self.error(span, m)).ok()?;
+        }
+        let slice_len = map?.slice_prefix_len();
+        let span_of = |t: &Self, key: &str| t.get(key).map_or(header.clone(), |v| v.span());
+        if let Err((key, message)) = split.check(slice_len) {
+            let key = if key == SplitKey::HostReserve { "host-reserve" } else { "docker-share" };
+            self.error(span_of(self, key), message);
+            return None;
+        }
+        if dhcp == Some(true) && !split.has_dhcp(slice_len) {
+            let message = format!(
+                "`dhcp = true` has no address to hand out: a /{slice_len} slice has none left beside the host's \
+                 {} and Docker's share {}; set docker-share = \"none\" or a smaller host-reserve",
+                split.host_reserve,
+                addrplan::share_text(split.docker_share)
+            );
+            self.error(span_of(self, "dhcp"), message);
+            return None;
+        }
+        Some(split)
+    }
+
     /// `dhcp-lease`: a lease time as dnsmasq reads it, at least its minimum of two minutes
     /// (dnsmasq raises shorter ones silently), and only beside `dhcp = true`.
     fn lease(&mut self, dhcp: bool) -> Option<String> {
@@ -427,10 +488,13 @@ fn convert(
     });
     let masquerade = t.boolean("masquerade", true);
     let dhcp = t.boolean("dhcp", false);
+    let split = t.split(map, dhcp, &header);
     let enabled = t.boolean("enable", true);
     let dhcp_lease = t.get("dhcp-lease").and_then(|_| t.lease(dhcp == Some(true)));
-    match (name, map, masquerade, dhcp, enabled) {
-        (Some(name), Some(map), Some(masquerade), Some(dhcp), Some(enabled)) if t.errors.is_empty() => {
+    match (name, map, masquerade, dhcp, split, enabled) {
+        (Some(name), Some(map), Some(masquerade), Some(dhcp), Some(split), Some(enabled))
+            if t.errors.is_empty() =>
+        {
             let origin = format!("{}:{}", path.display(), line_col(text, header.start).0);
             let rule = Rule {
                 name,
@@ -439,6 +503,7 @@ fn convert(
                 mtu,
                 masquerade,
                 dhcp,
+                split,
                 dhcp_lease,
                 enabled,
                 origin,
@@ -497,6 +562,32 @@ mod tests {
         assert_eq!(r.vxlan_name().as_str(), "fan-250-vx");
         assert!(r.masquerade);
         assert_eq!((r.mtu, &r.interface, r.origin.as_str()), (None, &None, "t.toml:1"));
+    }
+
+    #[test]
+    fn the_split_keys_are_checked_against_the_slice() {
+        let fan = |extra: &str| {
+            parse(&format!("[[fan]]\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.0.0.0/16\"\n{extra}"))
+        };
+        let (rules, errors) = fan("host-reserve = 10\ndocker-share = \"1/4\"\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(rules[0].split, Split { host_reserve: 10, docker_share: 4 });
+        assert_eq!(fan("").0[0].split, Split::default());
+        assert_eq!(
+            fan("host-reserve = 128\n").1,
+            ["t.toml:4:16: error: `host-reserve = 128` does not fit a /24 slice with docker-share \"1/2\": at most 127 addresses"]
+        );
+        assert_eq!(
+            fan("host-reserve = 0\n").1,
+            ["t.toml:4:16: error: `host-reserve` must be a number of addresses, 1 or more (the bridge's is the first), not 0"]
+        );
+        assert!(fan("docker-share = \"1/3\"\n").1[0]
+            .starts_with("t.toml:4:16: error: `docker-share` \"1/3\" is not"));
+        // A /30 slice has one address beside the bridge: DHCP needs Docker's share for it.
+        let tiny = "[[fan]]\noverlay = \"250.0.0.0/14\"\nunderlay = \"10.0.0.0/16\"\n";
+        let (_, errors) = parse(&format!("{tiny}dhcp = true\n"));
+        assert_eq!(errors, ["t.toml:4:8: error: `dhcp = true` has no address to hand out: a /30 slice has none left beside the host's 1 and Docker's share 1/2; set docker-share = \"none\" or a smaller host-reserve"]);
+        assert!(parse(&format!("{tiny}dhcp = true\ndocker-share = \"none\"\n")).1.is_empty());
     }
 
     #[test]

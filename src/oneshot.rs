@@ -27,6 +27,7 @@ fn target_rule(dirs: &[PathBuf], target: &UpTarget) -> Result<Rule> {
             mtu: None,
             masquerade: true,
             dhcp: false,
+            split: Default::default(),
             dhcp_lease: None,
             enabled: true,
             origin,
@@ -222,19 +223,24 @@ pub fn plan_cmd(dirs: &[PathBuf], name: Option<&str>, address: Option<Ipv4Addr>)
 
 /// `fanlink status`: the daemon's view if one runs, else the rules against the kernel.
 pub fn status(dirs: &[PathBuf], runtime_dir: &std::path::Path, json: bool) -> Result<u8> {
-    let status = match ask_daemon(runtime_dir) {
-        Ok(status) => status,
-        Err(e) => {
-            log::debug!("no daemon answered: {e:#}");
-            local_status(dirs)?
-        }
-    };
+    let status = current_status(dirs, runtime_dir)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print!("{}", crate::status::render(&status));
     }
     Ok(0)
+}
+
+/// The daemon's view of every fan if one runs, else the rules against the kernel.
+pub fn current_status(dirs: &[PathBuf], runtime_dir: &std::path::Path) -> Result<crate::status::Status> {
+    match ask_daemon(runtime_dir) {
+        Ok(status) => Ok(status),
+        Err(e) => {
+            log::debug!("no daemon answered: {e:#}");
+            local_status(dirs)
+        }
+    }
 }
 
 fn ask_daemon(runtime_dir: &std::path::Path) -> Result<crate::status::Status> {

@@ -243,6 +243,8 @@ pub struct Interest {
     pub underlays: Vec<ipnet::Ipv4Net>,
     /// Whether the kernel decides "routable" (then carrier and routes matter too).
     pub following_kernel: bool,
+    /// The ifindexes whose IPv4 forwarding a fan that is up needs: its bridge and underlay.
+    pub forwarding: Vec<u32>,
 }
 
 /// Whether networkd's view of link `index` can change a decision. fanlink's own devices (the
@@ -304,7 +306,7 @@ pub fn kernel_change_matters(events: &[crate::netlink::Event], interest: &Intere
         }
         E::Route => when(interest.following_kernel, Plan),
         // Someone turned forwarding off under a fan that is up: fanlink turns it back on.
-        E::Forwarding(on) => when(!on && interest.bridges.values().any(|up| *up), Plan),
+        E::Forwarding { index, on } => when(!on && interest.forwarding.contains(index), Plan),
     };
     events.iter().map(one).max().unwrap_or(No)
 }
@@ -339,6 +341,7 @@ mod interest_tests {
             underlay_links: HashMap::from([("ens3".into(), 1500)]),
             underlays: vec!["10.0.0.0/16".parse().unwrap()],
             following_kernel: false,
+            forwarding: vec![5, 2],
         }
     }
 
@@ -383,8 +386,10 @@ mod interest_tests {
             (Event::Port { name: "fan-250-vx".into(), gone: false }, No),
             (Event::Port { name: "veth1234".into(), gone: true }, No),
             (Event::Route, No),
-            (Event::Forwarding(false), Plan),
-            (Event::Forwarding(true), No),
+            (Event::Forwarding { index: 5, on: false }, Plan),
+            (Event::Forwarding { index: 2, on: false }, Plan),
+            (Event::Forwarding { index: 5, on: true }, No),
+            (Event::Forwarding { index: 9, on: false }, No),
         ] {
             assert_eq!(kernel_change_matters(std::slice::from_ref(&event), &i), matters, "{event:?}");
         }
@@ -394,7 +399,8 @@ mod interest_tests {
         let kernel = Interest { following_kernel: true, ..interest() };
         assert_eq!(kernel_change_matters(&[Event::Route], &kernel), Plan);
         assert_eq!(kernel_change_matters(&[link("ens3", false, 1500)], &kernel), Plan);
-        let all_down = Interest { bridges: HashMap::from([("fan-250".into(), false)]), ..interest() };
-        assert_eq!(kernel_change_matters(&[Event::Forwarding(false)], &all_down), No, "no fan needs it");
+        let all_down = Interest { forwarding: vec![], ..interest() };
+        let off = Event::Forwarding { index: 5, on: false };
+        assert_eq!(kernel_change_matters(&[off], &all_down), No, "no fan needs it");
     }
 }

@@ -47,8 +47,17 @@ fn table(fan: &Fan) -> Vec<String> {
     if let Some(interface) = &fan.interface {
         t.push(format!("interface = {}", quoted(interface.as_str())));
     }
+    if let Some(mtu) = fan.mtu {
+        t.push(format!("mtu = {mtu}"));
+    }
+    if !fan.masquerade {
+        t.push("masquerade = false".into());
+    }
     if fan.dhcp {
         t.push("dhcp = true".into());
+    }
+    if let Some(n) = fan.host_reserve {
+        t.push(format!("host-reserve = {n}"));
     }
     if !fan.enabled {
         t.push("enable = false".into());
@@ -81,6 +90,9 @@ mod tests {
             interface: Some("ens\"3".parse().unwrap()),
             enabled,
             dhcp: false,
+            host_reserve: None,
+            mtu: None,
+            masquerade: true,
             notes: vec!["a note".into()],
         }
     }
