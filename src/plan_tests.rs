@@ -141,6 +141,14 @@ fn a_down_fan_never_up_gets_its_bridge_down_and_without_address() {
 }
 
 #[test]
+fn a_disabled_fan_gets_no_bridge_and_a_running_one_only_goes_down() {
+    let r = rule("enable = false\n");
+    assert_eq!(plan(&[(r.clone(), Want::Down)], &Observed::default())[0].result, Ok(vec![]));
+    let ops = lines(&plan(&[(r.clone(), Want::Down)], &observed(&r, built(&r)))[0].result);
+    assert_eq!(ops, ["set fan-250 down"]);
+}
+
+#[test]
 fn up_from_a_bridge_made_down_builds_the_rest_around_it() {
     let r = rule("");
     let mut seen = observed(&r, bridge_only(&r));

@@ -250,3 +250,34 @@ fn every_cloud_init_form_round_trips_through_import_and_check() {
         .count();
     assert_eq!(fans.len(), source_fans, "one fan per line of the source");
 }
+
+/// `dhcp-lease` reaches the client: a container's DHCP client (busybox udhcpc) is offered
+/// the rule's lease time, not dnsmasq's hour.
+#[test]
+#[ignore = "needs root (network namespaces), dnsmasq and busybox: run with --include-ignored"]
+fn the_rules_lease_time_is_the_one_a_client_gets() {
+    let host = KernelHost::new("flkl");
+    host.rules.write("50-t.toml", &fan(250, "dhcp = true\ndhcp-lease = \"12h\""));
+    let daemon = host.start(Mode::Vnifilter);
+    host.wait("fan-250", "up", &daemon);
+    let container = Netns::new("flkc");
+    crate::topology::run(
+        None,
+        &format!(
+            "ip -n {h} link add c0 type veth peer name eth0 netns {c} && ip -n {h} link set c0 master fan-250 up && \
+             ip -n {c} link set eth0 up",
+            h = host.ns.name(),
+            c = container.name()
+        ),
+    );
+    let script =
+        host.dir.write("lease.sh", "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease $lease\"\nexit 0\n");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut lease = String::new();
+    wait_for(&format!("a DHCP lease; log:\n{}", daemon.log()), std::time::Duration::from_secs(20), || {
+        let out = container.sh(&format!("busybox udhcpc -i eth0 -n -q -f -t 3 -T 1 -s {}", script.display()));
+        lease = text(&out.stdout).lines().find(|l| l.starts_with("lease ")).unwrap_or("").to_string();
+        !lease.is_empty()
+    });
+    assert_eq!(lease, "lease 43200", "12h in seconds");
+}
