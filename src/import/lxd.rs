@@ -158,8 +158,8 @@ pub fn fan(text: &str, underlay_prefix: Option<Ipv4Net>, host: &mut dyn Host) ->
     };
     if dhcp {
         notes.push(
-            "LXD's dnsmasq handed out the whole slice and answered DNS; fanlink's hands out the DHCP part \
-             of the slice's plan (`fanlink addr`) and serves DHCP only (see the README)"
+            "LXD's dnsmasq handed out the whole slice and kept a DNS domain of the instances; fanlink's \
+             hands out the DHCP part of the slice's plan (`fanlink addr`) and keeps no names (see the README)"
                 .into(),
         );
     }
