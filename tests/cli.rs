@@ -314,7 +314,7 @@ fn docker_args_are_words_for_docker_network_create() {
         "fanlink: --network-name \"a b\": a Docker network name is letters, digits, '_', '.' and '-', starting with a letter or digit\n"
     );
     let help = text(&fanlink(&["docker-args", "--help"]).stdout);
-    assert!(help.contains("Usage: docker network create $(fanlink docker-args fan-250)"), "{help}");
+    assert!(help.contains("Run it as: docker network create $(fanlink docker-args fan-250)"), "{help}");
     assert!(help.contains("--driver bridge --subnet=OVERLAY --gateway=BRIDGE-ADDRESS"), "{help}");
 }
 
