@@ -469,13 +469,12 @@ impl Daemon {
             if !rule.dhcp || !built.contains(&d.fan) {
                 continue;
             }
-            // The rule's check made sure a DHCP range exists in every slice of the fan.
-            let (Ok(plan), Ok(bridge_address)) =
+            // The rule's check made sure every slice of the fan has a DHCP range.
+            let (Ok(crate::addrplan::AddrPlan { dhcp: Some(range), .. }), Ok(bridge_address)) =
                 (rule.addr_plan(underlay.address), rule.map.bridge_address(underlay.address))
             else {
                 continue;
             };
-            let Some(range) = plan.dhcp else { continue };
             keep.push(d.fan.clone());
             let mtu = underlay.mtu;
             let cfg = crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, range, mtu };
