@@ -166,7 +166,7 @@ fn count(range: (Ipv4Addr, Ipv4Addr)) -> u64 {
 }
 
 /// "a - b (N addresses)", or "a" for one.
-pub fn describe_range(range: (Ipv4Addr, Ipv4Addr)) -> String {
+fn describe_range(range: (Ipv4Addr, Ipv4Addr)) -> String {
     match count(range) {
         1 => format!("{}", range.0),
         n => format!("{} - {} ({n} addresses)", range.0, range.1),
@@ -361,17 +361,26 @@ mod tests {
         #[test]
         fn the_parts_never_overlap((slice, split) in case(), probe in any::<u32>()) {
             let p = split.plan(slice).unwrap();
-            let offset = probe & !u32::from(slice.netmask());
-            let a = Ipv4Addr::from(u32::from(slice.network()) | offset);
-            let within = |r: (Ipv4Addr, Ipv4Addr)| r.0 <= a && a <= r.1;
-            let owners = [
-                within(p.host),
-                p.dhcp.is_some_and(within),
-                p.docker.as_ref().is_some_and(|d| d.hands_out(a)),
-            ];
-            prop_assert!(owners.iter().filter(|o| **o).count() <= 1, "{a} in {p}");
-            if a == slice.network() || a == slice.broadcast() {
-                prop_assert_eq!(owners, [false; 3], "{} in {}", a, p);
+            // A random address of the slice, and every boundary of every part and its neighbours.
+            let mut probes = vec![Ipv4Addr::from(u32::from(slice.network()) | (probe & !u32::from(slice.netmask())))];
+            let mut edges = vec![slice.network(), slice.broadcast(), p.host.0, p.host.1];
+            edges.extend(p.dhcp.map_or(vec![], |d| vec![d.0, d.1]));
+            edges.extend(p.docker.as_ref().map_or(vec![], |d| vec![d.range.network(), d.range.broadcast()]));
+            for e in edges {
+                let e = u32::from(e);
+                probes.extend([e.wrapping_sub(1), e, e.wrapping_add(1)].map(Ipv4Addr::from));
+            }
+            for a in probes.into_iter().filter(|a| slice.contains(a)) {
+                let within = |r: (Ipv4Addr, Ipv4Addr)| r.0 <= a && a <= r.1;
+                let owners = [
+                    within(p.host),
+                    p.dhcp.is_some_and(within),
+                    p.docker.as_ref().is_some_and(|d| d.hands_out(a)),
+                ];
+                prop_assert!(owners.iter().filter(|o| **o).count() <= 1, "{a} in {p}");
+                if a == slice.network() || a == slice.broadcast() {
+                    prop_assert_eq!(owners, [false; 3], "{} in {}", a, p);
+                }
             }
             prop_assert_eq!(p.host.0, Ipv4Addr::from(u32::from(slice.network()) + 1));
             prop_assert_eq!(u32::from(p.host.1) - u32::from(p.host.0) + 1, split.host_reserve);
