@@ -78,7 +78,7 @@ pub enum Command {
     ///   --aux-address=last=ADDRESS -o com.docker.network.bridge.name=FAN
     ///   -o com.docker.network.driver.mtu=MTU NETWORK
     ///
-    /// Usage: docker network create $(fanlink docker-args fan-250)
+    /// Run it as: docker network create $(fanlink docker-args fan-250)
     ///
     /// Docker's range is the rule's `docker-share` of the slice (the last half by default),
     /// never an address of the host's or of the DHCP range. Without --address, this host's

@@ -285,37 +285,25 @@ fn docker_args_are_words_for_docker_network_create() {
             "fan-240",
         ]
     );
-    let out = fanlink(&[
-        "--rules-dir",
-        &good,
-        "docker-args",
-        "fan-250",
-        "--address",
-        "192.168.1.178",
-        "--network-name",
-        "web",
-    ]);
-    let words = docker_words(&out.stdout);
+    let named = |network: &str| {
+        let address = ["--address", "192.168.1.178"];
+        fanlink(
+            &[&["--rules-dir", &good, "docker-args", "fan-250"], &address[..], &["--network-name", network]]
+                .concat(),
+        )
+    };
+    let words = docker_words(&named("web").stdout);
     assert_eq!(words.last().map(String::as_str), Some("web"));
     assert!(words.contains(&"--ip-range=250.178.128.0/17".to_string()), "{words:?}");
     assert!(words.contains(&"com.docker.network.driver.mtu=1400".to_string()), "the rule's mtu: {words:?}");
-    let out = fanlink(&[
-        "--rules-dir",
-        &good,
-        "docker-args",
-        "fan-250",
-        "--address",
-        "192.168.1.178",
-        "--network-name",
-        "a b",
-    ]);
+    let out = named("a b");
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         text(&out.stderr),
         "fanlink: --network-name \"a b\": a Docker network name is letters, digits, '_', '.' and '-', starting with a letter or digit\n"
     );
     let help = text(&fanlink(&["docker-args", "--help"]).stdout);
-    assert!(help.contains("Usage: docker network create $(fanlink docker-args fan-250)"), "{help}");
+    assert!(help.contains("Run it as: docker network create $(fanlink docker-args fan-250)"), "{help}");
     assert!(help.contains("--driver bridge --subnet=OVERLAY --gateway=BRIDGE-ADDRESS"), "{help}");
 }
 
@@ -398,4 +386,29 @@ fn help_and_version() {
     }
     let out = fanlink(&["addr", "--address", "10.0.0.1"]);
     assert_eq!(out.status.code(), Some(2), "a fan must be named or given by prefixes");
+}
+
+/// The docker CLI parses its arguments before it contacts the daemon: given our words as the
+/// shell splits `$(fanlink docker-args ...)`, it must get as far as the (absent) daemon.
+#[test]
+fn the_docker_cli_takes_the_words_as_the_shell_splits_them() {
+    let Ok(found) = Command::new("docker").arg("--version").output() else {
+        eprintln!("skipped: no docker CLI on this machine");
+        return;
+    };
+    assert!(found.status.success());
+    let good = format!("{FIXTURES}/good");
+    let script = format!(
+        "docker network create $({} --rules-dir {good} docker-args fan-240 --address 10.0.3.4)",
+        env!("CARGO_BIN_EXE_fanlink")
+    );
+    let dir = TempDir::new("docker");
+    let socket = dir.path().join("no-daemon.sock");
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(stderr.starts_with("Cannot connect to the Docker daemon"), "docker refused the words: {stderr}");
 }

@@ -506,13 +506,12 @@ impl Daemon {
             if !rule.dhcp || !built.contains(&d.fan) {
                 continue;
             }
-            // The rule's check made sure a DHCP range exists in every slice of the fan.
-            let (Ok(plan), Ok(bridge_address)) =
+            // The rule's check made sure every slice of the fan has a DHCP range.
+            let (Ok(crate::addrplan::AddrPlan { dhcp: Some(range), .. }), Ok(bridge_address)) =
                 (rule.addr_plan(underlay.address), rule.map.bridge_address(underlay.address))
             else {
                 continue;
             };
-            let Some(range) = plan.dhcp else { continue };
             keep.push(d.fan.clone());
             let mtu = underlay.mtu;
             let lease = rule.dhcp_lease.clone().unwrap_or_else(|| "1h".into());
