@@ -44,6 +44,15 @@ crate::in_both_datapaths! {
         let host = Host::new_in(mode, "boot", "10.99.3.3/16", &[]);
         host.rules.write("51-elsewhere.toml", FAN_251_ELSEWHERE);
         host.harness.run("carrier", &["down"]);
+        // networkd must have said so before the daemon starts, or its first reconcile may
+        // still see the uplink routable and bring fan-250 up (seen under load).
+        let state = format!(
+            "busctl --address={} get-property org.freedesktop.network1 {} org.freedesktop.network1.Link \
+             OperationalState",
+            host.harness.bus(),
+            host.harness.var("HARNESS_UPLINK_OBJ")
+        );
+        wait_for("networkd to see the carrier gone", SOON, || host.sh(&state).contains("\"no-carrier\""));
         let daemon = start_until_ready(&host);
         // At READY=1, before the underlay is routable (fan-250) or even known (fan-251).
         for fan in ["fan-250", "fan-251"] {

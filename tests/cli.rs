@@ -387,28 +387,3 @@ fn help_and_version() {
     let out = fanlink(&["addr", "--address", "10.0.0.1"]);
     assert_eq!(out.status.code(), Some(2), "a fan must be named or given by prefixes");
 }
-
-/// The docker CLI parses its arguments before it contacts the daemon: given our words as the
-/// shell splits `$(fanlink docker-args ...)`, it must get as far as the (absent) daemon.
-#[test]
-fn the_docker_cli_takes_the_words_as_the_shell_splits_them() {
-    let Ok(found) = Command::new("docker").arg("--version").output() else {
-        eprintln!("skipped: no docker CLI on this machine");
-        return;
-    };
-    assert!(found.status.success());
-    let good = format!("{FIXTURES}/good");
-    let script = format!(
-        "docker network create $({} --rules-dir {good} docker-args fan-240 --address 10.0.3.4)",
-        env!("CARGO_BIN_EXE_fanlink")
-    );
-    let dir = TempDir::new("docker");
-    let socket = dir.path().join("no-daemon.sock");
-    let out = Command::new("sh")
-        .args(["-c", &script])
-        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
-        .output()
-        .unwrap();
-    let stderr = text(&out.stderr);
-    assert!(stderr.starts_with("Cannot connect to the Docker daemon"), "docker refused the words: {stderr}");
-}
