@@ -129,8 +129,9 @@ pub enum Command {
     /// Run the daemon: follow systemd-networkd and keep every fan right.
     ///
     /// Brings each fan up while its underlay link is routable and down (devices kept)
-    /// otherwise. SIGHUP reloads the rules (a reload with errors changes nothing);
-    /// SIGTERM exits and leaves the fans as they are. Speaks systemd's notify protocol.
+    /// otherwise. SIGHUP reloads the rules (a reload with errors, or with a file still being
+    /// written, changes nothing); SIGTERM exits and leaves the fans as they are. Speaks
+    /// systemd's notify protocol.
     Run {
         /// Who says whether an underlay is routable: networkd, the kernel, or networkd
         /// when it is on the bus and the kernel otherwise.

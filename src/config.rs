@@ -14,6 +14,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+#[path = "config_read.rs"]
+mod read;
+pub use read::{parse_reads, read_files, rule_files, FileRead};
+
 /// Where rules live, highest precedence first (systemd's drop-in convention).
 pub const DEFAULT_DIRS: [&str; 3] = ["/etc/fanlink.d", "/run/fanlink.d", "/usr/lib/fanlink.d"];
 
@@ -118,25 +122,6 @@ const KEYS: [&str; 11] = [
     "enable",
 ];
 
-/// The rule files that take effect: `*.toml` by file name, an earlier directory masking a
-/// later one, a link to /dev/null masking the name altogether. Sorted by file name.
-pub fn rule_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut chosen: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".toml") && !name.starts_with('.') {
-                chosen.entry(name).or_insert_with(|| entry.path());
-            }
-        }
-    }
-    chosen
-        .into_values()
-        .filter(|path| std::fs::canonicalize(path).map(|p| p != Path::new("/dev/null")).unwrap_or(true))
-        .collect()
-}
-
 /// Loads every rule file of `dirs`; returns the rules in effect (see `in_effect`) and every
 /// error found. A fan with an error is left out, the others are kept.
 pub fn load(dirs: &[PathBuf]) -> (Vec<Rule>, Vec<RuleError>) {
@@ -163,27 +148,7 @@ pub fn in_effect(rules: Vec<Rule>) -> Vec<Rule> {
 
 /// Every valid rule of `dirs`, the disabled alternatives of enabled fans too (for `check`).
 pub fn load_all(dirs: &[PathBuf]) -> (Vec<Rule>, Vec<RuleError>) {
-    let mut sources = Vec::new();
-    let mut errors = Vec::new();
-    for path in rule_files(dirs) {
-        warn_if_writable_by_others(&path);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => sources.push((path, text)),
-            Err(e) => errors.push(RuleError { path, position: None, message: format!("cannot read: {e}") }),
-        }
-    }
-    let (rules, mut more) = parse_all(&sources);
-    errors.append(&mut more);
-    (rules, errors)
-}
-
-fn warn_if_writable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o002 != 0 {
-            log::warn!("{}: is world-writable; anyone on this host can change its fans", path.display());
-        }
-    }
+    parse_reads(&read_files(dirs))
 }
 
 /// Parses file contents given as (path, text), in order, and checks rules across files.

@@ -14,6 +14,7 @@ mod doubts;
 mod failures;
 mod follow;
 mod report;
+mod settled;
 mod sources;
 
 pub use decide::{
@@ -25,7 +26,7 @@ use failures::Failures;
 pub use follow::Source;
 pub use sources::control_path;
 
-use crate::config::{self, Rule};
+use crate::config::Rule;
 use crate::datapath::nft;
 use crate::ifname::IfName;
 use crate::model::Want;
@@ -127,7 +128,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let path = sources::control_path(&opts.runtime_dir);
         log::error!("control socket {}: {e}; running without it (status reads the kernel)", path.display());
     }
-    let (rules, errors) = config::load(&opts.rule_dirs);
+    let (rules, errors) = settled::load(&opts.rule_dirs);
     for e in &errors {
         log::error!("{e}");
     }
@@ -288,10 +289,11 @@ impl Daemon {
         }
     }
 
-    /// A reload whose rules have errors changes nothing: every error is logged.
+    /// A reload whose rules have errors (a file still being written among them) changes
+    /// nothing: every error is logged.
     fn reload(&mut self) {
         self.notifier.reloading();
-        let (rules, errors) = config::load(&self.opts.rule_dirs);
+        let (rules, errors) = settled::load(&self.opts.rule_dirs);
         if errors.is_empty() {
             log::info!("reloaded the rules: {} fan(s)", rules.len());
             self.rules = rules;
