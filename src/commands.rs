@@ -89,23 +89,7 @@ fn select(dirs: &[PathBuf], fan: &FanSelector, name: Option<&FanName>) -> Result
                 Some(n) => n.or_default(&map)?,
                 None => config::default_name(&map),
             };
-            let origin = "the command line".to_string();
-            let split = Default::default();
-            let (mtu, dhcp, masquerade, by_hand) = (None, false, true, true);
-            let (dhcp_lease, enabled) = (None, true);
-            Rule {
-                name,
-                map,
-                interface: None,
-                mtu,
-                masquerade,
-                dhcp,
-                split,
-                dhcp_lease,
-                enabled,
-                origin,
-                by_hand,
-            }
+            Rule::by_hand(name, map)
         }
         _ => named(dirs, fan.fan.name.as_deref().unwrap_or_default())?,
     };

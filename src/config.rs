@@ -56,6 +56,24 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// A fan given by its prefixes on the command line (`fanlink up --overlay --underlay`),
+    /// with every key at its default.
+    pub fn by_hand(name: IfName, map: FanMap) -> Rule {
+        Rule {
+            name,
+            map,
+            interface: None,
+            mtu: None,
+            masquerade: true,
+            dhcp: false,
+            split: Split::default(),
+            dhcp_lease: None,
+            enabled: true,
+            origin: "the command line".to_string(),
+            by_hand: true,
+        }
+    }
+
     /// The vxlan device paired with the bridge: the bridge's name (cut to fit) plus "-vx".
     pub fn vxlan_name(&self) -> IfName {
         vxlan_name_for(&self.name)

@@ -19,20 +19,7 @@ fn target_rule(dirs: &[PathBuf], target: &UpTarget) -> Result<Rule> {
     if let (Some(overlay), Some(underlay)) = (target.fan.overlay, target.fan.underlay) {
         let map = FanMap::new(overlay, underlay).map_err(|e| anyhow!(e))?;
         let name = target.name.or_default(&map)?;
-        let origin = "the command line".to_string();
-        return Ok(Rule {
-            name,
-            map,
-            interface: None,
-            mtu: None,
-            masquerade: true,
-            dhcp: false,
-            split: Default::default(),
-            dhcp_lease: None,
-            enabled: true,
-            origin,
-            by_hand: true,
-        });
+        return Ok(Rule::by_hand(name, map));
     }
     named_rule(dirs, target.fan.name.as_deref().unwrap_or_default())
 }

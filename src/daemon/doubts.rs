@@ -17,15 +17,9 @@ use super::LinkView;
 use crate::networkd::AdminState;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+// Resync retries wait as reconnects do: quick at first (a lost reply), then every 5 s.
+use super::follow::BACKOFF;
 
-/// Resync retries: quick at first (a lost reply), then at most every 5 s.
-const BACKOFF: [Duration; 5] = [
-    Duration::from_millis(100),
-    Duration::from_millis(300),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-];
 /// At most one owner check, and one resync for evidence of loss, this often: a forger can
 /// make fanlink ask the bus once a second, never flood it or networkd.
 const MIN_GAP: Duration = Duration::from_secs(1);

@@ -22,7 +22,7 @@ pub enum Source {
 
 /// Reconnect delays after the bus goes away: quick at first, then at most every 5 s (every
 /// 30 s where the kernel is followed meanwhile: nothing waits on the bus then).
-const BACKOFF: [Duration; 5] = [
+pub(super) const BACKOFF: [Duration; 5] = [
     Duration::from_millis(100),
     Duration::from_millis(300),
     Duration::from_secs(1),
