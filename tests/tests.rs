@@ -1,6 +1,7 @@
 //! fanlink's integration tests, one binary (`autotests = false`): the CLI as a user runs it,
 //! and the kernel-facing parts in network namespaces of their own.
 mod bpf;
+mod buspolicy;
 mod byhand;
 mod cli;
 mod daemon;
