@@ -527,5 +527,8 @@ fn object_path_ok(path: &str) -> bool {
 }
 
 #[cfg(test)]
+#[path = "wire_diff_tests.rs"]
+mod diff_tests;
+#[cfg(test)]
 #[path = "wire_tests.rs"]
 mod tests;
