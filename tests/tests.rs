@@ -11,6 +11,7 @@ mod dhcp;
 mod fans;
 mod faults;
 mod fuzz;
+mod fuzz_netlink;
 mod house;
 mod import;
 mod interop;
