@@ -155,7 +155,8 @@ impl<'a> Message<'a> {
                 2 => self.interface = Some(fields.string().ok_or(MALFORMED)?),
                 3 => self.member = Some(fields.string().ok_or(MALFORMED)?),
                 4 => self.error_name = Some(fields.string().ok_or(MALFORMED)?),
-                5 => self.reply_serial = Some(fields.u32().ok_or(MALFORMED)?),
+                // A serial is never 0, so neither is the serial a reply answers.
+                5 => self.reply_serial = Some(fields.u32().filter(|s| *s != 0).ok_or(MALFORMED)?),
                 7 => self.sender = Some(fields.string().ok_or(MALFORMED)?),
                 8 => self.signature = fields.signature().filter(|s| signature_ok(s)).ok_or(MALFORMED)?,
                 // DESTINATION, UNIX_FDS: checked, not needed.
