@@ -245,6 +245,7 @@ fn netlink_readers_never_panic_on_built_messages_and_refuse_lying_lengths() {
     let taken = lying_nested_lengths(&seeds);
     assert!(taken.is_empty(), "lying nested lengths were taken:\n{}", taken.join("\n"));
     framing_errors(&seeds.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
+    against_the_oracle(&seeds);
     never_panic_on(seeds);
 }
 
@@ -310,5 +311,168 @@ fn netlink_readers_never_panic_on_the_kernels_replies_and_refuse_lying_lengths()
     let taken = lying_nested_lengths(&seeds);
     assert!(taken.is_empty(), "lying nested lengths were taken:\n{}", taken.join("\n"));
     framing_errors(&seeds.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>());
+    against_the_oracle(&seeds);
     never_panic_on(seeds);
+}
+
+/// What netlink-packet-route reads of a link message, in fanlink's terms: (index, name, mtu,
+/// master, alias, mac, kind, vxlan (collect_metadata, vnifilter, learning, port)).
+type LinkView = (
+    u32,
+    String,
+    u32,
+    Option<u32>,
+    Option<String>,
+    Option<[u8; 6]>,
+    Option<String>,
+    Option<(bool, bool, bool, u16)>,
+);
+
+/// A netlink string as C (and the kernel's nla_strscpy, and fanlink) reads it: up to the first
+/// NUL. netlink-packet-route keeps what follows an inner NUL.
+fn c_str(s: &str) -> String {
+    s.split('\0').next().unwrap_or("").to_owned()
+}
+
+fn oracle_link(p: &[u8]) -> Option<LinkView> {
+    use netlink_packet_core::Parseable;
+    use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+    let m = LinkMessage::parse(p).ok()?;
+    let mut v: LinkView = (m.header.index, String::new(), 0, None, None, None, None, None);
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => v.1 = c_str(n),
+            LinkAttribute::Mtu(n) => v.2 = *n,
+            LinkAttribute::Controller(n) => v.3 = Some(*n).filter(|&n| n != 0),
+            LinkAttribute::IfAlias(n) => v.4 = Some(c_str(n)),
+            LinkAttribute::Address(mac) => v.5 = mac.as_slice().try_into().ok(),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        // A kind it does not know it keeps with its NUL (it reads a veth
+                        // whose data it cannot parse as one).
+                        LinkInfo::Kind(k) => v.6 = Some(c_str(&k.to_string())),
+                        LinkInfo::Data(InfoData::Vxlan(x)) => {
+                            let mut vx = (false, false, false, 0);
+                            for a in x {
+                                match a {
+                                    InfoVxlan::CollectMetadata(b) => vx.0 = *b,
+                                    InfoVxlan::Vnifilter(b) => vx.1 = *b,
+                                    InfoVxlan::Learning(b) => vx.2 = *b,
+                                    InfoVxlan::Port(p) => vx.3 = *p,
+                                    _ => {}
+                                }
+                            }
+                            v.7 = Some(vx);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(v)
+}
+
+fn ours_link(p: &[u8]) -> Option<LinkView> {
+    let l = link::parse_link(p).ok()?;
+    let vx = l.vxlan.map(|x| (x.collect_metadata, x.vnifilter, x.learning, x.port));
+    Some((l.index, l.name, l.mtu, l.master, l.alias, l.mac, l.kind, vx))
+}
+
+/// (index, address) of an IPv4 address message, as netlink-packet-route reads it.
+fn oracle_addr(p: &[u8]) -> Option<(u32, String)> {
+    use netlink_packet_core::Parseable;
+    use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+    let m = AddressMessage::parse(p).ok()?;
+    // The last of a twice-sent attribute, as the kernel's nla_parse keeps it (and fanlink).
+    let ip = |want_local: bool| {
+        m.attributes.iter().rev().find_map(|a| match a {
+            AddressAttribute::Local(ip) if want_local => Some(*ip),
+            AddressAttribute::Address(ip) if !want_local => Some(*ip),
+            _ => None,
+        })
+    };
+    let ip = ip(true).or(ip(false))?;
+    Some((m.header.index, format!("{ip}/{}", m.header.prefix_len)))
+}
+
+fn ours_addr(p: &[u8]) -> Option<(u32, String)> {
+    addr::parse_addr(p).ok().flatten().map(|a| (a.index, a.address.to_string()))
+}
+
+/// Where both readers take a message, they read the same values; on the seeds they must
+/// both take it. Returns (both took, only fanlink took, only the oracle took).
+fn same_reading(seeds: &[(Reader, Vec<u8>)], mutated: &[Vec<u8>]) -> (usize, usize, usize) {
+    for ((name, ..), p) in seeds {
+        match *name {
+            "link" => assert_eq!(ours_link(p), oracle_link(p), "a link both must read"),
+            "addr" => assert_eq!(ours_addr(p), oracle_addr(p), "an address both must read"),
+            _ => {}
+        }
+    }
+    let mut counts = (0, 0, 0);
+    for p in mutated {
+        for (ours, theirs) in [
+            (ours_link(p).map(|v| format!("{v:?}")), oracle_link(p).map(|v| format!("{v:?}"))),
+            (ours_addr(p).map(|v| format!("{v:?}")), oracle_addr(p).map(|v| format!("{v:?}"))),
+        ] {
+            match (&ours, &theirs) {
+                (Some(a), Some(b)) => {
+                    assert_eq!(a, b, "the two read {p:02x?} differently");
+                    counts.0 += 1;
+                }
+                (Some(_), None) => counts.1 += 1,
+                (None, Some(_)) => counts.2 += 1,
+                (None, None) => {}
+            }
+        }
+    }
+    counts
+}
+
+/// Found by the oracle: fanlink read a vxlan flag byte as set only when it was 1; the kernel
+/// (nla_get_u8) and netlink-packet-route take any non-zero byte.
+#[test]
+fn vxlan_flags_are_set_by_any_non_zero_byte() {
+    let vxlan =
+        NewVxlan { name: "vx".into(), mtu: 1450, vnifilter: true, port: 4789, master: None, alias: None };
+    let mut p = payload(link::new_vxlan_msg(&vxlan));
+    // IFLA_VXLAN_VNIFILTER (30), a u8 attribute: 5 bytes long, its value after the header.
+    let at = p.windows(4).position(|w| w == [5, 0, 30, 0]).expect("the vnifilter flag") + 4;
+    p[at] = 2;
+    assert!(link::parse_link(&p).unwrap().vxlan.unwrap().vnifilter);
+    assert_eq!(ours_link(&p), oracle_link(&p));
+}
+
+/// Found by the oracle: an IFA_LOCAL of 16 bytes in an IPv4 address message was read as
+/// absent, and the address became IFA_ADDRESS's (the peer's, on a point-to-point link).
+#[test]
+fn an_ipv4_address_of_another_size_is_an_error() {
+    let p = payload(addr::addr_msg(true, 3, "250.1.1.1/8".parse().unwrap()));
+    let mut long = p.clone();
+    // A second IFA_LOCAL (2) of 16 bytes after the others.
+    long.extend_from_slice(&[20, 0, 2, 0]);
+    long.extend_from_slice(&[0xff; 16]);
+    assert!(addr::parse_addr(&p).unwrap().is_some());
+    assert!(addr::parse_addr(&long).is_err());
+}
+
+/// `same_reading` on the seeds, then on mutations of the link and address seeds.
+fn against_the_oracle(seeds: &[(Reader, Vec<u8>)]) {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    same_reading(seeds, &[]);
+    let rt: Vec<_> =
+        seeds.iter().filter(|((name, ..), _)| matches!(*name, "link" | "addr")).cloned().collect();
+    let counts = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
+    run("link and address readers vs netlink-packet-route", mutations(rt), |(_, m)| {
+        let (both, ours, theirs) = same_reading(&[], &[m]);
+        for (c, n) in counts.iter().zip([both, ours, theirs]) {
+            c.fetch_add(n, Relaxed);
+        }
+        Ok(())
+    });
+    let [both, ours, theirs] = counts.map(AtomicUsize::into_inner);
+    eprintln!("[fuzz] read the same by both: {both}; only by fanlink: {ours}; only by netlink-packet-route: {theirs}");
 }
