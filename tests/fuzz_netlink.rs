@@ -349,9 +349,11 @@ fn oracle_link(p: &[u8]) -> Option<LinkView> {
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {
-                        // A kind it does not know it keeps with its NUL (it reads a veth
-                        // whose data it cannot parse as one).
-                        LinkInfo::Kind(k) => v.6 = Some(c_str(&k.to_string())),
+                        // A kind with a NUL inside its attribute ("vxlan\0\0") it keeps
+                        // whole, as one it does not know, and reads no data for it; the
+                        // kernel and fanlink read the kind up to the NUL. Not the same reading.
+                        LinkInfo::Kind(k) if k.to_string().contains('\0') => return None,
+                        LinkInfo::Kind(k) => v.6 = Some(k.to_string()),
                         LinkInfo::Data(InfoData::Vxlan(x)) => {
                             let mut vx = (false, false, false, 0);
                             for a in x {
