@@ -7,7 +7,8 @@
 //! The real messages: the crate's own builders (a new bridge, vxlan and veth, an address, a
 //! VNI, a BPF filter, an nftables table, chain and rule: the same layout the kernel dumps),
 //! and, in the root test, the kernel's own dump replies from a network namespace of the
-//! test's thread. `FANLINK_FUZZ_CASES` sets the cases per property (default 256).
+//! test's thread. `FANLINK_FUZZ_CASES` sets the cases per property (default 256); long runs
+//! (`bench/fuzz`) and their figures: bench/README.md "Fuzzing".
 
 use fanlink::datapath::nftnl;
 use fanlink::netlink::msg::{self, MsgBuilder, NLMSG_HDRLEN};

@@ -1,7 +1,8 @@
 //! The reader's checks that no other test isolates, each with a message that only it refuses,
 //! and a differential fuzz of the header reader against zbus's (`Message::from_bytes`, the
 //! parser behind zbus's connections): on arbitrary bytes and on mutations of real messages
-//! the two agree on accept/reject, or the difference is one listed in `explained`.
+//! the two agree on accept/reject, or the difference is one listed in `explained`. Long runs
+//! (`bench/fuzz`) and their figures: bench/README.md "Fuzzing".
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
