@@ -158,7 +158,9 @@ fn unicast_from_nobody(policy: bool) -> (bool, u64, bool) {
         "the bus delivers all or none of one sender's forgeries: {reached}"
     );
 
-    // networkd's PropertiesChanged are broadcasts: the policy lets them through.
+    // networkd's PropertiesChanged still arrive. The policy refuses unicast to the daemon
+    // from every user but root, networkd's (systemd-network) too: they arrive because they
+    // are broadcasts, which it leaves to the match rules.
     let (tx, rx2) = channel();
     drop(rx);
     let a2 = attach(Some(h.bus()), tx, |_| false).expect("a second attach");
