@@ -2,6 +2,7 @@
 //! and the kernel-facing parts in network namespaces of their own.
 mod boot;
 mod bpf;
+mod buspolicy;
 mod busproxy;
 mod byhand;
 mod cli;
@@ -13,6 +14,7 @@ mod fanctl;
 mod fans;
 mod faults;
 mod fuzz;
+mod fuzz_netlink;
 mod house;
 mod import;
 mod interop;

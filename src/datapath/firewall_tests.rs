@@ -24,7 +24,7 @@ fn iptables_nft_rules_are_what_iptables_nft_writes() {
     ] {
         let (_, m) = target.insert(exprs, "fanlink:fan-250");
         assert_eq!(expressions(m), strace);
-        let decoded: Vec<Expr> = attrs(strace).flatten().map(|e| Expr::decode(&e)).collect();
+        let decoded: Vec<Expr> = attrs(strace).flatten().map(|e| Expr::decode(&e).unwrap()).collect();
         assert_eq!(&decoded, exprs);
     }
 }

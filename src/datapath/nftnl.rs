@@ -184,24 +184,30 @@ impl Expr {
         }
     }
 
-    /// Reads one NFTA_LIST_ELEM back; unknown shapes become `Other`.
-    pub fn decode(elem: &Attr<'_>) -> Expr {
+    /// Reads one NFTA_LIST_ELEM back; unknown shapes become `Other`, a nest whose lengths
+    /// do not add up (in what is read) is an error.
+    pub fn decode(elem: &Attr<'_>) -> Decoded<Expr> {
         let mut name = "";
         let mut data: Vec<Attr<'_>> = Vec::new();
-        for a in elem.nested().flatten() {
+        for a in elem.nested() {
+            let a = a?;
             match a.ty {
                 NFTA_EXPR_NAME => name = a.str(),
-                NFTA_EXPR_DATA => data = a.nested().flatten().collect(),
+                NFTA_EXPR_DATA => data = a.nested().collect::<Decoded<_>>()?,
                 _ => {}
             }
+        }
+        // Set when a nest read below is malformed: the closures answer `None` then, and the
+        // whole element is an error rather than an `Other`.
+        let malformed = std::cell::Cell::new(false);
+        fn find_in<'a>(nest: &Attr<'a>, ty: u16, malformed: &std::cell::Cell<bool>) -> Option<Attr<'a>> {
+            let found = nest.nested().find(|a| a.as_ref().map_or(true, |a| a.ty == ty))?;
+            found.map_err(|_| malformed.set(true)).ok()
         }
         let get = |ty: u16| data.iter().find(|a| a.ty == ty);
         let num = |ty: u16| get(ty).and_then(Attr::be32);
         // The value inside a nested NFTA_DATA_VALUE (cmp data, bitwise mask/xor).
-        let value = |ty: u16| {
-            let inner = get(ty)?.nested().flatten().find(|a| a.ty == NFTA_DATA_VALUE)?;
-            Some(inner.value.to_vec())
-        };
+        let value = |ty: u16| Some(find_in(get(ty)?, NFTA_DATA_VALUE, &malformed)?.value.to_vec());
         let other = || Expr::Other(name.to_string());
         let parsed = match name {
             "meta" => (|| Some(Expr::Meta { key: num(2)?, dreg: num(1)? }))(),
@@ -223,15 +229,18 @@ impl Expr {
             })(),
             "immediate" => (|| {
                 (num(1)? == NFT_REG_VERDICT).then_some(())?;
-                let verdict = get(2)?.nested().flatten().find(|a| a.ty == NFTA_DATA_VERDICT)?;
-                let code = verdict.nested().flatten().find(|a| a.ty == NFTA_VERDICT_CODE)?;
+                let verdict = find_in(get(2)?, NFTA_DATA_VERDICT, &malformed)?;
+                let code = find_in(&verdict, NFTA_VERDICT_CODE, &malformed)?;
                 Some(Expr::Verdict(code.be32()?))
             })(),
             "notrack" => Some(Expr::Notrack),
             "masq" if data.is_empty() => Some(Expr::Masq),
             _ => None,
         };
-        parsed.unwrap_or_else(other)
+        if malformed.get() {
+            return Err(crate::netlink::msg::DecodeError("malformed nftables expression"));
+        }
+        Ok(parsed.unwrap_or_else(other))
     }
 }
 
@@ -444,10 +453,13 @@ pub fn parse_table(payload: &[u8]) -> Decoded<TableInfo> {
 
 pub fn parse_chain(payload: &[u8]) -> Decoded<ChainInfo> {
     let (family, a) = body(payload)?;
-    let hook = find(&a, NFTA_CHAIN_HOOK).and_then(|h| {
-        let h: Vec<Attr<'_>> = h.nested().flatten().collect();
-        Some((find(&h, NFTA_HOOK_HOOKNUM)?.be32()?, find(&h, NFTA_HOOK_PRIORITY)?.be32()? as i32))
-    });
+    let hook = match find(&a, NFTA_CHAIN_HOOK) {
+        Some(h) => {
+            let h: Vec<Attr<'_>> = h.nested().collect::<Decoded<_>>()?;
+            (|| Some((find(&h, NFTA_HOOK_HOOKNUM)?.be32()?, find(&h, NFTA_HOOK_PRIORITY)?.be32()? as i32)))()
+        }
+        None => None,
+    };
     let text = |ty| find(&a, ty).map(|x| x.str().to_string()).unwrap_or_default();
     Ok(ChainInfo {
         family,
@@ -462,9 +474,11 @@ pub fn parse_rule(payload: &[u8]) -> Decoded<RuleInfo> {
     let (family, a) = body(payload)?;
     let text = |ty| find(&a, ty).map(|x| x.str().to_string()).unwrap_or_default();
     let exprs = match find(&a, NFTA_RULE_EXPRESSIONS) {
-        Some(list) => {
-            list.nested().flatten().filter(|e| e.ty == NFTA_LIST_ELEM).map(|e| Expr::decode(&e)).collect()
-        }
+        Some(list) => list
+            .nested()
+            .filter(|e| e.as_ref().map_or(true, |e| e.ty == NFTA_LIST_ELEM))
+            .map(|e| Expr::decode(&e?))
+            .collect::<Decoded<_>>()?,
         None => Vec::new(),
     };
     Ok(RuleInfo {

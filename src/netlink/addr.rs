@@ -56,10 +56,16 @@ pub fn parse_addr(payload: &[u8]) -> Result<Option<AddrInfo>, DecodeError> {
     let (mut local, mut address) = (None, None);
     for a in attrs {
         let a = a?;
-        let ip = <[u8; 4]>::try_from(a.value).ok().map(Ipv4Addr::from);
+        // An address of another size is an error: read as absent, IFA_LOCAL would leave
+        // IFA_ADDRESS, which on a point-to-point link is the peer's.
+        let ip = || {
+            <[u8; 4]>::try_from(a.value)
+                .map(Ipv4Addr::from)
+                .map_err(|_| DecodeError("IPv4 address not 4 bytes"))
+        };
         match a.ty {
-            IFA_LOCAL => local = ip,
-            IFA_ADDRESS => address = ip,
+            IFA_LOCAL => local = Some(ip()?),
+            IFA_ADDRESS => address = Some(ip()?),
             _ => {}
         }
     }

@@ -320,9 +320,10 @@ fn parse_linkinfo(attrs: Attrs<'_>, l: &mut LinkInfo) -> Result<(), DecodeError>
         for a in data.nested() {
             let a = a?;
             match a.ty {
-                IFLA_VXLAN_COLLECT_METADATA => v.collect_metadata = a.u8() == Some(1),
-                IFLA_VXLAN_VNIFILTER => v.vnifilter = a.u8() == Some(1),
-                IFLA_VXLAN_LEARNING => v.learning = a.u8() == Some(1),
+                // Flags: any non-zero byte is set, as the kernel reads them (nla_get_u8).
+                IFLA_VXLAN_COLLECT_METADATA => v.collect_metadata = a.u8().is_some_and(|b| b != 0),
+                IFLA_VXLAN_VNIFILTER => v.vnifilter = a.u8().is_some_and(|b| b != 0),
+                IFLA_VXLAN_LEARNING => v.learning = a.u8().is_some_and(|b| b != 0),
                 IFLA_VXLAN_PORT => v.port = a.be16().unwrap_or(0),
                 _ => {}
             }

@@ -84,6 +84,12 @@ fn unix_path(address: &str) -> Option<std::path::PathBuf> {
 
 /// networkd's well-known name.
 pub const NETWORKD_NAME: &str = "org.freedesktop.network1";
+/// The well-known name the daemon owns, so that the system bus applies the policy fanlink
+/// ships (packaging/dbus/) to its connection: only root may own it or send to it. fanlink
+/// serves no interface; the name is the handle a bus policy needs. Reverse-DNS of the
+/// project's name, `Daemon` for which program holds it (the CLI never does), and a version
+/// digit as systemd's `network1` has, should the daemon ever offer an API.
+pub const DAEMON_NAME: &str = "org.fanlink.Daemon1";
 /// The interface whose PropertiesChanged fanlink follows.
 pub const LINK_INTERFACE: &str = "org.freedesktop.network1.Link";
 const BUS_NAME: &str = "org.freedesktop.DBus";
@@ -182,6 +188,7 @@ pub fn attach(address: Option<&str>, sink: impl EventSink, skip: impl Fn(u32) ->
         Some(address) => Networkd::connect_address(address)?,
         None => Networkd::connect()?,
     };
+    networkd.own_name();
     let subscription = networkd.subscribe()?;
     let present = subscription.owner().is_some();
     subscription.deliver(sink);
@@ -262,6 +269,29 @@ impl Networkd {
     /// Our unique name on the bus.
     pub fn unique_name(&self) -> Option<String> {
         Some(self.bus.unique_name().to_string())
+    }
+
+    /// Asks the bus for [`DAEMON_NAME`], without queueing; says whether we own it. Not owning
+    /// it is a warning, not an error: fanlink follows networkd all the same, only without
+    /// the bus's protection (a bus without fanlink's policy file refuses the name even to
+    /// root, and a second daemon finds it taken).
+    pub fn own_name(&self) -> bool {
+        const DO_NOT_QUEUE: u32 = 4;
+        const PRIMARY_OWNER: u32 = 1;
+        const ALREADY_OWNER: u32 = 4;
+        let args = [Arg::Str(DAEMON_NAME), Arg::U32(DO_NOT_QUEUE)];
+        let reply = self.bus.call_method(BUS_NAME, BUS_PATH, BUS_NAME, "RequestName", &args);
+        match reply.and_then(|r| r.read("u", |body| body.u32())) {
+            Ok(PRIMARY_OWNER | ALREADY_OWNER) => true,
+            Ok(_) => {
+                log::warn!("{DAEMON_NAME} is owned by another connection: another fanlink daemon?");
+                false
+            }
+            Err(e) => {
+                log::warn!("cannot own {DAEMON_NAME} ({e}): is fanlink's bus policy installed? Without it any local user can flood this connection");
+                false
+            }
+        }
     }
 
     /// Registers the match rules and seeds the owner. Call before [`Networkd::snapshot`].

@@ -155,7 +155,8 @@ impl<'a> Message<'a> {
                 2 => self.interface = Some(fields.string().ok_or(MALFORMED)?),
                 3 => self.member = Some(fields.string().ok_or(MALFORMED)?),
                 4 => self.error_name = Some(fields.string().ok_or(MALFORMED)?),
-                5 => self.reply_serial = Some(fields.u32().ok_or(MALFORMED)?),
+                // A serial is never 0, so neither is the serial a reply answers.
+                5 => self.reply_serial = Some(fields.u32().filter(|s| *s != 0).ok_or(MALFORMED)?),
                 7 => self.sender = Some(fields.string().ok_or(MALFORMED)?),
                 8 => self.signature = fields.signature().filter(|s| signature_ok(s)).ok_or(MALFORMED)?,
                 // DESTINATION, UNIX_FDS: checked, not needed.
@@ -330,11 +331,13 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// An argument of a method call fanlink makes: its calls take strings and an int32.
+/// An argument of a method call fanlink makes: its calls take strings, an int32 and (for
+/// RequestName's flags) a uint32.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Arg<'a> {
     Str(&'a str),
     I32(i32),
+    U32(u32),
 }
 
 /// A method call, written little-endian with serial 0; the connection stamps the serial as
@@ -360,13 +363,19 @@ impl Call {
         }
         let strings = args.iter().filter_map(|a| match a {
             Arg::Str(s) => Some(*s),
-            Arg::I32(_) => None,
+            Arg::I32(_) | Arg::U32(_) => None,
         });
         if [destination, interface, member].into_iter().chain(strings).any(|s| s.contains('\0')) {
             return Err("a string with a NUL");
         }
-        let signature: String =
-            args.iter().map(|a| if matches!(a, Arg::Str(_)) { 's' } else { 'i' }).collect();
+        let signature: String = args
+            .iter()
+            .map(|a| match a {
+                Arg::Str(_) => 's',
+                Arg::I32(_) => 'i',
+                Arg::U32(_) => 'u',
+            })
+            .collect();
         let mut w = Writer { bytes: Vec::with_capacity(160) };
         // Endianness, type, flags, version; then body length, serial and fields length.
         w.bytes.extend_from_slice(&[b'l', 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
@@ -389,6 +398,7 @@ impl Call {
             match *arg {
                 Arg::Str(s) => w.string(s),
                 Arg::I32(i) => w.u32(i as u32),
+                Arg::U32(u) => w.u32(u),
             }
         }
         let body = w.bytes.len() - body_start;
@@ -517,6 +527,9 @@ fn object_path_ok(path: &str) -> bool {
     path == "/" || (!bytes.is_empty() && !after_slash)
 }
 
+#[cfg(test)]
+#[path = "wire_diff_tests.rs"]
+mod diff_tests;
 #[cfg(test)]
 #[path = "wire_tests.rs"]
 mod tests;

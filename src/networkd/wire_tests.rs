@@ -27,7 +27,7 @@ fn changed(endian: Endian, props: &[(&str, Value<'_>)]) -> zbus::Message {
 }
 
 /// Real messages of every type, in both endiannesses.
-fn samples() -> Vec<zbus::Message> {
+pub(super) fn samples() -> Vec<zbus::Message> {
     let mut out = Vec::new();
     for endian in [Endian::Little, Endian::Big] {
         let call = zbus::Message::method_call("/org/freedesktop/DBus", "GetNameOwner")
@@ -119,7 +119,7 @@ fn decodes_big_endian_signals() {
 /// A little-endian writer for forgeries; offsets count from the body's start, which is
 /// 8-aligned in a message, so alignment comes out as in one.
 #[derive(Default)]
-struct W(Vec<u8>);
+pub(super) struct W(pub(super) Vec<u8>);
 
 impl W {
     fn pad(&mut self, n: usize) -> &mut Self {
@@ -130,7 +130,7 @@ impl W {
         self.pad(4).0.extend_from_slice(&v.to_le_bytes());
         self
     }
-    fn str(&mut self, s: &str) -> &mut Self {
+    pub(super) fn str(&mut self, s: &str) -> &mut Self {
         self.u32(s.len() as u32).0.extend_from_slice(s.as_bytes());
         self.0.push(0);
         self
@@ -144,7 +144,7 @@ impl W {
 }
 
 /// A PropertiesChanged from networkd on link 2 with `body` as its bytes.
-fn forged(body: &[u8]) -> Vec<u8> {
+pub(super) fn forged(body: &[u8]) -> Vec<u8> {
     let mut fields = W::default();
     let field = |w: &mut W, code: u8, sig: &str| {
         w.pad(8).0.push(code);
@@ -169,7 +169,7 @@ fn forged(body: &[u8]) -> Vec<u8> {
 
 /// A PropertiesChanged body: the link interface, one entry `key` of variant signature `sig`
 /// whose value `value` writes, no invalidated properties.
-fn body(key: &str, sig: &str, value: impl FnOnce(&mut W) -> &mut W) -> W {
+pub(super) fn body(key: &str, sig: &str, value: impl FnOnce(&mut W) -> &mut W) -> W {
     let mut entry = W::default();
     entry.str(key).sig(sig);
     value(&mut entry);

@@ -21,7 +21,8 @@
 #   networkd-harness.sh demo                  start + show bus objects + flap link + watch signals + stop
 #
 # Topology created (NAME defaults to "ndh$$" and must be unique per instance; env knobs: UPLINK_ADDR,
-# UPLINK_GW (IP; "" = no Gateway= line), PEER_ADDR, SWITCH_NS, NETWORKD_LOG_LEVEL):
+# UPLINK_GW (IP; "" = no Gateway= line), PEER_ADDR, SWITCH_NS, NETWORKD_LOG_LEVEL, BUS_POLICY=stock
+# and BUS_POLICY_FILES: see stock_bus_conf):
 #   netns $NAME-host : systemd-networkd runs here; veth "uplink0" 10.99.1.1/24, gw 10.99.1.254 (from .network)
 #   netns $NAME-peer : the other end "peer0" 10.99.1.254/24 (a fake router); flap it to drop carrier
 #   or, with SWITCH_NS=<netns with bridge sw-br>: the other end is enslaved to sw-br there (multi-host tests;
@@ -127,6 +128,27 @@ wait_ready() { # t0
   echo "$obj" > "$DIR/uplink.objpath"
 }
 
+# BUS_POLICY=stock: Debian's own system bus policy (this machine's /usr/share/dbus-1/system.conf)
+# instead of the permissive one, with only networkd's policy file and the files BUS_POLICY_FILES
+# names (space-separated) in its system.d: a package installed on the machine meanwhile must not
+# change the test. Left out of the stock file: running as messagebus, the pidfile, syslog and
+# activation (it would start the host's services); the daemon forks anyway (start_bus).
+stock_bus_conf() {
+  mkdir -p "$DIR/system.d"; chmod 755 "$DIR/system.d"
+  cp /usr/share/dbus-1/system.d/org.freedesktop.network1.conf "$DIR/system.d/"
+  local f; for f in ${BUS_POLICY_FILES:-}; do cp "$f" "$DIR/system.d/"; done
+  sed -e "s|<listen>.*</listen>|<listen>unix:path=$DIR/bus.sock</listen>|" \
+      -e '/<user>/d; /<fork\/>/d; /<pidfile>/d; /<syslog\/>/d; /<servicehelper>/d; /<standard_system_servicedirs\/>/d' \
+      -e "s|<includedir>system.d</includedir>|<includedir>$DIR/system.d</includedir>|" \
+      -e '\|<includedir>/etc/dbus-1/system.d</includedir>|d' \
+      /usr/share/dbus-1/system.conf > "$DIR/bus.conf"
+  # The edits must have happened: a stock file of another shape would give a bus that is not
+  # the one the test claims to run.
+  grep -q "unix:path=$DIR/bus.sock" "$DIR/bus.conf" && grep -q "<includedir>$DIR/system.d</includedir>" "$DIR/bus.conf" &&
+    ! grep -qE '<user>|<includedir>system.d|servicehelper' "$DIR/bus.conf" ||
+    { log "cannot adapt /usr/share/dbus-1/system.conf"; return 1; }
+}
+
 start() {
   [ -n "$DIR" ] || DIR=$(mktemp -d /tmp/ndh.XXXXXX)
   mkdir -p "$DIR"/network "$DIR"/empty "$DIR"/conf
@@ -137,7 +159,7 @@ start() {
   local t0; t0=$(date +%s%N)
 
   # ---- 1. private bus -------------------------------------------------------------------------
-  cat > "$DIR/bus.conf" <<EOF
+  if [ "${BUS_POLICY:-open}" = stock ]; then stock_bus_conf; else cat > "$DIR/bus.conf" <<EOF
 <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
@@ -155,6 +177,7 @@ start() {
   </policy>
 </busconfig>
 EOF
+  fi
   start_bus
   local addr; addr=$(bus_addr)
 
