@@ -2,6 +2,7 @@
 //! and the kernel-facing parts in network namespaces of their own.
 mod bpf;
 mod byhand;
+mod churn;
 mod cli;
 mod daemon;
 mod datapath;

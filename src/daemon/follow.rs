@@ -35,6 +35,14 @@ impl Daemon {
         admin: Option<networkd::AdminState>,
     ) -> bool {
         let Some(links) = self.links.as_mut() else { return false };
+        // networkd says a link is gone and the kernel agrees: its view is forgotten, or a
+        // container host would keep one for every veth it ever had (the kernel's word may
+        // come second: `forget_gone`). A gone link is never an underlay: nothing to decide.
+        let in_kernel = self.kernel.as_ref().map(|s| s.links.iter().any(|l| l.index == index));
+        if admin == Some(networkd::AdminState::Linger) && in_kernel == Some(false) {
+            links.remove(&index);
+            return false;
+        }
         let view = match links.get(&index) {
             Some(v) => LinkView { oper: oper.unwrap_or(v.oper), admin: admin.unwrap_or(v.admin) },
             // A link networkd just started reporting: its signal carries only what changed.
@@ -49,6 +57,19 @@ impl Daemon {
             },
         };
         links.insert(index, view) != Some(view)
+    }
+
+    /// Forgets networkd's view of the links the kernel deleted once networkd said they
+    /// are gone (`linger`): whichever of the two comes second does it.
+    pub(super) fn forget_gone(&mut self, events: &[crate::netlink::Event]) {
+        let Some(links) = self.links.as_mut() else { return };
+        for e in events {
+            if let crate::netlink::Event::DelLink { index, .. } = e {
+                if links.get(index).is_some_and(|v| v.admin == networkd::AdminState::Linger) {
+                    links.remove(index);
+                }
+            }
+        }
     }
 
     /// Attaches to networkd (`networkd::attach`: events are kept from before any state is

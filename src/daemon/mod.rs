@@ -101,6 +101,8 @@ struct Daemon {
     notifier: Notifier,
     dhcp: crate::dhcp::Supervisor,
     waker: Waker,
+    /// Reconciles and their requests so far, for `status`.
+    counters: crate::status::Counters,
 }
 
 /// Runs until SIGTERM or SIGINT. Fans are left as they are on exit.
@@ -151,6 +153,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             crate::dhcp::Supervisor::new(d_state_dir, d_runtime_dir, std::sync::Arc::new(exited))
         },
         waker,
+        counters: Default::default(),
     };
     d.connect();
     d.reconcile();
@@ -200,10 +203,11 @@ impl Daemon {
                 let sent = crate::netlink::requests_sent();
                 self.reconcile();
                 let requests = crate::netlink::requests_sent() - sent;
-                log::debug!(
-                    "event to last ack: {} us, {requests} netlink request(s)",
-                    started.elapsed().as_micros()
-                );
+                let took = started.elapsed().as_micros();
+                log::debug!("event to last ack: {took} us, {requests} netlink request(s)");
+                self.counters.reconciles += 1;
+                self.counters.netlink_requests += requests;
+                self.counters.last_reconcile_us = took as u64;
             }
         }
     }
@@ -218,6 +222,7 @@ impl Daemon {
                     Some(snap) => events.iter().for_each(|e| snap.apply(e)),
                     None => {}
                 }
+                self.forget_gone(&events);
                 match kernel_change_matters(&events, &self.interest) {
                     Matters::No => false,
                     Matters::Wants => self.wants_change(),
