@@ -21,6 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import churn  # noqa: E402
 import datapath  # noqa: E402
 import hosts  # noqa: E402
 from netwatch import BusWatch, NetlinkWatch, Pump, setlink_ns  # noqa: E402
@@ -40,6 +41,15 @@ CPU_EVENT_TARGET_US = 100
 READY_TARGET_MS = {"1 fan": 10, "16 fans": 40}
 RSS_TARGET_KIB = 2048
 IDLE_CTXT_TARGET = 0
+# Issue 23's targets for a busy container host.
+CHURN_RATIO_TARGET = 100
+# The daemons, in the order of the tables and of the alternating trials: fanlink, the peer
+# whose hooks keep the fan's devices while the underlay is down (what fanlink does; the
+# headline), and the peer whose hooks delete the fan on no-carrier and build it again.
+KINDS = ("fanlink", "dispatcher", "rebuilding")
+PEERS = ("dispatcher", "rebuilding")
+LABEL = {"fanlink": "fanlink", "dispatcher": "networkd-dispatcher",
+         "rebuilding": "networkd-dispatcher, rebuilding hooks"}
 PEER_FAN = dict(bridge=FAN, vxlan="fan-250-vx", address=BRIDGE_ADDR, table="fan250", overlay=OVERLAY)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -122,8 +132,9 @@ class Side:
         pump.add(self.bus)
 
     def down_done(self):
-        # fanlink keeps its devices (links admin down); the peer's hook deletes them.
-        return self.net.gone if self.kind == "dispatcher" else not self.net.up
+        # fanlink and the headline peer keep the devices (bridge admin-down); the rebuilding
+        # peer's hook deletes them.
+        return self.net.gone if self.kind == "rebuilding" else not self.net.up
 
 
 def wait_up(pump, side, timeout=10):
@@ -138,6 +149,9 @@ def flap_down(pump, sides, cold, binary):
         if cold and s.kind == "fanlink":
             hosts.sh(binary, "down", "--all", ns=s.host.ns)
             pump.until(lambda: s.net.gone, 10, "fanlink down --all")
+        elif cold and s.kind == "dispatcher":  # the peer's `down --all`: its fan deleted
+            hosts.remove_fan(s.host, **PEER_FAN)
+            pump.until(lambda: s.net.gone, 10, "the peer's fan removed")
     pump.quiet([s.net for s in sides], 0.03, 2)
 
 
@@ -155,50 +169,38 @@ def trial(pump, side, cold, binary):
     return t1 - t0, t1 - t_cmd
 
 
-ACK = re.compile(r"event to last ack: (\d+) us")
-REQUESTS = re.compile(r"event to last ack: \d+ us, (\d+) netlink request")
-
-
-def acks_of_up(log_text):
-    """fanlink's own figure for each reconcile that brought fan-250 up (its ops are logged
-    at info just before the reconcile's 'event to last ack' line)."""
-    out, ops = [], []
-    for line in log_text.splitlines():
-        m = ACK.search(line)
-        if m:
-            if any(o.endswith(f"set {FAN} up") for o in ops):
-                out.append(int(m.group(1)))
-            ops = []
-        elif f"{FAN}:" in line:
-            ops.append(line)
-    return out
-
-
 def latency(pump, sides, n, binary):
+    """Trials alternating the daemons. fanlink's own "event to last ack" of a warm up is the
+    last reconcile's, from its counters after the trial: a warm trial is two reconciles (down,
+    up), and a trial with any other is left out (counted). A cold trial has more (`down --all`,
+    the creation's echo), so it has no such figure at the unit's log level."""
     res = {}
     fl = sides["fanlink"]
     for path, cold in (("warm", False), ("cold", True)):
-        samples = {"fanlink": [], "dispatcher": []}
-        cmd = {"fanlink": [], "dispatcher": []}
-        log_from = os.path.getsize(fl.daemon.log)
+        samples = {k: [] for k in sides}
+        cmd = {k: [] for k in sides}
+        acks, odd = [], 0
         for i in range(n):
-            for kind in ("fanlink", "dispatcher"):  # A B A B: neither side gets a warmer machine
+            for kind in sides:  # A B C A B C: none gets a warmer machine
+                before = fl.daemon.counters()["reconciles"] if kind == "fanlink" else None
                 r, c = trial(pump, sides[kind], cold, binary)
                 samples[kind].append(r)
                 cmd[kind].append(c)
-        with open(fl.daemon.log) as f:
-            f.seek(log_from)
-            acks = acks_of_up(f.read())
-        res[path] = dict(samples=samples, cmd=cmd, acks=acks)
-        log(f"latency {path}: fanlink p50 {statistics.median(samples['fanlink']) / 1e3:.0f} us, "
-            f"dispatcher p50 {statistics.median(samples['dispatcher']) / 1e3:.0f} us")
+                if kind == "fanlink" and not cold:
+                    after = fl.daemon.counters()
+                    if after["reconciles"] - before == 2:
+                        acks.append(after["last_reconcile_us"])
+                    else:
+                        odd += 1
+        res[path] = dict(samples=samples, cmd=cmd, acks=acks, odd=odd)
+        log(f"latency {path}: " + ", ".join(f"{k} p50 {statistics.median(v) / 1e3:.0f} us" for k, v in samples.items()))
     return res
 
 
 def storm(pump, sides, n, binary):
     """n flaps on both hosts at once; CPU (ticks) used by each daemon over them."""
     before = {k: cpu_ticks(s.daemon.pid) for k, s in sides.items()}
-    log_from = os.path.getsize(sides["fanlink"].daemon.log)
+    counted = sides["fanlink"].daemon.counters()
     t = time.monotonic()
     for i in range(n):
         flap_down(pump, list(sides.values()), False, binary)
@@ -208,11 +210,9 @@ def storm(pump, sides, n, binary):
             wait_up(pump, s)
     pump.quiet([s.net for s in sides.values()], 0.05, 2)
     log(f"{n} flaps in {time.monotonic() - t:.1f} s")
-    with open(sides["fanlink"].daemon.log) as f:
-        f.seek(log_from)
-        text = f.read()
-    reconciles = len(ACK.findall(text))
-    requests = sum(int(x) for x in REQUESTS.findall(text))
+    now = sides["fanlink"].daemon.counters()
+    reconciles = now["reconciles"] - counted["reconciles"]
+    requests = now["netlink_requests"] - counted["netlink_requests"]
     out = {}
     for k, s in sides.items():
         own, children = cpu_ticks(s.daemon.pid)
@@ -300,8 +300,7 @@ def start_times(work, host, binary, reps, script_dir):
                                    notify=notify.path)
         vals.append(notify.wait_ready(30) - d.exec_ns)
         d.stop()
-        hosts.sh("sh", os.path.join(script_dir, "off.d", "50-fan"), ns=host.ns, check=False,
-                 env=dict(os.environ, IFACE="uplink0"))
+        hosts.remove_fan(host, **PEER_FAN)
     out["networkd-dispatcher, 1 fan"] = vals
     return out
 
@@ -331,6 +330,9 @@ def main():
     ap.add_argument("--iperf", type=float, default=10, help="seconds per iperf3 run")
     ap.add_argument("--iperf-reps", type=int, default=5, help="alternating runs per kind")
     ap.add_argument("--starts", type=int, default=10, help="starts per exec->READY case")
+    ap.add_argument("--containers", type=int, default=300, help="containers (veths on the fan bridge) per host")
+    ap.add_argument("--churn-rate", type=float, default=10, help="container starts + stops per second")
+    ap.add_argument("--churn", type=float, default=60, help="seconds of churn")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--command", default="bench/run")
     ap.add_argument("--work", required=True)
@@ -345,15 +347,21 @@ def main():
     rules = work.sub("rules")
     hosts.write_rules(rules, [(FAN, OVERLAY)])
     scripts = work.sub("dispatcher.d")
-    hosts.write_hooks(scripts, **PEER_FAN)
+    hosts.write_hooks(scripts, keep=True, **PEER_FAN)
+    rebuild = work.sub("dispatcher-rebuild.d")
+    hosts.write_hooks(rebuild, keep=False, **PEER_FAN)
 
-    log("starting two harness hosts (real networkd each): A runs fanlink, B networkd-dispatcher")
+    log("starting three harness hosts (real networkd each): A runs fanlink, B networkd-dispatcher "
+        "with hooks that keep the fan's devices, C networkd-dispatcher with hooks that delete and rebuild it")
     host_a = hosts.Host(work, f"flb{os.getpid()}a")
     host_b = hosts.Host(work, f"flb{os.getpid()}b")
+    host_c = hosts.Host(work, f"flb{os.getpid()}c")
     pump = Pump()
     fl = hosts.start_fanlink(work, host_a, args.binary, rules, os.path.join(work.path, "fanlink.log"))
     nd = hosts.start_dispatcher(work, host_b, scripts, os.path.join(work.path, "dispatcher.log"))
-    sides = {"fanlink": Side("fanlink", host_a, fl, pump, work), "dispatcher": Side("dispatcher", host_b, nd, pump, work)}
+    nr = hosts.start_dispatcher(work, host_c, rebuild, os.path.join(work.path, "dispatcher-rebuild.log"))
+    sides = {"fanlink": Side("fanlink", host_a, fl, pump, work), "dispatcher": Side("dispatcher", host_b, nd, pump, work),
+             "rebuilding": Side("rebuilding", host_c, nr, pump, work)}
     for s in sides.values():
         wait_up(pump, s, 30)
     pump.quiet([s.net for s in sides.values()], 0.5, 10)
@@ -387,6 +395,13 @@ def main():
     pump.quiet([s.net for s in sides.values()], 0.5, 10)
     r["after"] = {k: proc_status(s.daemon.pid) for k, s in sides.items()}
     log(f"footprint after: {r['after']}")
+    nr.stop()
+
+    log(f"container churn: {args.containers} containers per host, {args.churn_rate:g} starts + stops/s "
+        f"for {args.churn:g} s, on A and B at once")
+    r["churn"] = churn.churn(pump, {k: sides[k] for k in ("fanlink", "dispatcher")}, work, args.binary, FAN,
+                             args.containers, args.churn_rate, args.churn, proc_status)
+    log(f"churn: {r['churn']}")
     fl.stop()
     nd.stop()
 
@@ -407,22 +422,36 @@ def main():
         log(f"wrote {args.out}")
     else:
         print(text)
-    if args.smoke:
-        smoke_check(r)
+    return r
 
 
-def smoke_check(r):
-    """Only that every section produced numbers: --smoke asserts no timing."""
-    lat = r["latency"]
-    problems = [f"{p}: no {k} samples" for p in lat for k, v in lat[p]["samples"].items() if not v]
-    problems += [f"{p}: no 'event to last ack' from fanlink's log" for p in lat if not lat[p]["acks"]]
-    problems += [f"exec->READY: no samples for {k}" for k, v in r["ready"].items() if not v]
-    problems += [f"datapath {k}: zero {m}" for k, d in r["datapath"].items() for m, v in d.items() if not v > 0]
-    for when in ("start", "after10", "after"):
-        problems += [f"footprint {when} {k}: {v}" for k, v in r[when].items() if not v.get("VmRSS")]
-    if problems:
-        raise SystemExit("bench --smoke: " + "; ".join(problems))
-    log("smoke: every measurement produced figures")
+def smoke_checks(r):
+    """--smoke asserts no timing: that every section produced figures, and what must hold
+    whatever the machine's load (counts, the fan still right after the churn)."""
+    lat, c = r["latency"], r["churn"]
+    checks = [(f"latency {p}: {k} has samples", bool(v)) for p in lat for k, v in lat[p]["samples"].items()]
+    checks.append(("latency warm: fanlink's own event -> last ack from its counters", bool(lat["warm"]["acks"])))
+    checks += [(f"exec->READY: {k} has samples", bool(v)) for k, v in r["ready"].items()]
+    checks += [(f"datapath {k}: {m} > 0", v > 0) for k, d in r["datapath"].items() for m, v in d.items()]
+    checks += [(f"footprint {w} {k}: VmRSS", bool(v.get("VmRSS"))) for w in ("start", "after10", "after")
+               for k, v in r[w].items()]
+    checks.append(("storm: fanlink's reconciles counted", r["storm"]["reconciles"] > 0))
+    checks.append(("churn: both daemons used CPU", all(sum(v) > 0 for v in c["cpu_ns"].values())))
+    checks.append(("churn: no reconcile caused by it", c["counters"]["reconciles"] == 0))
+    checks.append(("churn: no netlink request caused by it", c["counters"]["netlink_requests"] == 0))
+    checks.append(("churn: fanlink's fan up, no drift", all(a == "up" and not d for a, d in c["drift"].values())))
+    checks.append(("churn: a container reaches the other fan host, before and after",
+                   c["reaches_before"] and c["reaches_after"]))
+    return checks
+
+
+def smoke_summary(checks, crashed=None):
+    """The one line tests/run counts; non-zero exit if any check failed."""
+    failed = [name for name, ok in checks if not ok] + ([f"the run stopped: {crashed}"] if crashed else [])
+    for name in failed:
+        log(f"smoke FAILED: {name}")
+    print(f"bench smoke: {len(checks) - len(failed) + (1 if crashed else 0)} passed, {len(failed)} failed", flush=True)
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------- the table
@@ -452,54 +481,128 @@ def verdict(ok):
 
 
 def targets(r):
-    """Issue 14's table: each figure of this run beside its target, the peer's where it has one."""
+    """Issue 14's and issue 23's tables: each figure of this run beside its target, the peers'
+    where they have one (the headline peer keeps the fan's devices as fanlink does)."""
     a, lat, sto, idl = r["args"], r["latency"], r["storm"], r["idle"]
-    warm_f = statistics.median(lat["warm"]["samples"]["fanlink"]) / 1e3
-    warm_p = statistics.median(lat["warm"]["samples"]["dispatcher"]) / 1e3
-    ratio = warm_p / warm_f if warm_f > 0 else float("inf")
+    med = lambda path, k: statistics.median(lat[path]["samples"][k]) / 1e3  # noqa: E731  (µs)
+    warm_f = med("warm", "fanlink")
+    ratio = lambda v: v / warm_f if warm_f > 0 else float("inf")  # noqa: E731
     acks = lat["warm"]["acks"]
     ack = statistics.median(acks) if acks else float("nan")
-    cold_f = pct(lat["cold"]["samples"]["fanlink"], 50) / 1e3
-    cold_p = pct(lat["cold"]["samples"]["dispatcher"], 50) / 1e3
+    cold = {k: pct(lat["cold"]["samples"][k], 50) / 1e3 for k in KINDS}
     per_event = lambda k: sum(sto[k]) * 1000 / CLK_TCK / a.storm / 2 * 1000  # noqa: E731  (µs)
     ready = {k: statistics.median(v) / 1e6 for k, v in r["ready"].items()}
     rss10, rss = r["after10"]["fanlink"]["VmRSS"], r["after"]["fanlink"]["VmRSS"]
     dp = r["datapath"]
     tcp = dp["fan"]["tcp"] / dp["plain"]["tcp"]
     rows = [
-        ("warm: routable -> bridge UP + address, p50", f"{warm_f:.0f} µs", f"{warm_p:.0f} µs (x{ratio:.0f})",
+        ("warm: routable -> bridge UP + address, p50", f"{warm_f:.0f} µs",
+         *(f"{med('warm', k):.0f} µs (x{ratio(med('warm', k)):.0f})" for k in PEERS),
          f"<= {WARM_TARGET_US} µs and >= {WARM_RATIO_TARGET}x the peer",
-         verdict(warm_f <= WARM_TARGET_US and ratio >= WARM_RATIO_TARGET)),
-        ("fanlink's own \"event to last ack\", warm up, p50", f"{ack:.0f} µs", "-", f"<= {ACK_TARGET_US} µs",
+         verdict(warm_f <= WARM_TARGET_US and ratio(med("warm", "dispatcher")) >= WARM_RATIO_TARGET)),
+        ("fanlink's own \"event to last ack\", warm up, p50", f"{ack:.0f} µs", "-", "-", f"<= {ACK_TARGET_US} µs",
          verdict(ack <= ACK_TARGET_US)),
-        ("reconciles per flap (storm)", f"{sto['reconciles'] / a.storm:.1f}", "-", f"{RECONCILES_TARGET}",
+        ("reconciles per flap (storm)", f"{sto['reconciles'] / a.storm:.1f}", "-", "-", f"{RECONCILES_TARGET}",
          verdict(round(sto["reconciles"] / a.storm, 1) <= RECONCILES_TARGET)),
-        ("netlink requests per flap (storm)", f"{sto['requests'] / a.storm:.1f}", "-", f"{REQUESTS_TARGET}",
+        ("netlink requests per flap (storm)", f"{sto['requests'] / a.storm:.1f}", "-", "-", f"{REQUESTS_TARGET}",
          verdict(round(sto["requests"] / a.storm, 1) <= REQUESTS_TARGET)),
-        ("CPU per event (storm, all)", f"{per_event('fanlink'):.0f} µs", f"{per_event('dispatcher'):.0f} µs",
+        ("CPU per event (storm, all)", f"{per_event('fanlink'):.0f} µs",
+         *(f"{per_event(k):.0f} µs (x{per_event(k) / max(per_event('fanlink'), 1e-9):.0f})" for k in PEERS),
          f"<= {CPU_EVENT_TARGET_US} µs", verdict(per_event("fanlink") <= CPU_EVENT_TARGET_US)),
-        ("cold: first creation incl. BPF load and NAT, p50", f"{cold_f / 1e3:.2f} ms", f"{cold_p / 1e3:.0f} ms",
-         f"<= {COLD_TARGET_MS:g} ms", verdict(cold_f / 1e3 <= COLD_TARGET_MS)),
+        ("cold: first creation incl. BPF load and NAT, p50", f"{cold['fanlink'] / 1e3:.2f} ms",
+         *(f"{cold[k] / 1e3:.0f} ms" for k in PEERS), f"<= {COLD_TARGET_MS:g} ms",
+         verdict(cold["fanlink"] / 1e3 <= COLD_TARGET_MS)),
     ]
     for label, limit in READY_TARGET_MS.items():
         f = ready.get(f"fanlink, {label}, cold")
         rows.append((f"exec -> READY=1, {label} cold, p50", f"{f:.1f} ms",
-                     f"{ready['networkd-dispatcher, 1 fan']:.0f} ms (1 fan)" if label == "1 fan" else "-",
+                     f"{ready['networkd-dispatcher, 1 fan']:.0f} ms (1 fan)" if label == "1 fan" else "-", "-",
                      f"<= {limit} ms", verdict(f <= limit)))
     rows += [
         (f"idle RSS after 30 / {total_flaps(a)} flaps (static build)", f"{rss10} / {rss} KiB",
-         f"{r['after10']['dispatcher']['VmRSS']} / {r['after']['dispatcher']['VmRSS']} KiB",
+         *(f"{r['after10'][k]['VmRSS']} / {r['after'][k]['VmRSS']} KiB" for k in PEERS),
          f"<= {RSS_TARGET_KIB} KiB, flat", verdict(rss <= RSS_TARGET_KIB and rss == rss10)),
         (f"threads / context switches per idle {a.idle:g} s", f"{r['start']['fanlink']['threads']} / {idl['fanlink'][0]}",
-         f"{r['start']['dispatcher']['threads']} / {idl['dispatcher'][0]}", f"as few as needed / {IDLE_CTXT_TARGET}",
+         *(f"{r['start'][k]['threads']} / {idl[k][0]}" for k in PEERS), f"as few as needed / {IDLE_CTXT_TARGET}",
          verdict(idl["fanlink"][0] <= IDLE_CTXT_TARGET)),
-        ("datapath TCP, fan / plain vxlan, same run", f"{tcp:.3f}", "-", f">= {DATAPATH_TARGET:g}",
+        ("datapath TCP, fan / plain vxlan, same run", f"{tcp:.3f}", "-", "-", f">= {DATAPATH_TARGET:g}",
          verdict(tcp >= DATAPATH_TARGET)),
     ]
-    L = ["## Targets (issue 14)", "", "| figure | fanlink | networkd-dispatcher | target | |", "|---|---|---|---|---|"]
+    head = f"| figure | fanlink | {LABEL['dispatcher']} (keeps the fan) | {LABEL['rebuilding']} | target | |"
+    L = ["## Targets (issue 14)", "", head, "|---|---|---|---|---|---|"]
     L += [f"| {' | '.join(row)} |" for row in rows]
-    return L + ["", "Each figure is from the sections below; a miss is explained in `bench/README.md` "
-                "(Found while measuring).", ""]
+    L += ["", "The peers: networkd-dispatcher with hooks whose down does what fanlink does (the bridge "
+          "admin-down, its devices kept; a warm up is `ip link set fan-250 up`): the headline; and with "
+          "hooks that delete the fan on no-carrier and build it again on routable. Each figure is from the "
+          "sections below; a miss is explained in `bench/README.md` (Found while measuring).", ""]
+    L += churn_targets(r)
+    return L
+
+
+def churn_per_event(c, k):
+    """µs of CPU per churn event, own + children."""
+    return sum(c["cpu_ns"][k]) / c["events"] / 1e3
+
+
+def churn_targets(r):
+    c = r["churn"]
+    f, p = churn_per_event(c, "fanlink"), churn_per_event(c, "dispatcher")
+    ratio = p / f if f > 0 else float("inf")
+    cnt = c["counters"]
+    rss = lambda k: (c["rss_before"][k]["VmRSS"], c["rss_after"][k]["VmRSS"])  # noqa: E731
+    right = all(a == "up" and not d for a, d in c["drift"].values()) and c["reaches_before"] and c["reaches_after"]
+    rows = [
+        ("netlink requests / reconciles caused by the churn", f"{cnt['netlink_requests']} / {cnt['reconciles']}",
+         "-", "0 / 0", verdict(cnt["netlink_requests"] == 0 and cnt["reconciles"] == 0)),
+        ("CPU per churn event (a container start or stop)", f"{f:.0f} µs", f"{p:.0f} µs (x{ratio:.0f})",
+         f">= {CHURN_RATIO_TARGET}x below the peer", verdict(ratio >= CHURN_RATIO_TARGET)),
+        ("RSS before / after the churn", "{} / {} KiB".format(*rss("fanlink")), "{} / {} KiB".format(*rss("dispatcher")),
+         "flat", verdict(rss("fanlink")[0] == rss("fanlink")[1])),
+        ("the fan after the churn: status drift; a container reaches the other fan host",
+         ", ".join(f"{n}: {a}, drift {'none' if not d else len(d)}" for n, (a, d) in c["drift"].items())
+         + f"; reaches {'yes' if c['reaches_after'] else 'no'}", "-", "drift none, reaches", verdict(right)),
+    ]
+    L = [f"## Targets (issue 23): a busy container host", "",
+         f"| figure | fanlink | {LABEL['dispatcher']} | target | |", "|---|---|---|---|---|"]
+    L += [f"| {' | '.join(row)} |" for row in rows]
+    return L + ["", "From the section \"Container churn\" below.", ""]
+
+
+def churn_section(r):
+    c, a = r["churn"], r["args"]
+    cnt = c["counters"]
+    rows = lambda label, f: f"| {label} | {f('fanlink')} | {f('dispatcher')} |"  # noqa: E731
+    L = ["## Container churn: a busy container host", "",
+         f"{c['containers']} containers per host (a veth each on the fan bridge, its peer in a netns), then "
+         f"{c['events']} container starts and stops alternating ({a.churn_rate:g} per second, "
+         f"{c['churn_s']:.1f} s) on fanlink's host and the headline peer's at once: each start makes a veth "
+         "pair, puts it on the bridge and sets it up; each stop deletes the oldest. networkd signals every "
+         "state each veth passes through. CPU from the first event until both daemons were idle again "
+         "(1 s without CPU).", "",
+         f"| | fanlink | {LABEL['dispatcher']} |", "|---|---|---|",
+         rows("CPU per churn event, own (µs; schedstat)", lambda k: f"{c['cpu_ns'][k][0] / c['events'] / 1e3:.0f}"),
+         rows("CPU per churn event, children (µs; clock ticks)",
+              lambda k: f"{c['cpu_ns'][k][1] / c['events'] / 1e3:.0f}"),
+         rows("CPU per churn event, all (µs)", lambda k: f"{churn_per_event(c, k):.0f}"),
+         rows("idle again after the last event (s)", lambda k: f"{c['drain_s'][k]:.1f}"),
+         rows("VmRSS before / after (KiB)",
+              lambda k: f"{c['rss_before'][k]['VmRSS']} / {c['rss_after'][k]['VmRSS']}"),
+         rows("of it anonymous before / after (KiB)",
+              lambda k: f"{c['rss_before'][k].get('RssAnon', '?')} / {c['rss_after'][k].get('RssAnon', '?')}"),
+         rows("reconciles / netlink requests / bus calls during the churn",
+              lambda k: f"{cnt['reconciles']} / {cnt['netlink_requests']} / {cnt['bus_calls']}" if k == "fanlink"
+              else "-"),
+         rows("networkd views kept before / after", lambda k: "{} / {}".format(*c["links_kept"]) if k == "fanlink"
+              else "-"),
+         "",
+         f"- CPU per churn event, {LABEL['dispatcher']} / fanlink: **x{churn_per_event(c, 'dispatcher') / max(churn_per_event(c, 'fanlink'), 1e-9):.0f}**",
+         f"- fanlink's fan after the churn: " + ", ".join(
+             f"{n} {act}, drift {'none' if not d else '; '.join(d)}" for n, (act, d) in c["drift"].items())
+         + f"; a container on it reaches the other fan host across the vxlan: before {'yes' if c['reaches_before'] else '**no**'}, "
+         f"after {'yes' if c['reaches_after'] else '**no**'}",
+         f"- populating {c['containers']} containers took {c['populate_s']:.1f} s, and the daemons were idle "
+         + ", ".join(f"{v:.1f} s" for v in c["populate_settle"].values()) + " after it (fanlink, the peer)", ""]
+    return L
 
 
 def report(r):
@@ -507,7 +610,8 @@ def report(r):
     L = ["# fanlink vs networkd-dispatcher: benchmarks", "",
          f"Machine: {machine()}.  ",
          f"Command: `{a.command}` (flaps per path {a.flaps}, storm {a.storm}, idle {a.idle:g} s, "
-         f"iperf3 {a.iperf:g} s x {a.iperf_reps}, starts {a.starts}).  ",
+         f"iperf3 {a.iperf:g} s x {a.iperf_reps}, starts {a.starts}, containers {a.containers}, churn "
+         f"{a.churn_rate:g}/s for {a.churn:g} s). fanlink at the unit's log level (info).  ",
          "Regenerate with `sudo bench/run --write`; `bench/run --help` for the knobs; the method is in "
          "`bench/README.md`.", ""]
     if a.smoke:
@@ -518,14 +622,14 @@ def report(r):
           "t0 = networkd's PropertiesChanged(OperationalState=routable) as a `chrt -f 50 busctl monitor` "
           "received it (kernel receive stamp); t1 = the rtnetlink message that completed \"bridge UP and "
           "addressed\", stamped on receipt by a SCHED_FIFO listener in the host netns. Samples alternate "
-          "fanlink, dispatcher, fanlink, ... on two identical harness hosts. Times in µs.", "",
+          "fanlink, dispatcher, rebuilding, fanlink, ... on three identical harness hosts. Times in µs.", "",
           "| path | daemon | n | min | p50 | p90 | p99 | max | negative | carrier-up cmd -> fan up, p50 |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     for path, d in r["latency"].items():
         for kind, s in d["samples"].items():
             m = summary(s)
             neg = sum(1 for v in s if v < 0)
-            L.append(f"| {path} | {kind} | {len(s)} | " + " | ".join(us(m[k]) for k in m) +
+            L.append(f"| {path} | {LABEL[kind]} | {len(s)} | " + " | ".join(us(m[k]) for k in m) +
                      f" | {neg} | {us(statistics.median(d['cmd'][kind]))} |")
         acks = d["acks"]
         if acks:
@@ -534,18 +638,26 @@ def report(r):
                      " | ".join(us(m[k]) for k in m) + " | - | - |")
     L.append("")
     for path, d in r["latency"].items():
-        f, p = statistics.median(d["samples"]["fanlink"]), statistics.median(d["samples"]["dispatcher"])
-        L.append(f"- {path}: ratio of medians dispatcher / fanlink = **{p / f:.0f}x**" if f > 0 else
-                 f"- {path}: fanlink median <= 0 (below the monitor's resolution; see its own ack figure)")
+        f = statistics.median(d["samples"]["fanlink"])
+        for k in PEERS:
+            p = statistics.median(d["samples"][k])
+            L.append(f"- {path}: ratio of medians {LABEL[k]} / fanlink = **{p / f:.0f}x**" if f > 0 else
+                     f"- {path}: fanlink median <= 0 (below the monitor's resolution; see its own ack figure)")
     cold = pct(r["latency"]["cold"]["samples"]["fanlink"], 50) / 1e6  # the table's p50
     L.append(f"- cold, fanlink p50: **{cold:.2f} ms** (target <= {COLD_TARGET_MS:g} ms: "
              f"{'met' if cold <= COLD_TARGET_MS else 'missed'})")
-    L += ["", "warm = the devices exist (fanlink: one netlink message, set the bridge up); the peer's hooks "
-          "delete the fan on no-carrier, so both of its paths create it (5 `ip` + 1 `nft` process). cold = "
-          "`fanlink down --all` while the uplink was down: creation incl. BPF load, the nftables table (one "
-          "netlink transaction) and the firewall check (netlink dumps; no process). \"negative\" counts samples "
-          "where the bridge came up before the monitor's copy of the signal arrived (dbus-daemon sends the "
-          "monitor's copy last).", ""]
+    odd = r["latency"]["warm"]["odd"]
+    L += ["", "warm = the devices exist: fanlink sends one netlink message (the bridge up), the headline peer "
+          "runs one `ip` (its down hook set the bridge admin-down and kept the devices); the rebuilding "
+          "peer's hooks delete the fan on no-carrier, so both of its paths create it (5 `ip` + 1 `nft` "
+          "process). cold = the fan deleted while the uplink was down (`fanlink down --all`; for the headline "
+          "peer, what the rebuilding hook does): creation incl. BPF load (fanlink), the nftables table (one "
+          "netlink transaction for fanlink, an `nft` process for the peers) and the firewall check (netlink "
+          "dumps; no process). \"negative\" counts samples where the bridge came up before the monitor's copy "
+          "of the signal arrived (dbus-daemon sends the monitor's copy last). fanlink's own \"event to last "
+          "ack\" is its counters' last reconcile after each warm trial (the up's; a trial with other "
+          f"reconciles than the down's and the up's is left out: {odd} here); a cold trial has more "
+          "reconciles, so no such figure.", ""]
 
     L += ["### The kernel's share", "",
           "The requests of a warm up/down, alone, on the same devices in a scratch netns (RTM_NEWLINK "
@@ -562,44 +674,40 @@ def report(r):
     peer = r["peer_size"]
     deps = sum(peer.get(p, 0) for p in ["networkd-dispatcher"] + PEER_DEPS)
     total = deps + sum(peer.get(p, 0) for p in PYTHON)
+    row = lambda label, f: f"| {label} | " + " | ".join(f(k) for k in KINDS) + " |"  # noqa: E731
     L += ["## Footprint", "",
-          f"| | fanlink | networkd-dispatcher |", "|---|---|---|",
-          f"| VmRSS at start (KiB) | {st['fanlink']['VmRSS']} | {st['dispatcher']['VmRSS']} |",
-          f"| VmHWM at start (KiB) | {st['fanlink']['VmHWM']} | {st['dispatcher']['VmHWM']} |",
-          f"| VmRSS after 30 flaps: 20 warm, 10 cold (KiB) | {r['after10']['fanlink']['VmRSS']} | "
-          f"{r['after10']['dispatcher']['VmRSS']} |",
-          f"| VmRSS after {total_flaps(a)} flaps (KiB) | {af['fanlink']['VmRSS']} | {af['dispatcher']['VmRSS']} |",
-          f"| VmHWM after (KiB) | {af['fanlink']['VmHWM']} | {af['dispatcher']['VmHWM']} |",
-          "| of VmRSS: anonymous (heap, stacks) at start / after 30 / after all (KiB) | "
-          + " | ".join(" / ".join(str(r[w][k].get("RssAnon", "?")) for w in ("start", "after10", "after"))
-                       for k in ("fanlink", "dispatcher")) + " |",
-          "| of VmRSS: file pages (the binary's text and data) at start / after 30 / after all (KiB) | "
-          + " | ".join(" / ".join(str(r[w][k].get("RssFile", "?")) for w in ("start", "after10", "after"))
-                       for k in ("fanlink", "dispatcher")) + " |",
-          f"| fds at start / after | {st['fanlink']['fds']} / {af['fanlink']['fds']} | "
-          f"{st['dispatcher']['fds']} / {af['dispatcher']['fds']} |",
-          f"| threads | {st['fanlink']['threads']} | {st['dispatcher']['threads']} |",
+          "| | " + " | ".join(LABEL[k] for k in KINDS) + " |", "|---|---|---|---|",
+          row("VmRSS at start (KiB)", lambda k: str(st[k]["VmRSS"])),
+          row("VmHWM at start (KiB)", lambda k: str(st[k]["VmHWM"])),
+          row("VmRSS after 30 flaps: 20 warm, 10 cold (KiB)", lambda k: str(r["after10"][k]["VmRSS"])),
+          row(f"VmRSS after {total_flaps(a)} flaps (KiB)", lambda k: str(af[k]["VmRSS"])),
+          row("VmHWM after (KiB)", lambda k: str(af[k]["VmHWM"])),
+          row("of VmRSS: anonymous (heap, stacks) at start / after 30 / after all (KiB)",
+              lambda k: " / ".join(str(r[w][k].get("RssAnon", "?")) for w in ("start", "after10", "after"))),
+          row("of VmRSS: file pages (the binary's text and data) at start / after 30 / after all (KiB)",
+              lambda k: " / ".join(str(r[w][k].get("RssFile", "?")) for w in ("start", "after10", "after"))),
+          row("fds at start / after", lambda k: f"{st[k]['fds']} / {af[k]['fds']}"),
+          row("threads", lambda k: str(st[k]["threads"])),
           f"| on disk | {r['size'] / 1024:.0f} KiB binary{a.binary_note} | "
           f"{peer.get('networkd-dispatcher', 0)} KiB package; {deps} KiB with python3-dbus, python3-gi, "
           f"gir1.2-glib-2.0, libgirepository; {total} KiB with the Python 3.11 interpreter and stdlib "
-          f"(dpkg Installed-Size) |", ""]
+          f"(dpkg Installed-Size) | the same |", ""]
 
     idl, sto = r["idle"], r["storm"]
     ms = lambda ticks: ticks * 1000 / CLK_TCK * 100 / a.storm  # noqa: E731  (ms per 100 flaps)
+    row = lambda label, f: f"| {label} | " + " | ".join(f(k) for k in KINDS) + " |"  # noqa: E731
     L += ["## Quiet and CPU", "",
-          "| | fanlink | networkd-dispatcher |", "|---|---|---|",
-          f"| context switches while idle {a.idle:g} s (all threads) | {idl['fanlink'][0]} | {idl['dispatcher'][0]} |",
-          f"| ... by thread | {thread_list(idl['fanlink'][1])} | {thread_list(idl['dispatcher'][1])} |"]
-    f_own, f_ch = sto["fanlink"]
-    d_own, d_ch = sto["dispatcher"]
-    L += [f"| CPU per 100 flaps, own (utime+stime) | {ms(f_own):.0f} ms | {ms(d_own):.0f} ms |",
-          f"| CPU per 100 flaps, children (cutime+cstime) | {ms(f_ch):.0f} ms | {ms(d_ch):.0f} ms |",
-          f"| CPU per event, all (a flap is 2 events: down, up) | {ms(f_own + f_ch) * 10 / 2:.0f} µs | "
-          f"{ms(d_own + d_ch) * 10 / 2:.0f} µs |", "",
-          f"CPU is read in clock ticks ({1000 // CLK_TCK} ms) over {a.storm} flaps of both hosts at once. "
-          f"fanlink ran {sto['reconciles']} reconciles for them ({sto['reconciles'] / a.storm:.1f} per flap) and "
-          f"sent {sto['requests']} netlink requests ({sto['requests'] / a.storm:.1f} per flap; its own count, "
-          "in the debug line of each reconcile), with RUST_LOG=debug.", ""]
+          "| | " + " | ".join(LABEL[k] for k in KINDS) + " |", "|---|---|---|---|",
+          row(f"context switches while idle {a.idle:g} s (all threads)", lambda k: str(idl[k][0])),
+          row("... by thread", lambda k: thread_list(idl[k][1])),
+          row("CPU per 100 flaps, own (utime+stime)", lambda k: f"{ms(sto[k][0]):.0f} ms"),
+          row("CPU per 100 flaps, children (cutime+cstime)", lambda k: f"{ms(sto[k][1]):.0f} ms"),
+          row("CPU per event, all (a flap is 2 events: down, up)", lambda k: f"{ms(sum(sto[k])) * 10 / 2:.0f} µs"),
+          "", f"CPU is read in clock ticks ({1000 // CLK_TCK} ms) over {a.storm} flaps of the three hosts at "
+          f"once. fanlink ran {sto['reconciles']} reconciles for them ({sto['reconciles'] / a.storm:.1f} per flap) "
+          f"and sent {sto['requests']} netlink requests ({sto['requests'] / a.storm:.1f} per flap), by its own "
+          "counters (`status --json`), at the unit's log level (info).", ""]
+    L += churn_section(r)
     L += ["## Start: exec -> READY=1", "", "| case | n | min | p50 | max |", "|---|---|---|---|---|"]
     for k, v in r["ready"].items():
         L.append(f"| {k} | {len(v)} | {min(v) / 1e6:.1f} ms | {statistics.median(v) / 1e6:.1f} ms | "
@@ -650,5 +758,12 @@ def report(r):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--cleanup":
         hosts.cleanup(sys.argv[2])
+    elif "--smoke" in sys.argv:
+        try:
+            result = main()
+        except Exception as e:  # the line is printed whatever stopped the run
+            smoke_summary([], crashed=f"{type(e).__name__}: {e}")
+            raise
+        sys.exit(smoke_summary(smoke_checks(result)))
     else:
         main()
