@@ -45,7 +45,11 @@ impl Daemon {
         }
         let view = match links.get(&index) {
             Some(v) => LinkView { oper: oper.unwrap_or(v.oper), admin: admin.unwrap_or(v.admin) },
-            // A link networkd just started reporting: its signal carries only what changed.
+            // A link networkd just started reporting: its signal carries only what changed, so
+            // its whole view is asked for, but only if it can be an underlay: a container's veth
+            // cost three round trips to networkd, and a view kept, for nothing. One that gets
+            // an underlay address later is asked about then (`fill_views`).
+            None if !could_be_underlay(&self.rules, self.kernel.as_ref(), index) => return false,
             None => match self.bus.as_ref().map(|b| b.link(index)) {
                 Some(Ok(Some(l))) => LinkView { oper: l.oper, admin: l.admin },
                 Some(Ok(None)) => return false,
@@ -57,6 +61,28 @@ impl Daemon {
             },
         };
         links.insert(index, view) != Some(view)
+    }
+
+    /// Asks networkd about each rule's underlay link whose view is not kept (it had no
+    /// underlay address when networkd first reported it: `link_changed`).
+    pub(super) fn fill_views(&mut self, host: &[crate::underlay::HostLink]) {
+        let (Some(links), Some(bus)) = (self.links.as_mut(), self.bus.as_ref()) else { return };
+        for rule in &self.rules {
+            let Ok(u) = crate::underlay::find(rule, host) else { continue };
+            let Some(index) = host.iter().find(|l| l.name == u.link.as_str()).map(|l| l.index) else {
+                continue;
+            };
+            if links.contains_key(&index) {
+                continue;
+            }
+            match bus.link(index) {
+                Ok(Some(l)) => {
+                    links.insert(index, view(&l));
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!("networkd: link {index}: {e}"),
+            }
+        }
     }
 
     /// Forgets networkd's view of the links the kernel deleted once networkd said they
@@ -159,6 +185,20 @@ impl Daemon {
         self.failures += 1;
         self.reconnect_at = Some(Instant::now() + delay);
     }
+}
+
+/// Whether link `index` has an address inside some rule's underlay (or the kernel's state is
+/// not kept: then it may).
+fn could_be_underlay(
+    rules: &[crate::config::Rule],
+    kernel: Option<&crate::snapshot::Snapshot>,
+    index: u32,
+) -> bool {
+    let Some(snap) = kernel else { return true };
+    snap.addresses
+        .iter()
+        .filter(|a| a.index == index)
+        .any(|a| rules.iter().any(|r| r.map.underlay().contains(&a.address.addr())))
 }
 
 fn view(l: &networkd::LinkState) -> LinkView {

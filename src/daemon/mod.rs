@@ -330,7 +330,14 @@ impl Daemon {
             }
         };
         let kernel_fans = managed_fans(&snap);
-        let decisions = decide_all(&self.rules, &kernel_fans, &snap.host_links(), &links, self.rules_sound);
+        let host = snap.host_links();
+        let links = if self.following_kernel {
+            links
+        } else {
+            self.fill_views(&host);
+            self.links.clone().unwrap_or(links)
+        };
+        let decisions = decide_all(&self.rules, &kernel_fans, &host, &links, self.rules_sound);
         let fans = decisions.iter().map(|d| d.fan.clone()).collect();
         let nat = match self.nat.take() {
             Some(nat) => nat,
@@ -381,11 +388,13 @@ impl Daemon {
     /// the new reasons are logged and no reconcile runs. A kernel change that came with the
     /// bus event wakes a reconcile of its own.
     fn wants_change(&mut self) -> bool {
-        let (Some(snap), Some(links), false) = (&self.kernel, &self.links, self.following_kernel) else {
+        let (Some(snap), Some(_), false) = (&self.kernel, &self.links, self.following_kernel) else {
             return true;
         };
-        let decisions =
-            decide_all(&self.rules, &managed_fans(snap), &snap.host_links(), links, self.rules_sound);
+        let (host, fans) = (snap.host_links(), managed_fans(snap));
+        self.fill_views(&host);
+        let Some(links) = &self.links else { return true };
+        let decisions = decide_all(&self.rules, &fans, &host, links, self.rules_sound);
         let same_wants = decisions.len() == self.decisions.len()
             && decisions
                 .iter()
