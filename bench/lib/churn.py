@@ -11,7 +11,9 @@ signals every state it passes through; neither the veth nor its signals change a
 Figures: CPU per churn event (the daemon's own, from its threads' schedstat in ns, plus its
 children's, in clock ticks), counted from the first event until both daemons are idle again;
 fanlink's reconciles, netlink requests and bus calls over the same span (its counters, at the
-unit's log level); RSS before and after; and whether the fan is still right: fanlink's status
+unit's log level); RSS right before the first event and right after the daemons are idle
+again (the counters are read outside that bracket: a status answer reads the kernel afresh,
+every veth's link included, and the heap shows it); and whether the fan is still right: fanlink's status
 shows no drift, and a container on the fan still reaches a second fan host (the harness's
 fake router, given a fan of its own with `fanlink up`) across the vxlan.
 """
@@ -136,8 +138,10 @@ def churn(pump, sides, work, binary, fan, n, rate, seconds, proc_status):
     out = {"containers": n, "populate_s": time.monotonic() - t, "populate_settle": setup_settle}
     out["reaches_before"] = reaches(probe)
     settle(pump, pids, 1.0, 60)
-    out["rss_before"] = {k: proc_status(s.daemon.pid) for k, s in sides.items()}
+    # The counters first: a status answer reads the kernel afresh (300 veths' links), which
+    # the daemon's heap and peak then show; the RSS readings bracket only the churn.
     c0 = fl.daemon.counters()
+    out["rss_before"] = {k: proc_status(s.daemon.pid) for k, s in sides.items()}
     cpu0 = {k: cpu_ns(s.daemon.pid) for k, s in sides.items()}
 
     events = max(2, int(rate * seconds))
@@ -155,12 +159,12 @@ def churn(pump, sides, work, binary, fan, n, rate, seconds, proc_status):
     drain = settle(pump, pids, 1.0, 600)
     out["drain_s"] = {k: drain[s.daemon.pid] for k, s in sides.items()}
     cpu1 = {k: cpu_ns(s.daemon.pid) for k, s in sides.items()}
+    out["rss_after"] = {k: proc_status(s.daemon.pid) for k, s in sides.items()}
     c1 = fl.daemon.counters()
     out["events"] = events
     out["cpu_ns"] = {k: (cpu1[k][0] - cpu0[k][0], cpu1[k][1] - cpu0[k][1]) for k in sides}
     out["counters"] = {key: c1[key] - c0[key] for key in ("reconciles", "netlink_requests", "bus_calls")}
     out["links_kept"] = (c0["networkd_links"], c1["networkd_links"])
-    out["rss_after"] = {k: proc_status(s.daemon.pid) for k, s in sides.items()}
     status = fl.daemon.status()
     out["drift"] = {f["name"]: (f["actual"], f["drift"]) for f in status["fans"]}
     out["reaches_after"] = reaches(probe)
