@@ -3,6 +3,7 @@
 //! Every problem becomes a `RuleError` that names file, line and column; loading goes on
 //! after an error so that one run reports all of them.
 
+use crate::addrplan::{self, AddrPlan, Split, SplitKey};
 use crate::fan::FanMap;
 use crate::ifname::IfName;
 use ipnet::Ipv4Net;
@@ -13,8 +14,15 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+#[path = "config_read.rs"]
+mod read;
+pub use read::{parse_reads, read_files, rule_files, FileRead};
+
 /// Where rules live, highest precedence first (systemd's drop-in convention).
 pub const DEFAULT_DIRS: [&str; 3] = ["/etc/fanlink.d", "/run/fanlink.d", "/usr/lib/fanlink.d"];
+
+/// Why a fan with `enable = false` is down, for the log and `status`.
+pub const DISABLED: &str = "disabled by its rule (enable = false)";
 
 /// MTUs we accept: IPv4's minimum reassembly size up to common jumbo frames.
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9000;
@@ -32,6 +40,15 @@ pub struct Rule {
     pub masquerade: bool,
     /// Serve DHCP on the bridge (dnsmasq), as LXD and `fanctl --dhcp` do.
     pub dhcp: bool,
+    /// How each host's slice is shared by the host, DHCP and Docker (`host-reserve`,
+    /// `docker-share`).
+    pub split: Split,
+    /// The lease time dnsmasq hands out (`dhcp-lease`, in dnsmasq's syntax: "45m", "1h",
+    /// "infinite"); `None`: one hour.
+    pub dhcp_lease: Option<String>,
+    /// False (`enable = false`, fanctl's `--disable` / `off`): the rule is kept but the fan
+    /// is not brought up, and a running one is taken down (devices kept).
+    pub enabled: bool,
     /// The file and line that defined it, for messages.
     pub origin: String,
     /// Made from command-line prefixes (`fanlink up --overlay`), not from a rule file.
@@ -42,6 +59,12 @@ impl Rule {
     /// The vxlan device paired with the bridge: the bridge's name (cut to fit) plus "-vx".
     pub fn vxlan_name(&self) -> IfName {
         vxlan_name_for(&self.name)
+    }
+
+    /// The address plan of the slice that `address` owns.
+    pub fn addr_plan(&self, address: std::net::Ipv4Addr) -> Result<AddrPlan, String> {
+        let slice = self.map.slice(address).map_err(|e| e.to_string())?;
+        self.split.plan(slice)
     }
 }
 
@@ -85,51 +108,47 @@ struct RawFile {
 type RawFan = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 
 /// The keys a `[[fan]]` table may hold.
-const KEYS: [&str; 7] = ["name", "overlay", "underlay", "interface", "mtu", "masquerade", "dhcp"];
+const KEYS: [&str; 11] = [
+    "name",
+    "overlay",
+    "underlay",
+    "interface",
+    "mtu",
+    "masquerade",
+    "dhcp",
+    "dhcp-lease",
+    "host-reserve",
+    "docker-share",
+    "enable",
+];
 
-/// The rule files that take effect: `*.toml` by file name, an earlier directory masking a
-/// later one, a link to /dev/null masking the name altogether. Sorted by file name.
-pub fn rule_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut chosen: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".toml") && !name.starts_with('.') {
-                chosen.entry(name).or_insert_with(|| entry.path());
-            }
-        }
-    }
-    chosen
-        .into_values()
-        .filter(|path| std::fs::canonicalize(path).map(|p| p != Path::new("/dev/null")).unwrap_or(true))
+/// Loads every rule file of `dirs`; returns the rules in effect (see `in_effect`) and every
+/// error found. A fan with an error is left out, the others are kept.
+pub fn load(dirs: &[PathBuf]) -> (Vec<Rule>, Vec<RuleError>) {
+    let (rules, errors) = load_all(dirs);
+    (in_effect(rules), errors)
+}
+
+/// The rules that take effect, one per name: every enabled rule, and a disabled one whose
+/// name no enabled rule (nor an earlier disabled one) has. A disabled rule may repeat an
+/// enabled fan as its alternative, as cloud-init's example does (the fan on eth0, or "off"
+/// on eth1): it is kept for the day it is enabled, and the enabled one is the fan.
+pub fn in_effect(rules: Vec<Rule>) -> Vec<Rule> {
+    let enabled: Vec<IfName> = rules.iter().filter(|r| r.enabled).map(|r| r.name.clone()).collect();
+    let mut seen = Vec::new();
+    rules
+        .into_iter()
+        .filter(|r| {
+            let keep = r.enabled || (!enabled.contains(&r.name) && !seen.contains(&r.name));
+            seen.push(r.name.clone());
+            keep
+        })
         .collect()
 }
 
-/// Loads every rule file of `dirs`; returns the valid rules and every error found.
-/// A fan with an error is left out, the others are kept.
-pub fn load(dirs: &[PathBuf]) -> (Vec<Rule>, Vec<RuleError>) {
-    let mut sources = Vec::new();
-    let mut errors = Vec::new();
-    for path in rule_files(dirs) {
-        warn_if_writable_by_others(&path);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => sources.push((path, text)),
-            Err(e) => errors.push(RuleError { path, position: None, message: format!("cannot read: {e}") }),
-        }
-    }
-    let (rules, mut more) = parse_all(&sources);
-    errors.append(&mut more);
-    (rules, errors)
-}
-
-fn warn_if_writable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o002 != 0 {
-            log::warn!("{}: is world-writable; anyone on this host can change its fans", path.display());
-        }
-    }
+/// Every valid rule of `dirs`, the disabled alternatives of enabled fans too (for `check`).
+pub fn load_all(dirs: &[PathBuf]) -> (Vec<Rule>, Vec<RuleError>) {
+    parse_reads(&read_files(dirs))
 }
 
 /// Parses file contents given as (path, text), in order, and checks rules across files.
@@ -166,7 +185,9 @@ pub fn parse_all(sources: &[(PathBuf, String)]) -> (Vec<Rule>, Vec<RuleError>) {
                         name: place(path, text, &keys.name),
                         overlay: place(path, text, &keys.overlay),
                     };
-                    match rules.iter().find_map(|(other, at)| clash(&rule, other, at)) {
+                    // A disabled fan builds nothing, so it cannot clash (it is checked when enabled).
+                    let enabled = rules.iter().filter(|(r, _)| r.enabled && rule.enabled);
+                    match enabled.into_iter().find_map(|(other, at)| clash(&rule, other, at)) {
                         Some((Key::Name, message)) => errors.push(at(keys.name, message)),
                         Some((Key::Overlay, message)) => errors.push(at(keys.overlay, message)),
                         None => rules.push((rule, located)),
@@ -232,6 +253,18 @@ fn clash(rule: &Rule, other: &Rule, at: &Located) -> Option<(Key, String)> {
         let message = format!("overlay {a} overlaps overlay {b} of fan \"{}\" at {}", other.name, at.overlay);
         return Some((Key::Overlay, message));
     }
+    // The VNI is the overlay's top 24 bits: two overlays inside one /24 share it, and the
+    // kernel (or the shared datapath's steering) can carry one fan per VNI only.
+    if rule.map.vni() == other.map.vni() {
+        let message = format!(
+            "overlay {a} would use VNI {}, which overlay {b} of fan \"{}\" at {} uses; \
+             two fans need overlays in different /24s",
+            rule.map.vni(),
+            other.name,
+            at.overlay
+        );
+        return Some((Key::Overlay, message));
+    }
     None
 }
 
@@ -290,6 +323,63 @@ impl<'a> FanTable<'a> {
             );
         }
         flag
+    }
+
+    /// `host-reserve` and `docker-share`, checked against the fan's slice size: the parts of
+    /// every host's slice must fit, and with `dhcp = true` leave DHCP some addresses.
+    fn split(&mut self, map: Option<FanMap>, dhcp: Option<bool>, header: &Range<usize>) -> Option<Split> {
+        let mut split = Split::default();
+        if let Some(value) = self.get("host-reserve") {
+            match value.get_ref().as_integer().and_then(|n| u32::try_from(n).ok()).filter(|n| *n >= 1) {
+                Some(n) => split.host_reserve = n,
+                None => {
+                    let message = format!(
+                        "`host-reserve` must be a number of addresses, 1 or more (the bridge's is the first), not {}",
+                        shown(value.get_ref())
+                    );
+                    self.error(value.span(), message);
+                    return None;
+                }
+            }
+        }
+        if let Some((text, span)) = self.string("docker-share", "\"1/2\"") {
+            split.docker_share = addrplan::parse_share(text).map_err(|m| self.error(span, m)).ok()?;
+        }
+        let slice_len = map?.slice_prefix_len();
+        let span_of = |t: &Self, key: &str| t.get(key).map_or(header.clone(), |v| v.span());
+        if let Err((key, message)) = split.check(slice_len) {
+            let key = if key == SplitKey::HostReserve { "host-reserve" } else { "docker-share" };
+            self.error(span_of(self, key), message);
+            return None;
+        }
+        if dhcp == Some(true) && !split.has_dhcp(slice_len) {
+            let message = format!(
+                "`dhcp = true` has no address to hand out: a /{slice_len} slice has none left beside the host's \
+                 {} and Docker's share {}; set docker-share = \"none\" or a smaller host-reserve",
+                split.host_reserve,
+                addrplan::share_text(split.docker_share)
+            );
+            self.error(span_of(self, "dhcp"), message);
+            return None;
+        }
+        Some(split)
+    }
+
+    /// `dhcp-lease`: a lease time as dnsmasq reads it, at least its minimum of two minutes
+    /// (dnsmasq raises shorter ones silently), and only beside `dhcp = true`.
+    fn lease(&mut self, dhcp: bool) -> Option<String> {
+        let (text, span) = self.string("dhcp-lease", "\"1h\"")?;
+        let message = match crate::dhcp::lease_seconds(text) {
+            None => format!(
+                "`dhcp-lease` \"{}\" is not a lease time such as \"45m\", \"12h\", \"7d\" or \"infinite\"",
+                text.escape_default()
+            ),
+            Some(s) if s < 120 => format!("`dhcp-lease` \"{text}\" is shorter than dnsmasq's minimum of 2m"),
+            Some(_) if !dhcp => "`dhcp-lease` without `dhcp = true`: no DHCP server hands it out".into(),
+            Some(_) => return Some(text.to_string()),
+        };
+        self.error(span, message);
+        None
     }
 
     fn ifname(&mut self, key: &str) -> Option<IfName> {
@@ -363,10 +453,27 @@ fn convert(
     });
     let masquerade = t.boolean("masquerade", true);
     let dhcp = t.boolean("dhcp", false);
-    match (name, map, masquerade, dhcp) {
-        (Some(name), Some(map), Some(masquerade), Some(dhcp)) if t.errors.is_empty() => {
+    let split = t.split(map, dhcp, &header);
+    let enabled = t.boolean("enable", true);
+    let dhcp_lease = t.get("dhcp-lease").and_then(|_| t.lease(dhcp == Some(true)));
+    match (name, map, masquerade, dhcp, split, enabled) {
+        (Some(name), Some(map), Some(masquerade), Some(dhcp), Some(split), Some(enabled))
+            if t.errors.is_empty() =>
+        {
             let origin = format!("{}:{}", path.display(), line_col(text, header.start).0);
-            let rule = Rule { name, map, interface, mtu, masquerade, dhcp, origin, by_hand: false };
+            let rule = Rule {
+                name,
+                map,
+                interface,
+                mtu,
+                masquerade,
+                dhcp,
+                split,
+                dhcp_lease,
+                enabled,
+                origin,
+                by_hand: false,
+            };
             Ok((rule, KeySpans { name: name_span, overlay: overlay_span }))
         }
         _ => {
@@ -437,3 +544,7 @@ mod tests {
         assert_eq!(line_col("é\nx", 3), (2, 1));
     }
 }
+
+#[cfg(test)]
+#[path = "config_kept_tests.rs"]
+mod kept_tests;

@@ -16,8 +16,9 @@ use std::collections::HashMap;
 pub struct Snapshot {
     pub links: Vec<LinkInfo>,
     pub addresses: Vec<AddrInfo>,
-    /// `net.ipv4.ip_forward`: read once with the dump, then kept by the netconf events.
-    pub forwarding: bool,
+    /// IPv4 forwarding by ifindex (`net.ipv4.conf.LINK.forwarding`), for the links read so
+    /// far (`System::observe` reads those it needs), then kept by the netconf events.
+    pub forwarding: HashMap<u32, bool>,
     /// cls_bpf filters by (ifindex, egress), as last read.
     pub(crate) filters: HashMap<(u32, bool), Vec<FilterInfo>>,
     /// VNI filter entries by vxlan ifindex, as last read.
@@ -27,9 +28,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// A snapshot from a dump of links, one of addresses, and the forwarding setting.
-    pub fn new(links: Vec<LinkInfo>, addresses: Vec<AddrInfo>, forwarding: bool) -> Snapshot {
-        Snapshot { links, addresses, forwarding, ..Default::default() }
+    /// A snapshot from a dump of links and one of addresses.
+    pub fn new(links: Vec<LinkInfo>, addresses: Vec<AddrInfo>) -> Snapshot {
+        Snapshot { links, addresses, ..Default::default() }
     }
 
     /// Patches in one rtnetlink notification. Each carries the whole object (a link, an
@@ -45,6 +46,7 @@ impl Snapshot {
                 self.addresses.retain(|a| a.index != *index);
                 self.filters.retain(|(i, _), _| i != index);
                 self.vnis.remove(index);
+                self.forwarding.remove(index);
             }
             Event::NewAddr(a) => {
                 if !self.addresses.contains(a) {
@@ -57,7 +59,9 @@ impl Snapshot {
                 self.vnis.remove(index);
             }
             Event::Route => self.routes = None,
-            Event::Forwarding(on) => self.forwarding = *on,
+            Event::Forwarding { index, on } => {
+                self.forwarding.insert(*index, *on);
+            }
             // The bridge layer's view of a port: the AF_UNSPEC message beside it says it all.
             Event::Port { .. } => {}
         }
@@ -73,6 +77,22 @@ impl Snapshot {
                 alias: l.alias.clone(),
                 addresses: self.addresses.iter().filter(|a| a.index == l.index).map(|a| a.address).collect(),
             })
+            .collect()
+    }
+
+    /// The ports of fan `fan`'s bridge other than fanlink's own (`<fan>-vx`): containers'
+    /// and VMs' interfaces, or anything else someone attached. None if the bridge is not
+    /// fanlink's.
+    pub fn workloads(&self, fan: &crate::ifname::IfName) -> Vec<String> {
+        let ours = |l: &LinkInfo| {
+            l.alias.as_deref().and_then(crate::model::parse_alias).is_some_and(|(f, _)| &f == fan)
+        };
+        let Some(bridge) = self.link(fan.as_str()).filter(|b| ours(b)) else { return Vec::new() };
+        let port = crate::config::vxlan_name_for(fan);
+        self.links
+            .iter()
+            .filter(|l| l.master == Some(bridge.index) && l.name != port.as_str())
+            .map(|l| l.name.clone())
             .collect()
     }
 
@@ -111,7 +131,7 @@ mod tests {
 
     /// The state a dump would give after the same changes.
     fn dumped(links: Vec<LinkInfo>, addresses: Vec<AddrInfo>) -> Snapshot {
-        Snapshot::new(links, addresses, true)
+        Snapshot::new(links, addresses)
     }
 
     fn same(a: &Snapshot, b: &Snapshot) -> bool {
@@ -180,11 +200,39 @@ mod tests {
     }
 
     #[test]
-    fn a_forwarding_event_sets_forwarding() {
-        let mut s = dumped(vec![], vec![]);
-        s.apply(&Event::Forwarding(false));
-        assert!(!s.forwarding);
-        s.apply(&Event::Forwarding(true));
-        assert!(same(&s, &dumped(vec![], vec![])));
+    fn a_forwarding_event_sets_the_links_forwarding_and_a_deleted_link_forgets_it() {
+        let mut s = dumped(vec![link(5, "fan-250", true)], vec![]);
+        s.apply(&Event::Forwarding { index: 5, on: false });
+        assert_eq!(s.forwarding, HashMap::from([(5, false)]));
+        s.apply(&Event::Forwarding { index: 5, on: true });
+        s.apply(&Event::Forwarding { index: 2, on: true });
+        assert_eq!(s.forwarding, HashMap::from([(5, true), (2, true)]));
+        s.apply(&Event::DelLink { index: 5, name: "fan-250".into() });
+        assert_eq!(s.forwarding, HashMap::from([(2, true)]));
+    }
+
+    #[test]
+    fn workloads_are_the_bridge_ports_that_are_not_fanlinks() {
+        let port = |index, name: &str, master| LinkInfo {
+            master,
+            alias: None,
+            kind: Some("veth".into()),
+            ..link(index, name, true)
+        };
+        let s = dumped(
+            vec![
+                link(5, "fan-250", true),
+                LinkInfo { master: Some(5), ..link(6, "fan-250-vx", true) },
+                port(7, "veth1a2b", Some(5)),
+                port(8, "tap0", Some(5)),
+                port(9, "elsewhere", Some(3)),
+                LinkInfo { alias: Some("not ours".into()), ..link(10, "fan-251", true) },
+                port(11, "veth-other", Some(10)),
+            ],
+            vec![],
+        );
+        assert_eq!(s.workloads(&"fan-250".parse().unwrap()), ["veth1a2b", "tap0"]);
+        assert!(s.workloads(&"fan-251".parse().unwrap()).is_empty(), "not fanlink's bridge");
+        assert!(s.workloads(&"fan-252".parse().unwrap()).is_empty());
     }
 }

@@ -25,6 +25,9 @@ pub struct FanStatus {
     pub underlay_link: Option<String>,
     pub underlay_address: Option<String>,
     pub slice: Option<String>,
+    /// The slice's address plan: the host's addresses, the DHCP range, Docker's share.
+    #[serde(default)]
+    pub plan: Option<crate::addrplan::PlanReport>,
     pub bridge_address: Option<String>,
     pub bridge: Option<String>,
     pub vxlan: Option<String>,
@@ -86,6 +89,8 @@ fn actual(seen: &ObservedFan) -> &'static str {
         (None, None) => "absent",
         (Some(b), Some(v)) if b.up && v.up => "up",
         (Some(_), Some(_)) => "down",
+        // A fan never up yet: its bridge alone, down (see `plan::plan_down`).
+        (Some(b), None) if !b.up => "down",
         _ => "partial",
     }
 }
@@ -156,6 +161,11 @@ pub fn fan_status(wanted: Wanted<'_>, seen: &ObservedFan, plan: &FanPlan, drops:
         underlay_link: link,
         underlay_address: address.map(|a| a.to_string()),
         slice: map.zip(address).and_then(|(m, a)| m.slice(a).ok()).map(|s| s.to_string()),
+        plan: map.zip(address).and_then(|(m, a)| {
+            // A fan made by hand has no rule: the default split, as `docker-args` uses.
+            let split = wanted.rule.map_or_else(Default::default, |r| r.split);
+            split.plan(m.slice(a).ok()?).ok().map(|p| (&p).into())
+        }),
         bridge_address: seen.bridge_addresses.first().map(|a| a.to_string()),
         bridge: seen.bridge.as_ref().map(|_| plan.fan.to_string()),
         vxlan: seen.vxlan.as_ref().map(|_| vxlan_name_for(&plan.fan).to_string()),
@@ -186,6 +196,9 @@ pub fn render(status: &Status) -> String {
         }
         if let Some(s) = &f.slice {
             let _ = writeln!(out, "  slice     {s}, bridge {}", f.bridge_address.as_deref().unwrap_or("-"));
+        }
+        if let Some(plan) = &f.plan {
+            let _ = writeln!(out, "  plan      {plan}");
         }
         let devices = [f.bridge.as_deref(), f.vxlan.as_deref()].iter().flatten().copied().collect::<Vec<_>>();
         let _ =
@@ -267,6 +280,15 @@ mod tests {
         assert_eq!(status.underlay_address.as_deref(), Some("10.99.1.1"));
         assert_eq!(status.slice.as_deref(), Some("250.1.1.0/24"));
         assert_eq!(status.underlay_link, None, "the program does not name the link");
+        let plan = status.plan.as_ref().unwrap();
+        assert_eq!(plan.to_string(), "host 250.1.1.1, dhcp 250.1.1.2-250.1.1.127, docker 250.1.1.128/25");
+        let text = render(&Status { source: "t".into(), fans: vec![status], daemon: None });
+        assert!(
+            text.contains(
+                "\n  plan      host 250.1.1.1, dhcp 250.1.1.2-250.1.1.127, docker 250.1.1.128/25\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -284,13 +306,21 @@ mod tests {
     fn a_half_built_fan_is_drift_and_the_datapath_is_named() {
         let plan = FanPlan { fan: "fan-250".parse().unwrap(), result: Ok(Vec::new()) };
         let bridge = Device { kind: Some("bridge".into()), ..Default::default() };
-        let half = ObservedFan { bridge: Some(bridge.clone()), ..Default::default() };
+        let vxlan = Device { kind: Some("vxlan".into()), ..Default::default() };
+        let half = ObservedFan { vxlan: Some(vxlan), ..Default::default() };
         let wanted = || Wanted { rule: None, want: &Want::Down, why: "no address" };
         let s = fan_status(wanted(), &half, &plan, None);
         assert_eq!(s.actual, "partial");
-        assert_eq!(s.drift, ["half built: fan-250-vx is missing (completed when the fan comes up)"]);
+        assert_eq!(s.drift, ["half built: fan-250 is missing (completed when the fan comes up)"]);
         assert!(render(&Status { source: "t".into(), fans: vec![s], daemon: None })
             .contains("drift     half built"));
+        // A down fan never up has its bridge alone, down: what the rules describe.
+        let bridge_only = ObservedFan { bridge: Some(bridge.clone()), ..Default::default() };
+        let s = fan_status(wanted(), &bridge_only, &plan, None);
+        assert_eq!((s.actual.as_str(), s.drift.len()), ("down", 0));
+        let up_alone =
+            ObservedFan { bridge: Some(Device { up: true, ..bridge.clone() }), ..Default::default() };
+        assert_eq!(fan_status(wanted(), &up_alone, &plan, None).actual, "partial");
         let veth = Device { kind: Some("veth".into()), up: true, ..Default::default() };
         let built = ObservedFan {
             bridge: Some(Device { up: true, ..bridge }),
