@@ -57,6 +57,24 @@ pub struct Status {
     /// Who decided "wanted": "daemon (networkd)" or "no daemon: the rules and the kernel".
     pub source: String,
     pub fans: Vec<FanStatus>,
+    /// The daemon's work since it started; only in a daemon's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<Counters>,
+}
+
+/// What the daemon has done since it started: what a workload costs it can be counted at the
+/// unit's log level (bench/, `status --json`), without the debug log.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    pub reconciles: u64,
+    /// Netlink requests (and dumps) sent by those reconciles.
+    pub netlink_requests: u64,
+    /// Method calls sent on the bus (networkd's and systemd's).
+    pub bus_calls: u64,
+    /// Links whose networkd view the daemon keeps.
+    pub networkd_links: u64,
+    /// The last reconcile, from the first event of its batch to its last ack (µs).
+    pub last_reconcile_us: u64,
 }
 
 /// Where a fan's decision came from, for `FanStatus`.
@@ -237,7 +255,7 @@ pub fn collect(
             fan_status(Wanted { rule: *rule, want, why }, seen, plan, drops(seen))
         })
         .collect();
-    Status { source: source.to_string(), fans }
+    Status { source: source.to_string(), fans, daemon: None }
 }
 
 #[cfg(test)]
@@ -264,7 +282,7 @@ mod tests {
         assert_eq!(status.underlay_link, None, "the program does not name the link");
         let plan = status.plan.as_ref().unwrap();
         assert_eq!(plan.to_string(), "host 250.1.1.1, dhcp 250.1.1.2-250.1.1.127, docker 250.1.1.128/25");
-        let text = render(&Status { source: "t".into(), fans: vec![status] });
+        let text = render(&Status { source: "t".into(), fans: vec![status], daemon: None });
         assert!(
             text.contains(
                 "\n  plan      host 250.1.1.1, dhcp 250.1.1.2-250.1.1.127, docker 250.1.1.128/25\n"
@@ -294,7 +312,8 @@ mod tests {
         let s = fan_status(wanted(), &half, &plan, None);
         assert_eq!(s.actual, "partial");
         assert_eq!(s.drift, ["half built: fan-250 is missing (completed when the fan comes up)"]);
-        assert!(render(&Status { source: "t".into(), fans: vec![s] }).contains("drift     half built"));
+        assert!(render(&Status { source: "t".into(), fans: vec![s], daemon: None })
+            .contains("drift     half built"));
         // A down fan never up has its bridge alone, down: what the rules describe.
         let bridge_only = ObservedFan { bridge: Some(bridge.clone()), ..Default::default() };
         let s = fan_status(wanted(), &bridge_only, &plan, None);
@@ -310,6 +329,8 @@ mod tests {
         };
         let s = fan_status(wanted(), &built, &plan, None);
         assert_eq!((s.datapath.as_deref(), s.drift.len()), (Some("shared"), 0));
-        assert!(render(&Status { source: "t".into(), fans: vec![s] }).contains("datapath  shared"));
+        assert!(
+            render(&Status { source: "t".into(), fans: vec![s], daemon: None }).contains("datapath  shared")
+        );
     }
 }

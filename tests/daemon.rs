@@ -218,8 +218,12 @@ fn the_devices_fanlink_creates_cost_no_call_to_networkd() {
     std::thread::sleep(Duration::from_secs(1));
     let log = daemon.log();
     assert!(!log.contains("asking networkd for link"), "log:\n{log}");
-    // The control: a device that is not fanlink's is asked about, in that very line.
-    let other = sh(Some(host.ns()), "ip link add other0 type bridge && ip link set other0 up");
+    // The control: a device that is not fanlink's and could be an underlay (an address
+    // inside it; a /32, so that uplink0 stays the one chosen) is asked about, in that very line.
+    let other = sh(
+        Some(host.ns()),
+        "ip link add other0 type bridge && ip addr add 10.99.9.9/32 dev other0 && ip link set other0 up",
+    );
     assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
     let index = host.sh("ip -o link show dev other0 | cut -d: -f1");
     daemon.wait_log(&format!("asking networkd for link {}\n", index.trim()));

@@ -5,6 +5,7 @@ mod bpf;
 mod buspolicy;
 mod busproxy;
 mod byhand;
+mod churn;
 mod cli;
 mod daemon;
 mod datapath;

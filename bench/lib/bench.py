@@ -3,24 +3,27 @@
 
 Called by bench/run (which builds the binary and installs the packages); see its header for
 the flags. Sections, in the order run:
-  footprint at start, idle wakeups, reaction latency (warm and cold, A B A B), flap storm
-  (CPU per event, footprint after), exec -> READY=1, state per peer, datapath.
+  footprint at start, idle wakeups, reaction latency (warm and cold, A B C A B C), flap storm
+  (CPU per event, footprint after), container churn (A and B), exec -> READY=1, state per
+  peer, datapath. A runs fanlink at the unit's log level, B networkd-dispatcher with hooks
+  that keep the fan's devices (the headline peer), C with hooks that delete and rebuild it.
 Each section returns rows for the table that `report()` prints; `--smoke` shortens every
-duration and asserts only that each measurement produced numbers (no timing asserted).
+duration and checks only that each measurement produced numbers and what holds whatever the
+load (the churn's counts, the fan right after it): no timing is asserted.
 Everything made is recorded in WORK/made and removed at the end, also on failure.
 """
 
 import argparse
-import json
 import os
-import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import churn  # noqa: E402
+from report import (  # noqa: E402
+    PEER_DEPS, PYTHON, report)
 import datapath  # noqa: E402
 import hosts  # noqa: E402
 from netwatch import BusWatch, NetlinkWatch, Pump, setlink_ns  # noqa: E402
@@ -28,34 +31,12 @@ from netwatch import BusWatch, NetlinkWatch, Pump, setlink_ns  # noqa: E402
 FAN = "fan-250"
 OVERLAY = "250.0.0.0/8"
 BRIDGE_ADDR = "250.1.1.1/8"  # the harness uplink is 10.99.1.1 on underlay 10.99.0.0/16
-# The issue's targets for the figures printed beside them (issue 14's table).
-COLD_TARGET_MS = 3.0
-DATAPATH_TARGET = 0.97
-WARM_TARGET_US = 200
-WARM_RATIO_TARGET = 100
-ACK_TARGET_US = 100
-RECONCILES_TARGET = 2
-REQUESTS_TARGET = 2
-CPU_EVENT_TARGET_US = 100
-READY_TARGET_MS = {"1 fan": 10, "16 fans": 40}
-RSS_TARGET_KIB = 2048
-IDLE_CTXT_TARGET = 0
 PEER_FAN = dict(bridge=FAN, vxlan="fan-250-vx", address=BRIDGE_ADDR, table="fan250", overlay=OVERLAY)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg):
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(values, p):
-    """Nearest-rank percentile."""
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
-
-
-def summary(values):
-    return {k: pct(values, p) for k, p in (("min", 0), ("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))}
 
 
 # ---------------------------------------------------------------- /proc readings
@@ -122,8 +103,9 @@ class Side:
         pump.add(self.bus)
 
     def down_done(self):
-        # fanlink keeps its devices (links admin down); the peer's hook deletes them.
-        return self.net.gone if self.kind == "dispatcher" else not self.net.up
+        # fanlink and the headline peer keep the devices (bridge admin-down); the rebuilding
+        # peer's hook deletes them.
+        return self.net.gone if self.kind == "rebuilding" else not self.net.up
 
 
 def wait_up(pump, side, timeout=10):
@@ -138,6 +120,9 @@ def flap_down(pump, sides, cold, binary):
         if cold and s.kind == "fanlink":
             hosts.sh(binary, "down", "--all", ns=s.host.ns)
             pump.until(lambda: s.net.gone, 10, "fanlink down --all")
+        elif cold and s.kind == "dispatcher":  # the peer's `down --all`: its fan deleted
+            hosts.remove_fan(s.host, **PEER_FAN)
+            pump.until(lambda: s.net.gone, 10, "the peer's fan removed")
     pump.quiet([s.net for s in sides], 0.03, 2)
 
 
@@ -155,50 +140,38 @@ def trial(pump, side, cold, binary):
     return t1 - t0, t1 - t_cmd
 
 
-ACK = re.compile(r"event to last ack: (\d+) us")
-REQUESTS = re.compile(r"event to last ack: \d+ us, (\d+) netlink request")
-
-
-def acks_of_up(log_text):
-    """fanlink's own figure for each reconcile that brought fan-250 up (its ops are logged
-    at info just before the reconcile's 'event to last ack' line)."""
-    out, ops = [], []
-    for line in log_text.splitlines():
-        m = ACK.search(line)
-        if m:
-            if any(o.endswith(f"set {FAN} up") for o in ops):
-                out.append(int(m.group(1)))
-            ops = []
-        elif f"{FAN}:" in line:
-            ops.append(line)
-    return out
-
-
 def latency(pump, sides, n, binary):
+    """Trials alternating the daemons. fanlink's own "event to last ack" of a warm up is the
+    last reconcile's, from its counters after the trial: a warm trial is two reconciles (down,
+    up), and a trial with any other is left out (counted). A cold trial has more (`down --all`,
+    the creation's echo), so it has no such figure at the unit's log level."""
     res = {}
     fl = sides["fanlink"]
     for path, cold in (("warm", False), ("cold", True)):
-        samples = {"fanlink": [], "dispatcher": []}
-        cmd = {"fanlink": [], "dispatcher": []}
-        log_from = os.path.getsize(fl.daemon.log)
+        samples = {k: [] for k in sides}
+        cmd = {k: [] for k in sides}
+        acks, odd = [], 0
         for i in range(n):
-            for kind in ("fanlink", "dispatcher"):  # A B A B: neither side gets a warmer machine
+            for kind in sides:  # A B C A B C: none gets a warmer machine
+                before = fl.daemon.counters()["reconciles"] if kind == "fanlink" else None
                 r, c = trial(pump, sides[kind], cold, binary)
                 samples[kind].append(r)
                 cmd[kind].append(c)
-        with open(fl.daemon.log) as f:
-            f.seek(log_from)
-            acks = acks_of_up(f.read())
-        res[path] = dict(samples=samples, cmd=cmd, acks=acks)
-        log(f"latency {path}: fanlink p50 {statistics.median(samples['fanlink']) / 1e3:.0f} us, "
-            f"dispatcher p50 {statistics.median(samples['dispatcher']) / 1e3:.0f} us")
+                if kind == "fanlink" and not cold:
+                    after = fl.daemon.counters()
+                    if after["reconciles"] - before == 2:
+                        acks.append(after["last_reconcile_us"])
+                    else:
+                        odd += 1
+        res[path] = dict(samples=samples, cmd=cmd, acks=acks, odd=odd)
+        log(f"latency {path}: " + ", ".join(f"{k} p50 {statistics.median(v) / 1e3:.0f} us" for k, v in samples.items()))
     return res
 
 
 def storm(pump, sides, n, binary):
-    """n flaps on both hosts at once; CPU (ticks) used by each daemon over them."""
+    """n flaps on every host at once; CPU (ticks) used by each daemon over them."""
     before = {k: cpu_ticks(s.daemon.pid) for k, s in sides.items()}
-    log_from = os.path.getsize(sides["fanlink"].daemon.log)
+    counted = sides["fanlink"].daemon.counters()
     t = time.monotonic()
     for i in range(n):
         flap_down(pump, list(sides.values()), False, binary)
@@ -208,11 +181,9 @@ def storm(pump, sides, n, binary):
             wait_up(pump, s)
     pump.quiet([s.net for s in sides.values()], 0.05, 2)
     log(f"{n} flaps in {time.monotonic() - t:.1f} s")
-    with open(sides["fanlink"].daemon.log) as f:
-        f.seek(log_from)
-        text = f.read()
-    reconciles = len(ACK.findall(text))
-    requests = sum(int(x) for x in REQUESTS.findall(text))
+    now = sides["fanlink"].daemon.counters()
+    reconciles = now["reconciles"] - counted["reconciles"]
+    requests = now["netlink_requests"] - counted["netlink_requests"]
     out = {}
     for k, s in sides.items():
         own, children = cpu_ticks(s.daemon.pid)
@@ -300,8 +271,7 @@ def start_times(work, host, binary, reps, script_dir):
                                    notify=notify.path)
         vals.append(notify.wait_ready(30) - d.exec_ns)
         d.stop()
-        hosts.sh("sh", os.path.join(script_dir, "off.d", "50-fan"), ns=host.ns, check=False,
-                 env=dict(os.environ, IFACE="uplink0"))
+        hosts.remove_fan(host, **PEER_FAN)
     out["networkd-dispatcher, 1 fan"] = vals
     return out
 
@@ -312,11 +282,6 @@ def installed_kib(packages):
     r = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${Installed-Size}\n"] + packages,
                        capture_output=True, text=True)
     return {p: int(s) for p, s in (line.split() for line in r.stdout.splitlines())}
-
-
-PEER_DEPS = ["python3-dbus", "python3-gi", "gir1.2-glib-2.0", "libgirepository-1.0-1"]
-PYTHON = ["python3", "python3.11", "python3-minimal", "python3.11-minimal", "libpython3.11-minimal",
-          "libpython3.11-stdlib"]
 
 
 # ---------------------------------------------------------------- the run
@@ -331,6 +296,9 @@ def main():
     ap.add_argument("--iperf", type=float, default=10, help="seconds per iperf3 run")
     ap.add_argument("--iperf-reps", type=int, default=5, help="alternating runs per kind")
     ap.add_argument("--starts", type=int, default=10, help="starts per exec->READY case")
+    ap.add_argument("--containers", type=int, default=300, help="containers (veths on the fan bridge) per host")
+    ap.add_argument("--churn-rate", type=float, default=10, help="container starts + stops per second")
+    ap.add_argument("--churn", type=float, default=60, help="seconds of churn")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--command", default="bench/run")
     ap.add_argument("--work", required=True)
@@ -345,15 +313,21 @@ def main():
     rules = work.sub("rules")
     hosts.write_rules(rules, [(FAN, OVERLAY)])
     scripts = work.sub("dispatcher.d")
-    hosts.write_hooks(scripts, **PEER_FAN)
+    hosts.write_hooks(scripts, keep=True, **PEER_FAN)
+    rebuild = work.sub("dispatcher-rebuild.d")
+    hosts.write_hooks(rebuild, keep=False, **PEER_FAN)
 
-    log("starting two harness hosts (real networkd each): A runs fanlink, B networkd-dispatcher")
+    log("starting three harness hosts (real networkd each): A runs fanlink, B networkd-dispatcher "
+        "with hooks that keep the fan's devices, C networkd-dispatcher with hooks that delete and rebuild it")
     host_a = hosts.Host(work, f"flb{os.getpid()}a")
     host_b = hosts.Host(work, f"flb{os.getpid()}b")
+    host_c = hosts.Host(work, f"flb{os.getpid()}c")
     pump = Pump()
     fl = hosts.start_fanlink(work, host_a, args.binary, rules, os.path.join(work.path, "fanlink.log"))
     nd = hosts.start_dispatcher(work, host_b, scripts, os.path.join(work.path, "dispatcher.log"))
-    sides = {"fanlink": Side("fanlink", host_a, fl, pump, work), "dispatcher": Side("dispatcher", host_b, nd, pump, work)}
+    nr = hosts.start_dispatcher(work, host_c, rebuild, os.path.join(work.path, "dispatcher-rebuild.log"))
+    sides = {"fanlink": Side("fanlink", host_a, fl, pump, work), "dispatcher": Side("dispatcher", host_b, nd, pump, work),
+             "rebuilding": Side("rebuilding", host_c, nr, pump, work)}
     for s in sides.values():
         wait_up(pump, s, 30)
     pump.quiet([s.net for s in sides.values()], 0.5, 10)
@@ -362,14 +336,14 @@ def main():
 
     # Idle means networkd and the kernel are idle too: the new bridge's ports pass the
     # forward delay (15 s) and networkd configures the new links first.
-    log("waiting for both hosts to settle (no link, address or networkd message for 5 s)")
+    log("waiting for the hosts to settle (no link, address or networkd message for 5 s)")
     pump.quiet([s.net for s in sides.values()] + [s.bus for s in sides.values()], 2 if args.smoke else 5, 60)
     log(f"idle wakeups over {args.idle} s")
     r["idle"] = idle(pump, sides, args.idle)
 
     # The footprint after a few flaps of each kind (warm, and cold: fanlink creates its fan
     # again, BPF load and nftables included): what 1000 more must not grow.
-    log("10 flaps on both hosts, then 10 warm and 10 cold trials each")
+    log("10 flaps on every host, then 10 warm and 10 cold trials each")
     storm(pump, sides, 10, args.binary)
     latency(pump, sides, 10, args.binary)
     pump.quiet([s.net for s in sides.values()], 0.5, 10)
@@ -382,11 +356,18 @@ def main():
     log("kernel floor: fanlink's netlink requests alone")
     r["floor"] = kernel_floor(work, args.flaps)
 
-    log(f"flap storm: {args.storm} flaps on both hosts")
+    log(f"flap storm: {args.storm} flaps on every host")
     r["storm"] = storm(pump, sides, args.storm, args.binary)
     pump.quiet([s.net for s in sides.values()], 0.5, 10)
     r["after"] = {k: proc_status(s.daemon.pid) for k, s in sides.items()}
     log(f"footprint after: {r['after']}")
+    nr.stop()
+
+    log(f"container churn: {args.containers} containers per host, {args.churn_rate:g} starts + stops/s "
+        f"for {args.churn:g} s, on A and B at once")
+    r["churn"] = churn.churn(pump, {k: sides[k] for k in ("fanlink", "dispatcher")}, work, args.binary, FAN,
+                             args.containers, args.churn_rate, args.churn, proc_status)
+    log(f"churn: {r['churn']}")
     fl.stop()
     nd.stop()
 
@@ -407,248 +388,51 @@ def main():
         log(f"wrote {args.out}")
     else:
         print(text)
-    if args.smoke:
-        smoke_check(r)
+    return r
 
 
-def smoke_check(r):
-    """Only that every section produced numbers: --smoke asserts no timing."""
-    lat = r["latency"]
-    problems = [f"{p}: no {k} samples" for p in lat for k, v in lat[p]["samples"].items() if not v]
-    problems += [f"{p}: no 'event to last ack' from fanlink's log" for p in lat if not lat[p]["acks"]]
-    problems += [f"exec->READY: no samples for {k}" for k, v in r["ready"].items() if not v]
-    problems += [f"datapath {k}: zero {m}" for k, d in r["datapath"].items() for m, v in d.items() if not v > 0]
-    for when in ("start", "after10", "after"):
-        problems += [f"footprint {when} {k}: {v}" for k, v in r[when].items() if not v.get("VmRSS")]
-    if problems:
-        raise SystemExit("bench --smoke: " + "; ".join(problems))
-    log("smoke: every measurement produced figures")
+def smoke_checks(r):
+    """--smoke asserts no timing: that every section produced figures, and what must hold
+    whatever the machine's load (counts, the fan still right after the churn)."""
+    lat, c = r["latency"], r["churn"]
+    checks = [(f"latency {p}: {k} has samples", bool(v)) for p in lat for k, v in lat[p]["samples"].items()]
+    checks.append(("latency warm: fanlink's own event -> last ack from its counters", bool(lat["warm"]["acks"])))
+    checks += [(f"exec->READY: {k} has samples", bool(v)) for k, v in r["ready"].items()]
+    checks += [(f"datapath {k}: {m} > 0", v > 0) for k, d in r["datapath"].items() for m, v in d.items()]
+    checks += [(f"footprint {w} {k}: VmRSS", bool(v.get("VmRSS"))) for w in ("start", "after10", "after")
+               for k, v in r[w].items()]
+    checks.append(("storm: fanlink's reconciles counted", r["storm"]["reconciles"] > 0))
+    checks.append(("churn: both daemons used CPU", all(sum(v) > 0 for v in c["cpu_ns"].values())))
+    checks.append(("churn: no reconcile caused by it", c["counters"]["reconciles"] == 0))
+    checks.append(("churn: no netlink request caused by it", c["counters"]["netlink_requests"] == 0))
+    checks.append(("churn: fanlink's fan up, no drift", all(a == "up" and not d for a, d in c["drift"].values())))
+    checks.append(("churn: a container reaches the other fan host, before and after",
+                   c["reaches_before"] and c["reaches_after"]))
+    return checks
 
 
-# ---------------------------------------------------------------- the table
-
-def us(ns):
-    return f"{ns / 1e3:.0f}" if abs(ns) >= 10e3 else f"{ns / 1e3:.1f}"
-
-
-def thread_list(per):
-    return ", ".join(f"{t} {n}" for t, n in sorted(per.items(), key=lambda x: -x[1])) or "none"
-
-
-def machine():
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    load = open("/proc/loadavg").read().split()[:3]
-    return (f"{os.cpu_count()} CPUs ({model}), kernel {os.uname().release}, "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average at the end {' '.join(load)}")
-
-
-def total_flaps(a):
-    """Flaps fanlink's host has seen at the second footprint reading."""
-    return 30 + 2 * a.flaps + a.storm
-
-
-def verdict(ok):
-    return "met" if ok else "**missed**"
-
-
-def targets(r):
-    """Issue 14's table: each figure of this run beside its target, the peer's where it has one."""
-    a, lat, sto, idl = r["args"], r["latency"], r["storm"], r["idle"]
-    warm_f = statistics.median(lat["warm"]["samples"]["fanlink"]) / 1e3
-    warm_p = statistics.median(lat["warm"]["samples"]["dispatcher"]) / 1e3
-    ratio = warm_p / warm_f if warm_f > 0 else float("inf")
-    acks = lat["warm"]["acks"]
-    ack = statistics.median(acks) if acks else float("nan")
-    cold_f = pct(lat["cold"]["samples"]["fanlink"], 50) / 1e3
-    cold_p = pct(lat["cold"]["samples"]["dispatcher"], 50) / 1e3
-    per_event = lambda k: sum(sto[k]) * 1000 / CLK_TCK / a.storm / 2 * 1000  # noqa: E731  (µs)
-    ready = {k: statistics.median(v) / 1e6 for k, v in r["ready"].items()}
-    rss10, rss = r["after10"]["fanlink"]["VmRSS"], r["after"]["fanlink"]["VmRSS"]
-    dp = r["datapath"]
-    tcp = dp["fan"]["tcp"] / dp["plain"]["tcp"]
-    rows = [
-        ("warm: routable -> bridge UP + address, p50", f"{warm_f:.0f} µs", f"{warm_p:.0f} µs (x{ratio:.0f})",
-         f"<= {WARM_TARGET_US} µs and >= {WARM_RATIO_TARGET}x the peer",
-         verdict(warm_f <= WARM_TARGET_US and ratio >= WARM_RATIO_TARGET)),
-        ("fanlink's own \"event to last ack\", warm up, p50", f"{ack:.0f} µs", "-", f"<= {ACK_TARGET_US} µs",
-         verdict(ack <= ACK_TARGET_US)),
-        ("reconciles per flap (storm)", f"{sto['reconciles'] / a.storm:.1f}", "-", f"{RECONCILES_TARGET}",
-         verdict(round(sto["reconciles"] / a.storm, 1) <= RECONCILES_TARGET)),
-        ("netlink requests per flap (storm)", f"{sto['requests'] / a.storm:.1f}", "-", f"{REQUESTS_TARGET}",
-         verdict(round(sto["requests"] / a.storm, 1) <= REQUESTS_TARGET)),
-        ("CPU per event (storm, all)", f"{per_event('fanlink'):.0f} µs", f"{per_event('dispatcher'):.0f} µs",
-         f"<= {CPU_EVENT_TARGET_US} µs", verdict(per_event("fanlink") <= CPU_EVENT_TARGET_US)),
-        ("cold: first creation incl. BPF load and NAT, p50", f"{cold_f / 1e3:.2f} ms", f"{cold_p / 1e3:.0f} ms",
-         f"<= {COLD_TARGET_MS:g} ms", verdict(cold_f / 1e3 <= COLD_TARGET_MS)),
-    ]
-    for label, limit in READY_TARGET_MS.items():
-        f = ready.get(f"fanlink, {label}, cold")
-        rows.append((f"exec -> READY=1, {label} cold, p50", f"{f:.1f} ms",
-                     f"{ready['networkd-dispatcher, 1 fan']:.0f} ms (1 fan)" if label == "1 fan" else "-",
-                     f"<= {limit} ms", verdict(f <= limit)))
-    rows += [
-        (f"idle RSS after 30 / {total_flaps(a)} flaps (static build)", f"{rss10} / {rss} KiB",
-         f"{r['after10']['dispatcher']['VmRSS']} / {r['after']['dispatcher']['VmRSS']} KiB",
-         f"<= {RSS_TARGET_KIB} KiB, flat", verdict(rss <= RSS_TARGET_KIB and rss == rss10)),
-        (f"threads / context switches per idle {a.idle:g} s", f"{r['start']['fanlink']['threads']} / {idl['fanlink'][0]}",
-         f"{r['start']['dispatcher']['threads']} / {idl['dispatcher'][0]}", f"as few as needed / {IDLE_CTXT_TARGET}",
-         verdict(idl["fanlink"][0] <= IDLE_CTXT_TARGET)),
-        ("datapath TCP, fan / plain vxlan, same run", f"{tcp:.3f}", "-", f">= {DATAPATH_TARGET:g}",
-         verdict(tcp >= DATAPATH_TARGET)),
-    ]
-    L = ["## Targets (issue 14)", "", "| figure | fanlink | networkd-dispatcher | target | |", "|---|---|---|---|---|"]
-    L += [f"| {' | '.join(row)} |" for row in rows]
-    return L + ["", "Each figure is from the sections below; a miss is explained in `bench/README.md` "
-                "(Found while measuring).", ""]
-
-
-def report(r):
-    a = r["args"]
-    L = ["# fanlink vs networkd-dispatcher: benchmarks", "",
-         f"Machine: {machine()}.  ",
-         f"Command: `{a.command}` (flaps per path {a.flaps}, storm {a.storm}, idle {a.idle:g} s, "
-         f"iperf3 {a.iperf:g} s x {a.iperf_reps}, starts {a.starts}).  ",
-         "Regenerate with `sudo bench/run --write`; `bench/run --help` for the knobs; the method is in "
-         "`bench/README.md`.", ""]
-    if a.smoke:
-        L += ["**Smoke run: durations too short for the figures to mean anything.**", ""]
-    L += targets(r)
-
-    L += ["## Reaction: uplink routable -> fan bridge UP with its address", "",
-          "t0 = networkd's PropertiesChanged(OperationalState=routable) as a `chrt -f 50 busctl monitor` "
-          "received it (kernel receive stamp); t1 = the rtnetlink message that completed \"bridge UP and "
-          "addressed\", stamped on receipt by a SCHED_FIFO listener in the host netns. Samples alternate "
-          "fanlink, dispatcher, fanlink, ... on two identical harness hosts. Times in µs.", "",
-          "| path | daemon | n | min | p50 | p90 | p99 | max | negative | carrier-up cmd -> fan up, p50 |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
-    for path, d in r["latency"].items():
-        for kind, s in d["samples"].items():
-            m = summary(s)
-            neg = sum(1 for v in s if v < 0)
-            L.append(f"| {path} | {kind} | {len(s)} | " + " | ".join(us(m[k]) for k in m) +
-                     f" | {neg} | {us(statistics.median(d['cmd'][kind]))} |")
-        acks = d["acks"]
-        if acks:
-            m = summary([v * 1000 for v in acks])
-            L.append(f"| {path} | fanlink's own \"event to last ack\" | {len(acks)} | " +
-                     " | ".join(us(m[k]) for k in m) + " | - | - |")
-    L.append("")
-    for path, d in r["latency"].items():
-        f, p = statistics.median(d["samples"]["fanlink"]), statistics.median(d["samples"]["dispatcher"])
-        L.append(f"- {path}: ratio of medians dispatcher / fanlink = **{p / f:.0f}x**" if f > 0 else
-                 f"- {path}: fanlink median <= 0 (below the monitor's resolution; see its own ack figure)")
-    cold = pct(r["latency"]["cold"]["samples"]["fanlink"], 50) / 1e6  # the table's p50
-    L.append(f"- cold, fanlink p50: **{cold:.2f} ms** (target <= {COLD_TARGET_MS:g} ms: "
-             f"{'met' if cold <= COLD_TARGET_MS else 'missed'})")
-    L += ["", "warm = the devices exist (fanlink: one netlink message, set the bridge up); the peer's hooks "
-          "delete the fan on no-carrier, so both of its paths create it (5 `ip` + 1 `nft` process). cold = "
-          "`fanlink down --all` while the uplink was down: creation incl. BPF load, the nftables table (one "
-          "netlink transaction) and the firewall check (netlink dumps; no process). \"negative\" counts samples "
-          "where the bridge came up before the monitor's copy of the signal arrived (dbus-daemon sends the "
-          "monitor's copy last).", ""]
-
-    L += ["### The kernel's share", "",
-          "The requests of a warm up/down, alone, on the same devices in a scratch netns (RTM_NEWLINK "
-          "send -> ack, µs): the physical limit of the warm path. fanlink sends only the bridge's; the "
-          "vxlan rows are what taking the vxlan down and up too would cost. The first rows are "
-          "back to back; the last two each 0.3 s after the previous request, as the daemon's are.", "",
-          "| request | n | min | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|---|"]
-    for k, v in r["floor"].items():
-        m = summary(v)
-        L.append(f"| {k} | {len(v)} | " + " | ".join(us(m[x]) for x in m) + " |")
-    L.append("")
-
-    st, af = r["start"], r["after"]
-    peer = r["peer_size"]
-    deps = sum(peer.get(p, 0) for p in ["networkd-dispatcher"] + PEER_DEPS)
-    total = deps + sum(peer.get(p, 0) for p in PYTHON)
-    L += ["## Footprint", "",
-          f"| | fanlink | networkd-dispatcher |", "|---|---|---|",
-          f"| VmRSS at start (KiB) | {st['fanlink']['VmRSS']} | {st['dispatcher']['VmRSS']} |",
-          f"| VmHWM at start (KiB) | {st['fanlink']['VmHWM']} | {st['dispatcher']['VmHWM']} |",
-          f"| VmRSS after 30 flaps: 20 warm, 10 cold (KiB) | {r['after10']['fanlink']['VmRSS']} | "
-          f"{r['after10']['dispatcher']['VmRSS']} |",
-          f"| VmRSS after {total_flaps(a)} flaps (KiB) | {af['fanlink']['VmRSS']} | {af['dispatcher']['VmRSS']} |",
-          f"| VmHWM after (KiB) | {af['fanlink']['VmHWM']} | {af['dispatcher']['VmHWM']} |",
-          "| of VmRSS: anonymous (heap, stacks) at start / after 30 / after all (KiB) | "
-          + " | ".join(" / ".join(str(r[w][k].get("RssAnon", "?")) for w in ("start", "after10", "after"))
-                       for k in ("fanlink", "dispatcher")) + " |",
-          "| of VmRSS: file pages (the binary's text and data) at start / after 30 / after all (KiB) | "
-          + " | ".join(" / ".join(str(r[w][k].get("RssFile", "?")) for w in ("start", "after10", "after"))
-                       for k in ("fanlink", "dispatcher")) + " |",
-          f"| fds at start / after | {st['fanlink']['fds']} / {af['fanlink']['fds']} | "
-          f"{st['dispatcher']['fds']} / {af['dispatcher']['fds']} |",
-          f"| threads | {st['fanlink']['threads']} | {st['dispatcher']['threads']} |",
-          f"| on disk | {r['size'] / 1024:.0f} KiB binary{a.binary_note} | "
-          f"{peer.get('networkd-dispatcher', 0)} KiB package; {deps} KiB with python3-dbus, python3-gi, "
-          f"gir1.2-glib-2.0, libgirepository; {total} KiB with the Python 3.11 interpreter and stdlib "
-          f"(dpkg Installed-Size) |", ""]
-
-    idl, sto = r["idle"], r["storm"]
-    ms = lambda ticks: ticks * 1000 / CLK_TCK * 100 / a.storm  # noqa: E731  (ms per 100 flaps)
-    L += ["## Quiet and CPU", "",
-          "| | fanlink | networkd-dispatcher |", "|---|---|---|",
-          f"| context switches while idle {a.idle:g} s (all threads) | {idl['fanlink'][0]} | {idl['dispatcher'][0]} |",
-          f"| ... by thread | {thread_list(idl['fanlink'][1])} | {thread_list(idl['dispatcher'][1])} |"]
-    f_own, f_ch = sto["fanlink"]
-    d_own, d_ch = sto["dispatcher"]
-    L += [f"| CPU per 100 flaps, own (utime+stime) | {ms(f_own):.0f} ms | {ms(d_own):.0f} ms |",
-          f"| CPU per 100 flaps, children (cutime+cstime) | {ms(f_ch):.0f} ms | {ms(d_ch):.0f} ms |",
-          f"| CPU per event, all (a flap is 2 events: down, up) | {ms(f_own + f_ch) * 10 / 2:.0f} µs | "
-          f"{ms(d_own + d_ch) * 10 / 2:.0f} µs |", "",
-          f"CPU is read in clock ticks ({1000 // CLK_TCK} ms) over {a.storm} flaps of both hosts at once. "
-          f"fanlink ran {sto['reconciles']} reconciles for them ({sto['reconciles'] / a.storm:.1f} per flap) and "
-          f"sent {sto['requests']} netlink requests ({sto['requests'] / a.storm:.1f} per flap; its own count, "
-          "in the debug line of each reconcile), with RUST_LOG=debug.", ""]
-    L += ["## Start: exec -> READY=1", "", "| case | n | min | p50 | max |", "|---|---|---|---|---|"]
-    for k, v in r["ready"].items():
-        L.append(f"| {k} | {len(v)} | {min(v) / 1e6:.1f} ms | {statistics.median(v) / 1e6:.1f} ms | "
-                 f"{max(v) / 1e6:.1f} ms |")
-    L += ["", "cold: no fan devices at exec (creation incl. BPF load and the nftables table before READY); restart: "
-          "the fans are already built.", ""]
-
-    dp = r["datapath"]
-    L += ["## Datapath: container to container across two hosts", "",
-          "| | fanlink fan | plain vxlan (static fdb) | fan / plain | plain vxlan + masquerade table | "
-          "fan / (plain + nat) | fan, shared datapath | shared / plain |",
-          "|---|---|---|---|---|---|---|---|"]
-    for m, unit, scale in (("tcp", "Gbit/s", 1e9), ("udp", "Gbit/s", 1e9), ("rtt", "ms", 1)):
-        f, p, n, g = dp["fan"][m], dp["plain"][m], dp["plain+nat"][m], dp["fan shared"][m]
-        label = {"tcp": "iperf3 TCP", "udp": "iperf3 UDP, 1400-byte datagrams, unlimited rate (received)",
-                 "rtt": "ping RTT avg"}[m]
-        L.append(f"| {label} | {f / scale:.3f} {unit} | {p / scale:.3f} {unit} | {f / p:.3f} | "
-                 f"{n / scale:.3f} {unit} | {f / n:.3f} | {g / scale:.3f} {unit} | {g / p:.3f} |")
-    tcp = dp["fan"]["tcp"] / dp["plain"]["tcp"]
-    L += ["", f"- datapath TCP, fan / plain vxlan: **{tcp:.3f}** (target >= {DATAPATH_TARGET:g}: "
-          f"{'met' if tcp >= DATAPATH_TARGET else 'missed'})"]
-    L += ["", "MTU 1450 everywhere; medians of the runs; the kinds alternate. fanlink's hosts carry its "
-          "table: masquerade for what leaves the overlay (its nat hook switches conntrack on in the "
-          "namespace) and notrack for overlay-to-overlay traffic, which so skips conntrack; the third "
-          "column is the plain vxlan with a masquerade table and no notrack, whose every packet goes "
-          "through conntrack.", ""]
-
-    L += ["## State per peer on one host", "",
-          "Host h0 and N peers on one switch, each `fanlink up`; h0 pings each peer's bridge address once. "
-          "Configured = permanent/static entries an overlay installs per peer; learned = aging caches that "
-          "traffic creates on any network (flannel's hosts get them too, on top of its 3 configured).", "",
-          "| peers joined | fdb configured / learned | IPv4 neigh configured / learned (of which overlay) | "
-          "IPv4 routes, all tables | flannel vxlan configures |",
-          "|---|---|---|---|---|"]
-    for n, c in r["peers"].items():
-        L.append(f"| {n} | {c['fdb_fixed']} / {c['fdb'] - c['fdb_fixed']} | {c['neigh_fixed']} / "
-                 f"{c['neigh'] - c['neigh_fixed']} ({c['neigh_overlay']}) | {c['route']} | "
-                 f"{3 * n} (a route, a neighbour, an fdb entry per peer; computed) |")
-    ns = sorted(r["peers"])
-    lo, hi = r["peers"][ns[0]], r["peers"][ns[-1]]
-    d = lambda k: (hi[k] - lo[k]) / (ns[-1] - ns[0])  # noqa: E731
-    L += ["", f"Per peer joined ({ns[0]} -> {ns[-1]}): configured fdb {d('fdb_fixed'):.2f}, configured "
-          f"neighbours {d('neigh_fixed'):.2f}, routes {d('route'):.2f}; learned fdb {d('fdb') - d('fdb_fixed'):.2f}, "
-          f"learned neighbours {d('neigh') - d('neigh_fixed'):.2f} (overlay {d('neigh_overlay'):.2f}).", ""]
-    return "\n".join(L) + "\n"
+def smoke_summary(checks, crashed=None):
+    """The one line tests/run counts; non-zero exit if any check failed."""
+    failed = [name for name, ok in checks if not ok] + ([f"the run stopped: {crashed}"] if crashed else [])
+    for name in failed:
+        log(f"smoke FAILED: {name}")
+    line = f"bench smoke: {len(checks) - len(failed) + (1 if crashed else 0)} passed, {len(failed)} failed"
+    print(line, flush=True)
+    if os.environ.get("BENCH_SMOKE_MARK"):  # bench/run prints a line of its own without it
+        with open(os.environ["BENCH_SMOKE_MARK"], "w") as f:
+            f.write(line + "\n")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--cleanup":
         hosts.cleanup(sys.argv[2])
+    elif "--smoke" in sys.argv:
+        try:
+            result = main()
+        except Exception as e:  # the line is printed whatever stopped the run
+            smoke_summary([], crashed=f"{type(e).__name__}: {e}")
+            raise
+        sys.exit(smoke_summary(smoke_checks(result)))
     else:
         main()

@@ -5,6 +5,7 @@ line) before or right after it exists, so that `bench.py --cleanup WORK` (called
 bench/run's trap) can remove it even if the driver died. Nothing is killed by name.
 """
 
+import json
 import os
 import signal
 import socket
@@ -104,6 +105,7 @@ class Host:
         env = dict(line[len("export "):].split("=", 1) for line in out.splitlines() if line.startswith("export "))
         self.bus = env["DBUS_SYSTEM_BUS_ADDRESS"].strip("'")
         self.ns = env["HARNESS_NETNS"]
+        self.peer_ns = env["HARNESS_PEER_NETNS"]
         self.obj = env["HARNESS_UPLINK_OBJ"]
         self.networkd_pid = int(env["NETWORKD_PID"])
         self.address = "10.99.1.1"
@@ -142,8 +144,8 @@ class NotifySocket:
 class Daemon:
     """A started daemon: its PID (the exec'd program itself), log and exec time."""
 
-    def __init__(self, work, argv, env, log):
-        self.log = log
+    def __init__(self, work, argv, env, log, runtime=None):
+        self.log, self.runtime = log, runtime
         self.exec_ns = time.monotonic_ns()
         with open(log, "ab") as f:
             self.proc = subprocess.Popen(argv, env=env, stdout=f, stderr=f, stdin=subprocess.DEVNULL)
@@ -154,8 +156,26 @@ class Daemon:
         kill_pid(self.pid)
         self.proc.wait()
 
+    def status(self):
+        """fanlink's answer on its control socket (what `fanlink status --json` prints)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(os.path.join(self.runtime, "control"))
+            s.sendall(b"status\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return json.loads(data)
 
-def start_fanlink(work, host, binary, rules, log, notify=None, level="debug"):
+    def counters(self):
+        """The daemon's own counts since it started: reconciles, their netlink requests, bus
+        calls, networkd views kept, the last reconcile's event -> last ack (µs)."""
+        return self.status()["daemon"]
+
+
+def start_fanlink(work, host, binary, rules, log, notify=None, level="info"):
+    """The unit runs `fanlink --verbose run`: info, the level every figure is measured at;
+    what the bench counts comes from the daemon's counters (`Daemon.counters`), not its log."""
     # The unit's environment, not the operator's shell: with RUST_BACKTRACE set, each error
     # the daemon makes (a kept state gone stale in a cold trial, say) walks the unwind tables,
     # which pages in ~128 KiB of them that a daemon under systemd never reads.
@@ -163,9 +183,9 @@ def start_fanlink(work, host, binary, rules, log, notify=None, level="debug"):
     env.update(DBUS_SYSTEM_BUS_ADDRESS=host.bus, RUST_LOG=level)
     if notify:
         env["NOTIFY_SOCKET"] = notify
-    argv = ["ip", "netns", "exec", host.ns, binary, "--rules-dir", rules,
-            "--runtime-dir", work.sub(os.path.basename(host.dir) + "-run"), "run"]
-    return Daemon(work, argv, env, log)
+    runtime = work.sub(os.path.basename(host.dir) + "-run")
+    argv = ["ip", "netns", "exec", host.ns, binary, "--rules-dir", rules, "--runtime-dir", runtime, "run"]
+    return Daemon(work, argv, env, log, runtime)
 
 
 def start_dispatcher(work, host, script_dir, log, notify=None):
@@ -183,11 +203,12 @@ def start_dispatcher(work, host, script_dir, log, notify=None):
 # The peer's fan, built the way a networkd-dispatcher user would: ip + nft in hooks.
 # Same devices and settings as fanlink's (bridge, external vxlan on 8472 without learning,
 # bridge address, MTU, masquerade); it lacks fanlink's BPF program, which no ip command
-# can load, so the peer does strictly less work per event.
-HOOK_UP = """#!/bin/sh
-# routable.d: bring up the fan on the underlay uplink0 (networkd-dispatcher sets IFACE).
-[ "$IFACE" = uplink0 ] || exit 0
-ip link add {bridge} mtu 1450 type bridge || exit 0
+# can load, so the peer does strictly less work per event. Two sets of hooks:
+# - keep (the headline peer): the down hook does what fanlink does, the bridge admin-down
+#   with its devices kept, and a warm up is one `ip` (the bridge up); the fan is built only
+#   when it does not exist;
+# - rebuild: the down hook deletes the fan, so every up builds it again.
+CREATE = """ip link add {bridge} mtu 1450 type bridge || exit 0
 ip link add {vxlan} mtu 1450 type vxlan external nolearning dstport 8472
 ip link set {vxlan} master {bridge}
 ip addr add {address} dev {bridge}
@@ -200,6 +221,18 @@ ip link set {vxlan} up
 ip link set {bridge} up
 """
 
+HOOK_UP = """#!/bin/sh
+# routable.d: build the fan on the underlay uplink0 (networkd-dispatcher sets IFACE).
+[ "$IFACE" = uplink0 ] || exit 0
+""" + CREATE
+
+HOOK_UP_KEEP = """#!/bin/sh
+# routable.d: the fan on the underlay uplink0 up: its devices are kept while the underlay
+# is down, so this is the bridge up; they are built only if they do not exist.
+[ "$IFACE" = uplink0 ] || exit 0
+ip link set {bridge} up 2>/dev/null && exit 0
+""" + CREATE
+
 HOOK_DOWN = """#!/bin/sh
 # off.d and no-carrier.d: remove the fan when the underlay uplink0 stops being routable.
 [ "$IFACE" = uplink0 ] || exit 0
@@ -209,9 +242,18 @@ ip link del {bridge} 2>/dev/null
 exit 0
 """
 
+HOOK_DOWN_KEEP = """#!/bin/sh
+# off.d and no-carrier.d: the fan down when the underlay uplink0 stops being routable, as
+# fanlink does it: the bridge admin-down, every device kept.
+[ "$IFACE" = uplink0 ] || exit 0
+ip link set {bridge} down 2>/dev/null
+exit 0
+"""
 
-def write_hooks(script_dir, **fan):
-    for state, text in (("routable.d", HOOK_UP), ("off.d", HOOK_DOWN), ("no-carrier.d", HOOK_DOWN)):
+
+def write_hooks(script_dir, keep, **fan):
+    up, down = (HOOK_UP_KEEP, HOOK_DOWN_KEEP) if keep else (HOOK_UP, HOOK_DOWN)
+    for state, text in (("routable.d", up), ("off.d", down), ("no-carrier.d", down)):
         d = os.path.join(script_dir, state)
         os.makedirs(d, exist_ok=True)
         os.chmod(d, 0o755)
@@ -220,6 +262,11 @@ def write_hooks(script_dir, **fan):
             f.write(text.format(**fan))
         os.chmod(path, 0o755)
     os.chmod(script_dir, 0o755)
+
+
+def remove_fan(host, **fan):
+    """What the rebuilding hooks do on no-carrier, by hand: the peer's `fanlink down --all`."""
+    sh("sh", "-c", HOOK_DOWN.format(**fan), ns=host.ns, check=False, env=dict(os.environ, IFACE="uplink0"))
 
 
 def write_rules(rules_dir, fans):

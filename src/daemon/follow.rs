@@ -38,9 +38,21 @@ impl Daemon {
         admin: Option<networkd::AdminState>,
     ) -> bool {
         let Some(links) = self.links.as_mut() else { return false };
+        // networkd says a link is gone and the kernel agrees: its view is forgotten, or a
+        // container host would keep one for every veth it ever had (the kernel's word may
+        // come second: `forget_gone`). A gone link is never an underlay: nothing to decide.
+        let in_kernel = self.kernel.as_ref().map(|s| s.links.iter().any(|l| l.index == index));
+        if admin == Some(networkd::AdminState::Linger) && in_kernel == Some(false) {
+            links.remove(&index);
+            return false;
+        }
         let view = match links.get(&index) {
             Some(v) => LinkView { oper: oper.unwrap_or(v.oper), admin: admin.unwrap_or(v.admin) },
-            // A link networkd just started reporting: its signal carries only what changed.
+            // A link networkd just started reporting: its signal carries only what changed, so
+            // its whole view is asked for, but only if it can be an underlay: a container's veth
+            // cost three round trips to networkd, and a view kept, for nothing. One that gets
+            // an underlay address later is asked about then (`fill_views`).
+            None if !could_be_underlay(&self.rules, self.kernel.as_ref(), index) => return false,
             None => match self.bus.as_ref().map(|b| b.link(index)) {
                 Some(Ok(Some(l))) => LinkView { oper: l.oper, admin: l.admin },
                 Some(Ok(None)) => return false,
@@ -59,6 +71,47 @@ impl Daemon {
             self.doubts.agrees(index);
         }
         links.insert(index, view) != Some(view)
+    }
+
+    /// Asks networkd about each rule's underlay link whose view is not kept (it had no
+    /// underlay address when networkd first reported it: `link_changed`).
+    pub(super) fn fill_views(&mut self, host: &[crate::underlay::HostLink]) {
+        let (Some(links), Some(bus)) = (self.links.as_mut(), self.bus.as_ref()) else { return };
+        for rule in &self.rules {
+            let Ok(u) = crate::underlay::find(rule, host) else { continue };
+            let Some(index) = host.iter().find(|l| l.name == u.link.as_str()).map(|l| l.index) else {
+                continue;
+            };
+            if links.contains_key(&index) {
+                continue;
+            }
+            match bus.link(index) {
+                Ok(Some(l)) => {
+                    links.insert(index, view(&l));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::warn!(
+                        "networkd: link {index}: {:#}; reading its state again",
+                        anyhow::Error::new(e)
+                    );
+                    self.doubts.loss_seen(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Forgets networkd's view of the links the kernel deleted once networkd said they
+    /// are gone (`linger`): whichever of the two comes second does it.
+    pub(super) fn forget_gone(&mut self, events: &[crate::netlink::Event]) {
+        let Some(links) = self.links.as_mut() else { return };
+        for e in events {
+            if let crate::netlink::Event::DelLink { index, .. } = e {
+                if links.get(index).is_some_and(|v| v.admin == networkd::AdminState::Linger) {
+                    links.remove(index);
+                }
+            }
+        }
     }
 
     /// Attaches to networkd (`networkd::attach`: events are kept from before any state is
@@ -302,6 +355,20 @@ impl Daemon {
         self.failures += 1;
         self.reconnect_at = Some(Instant::now() + delay);
     }
+}
+
+/// Whether link `index` has an address inside some rule's underlay (or the kernel's state is
+/// not kept: then it may).
+fn could_be_underlay(
+    rules: &[crate::config::Rule],
+    kernel: Option<&crate::snapshot::Snapshot>,
+    index: u32,
+) -> bool {
+    let Some(snap) = kernel else { return true };
+    snap.addresses
+        .iter()
+        .filter(|a| a.index == index)
+        .any(|a| rules.iter().any(|r| r.map.underlay().contains(&a.address.addr())))
 }
 
 fn view(l: &networkd::LinkState) -> LinkView {

@@ -110,6 +110,8 @@ struct Daemon {
     notifier: Notifier,
     dhcp: crate::dhcp::Supervisor,
     waker: Waker,
+    /// Reconciles and their requests so far, for `status`.
+    counters: crate::status::Counters,
 }
 
 /// Runs until SIGTERM or SIGINT. Fans are left as they are on exit.
@@ -162,6 +164,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             crate::dhcp::Supervisor::new(d_state_dir, d_runtime_dir, std::sync::Arc::new(exited))
         },
         waker,
+        counters: Default::default(),
     };
     d.connect();
     d.reconcile();
@@ -211,10 +214,11 @@ impl Daemon {
                 let sent = crate::netlink::requests_sent();
                 self.reconcile();
                 let requests = crate::netlink::requests_sent() - sent;
-                log::debug!(
-                    "event to last ack: {} us, {requests} netlink request(s)",
-                    started.elapsed().as_micros()
-                );
+                let took = started.elapsed().as_micros();
+                log::debug!("event to last ack: {took} us, {requests} netlink request(s)");
+                self.counters.reconciles += 1;
+                self.counters.netlink_requests += requests;
+                self.counters.last_reconcile_us = took as u64;
             }
         }
     }
@@ -229,6 +233,7 @@ impl Daemon {
                     Some(snap) => events.iter().for_each(|e| snap.apply(e)),
                     None => {}
                 }
+                self.forget_gone(&events);
                 self.kernel_changed();
                 match kernel_change_matters(&events, &self.interest) {
                     Matters::No => false,
@@ -345,7 +350,14 @@ impl Daemon {
             }
         };
         let kernel_fans = managed_fans(&snap);
-        let decisions = decide_all(&self.rules, &kernel_fans, &snap.host_links(), &links, self.rules_sound);
+        let host = snap.host_links();
+        let links = if self.following_kernel {
+            links
+        } else {
+            self.fill_views(&host);
+            self.links.clone().unwrap_or(links)
+        };
+        let decisions = decide_all(&self.rules, &kernel_fans, &host, &links, self.rules_sound);
         let fans = decisions.iter().map(|d| d.fan.clone()).collect();
         let nat = match self.nat.take() {
             Some(nat) => nat,
@@ -395,11 +407,13 @@ impl Daemon {
     /// the new reasons are logged and no reconcile runs. A kernel change that came with the
     /// bus event wakes a reconcile of its own.
     fn wants_change(&mut self) -> bool {
-        let (Some(snap), Some(links), false) = (&self.kernel, &self.links, self.following_kernel) else {
+        let (Some(snap), Some(_), false) = (&self.kernel, &self.links, self.following_kernel) else {
             return true;
         };
-        let decisions =
-            decide_all(&self.rules, &managed_fans(snap), &snap.host_links(), links, self.rules_sound);
+        let (host, fans) = (snap.host_links(), managed_fans(snap));
+        self.fill_views(&host);
+        let Some(links) = &self.links else { return true };
+        let decisions = decide_all(&self.rules, &fans, &host, links, self.rules_sound);
         let same_wants = decisions.len() == self.decisions.len()
             && decisions
                 .iter()

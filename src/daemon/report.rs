@@ -33,8 +33,11 @@ impl Daemon {
     }
 
     pub(super) fn status_json(&mut self) -> String {
-        let status =
-            self.status().unwrap_or_else(|e| Status { source: format!("daemon: {e:#}"), fans: Vec::new() });
+        let status = self.status().unwrap_or_else(|e| Status {
+            source: format!("daemon: {e:#}"),
+            fans: Vec::new(),
+            daemon: None,
+        });
         serde_json::to_string(&status).unwrap_or_default() + "\n"
     }
 
@@ -64,6 +67,11 @@ impl Daemon {
             fan.error =
                 fan.name.parse().ok().and_then(|name| self.fan_failures.get(&name)).map(|f| f.describe());
         }
+        status.daemon = Some(status::Counters {
+            networkd_links: self.links.as_ref().map_or(0, |l| l.len() as u64),
+            bus_calls: crate::networkd::calls_made(),
+            ..self.counters.clone()
+        });
         Ok(status)
     }
 }

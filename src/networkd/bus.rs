@@ -18,7 +18,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,14 @@ use super::wire::{self, message_length, Arg, Call, Kind, FIXED_HEADER};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::MsgFlags;
+
+/// Calls written on every connection of the process, for the daemon's counters (`status`).
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// How many method calls this process has sent on the bus.
+pub fn calls_made() -> u64 {
+    CALLS.load(Ordering::Relaxed)
+}
 
 /// How long a call waits for its reply (each answer of a batch gives the next one as long).
 /// Short: the worker that calls also serves the kernel's events and `status`, so a call
@@ -251,6 +259,7 @@ impl Bus {
                 let serial = state.serial;
                 let State { stream, out, .. } = &mut *state;
                 call.stamped(serial, out);
+                CALLS.fetch_add(1, Ordering::Relaxed);
                 match stream.write_all(out) {
                     Ok(()) => awaited.push((serial, at)),
                     Err(e) => self.end(&mut state, e),

@@ -53,7 +53,7 @@ pub(crate) use wire::Arg;
 
 use crate::ifname::IfName;
 
-pub use bus::{Bus, Error as BusError};
+pub use bus::{calls_made, Bus, Error as BusError};
 pub use path::{decode_link_path, escape, link_path, LINK_PATH_NAMESPACE};
 pub use reader::{BusEvent, ReaderStats};
 pub use state::{AdminState, OperState};
