@@ -58,6 +58,20 @@ impl Stamp {
     }
 }
 
+impl FileRead {
+    /// Nothing wrote the file during `interval` before `now` (its ctime, which every write and
+    /// rename sets and no user can), and it did not change while read: a second read after
+    /// `interval` could only see a write that starts after this one. A file not stat'ed, or
+    /// stamped in the future (the clock went back), is not quiet.
+    pub fn quiet(&self, now: std::time::SystemTime, interval: std::time::Duration) -> bool {
+        let [Some(before), Some(after)] = self.stamps else { return false };
+        let Ok(since_epoch) = now.duration_since(std::time::UNIX_EPOCH) else { return false };
+        let (secs, nanos) = after.ctime;
+        let ctime = std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
+        before == after && since_epoch.checked_sub(ctime).is_some_and(|age| age >= interval)
+    }
+}
+
 /// Reads every rule file of `dirs` (see `rule_files`) once.
 pub fn read_files(dirs: &[PathBuf]) -> Vec<FileRead> {
     use std::io::Read;

@@ -7,7 +7,9 @@
 //! microseconds). A second read a moment later does: the daemon reads the files until two
 //! reads `INTERVAL` apart agree, text and `fstat` alike. A file still changing after `READS`
 //! reads is an error, so the reload is refused and the running rules are kept. This costs
-//! one wait per reload or start, and nothing while the daemon is idle.
+//! one wait per reload or start, and nothing while the daemon is idle; none at all when no
+//! file was written during the last `INTERVAL` (a start or reload long after the last edit),
+//! since a second read then could only see a write that begins after the first.
 
 use crate::config::{self, FileRead, Rule, RuleError};
 use std::collections::BTreeSet;
@@ -23,7 +25,9 @@ const READS: usize = 5;
 /// The rules in effect and every error, as `config::load`, from reads that agreed. A file
 /// that never stayed unchanged is left out with an error, like a file that does not parse.
 pub fn load(dirs: &[PathBuf]) -> (Vec<Rule>, Vec<RuleError>) {
-    let (reads, changing) = settle(|| config::read_files(dirs), || std::thread::sleep(INTERVAL), READS);
+    let quiet = |reads: &[FileRead]| reads.iter().all(|r| r.quiet(std::time::SystemTime::now(), INTERVAL));
+    let (reads, changing) =
+        settle(|| config::read_files(dirs), quiet, || std::thread::sleep(INTERVAL), READS);
     let (rules, mut errors) = config::parse_reads(reads.iter().filter(|r| !changing.contains(&r.path)));
     errors.extend(changing.into_iter().map(|path| RuleError {
         path,
@@ -37,15 +41,20 @@ pub fn load(dirs: &[PathBuf]) -> (Vec<Rule>, Vec<RuleError>) {
     (config::in_effect(rules), errors)
 }
 
-/// Reads (at least twice, at most `reads` times) until two reads in a row agree; returns
-/// the last read and the paths that differed between the last two (none: they agreed).
+/// Reads (once if `quiet` says no file was being written, else at least twice, at most
+/// `reads` times) until two reads in a row agree; returns the last read and the paths that
+/// differed between the last two (none: they agreed).
 fn settle(
     mut read: impl FnMut() -> Vec<FileRead>,
+    quiet: impl Fn(&[FileRead]) -> bool,
     mut wait: impl FnMut(),
     reads: usize,
 ) -> (Vec<FileRead>, Vec<PathBuf>) {
     let mut last = read();
     let mut changing = Vec::new();
+    if quiet(&last) {
+        return (last, changing);
+    }
     for _ in 1..reads.max(2) {
         wait();
         let next = read();
@@ -105,7 +114,7 @@ mod tests {
             read_count += 1;
             config::read_files(&dirs)
         };
-        let (last, changing) = settle(&mut read, || {}, reads);
+        let (last, changing) = settle(&mut read, |_| false, || {}, reads);
         let texts = last.iter().map(|r| format!("{r:?}")).collect();
         (texts, changing, read_count)
     }
@@ -136,6 +145,42 @@ mod tests {
         assert_eq!(reads, 5);
         assert_eq!(changing.len(), 1);
         assert!(changing[0].ends_with("60-a.toml"), "{changing:?}");
+    }
+
+    #[test]
+    fn files_nobody_wrote_lately_are_read_once_and_a_fresh_one_twice() {
+        let dir = Dir::new("quiet");
+        std::fs::write(dir.path().join("60-a.toml"), FAN).unwrap();
+        let dirs = [dir.path().to_path_buf()];
+        let now = std::time::SystemTime::now();
+        let reads = config::read_files(&dirs);
+        assert!(!reads[0].quiet(now, INTERVAL), "written just now");
+        assert!(reads[0].quiet(now + INTERVAL, INTERVAL), "nothing written for INTERVAL");
+        assert!(!reads[0].quiet(now - INTERVAL, INTERVAL), "stamped in the future: the clock went back");
+        let mut count = 0;
+        let later = |r: &[FileRead]| r.iter().all(|r| r.quiet(now + INTERVAL, INTERVAL));
+        let (_, changing) = settle(
+            || {
+                count += 1;
+                config::read_files(&dirs)
+            },
+            later,
+            || {},
+            5,
+        );
+        assert_eq!((changing.len(), count), (0, 1));
+        let mut count = 0;
+        let fresh = |r: &[FileRead]| r.iter().all(|r| r.quiet(now, INTERVAL));
+        settle(
+            || {
+                count += 1;
+                config::read_files(&dirs)
+            },
+            fresh,
+            || {},
+            5,
+        );
+        assert_eq!(count, 2);
     }
 
     #[test]
