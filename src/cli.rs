@@ -55,7 +55,11 @@ pub enum Command {
     /// Exits 1 when any rule is invalid.
     Check,
 
-    /// Compute a host's slice, bridge address and VNI on a fan.
+    /// Compute a host's slice, bridge address, VNI and address plan on a fan.
+    ///
+    /// The plan cuts the slice in three parts that never overlap: the host's own addresses
+    /// (the bridge's and the rule's `host-reserve`), the DHCP range (`dhcp = true`) and
+    /// Docker's `--ip-range` (the rule's `docker-share`).
     Addr {
         #[command(flatten)]
         fan: FanSelector,
@@ -64,17 +68,32 @@ pub enum Command {
         json: bool,
     },
 
-    /// Print the `docker network create` arguments that put Docker containers on this
-    /// host's slice of a fan.
+    /// Print the arguments of `docker network create` for a Docker network on this host's
+    /// share of a fan's slice.
+    ///
+    /// Prints one line of plain words, ready for the shell to split, ending with the network's
+    /// name:
+    ///
+    ///   --driver bridge --subnet=OVERLAY --gateway=BRIDGE-ADDRESS --ip-range=DOCKER-SHARE
+    ///   --aux-address=last=ADDRESS -o com.docker.network.bridge.name=FAN
+    ///   -o com.docker.network.driver.mtu=MTU NETWORK
+    ///
+    /// Usage: docker network create $(fanlink docker-args fan-250)
+    ///
+    /// Docker's range is the rule's `docker-share` of the slice (the last half by default),
+    /// never an address of the host's or of the DHCP range. Without --address, this host's
+    /// underlay address is read from the kernel, as `fanlink up` finds it.
     DockerArgs {
         #[command(flatten)]
         fan: FanSelector,
         #[command(flatten)]
         name: FanName,
-        /// The fan MTU (default: the rule's `mtu`, else 1450 for a 1500-byte underlay).
+        /// The fan MTU (default: the rule's `mtu`, else the underlay link's MTU - 50; 1450
+        /// with --address).
         #[arg(long)]
         mtu: Option<u32>,
-        /// Name of the Docker network to create (default: the fan's bridge name).
+        /// Name of the Docker network to create, the last word printed (default: the fan's
+        /// name).
         #[arg(long = "network-name", value_name = "NAME")]
         network_name: Option<String>,
     },
@@ -116,6 +135,27 @@ pub enum Command {
     ///
     /// Asks the running daemon; without one, reads the rules and the kernel.
     Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Check that a fan works on this host, as ubuntu-fan's `fanatic test` did.
+    ///
+    /// Steps: the fan is up with its devices, program and NAT as planned; the underlay's
+    /// MTU leaves room for the fan's + 50; IPv4 forwarding is on for the bridge and the
+    /// underlay; the NAT table is there; and for each peer, its bridge address answers
+    /// across the fan (vxlan on UDP 8472 both ways) and a packet of the fan's MTU with DF set
+    /// crosses too. Each step prints ok, FAILED or skipped with what to check.
+    /// Exits 1 when a step failed. Sends ICMP echoes (needs root).
+    Test {
+        /// Name of a configured fan.
+        name: String,
+        /// A host on the fan to reach across it, by its underlay address (repeatable;
+        /// default: the hosts this one talked to on the fan recently, from the bridge's
+        /// neighbours).
+        #[arg(long, value_name = "ADDRESS")]
+        peer: Vec<Ipv4Addr>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -206,9 +246,11 @@ pub struct UpTarget {
 pub struct FanSelector {
     #[command(flatten)]
     pub fan: FanRef,
-    /// This host's underlay address, e.g. 10.0.3.4.
+    /// This host's underlay address, e.g. 10.0.3.4 (default: read from the kernel, as
+    /// `fanlink up` finds it: the address inside the underlay on the rule's `interface` or
+    /// any link).
     #[arg(long)]
-    pub address: Ipv4Addr,
+    pub address: Option<Ipv4Addr>,
 }
 
 /// What `fanlink generate` writes (rendered by `generate`, which depends on this module).

@@ -1,6 +1,7 @@
 //! The commands that compute and report without touching the network: `check`, `addr`,
 //! `docker-args`. Each returns the process exit status.
 
+use crate::addrplan::PlanReport;
 use crate::cli::{FanName, FanSelector};
 use crate::config::{self, Rule};
 use crate::fan::{FanMap, VXLAN_OVERHEAD};
@@ -23,7 +24,7 @@ pub fn rule_dirs(given: &[PathBuf]) -> Vec<PathBuf> {
 
 /// `fanlink check`: every fan on one line, every error on stderr.
 pub fn check(dirs: &[PathBuf]) -> Result<u8> {
-    let (rules, errors) = config::load(dirs);
+    let (rules, errors) = config::load_all(dirs);
     for rule in &rules {
         println!("{}", describe(rule));
     }
@@ -50,8 +51,15 @@ pub fn describe(rule: &Rule) -> String {
     let link = rule.interface.as_ref().map_or("auto".to_string(), |i| i.to_string());
     let mtu = rule.mtu.map_or("auto".to_string(), |m| m.to_string());
     let nat = if rule.masquerade { "on" } else { "off" };
+    let mut extra = String::new();
+    if rule.dhcp {
+        extra += &format!("  dhcp {}", rule.dhcp_lease.as_deref().unwrap_or("1h"));
+    }
+    if !rule.enabled {
+        extra += "  disabled";
+    }
     format!(
-        "{}  overlay {}  underlay {}  vni {}  link {}  mtu {}  masquerade {}  ({})",
+        "{}  overlay {}  underlay {}  vni {}  link {}  mtu {}  masquerade {}{extra}  ({})",
         rule.name,
         rule.map.overlay(),
         rule.map.underlay(),
@@ -63,15 +71,57 @@ pub fn describe(rule: &Rule) -> String {
     )
 }
 
-/// Resolves a `FanSelector` to its map and, when named, its rule.
-fn select(dirs: &[PathBuf], fan: &FanSelector) -> Result<(FanMap, Option<Rule>)> {
-    if let (Some(o), Some(u)) = (fan.fan.overlay, fan.fan.underlay) {
-        return Ok((FanMap::new(o, u).map_err(|e| anyhow!(e))?, None));
+/// The fan a `FanSelector` names and this host's place on it.
+struct Selected {
+    rule: Rule,
+    address: Ipv4Addr,
+    /// The fan MTU when the address was read from the kernel (the rule's, or the link's - 50).
+    mtu: Option<u32>,
+}
+
+/// Resolves a `FanSelector`: the named rule, or a rule of the given prefixes with the default
+/// split; `--address`, or the address `fanlink up` would use, read from the kernel.
+fn select(dirs: &[PathBuf], fan: &FanSelector, name: Option<&FanName>) -> Result<Selected> {
+    let rule = match (fan.fan.overlay, fan.fan.underlay) {
+        (Some(o), Some(u)) => {
+            let map = FanMap::new(o, u).map_err(|e| anyhow!(e))?;
+            let name = match name {
+                Some(n) => n.or_default(&map)?,
+                None => config::default_name(&map),
+            };
+            let origin = "the command line".to_string();
+            let split = Default::default();
+            let (mtu, dhcp, masquerade, by_hand) = (None, false, true, true);
+            let (dhcp_lease, enabled) = (None, true);
+            Rule {
+                name,
+                map,
+                interface: None,
+                mtu,
+                masquerade,
+                dhcp,
+                split,
+                dhcp_lease,
+                enabled,
+                origin,
+                by_hand,
+            }
+        }
+        _ => named(dirs, fan.fan.name.as_deref().unwrap_or_default())?,
+    };
+    if let Some(address) = fan.address {
+        return Ok(Selected { rule, address, mtu: None });
     }
-    let name = fan.fan.name.as_deref().unwrap_or_default();
+    let links = crate::system::System::open()?.snapshot()?.host_links();
+    let underlay = crate::underlay::find(&rule, &links)
+        .map_err(|e| anyhow!("{}: {e}; give this host's underlay address with --address", rule.name))?;
+    Ok(Selected { rule, address: underlay.address, mtu: Some(underlay.mtu) })
+}
+
+fn named(dirs: &[PathBuf], name: &str) -> Result<Rule> {
     let (rules, errors) = config::load(dirs);
     match rules.into_iter().find(|r| r.name.as_str() == name) {
-        Some(rule) => Ok((rule.map, Some(rule))),
+        Some(rule) => Ok(rule),
         None if !errors.is_empty() => {
             bail!("no valid fan named \"{name}\"; the rules have errors (see `fanlink check`)")
         }
@@ -89,22 +139,26 @@ struct AddrReport {
     vni: u32,
     hosts_first: Ipv4Addr,
     hosts_last: Ipv4Addr,
+    plan: PlanReport,
 }
 
-/// `fanlink addr`: the host's place on the fan.
+/// `fanlink addr`: the host's place on the fan and its slice's address plan.
 pub fn addr(dirs: &[PathBuf], fan: &FanSelector, json: bool) -> Result<u8> {
-    let (map, _) = select(dirs, fan)?;
-    let slice = map.slice(fan.address)?;
+    let Selected { rule, address, .. } = select(dirs, fan, None)?;
+    let map = rule.map;
+    let slice = map.slice(address)?;
+    let plan = rule.addr_plan(address).map_err(|e| anyhow!(e))?;
     let underlay = map.underlay();
     let report = AddrReport {
         overlay: map.overlay().to_string(),
         underlay: underlay.to_string(),
-        address: fan.address,
+        address,
         slice: slice.to_string(),
-        bridge_address: map.bridge_address(fan.address)?.to_string(),
+        bridge_address: map.bridge_address(address)?.to_string(),
         vni: map.vni(),
         hosts_first: Ipv4Addr::from(u32::from(underlay.network()) + 1),
         hosts_last: Ipv4Addr::from(u32::from(underlay.broadcast()) - 1),
+        plan: PlanReport::from(&plan),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -121,6 +175,9 @@ pub fn addr(dirs: &[PathBuf], fan: &FanSelector, json: bool) -> Result<u8> {
             report.hosts_last,
             slice.prefix_len()
         );
+        println!("host addresses  {}", plan.host_text());
+        println!("dhcp range      {}", plan.dhcp_text());
+        println!("docker range    {}", plan.docker_text());
     }
     Ok(0)
 }
@@ -128,9 +185,7 @@ pub fn addr(dirs: &[PathBuf], fan: &FanSelector, json: bool) -> Result<u8> {
 /// The default fan MTU when nothing says otherwise: a 1500-byte underlay minus vxlan.
 const DEFAULT_FAN_MTU: u32 = 1500 - VXLAN_OVERHEAD;
 
-/// `fanlink docker-args`: a Docker bridge network on the fan's bridge, handing out the
-/// host's slice. Docker keeps the gateway out of its pool itself; the aux-address keeps the
-/// slice's network address out, as the fan docs do by hand.
+/// `fanlink docker-args`: one line of words for `docker network create $(...)`.
 pub fn docker_args(
     dirs: &[PathBuf],
     fan: &FanSelector,
@@ -138,24 +193,15 @@ pub fn docker_args(
     mtu: Option<u32>,
     network: Option<&str>,
 ) -> Result<u8> {
-    let (map, rule) = select(dirs, fan)?;
-    let slice = map.slice(fan.address)?;
-    let gateway = map.bridge_address(fan.address)?.addr();
-    let bridge = match &rule {
-        Some(rule) => rule.name.clone(),
-        None => name.or_default(&map)?,
-    };
-    let mtu = mtu.or(rule.as_ref().and_then(|r| r.mtu)).unwrap_or(DEFAULT_FAN_MTU);
-    let args = [
-        "--driver bridge".to_string(),
-        format!("-o com.docker.network.bridge.name={bridge}"),
-        format!("-o com.docker.network.driver.mtu={mtu}"),
-        format!("--subnet={}", map.overlay()),
-        format!("--ip-range={slice}"),
-        format!("--gateway={gateway}"),
-        format!("--aux-address=net={}", slice.network()),
-        network.unwrap_or(bridge.as_str()).to_string(),
-    ];
-    println!("docker network create {}", args.join(" \\\n    "));
+    if let Some(network) = network {
+        crate::docker_args::check_network_name(network).map_err(|e| anyhow!(e))?;
+    }
+    let Selected { rule, address, mtu: found } = select(dirs, fan, Some(name))?;
+    let plan = rule.addr_plan(address).map_err(|e| anyhow!(e))?;
+    let mtu = mtu.or(rule.mtu).or(found).unwrap_or(DEFAULT_FAN_MTU);
+    let network = network.unwrap_or(rule.name.as_str());
+    let words = crate::docker_args::words(rule.map.overlay(), &plan, &rule.name, mtu, network)
+        .map_err(|e| anyhow!(e))?;
+    println!("{}", words.join(" "));
     Ok(0)
 }

@@ -3,6 +3,7 @@
 //! Every problem becomes a `RuleError` that names file, line and column; loading goes on
 //! after an error so that one run reports all of them.
 
+use crate::addrplan::{self, AddrPlan, Split, SplitKey};
 use crate::fan::FanMap;
 use crate::ifname::IfName;
 use ipnet::Ipv4Net;
@@ -15,6 +16,9 @@ use toml::Spanned;
 
 /// Where rules live, highest precedence first (systemd's drop-in convention).
 pub const DEFAULT_DIRS: [&str; 3] = ["/etc/fanlink.d", "/run/fanlink.d", "/usr/lib/fanlink.d"];
+
+/// Why a fan with `enable = false` is down, for the log and `status`.
+pub const DISABLED: &str = "disabled by its rule (enable = false)";
 
 /// MTUs we accept: IPv4's minimum reassembly size up to common jumbo frames.
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9000;
@@ -32,6 +36,15 @@ pub struct Rule {
     pub masquerade: bool,
     /// Serve DHCP on the bridge (dnsmasq), as LXD and `fanctl --dhcp` do.
     pub dhcp: bool,
+    /// How each host's slice is shared by the host, DHCP and Docker (`host-reserve`,
+    /// `docker-share`).
+    pub split: Split,
+    /// The lease time dnsmasq hands out (`dhcp-lease`, in dnsmasq's syntax: "45m", "1h",
+    /// "infinite"); `None`: one hour.
+    pub dhcp_lease: Option<String>,
+    /// False (`enable = false`, fanctl's `--disable` / `off`): the rule is kept but the fan
+    /// is not brought up, and a running one is taken down (devices kept).
+    pub enabled: bool,
     /// The file and line that defined it, for messages.
     pub origin: String,
     /// Made from command-line prefixes (`fanlink up --overlay`), not from a rule file.
@@ -42,6 +55,12 @@ impl Rule {
     /// The vxlan device paired with the bridge: the bridge's name (cut to fit) plus "-vx".
     pub fn vxlan_name(&self) -> IfName {
         vxlan_name_for(&self.name)
+    }
+
+    /// The address plan of the slice that `address` owns.
+    pub fn addr_plan(&self, address: std::net::Ipv4Addr) -> Result<AddrPlan, String> {
+        let slice = self.map.slice(address).map_err(|e| e.to_string())?;
+        self.split.plan(slice)
     }
 }
 
@@ -85,7 +104,19 @@ struct RawFile {
 type RawFan = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 
 /// The keys a `[[fan]]` table may hold.
-const KEYS: [&str; 7] = ["name", "overlay", "underlay", "interface", "mtu", "masquerade", "dhcp"];
+const KEYS: [&str; 11] = [
+    "name",
+    "overlay",
+    "underlay",
+    "interface",
+    "mtu",
+    "masquerade",
+    "dhcp",
+    "dhcp-lease",
+    "host-reserve",
+    "docker-share",
+    "enable",
+];
 
 /// The rule files that take effect: `*.toml` by file name, an earlier directory masking a
 /// later one, a link to /dev/null masking the name altogether. Sorted by file name.
@@ -106,9 +137,32 @@ pub fn rule_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Loads every rule file of `dirs`; returns the valid rules and every error found.
-/// A fan with an error is left out, the others are kept.
+/// Loads every rule file of `dirs`; returns the rules in effect (see `in_effect`) and every
+/// error found. A fan with an error is left out, the others are kept.
 pub fn load(dirs: &[PathBuf]) -> (Vec<Rule>, Vec<RuleError>) {
+    let (rules, errors) = load_all(dirs);
+    (in_effect(rules), errors)
+}
+
+/// The rules that take effect, one per name: every enabled rule, and a disabled one whose
+/// name no enabled rule (nor an earlier disabled one) has. A disabled rule may repeat an
+/// enabled fan as its alternative, as cloud-init's example does (the fan on eth0, or "off"
+/// on eth1): it is kept for the day it is enabled, and the enabled one is the fan.
+pub fn in_effect(rules: Vec<Rule>) -> Vec<Rule> {
+    let enabled: Vec<IfName> = rules.iter().filter(|r| r.enabled).map(|r| r.name.clone()).collect();
+    let mut seen = Vec::new();
+    rules
+        .into_iter()
+        .filter(|r| {
+            let keep = r.enabled || (!enabled.contains(&r.name) && !seen.contains(&r.name));
+            seen.push(r.name.clone());
+            keep
+        })
+        .collect()
+}
+
+/// Every valid rule of `dirs`, the disabled alternatives of enabled fans too (for `check`).
+pub fn load_all(dirs: &[PathBuf]) -> (Vec<Rule>, Vec<RuleError>) {
     let mut sources = Vec::new();
     let mut errors = Vec::new();
     for path in rule_files(dirs) {
@@ -166,7 +220,9 @@ pub fn parse_all(sources: &[(PathBuf, String)]) -> (Vec<Rule>, Vec<RuleError>) {
                         name: place(path, text, &keys.name),
                         overlay: place(path, text, &keys.overlay),
                     };
-                    match rules.iter().find_map(|(other, at)| clash(&rule, other, at)) {
+                    // A disabled fan builds nothing, so it cannot clash (it is checked when enabled).
+                    let enabled = rules.iter().filter(|(r, _)| r.enabled && rule.enabled);
+                    match enabled.into_iter().find_map(|(other, at)| clash(&rule, other, at)) {
                         Some((Key::Name, message)) => errors.push(at(keys.name, message)),
                         Some((Key::Overlay, message)) => errors.push(at(keys.overlay, message)),
                         None => rules.push((rule, located)),
@@ -232,6 +288,18 @@ fn clash(rule: &Rule, other: &Rule, at: &Located) -> Option<(Key, String)> {
         let message = format!("overlay {a} overlaps overlay {b} of fan \"{}\" at {}", other.name, at.overlay);
         return Some((Key::Overlay, message));
     }
+    // The VNI is the overlay's top 24 bits: two overlays inside one /24 share it, and the
+    // kernel (or the shared datapath's steering) can carry one fan per VNI only.
+    if rule.map.vni() == other.map.vni() {
+        let message = format!(
+            "overlay {a} would use VNI {}, which overlay {b} of fan \"{}\" at {} uses; \
+             two fans need overlays in different /24s",
+            rule.map.vni(),
+            other.name,
+            at.overlay
+        );
+        return Some((Key::Overlay, message));
+    }
     None
 }
 
@@ -290,6 +358,79 @@ impl<'a> FanTable<'a> {
             );
         }
         flag
+    }
+
+    /// `host-reserve` and `docker-share`, checked against the fan's slice size: the parts of
+    /// every host's slice must fit, and with `dhcp = true` leave DHCP some addresses.
+    fn split(&mut self, map: Option<FanMap>, dhcp: Option<bool>, header: &Range<usize>) -> Option<Split> {
+        let mut split = Split::default();
+        if let Some(value) = self.get("host-reserve") {
+            match value.get_ref().as_integer().and_then(|n| u32::try_from(n).ok()).filter(|n| *n >= 1) {
+                Some(n) => split.host_reserve = n,
+                None => {
+                    let message = format!(
+                        "`host-reserve` must be a number of addresses, 1 or more (the bridge's is the first), not {}",
+                        shown(value.get_ref())
+                    );
+                    self.error(value.span(), message);
+                    return None;
+                }
+            }
+        }
+        if let Some((text, span)) = self.string("docker-share", "\"1/2\"") {
+            split.docker_share = addrplan::parse_share(text).map_err(|m| self.error(span, m)).ok()?;
+        }
+        let slice_len = map?.slice_prefix_len();
+        let span_of = |t: &Self, key: &str| t.get(key).map_or(header.clone(), |v| v.span());
+        if let Err((key, message)) = split.check(slice_len) {
+            let key = if key == SplitKey::HostReserve { "host-reserve" } else { "docker-share" };
+            self.error(span_of(self, key), message);
+            return None;
+        }
+        if dhcp == Some(true) && !split.has_dhcp(slice_len) {
+            let message = format!(
+                "`dhcp = true` has no address to hand out: a /{slice_len} slice has none left beside the host's \
+                 {} and Docker's share {}; set docker-share = \"none\" or a smaller host-reserve",
+                split.host_reserve,
+                addrplan::share_text(split.docker_share)
+            );
+            self.error(span_of(self, "dhcp"), message);
+            return None;
+        }
+        Some(split)
+    }
+
+    /// `dhcp-lease`: a lease time as dnsmasq reads it, at least its minimum of two minutes
+    /// (dnsmasq raises shorter ones silently), and only beside `dhcp = true`.
+    fn lease(&mut self, dhcp: bool) -> Option<String> {
+        let (text, span) = self.string("dhcp-lease", "\"1h\"")?;
+        let seconds = match text.find(|c: char| !c.is_ascii_digit()) {
+            _ if text == "infinite" => Some(u64::MAX),
+            Some(0) => None,
+            None => text.parse::<u64>().ok(),
+            Some(at) => {
+                let unit = match &text[at..] {
+                    "s" => 1,
+                    "m" => 60,
+                    "h" => 3600,
+                    "d" => 86400,
+                    "w" => 604_800,
+                    _ => 0,
+                };
+                text[..at].parse::<u64>().ok().map(|n| n.saturating_mul(unit)).filter(|s| *s > 0)
+            }
+        };
+        let message = match seconds {
+            None => format!(
+                "`dhcp-lease` \"{}\" is not a lease time such as \"45m\", \"12h\", \"7d\" or \"infinite\"",
+                text.escape_default()
+            ),
+            Some(s) if s < 120 => format!("`dhcp-lease` \"{text}\" is shorter than dnsmasq's minimum of 2m"),
+            Some(_) if !dhcp => "`dhcp-lease` without `dhcp = true`: no DHCP server hands it out".into(),
+            Some(_) => return Some(text.to_string()),
+        };
+        self.error(span, message);
+        None
     }
 
     fn ifname(&mut self, key: &str) -> Option<IfName> {
@@ -363,10 +504,27 @@ fn convert(
     });
     let masquerade = t.boolean("masquerade", true);
     let dhcp = t.boolean("dhcp", false);
-    match (name, map, masquerade, dhcp) {
-        (Some(name), Some(map), Some(masquerade), Some(dhcp)) if t.errors.is_empty() => {
+    let split = t.split(map, dhcp, &header);
+    let enabled = t.boolean("enable", true);
+    let dhcp_lease = t.get("dhcp-lease").and_then(|_| t.lease(dhcp == Some(true)));
+    match (name, map, masquerade, dhcp, split, enabled) {
+        (Some(name), Some(map), Some(masquerade), Some(dhcp), Some(split), Some(enabled))
+            if t.errors.is_empty() =>
+        {
             let origin = format!("{}:{}", path.display(), line_col(text, header.start).0);
-            let rule = Rule { name, map, interface, mtu, masquerade, dhcp, origin, by_hand: false };
+            let rule = Rule {
+                name,
+                map,
+                interface,
+                mtu,
+                masquerade,
+                dhcp,
+                split,
+                dhcp_lease,
+                enabled,
+                origin,
+                by_hand: false,
+            };
             Ok((rule, KeySpans { name: name_span, overlay: overlay_span }))
         }
         _ => {
@@ -423,6 +581,32 @@ mod tests {
     }
 
     #[test]
+    fn the_split_keys_are_checked_against_the_slice() {
+        let fan = |extra: &str| {
+            parse(&format!("[[fan]]\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.0.0.0/16\"\n{extra}"))
+        };
+        let (rules, errors) = fan("host-reserve = 10\ndocker-share = \"1/4\"\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(rules[0].split, Split { host_reserve: 10, docker_share: 4 });
+        assert_eq!(fan("").0[0].split, Split::default());
+        assert_eq!(
+            fan("host-reserve = 128\n").1,
+            ["t.toml:4:16: error: `host-reserve = 128` does not fit a /24 slice with docker-share \"1/2\": at most 127 addresses"]
+        );
+        assert_eq!(
+            fan("host-reserve = 0\n").1,
+            ["t.toml:4:16: error: `host-reserve` must be a number of addresses, 1 or more (the bridge's is the first), not 0"]
+        );
+        assert!(fan("docker-share = \"1/3\"\n").1[0]
+            .starts_with("t.toml:4:16: error: `docker-share` \"1/3\" is not"));
+        // A /30 slice has one address beside the bridge: DHCP needs Docker's share for it.
+        let tiny = "[[fan]]\noverlay = \"250.0.0.0/14\"\nunderlay = \"10.0.0.0/16\"\n";
+        let (_, errors) = parse(&format!("{tiny}dhcp = true\n"));
+        assert_eq!(errors, ["t.toml:4:8: error: `dhcp = true` has no address to hand out: a /30 slice has none left beside the host's 1 and Docker's share 1/2; set docker-share = \"none\" or a smaller host-reserve"]);
+        assert!(parse(&format!("{tiny}dhcp = true\ndocker-share = \"none\"\n")).1.is_empty());
+    }
+
+    #[test]
     fn vxlan_names_fit() {
         let long: IfName = "abcdefghijklmno".parse().unwrap();
         assert_eq!(vxlan_name_for(&long).as_str(), "abcdefghijkl-vx");
@@ -437,3 +621,7 @@ mod tests {
         assert_eq!(line_col("é\nx", 3), (2, 1));
     }
 }
+
+#[cfg(test)]
+#[path = "config_kept_tests.rs"]
+mod kept_tests;

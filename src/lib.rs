@@ -4,12 +4,14 @@
 //! (`observe`) become a desired and an observed state, `plan` turns the two into `Op`s, and
 //! `apply` performs them through `netlink`, `datapath` (BPF, nftables, sysctl).
 
+pub mod addrplan;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod dhcp;
+pub mod docker_args;
 pub mod error;
 pub mod fan;
 pub mod generate;
@@ -21,6 +23,8 @@ pub mod networkd;
 pub mod notify;
 pub mod oneshot;
 pub mod plan;
+pub mod port;
+pub mod selftest;
 pub mod snapshot;
 pub mod status;
 pub mod system;

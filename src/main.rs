@@ -74,6 +74,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Status { json } => oneshot::status(&dirs, &cli.runtime_dir, json),
+        Command::Test { name, peer, json } => {
+            fanlink::selftest::run(&dirs, &cli.runtime_dir, &name, &peer, json)
+        }
         Command::Generate { what, out } => fanlink::generate::run(what, out.as_deref()),
     }
 }

@@ -164,7 +164,9 @@ pub struct SharedVxlan {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Observed {
     pub fans: BTreeMap<IfName, ObservedFan>,
-    pub forwarding: bool,
+    /// The links whose IPv4 forwarding (`net.ipv4.conf.LINK.forwarding`) is on, among the
+    /// fans' bridges and the links that may be an underlay (those with an IPv4 address).
+    pub forwarding: std::collections::BTreeSet<IfName>,
     /// The datapath this kernel supports (or the one forced).
     pub datapath: Datapath,
     /// `SHARED_VXLAN`, if it exists and is fanlink's.
@@ -174,6 +176,9 @@ pub struct Observed {
     /// Every fan's vxlan of the vnifilter datapath, whatever fans were asked about: in the
     /// shared datapath (a kernel change) they hold UDP 8472 and must go first.
     pub vnifilter_vxlans: Vec<IfName>,
+    /// Vxlans up on UDP 8472 that are not fanlink's (flannel's, LXD's fan): no fan can open
+    /// the port while they hold it (see `port`).
+    pub port_holders: Vec<String>,
 }
 
 /// A change to an existing link; `None` fields stay as they are.
@@ -257,7 +262,11 @@ pub enum Op {
     DeleteNat {
         fan: IfName,
     },
-    EnableForwarding,
+    /// Turn on IPv4 forwarding for packets that come in on `link` (the kernel decides by
+    /// the input interface): a fan's bridge, or its underlay link. Never host-wide.
+    EnableForwarding {
+        link: IfName,
+    },
     /// Accept the bridge's traffic in iptables' FORWARD chains that exist (Docker's DROP).
     AcceptForwarding {
         fan: IfName,
@@ -337,7 +346,10 @@ impl fmt::Display for Op {
                 write!(f, "write nat table for {fan}: masquerade {overlay} leaving the overlay")
             }
             Op::DeleteNat { fan } => write!(f, "delete nat table of {fan}"),
-            Op::EnableForwarding => write!(f, "set net.ipv4.ip_forward = 1"),
+            // sysctl(8)'s name: a dot in the interface name is written as a slash.
+            Op::EnableForwarding { link } => {
+                write!(f, "set net.ipv4.conf.{}.forwarding = 1", link.as_str().replace('.', "/"))
+            }
             Op::AcceptForwarding { fan } => write!(f, "accept forwarding for {fan} in the firewalls that drop it"),
             Op::RemoveForwardAccept { fan } => write!(f, "remove the forwarding accept rules of {fan}"),
             Op::DeleteLink { link } => write!(f, "delete link {link}"),

@@ -2,7 +2,7 @@
 //! observes, plans and applies in one go; the daemon does the same on every event.
 
 use crate::cli::UpTarget;
-use crate::config::{self, Rule};
+use crate::config::{self, Rule, DISABLED};
 use crate::datapath::nft;
 use crate::fan::{FanMap, VXLAN_OVERHEAD};
 use crate::ifname::IfName;
@@ -27,6 +27,9 @@ fn target_rule(dirs: &[PathBuf], target: &UpTarget) -> Result<Rule> {
             mtu: None,
             masquerade: true,
             dhcp: false,
+            split: Default::default(),
+            dhcp_lease: None,
+            enabled: true,
             origin,
             by_hand: true,
         });
@@ -99,6 +102,13 @@ fn apply_all(sys: &mut System, fan: &IfName, ops: &[Op], limit: Option<usize>) -
 /// `fanlink up`.
 pub fn up(dirs: &[PathBuf], target: &UpTarget, stop_after: Option<usize>) -> Result<u8> {
     let rule = target_rule(dirs, target)?;
+    if !rule.enabled {
+        bail!(
+            "{} is disabled by its rule ({}: enable = false); set enable = true to bring it up",
+            rule.name,
+            rule.origin
+        );
+    }
     let mut sys = System::open()?;
     let mut snap = sys.snapshot()?;
     let underlay = underlay_for(&rule, &snap, target.address)?;
@@ -178,6 +188,10 @@ pub fn plan_cmd(dirs: &[PathBuf], name: Option<&str>, address: Option<Ipv4Addr>)
     let nat = nat_tables();
     let mut problems = false;
     for rule in &rules {
+        if !rule.enabled {
+            println!("{}: disabled (enable = false): nothing to do", rule.name);
+            continue;
+        }
         let ops = underlay_for(rule, &snap, address)
             .and_then(|underlay| plan_one(&mut sys, &mut snap, &nat, rule, Want::Up(underlay)));
         match ops {
@@ -194,19 +208,24 @@ pub fn plan_cmd(dirs: &[PathBuf], name: Option<&str>, address: Option<Ipv4Addr>)
 
 /// `fanlink status`: the daemon's view if one runs, else the rules against the kernel.
 pub fn status(dirs: &[PathBuf], runtime_dir: &std::path::Path, json: bool) -> Result<u8> {
-    let status = match ask_daemon(runtime_dir) {
-        Ok(status) => status,
-        Err(e) => {
-            log::debug!("no daemon answered: {e:#}");
-            local_status(dirs)?
-        }
-    };
+    let status = current_status(dirs, runtime_dir)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print!("{}", crate::status::render(&status));
     }
     Ok(0)
+}
+
+/// The daemon's view of every fan if one runs, else the rules against the kernel.
+pub fn current_status(dirs: &[PathBuf], runtime_dir: &std::path::Path) -> Result<crate::status::Status> {
+    match ask_daemon(runtime_dir) {
+        Ok(status) => Ok(status),
+        Err(e) => {
+            log::debug!("no daemon answered: {e:#}");
+            local_status(dirs)
+        }
+    }
 }
 
 fn ask_daemon(runtime_dir: &std::path::Path) -> Result<crate::status::Status> {
@@ -228,6 +247,7 @@ fn local_status(dirs: &[PathBuf]) -> Result<crate::status::Status> {
     let mut fans: Vec<(IfName, Option<&Rule>, Want, String)> = rules
         .iter()
         .map(|r| match crate::underlay::find(r, &links) {
+            _ if !r.enabled => (r.name.clone(), Some(r), Want::Down, DISABLED.into()),
             Ok(u) => {
                 let why = format!("{} has {}", u.link, u.address);
                 (r.name.clone(), Some(r), Want::Up(u), why)

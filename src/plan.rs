@@ -10,6 +10,7 @@ use crate::model::{
     owner_alias, parse_alias, steer_tag, Datapath, Device, LinkChange, Observed, ObservedFan, Op, Want,
     SHARED_VXLAN,
 };
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 /// The operations for one fan, or why none can be planned.
@@ -26,14 +27,14 @@ pub fn bridge_mac(underlay_address: Ipv4Addr) -> [u8; 6] {
     [0x02, 0xfa, a, b, c, d]
 }
 
-/// Plans every fan; `forwarding` is switched on once if any fan is wanted up, and the
-/// host's datapath (the shared vxlan, or its removal) is prepared in the first plan of a
-/// fan wanted up.
+/// Plans every fan; the host's datapath (the shared vxlan, or its removal) is prepared in
+/// the first plan of a fan wanted up, and IPv4 forwarding is turned on where a fan wanted up
+/// needs it: its bridge and its underlay link (once per link), nowhere else.
 pub fn plan(targets: &[(Rule, Want)], observed: &Observed) -> Vec<FanPlan> {
     let empty = ObservedFan::default();
     let ups: Vec<u32> =
         targets.iter().filter_map(|(_, w)| if let Want::Up(u) = w { Some(u.mtu) } else { None }).collect();
-    let (host_ops, shared_index) = plan_host(observed, ups.iter().max().copied());
+    let (mut host_ops, shared_index) = plan_host(observed, ups.iter().max().copied());
     let mut users = observed.shared.as_ref().map(|s| s.users.clone());
     let mut plans: Vec<FanPlan> = targets
         .iter()
@@ -46,19 +47,59 @@ pub fn plan(targets: &[(Rule, Want)], observed: &Observed) -> Vec<FanPlan> {
             FanPlan { fan: rule.name.clone(), result }
         })
         .collect();
+    // Another vxlan holds UDP 8472: a plan that would open the port is refused whole, before
+    // anything is built; the fans already up keep it open and are left alone.
+    if !observed.port_holders.is_empty() {
+        let opens = |op: &Op, rule: &Rule| crate::port::opens(op, &rule.vxlan_name(), observed.datapath);
+        let host_opens = host_ops.iter().any(|op| matches!(op, Op::CreateSharedVxlan { .. }));
+        for ((rule, want), p) in targets.iter().zip(plans.iter_mut()) {
+            let refused =
+                p.result.as_ref().is_ok_and(|ops| host_opens || ops.iter().any(|op| opens(op, rule)));
+            if matches!(want, Want::Up(_)) && refused {
+                p.result = Err(crate::port::refusal(&observed.port_holders));
+            }
+        }
+        if host_opens {
+            host_ops.clear();
+        }
+    }
     let first_up = targets
         .iter()
         .zip(plans.iter_mut())
         .find(|((_, want), p)| matches!(want, Want::Up(_)) && p.result.is_ok());
     if let Some((_, FanPlan { result: Ok(ops), .. })) = first_up {
         ops.splice(0..0, host_ops);
-        if !observed.forwarding {
-            // Before the links come up, so that the first forwarded packet is not dropped.
-            let at = ops.iter().position(is_link_up).unwrap_or(ops.len());
-            ops.insert(at, Op::EnableForwarding);
+    }
+    let mut forwarding = observed.forwarding.clone();
+    for ((rule, want), p) in targets.iter().zip(plans.iter_mut()) {
+        if let (Want::Up(underlay), Ok(ops)) = (want, p.result.as_mut()) {
+            forward_on(&rule.name, &underlay.link, ops, &mut forwarding);
         }
     }
     plans
+}
+
+/// IPv4 forwarding where a fan that is up needs it, and only there: the kernel decides by
+/// the interface a packet comes in on, so the bridge (a container's packets to the world)
+/// and the underlay link (their replies, NATed back) are enough; traffic between containers
+/// is bridged, also across hosts, and needs none. The host's other interfaces are not routed
+/// between because of a fan (`net.ipv4.ip_forward` would turn on every one of them, and
+/// Docker, which finds it on, then leaves its FORWARD policy at ACCEPT). `on`: the links
+/// known to forward, kept across the fans of one plan. A bridge this plan makes is new and
+/// forwards nothing yet, whatever was observed under its name.
+fn forward_on(bridge: &IfName, underlay: &IfName, ops: &mut Vec<Op>, on: &mut BTreeSet<IfName>) {
+    let made = ops.iter().any(|op| matches!(op, Op::CreateBridge { bridge: b, .. } if b == bridge));
+    if made {
+        on.remove(bridge);
+    }
+    // Before the links come up, so that the first forwarded packet is not dropped.
+    let mut at = ops.iter().position(is_link_up).unwrap_or(ops.len());
+    for link in [bridge, underlay] {
+        if on.insert(link.clone()) {
+            ops.insert(at, Op::EnableForwarding { link: link.clone() });
+            at += 1;
+        }
+    }
 }
 
 /// Plans the removal of fans without rules, in order: the shared vxlan goes with the last
@@ -170,6 +211,26 @@ fn owned_or_adopted<'a>(
     }
 }
 
+/// A bridge of the fan's name that fanlink did not make: what to do about it. fanlink does
+/// not take it over, not even an empty one: it cannot tell who made it nor what they will
+/// still do with it. Docker makes such a bridge when it restores a network named after the
+/// fan before fanlink's bridge exists; it gives it its own address and MTU, and remembers
+/// across restarts that the bridge is its own, so `docker network rm` would later delete
+/// it, with the fan's vxlan in it. Its name freed, the fan is built at once (the bridge's
+/// deletion is an event the daemon acts on).
+fn foreign_bridge(name: &IfName, seen: &ObservedFan, error: String) -> String {
+    match seen.bridge.as_ref().filter(|b| b.kind.as_deref() == Some("bridge")) {
+        Some(_) => format!(
+            "a bridge named {name} exists that fanlink did not make (Docker makes one when it \
+                 restores a network of that name before fanlink has made the fan's bridge); fanlink \
+                 does not take over a bridge it did not make: delete it with `ip link del {name}` \
+                 (then, if Docker made it, `systemctl restart docker`, whose containers then attach \
+                 to fanlink's bridge), or give the fan another `name`"
+        ),
+        None => error,
+    }
+}
+
 /// The fan's port and peer, ours or not. A veth pair fanlink made but could not mark (a
 /// crash between the create and the alias) is recognised by its place: `<fan>-vx` a port
 /// of the fan's bridge, `<fan>-vp` its peer.
@@ -196,7 +257,8 @@ pub fn plan_fan(
     observed: &Observed,
     shared_index: Option<u32>,
 ) -> Result<Vec<Op>, String> {
-    let seen_bridge = owned(&seen.bridge, &rule.name, &rule.name)?;
+    let seen_bridge =
+        owned(&seen.bridge, &rule.name, &rule.name).map_err(|e| foreign_bridge(&rule.name, seen, e))?;
     let (seen_vxlan, _) = ports(&rule.name, seen, seen_bridge)?;
     match want {
         Want::Up(underlay) => {
@@ -274,6 +336,14 @@ fn steer_vni(tag: &str) -> Option<u32> {
 /// The vxlan stays up: taking it down closes its UDP socket and waits for RCU (25-40 ms in
 /// the kernel), opening it again is most of a warm start. Coming back up is one netlink
 /// message.
+///
+/// A fan that was never up still gets its bridge, down, without an address (its slice may
+/// not be known yet): a container manager started after fanlink (Docker restoring a network
+/// named after the fan, Incus a NIC with `parent = fan-250`) finds fanlink's bridge and
+/// attaches to it, instead of making a plain bridge of that name itself. Its MTU and MAC are
+/// placeholders that the first `up` corrects: the rule's MTU or the usual 1450, and the
+/// `02:fa:` prefix that lets a crash before its mark is written be recognised
+/// (`built_by_fanlink`).
 fn plan_down(rule: &Rule, bridge: Option<&Device>) -> Vec<Op> {
     match bridge {
         Some(b) if b.up => {
@@ -282,9 +352,23 @@ fn plan_down(rule: &Rule, bridge: Option<&Device>) -> Vec<Op> {
                 change: LinkChange { up: Some(false), ..Default::default() },
             }]
         }
-        _ => Vec::new(),
+        Some(_) => Vec::new(),
+        None => vec![
+            Op::CreateBridge {
+                bridge: rule.name.clone(),
+                mtu: rule.mtu.unwrap_or(DOWN_MTU),
+                mac: bridge_mac(Ipv4Addr::UNSPECIFIED),
+                alias: owner_alias(&rule.name, rule.by_hand),
+            },
+            // Ensured where the bridge is made (see `plan_up`), so that its first `up` reads
+            // no firewall either.
+            Op::AcceptForwarding { fan: rule.name.clone() },
+        ],
     }
 }
+
+/// A down fan's bridge before its underlay link is known: a 1500-byte underlay's fan MTU.
+const DOWN_MTU: u32 = 1500 - crate::fan::VXLAN_OVERHEAD;
 
 /// The host's datapath as a fan's plan needs it.
 #[derive(Clone, Copy)]

@@ -60,12 +60,36 @@ fn shared(users: &[&Rule]) -> SharedVxlan {
 fn observed(datapath: Datapath, fans: &[(&Rule, ObservedFan)], shared: Option<SharedVxlan>) -> Observed {
     Observed {
         fans: fans.iter().map(|(r, seen)| (r.name.clone(), seen.clone())).collect(),
-        forwarding: true,
+        // The fans' bridges and the underlay forward already.
+        forwarding: fans.iter().map(|(r, _)| r.name.clone()).chain(["eth0".parse().unwrap()]).collect(),
         datapath,
         shared,
-        shared_blocked: None,
-        vnifilter_vxlans: Vec::new(),
+        ..Default::default()
     }
+}
+
+#[test]
+fn another_vxlan_on_the_port_refuses_every_fan_that_needs_the_shared_vxlan_made() {
+    let (a, b) = (rule(250), rule(251));
+    let holders = vec!["flannel.1".to_string()];
+    let seen = Observed { port_holders: holders.clone(), ..observed(Datapath::Shared, &[], None) };
+    let plans = plan(&[(a.clone(), up()), (b.clone(), Want::Down)], &seen);
+    assert_eq!(
+        plans[0].result,
+        Err(crate::port::refusal(&holders)),
+        "nothing built, not even the host's part"
+    );
+    // A fan wanted down still gets its bridge (admin-down, for the workloads), nothing on the port.
+    let down = lines(&plans[1].result);
+    assert!(down.iter().all(|o| !o.contains("vxlan") && !o.contains("veth")), "{down:?}");
+    // The shared vxlan is up already (it came first): a new fan only adds its own veth.
+    let seen = Observed {
+        port_holders: holders,
+        ..observed(Datapath::Shared, &[(&a, built(&a))], Some(shared(&[&a])))
+    };
+    let plans = plan(&[(a.clone(), up()), (b.clone(), up())], &seen);
+    assert_eq!(plans[0].result, Ok(vec![]));
+    assert!(lines(&plans[1].result).iter().any(|o| o.starts_with("create veth fan-251-vx")), "{plans:?}");
 }
 
 #[test]
@@ -83,11 +107,40 @@ fn first_fan_builds_the_shared_vxlan_its_veth_and_its_steering() {
             "steer vni 16384000 from fanlink-vx ingress into fan-250-vx (fan-250)",
             "write nat table for fan-250: masquerade 250.0.0.0/8 leaving the overlay",
             "accept forwarding for fan-250 in the firewalls that drop it",
+            "set net.ipv4.conf.fan-250.forwarding = 1",
             "set fan-250-vp up",
             "set fan-250-vx up",
             "set fan-250 up",
         ]
     );
+}
+
+#[test]
+fn a_down_fan_gets_its_bridge_alone_and_up_adds_the_veth_and_the_shared_vxlan() {
+    let r = rule(250);
+    let plans = plan(&[(r.clone(), Want::Down)], &observed(Datapath::Shared, &[], None));
+    assert_eq!(
+        lines(&plans[0].result),
+        [
+            "create bridge fan-250 mtu 1450 address 02:fa:00:00:00:00 alias fanlink:fan-250",
+            "accept forwarding for fan-250 in the firewalls that drop it",
+        ]
+    );
+    let bridge = ObservedFan {
+        bridge: Some(Device {
+            mac: Some(bridge_mac(std::net::Ipv4Addr::UNSPECIFIED)),
+            up: false,
+            ..device(5, "bridge", Some(owner_alias(&r.name, false)))
+        }),
+        ..Default::default()
+    };
+    let ops =
+        lines(&plan(&[(r.clone(), up())], &observed(Datapath::Shared, &[(&r, bridge)], None))[0].result);
+    assert!(ops[0].starts_with("create vxlan fanlink-vx "), "{ops:?}");
+    assert_eq!(ops[1], "set fan-250 address 02:fa:0a:00:03:04");
+    assert!(ops[2].starts_with("create veth fan-250-vx peer fan-250-vp "), "{ops:?}");
+    assert!(!ops.iter().any(|o| o.starts_with("create bridge") || o.starts_with("accept")), "{ops:?}");
+    assert_eq!(ops[ops.len() - 3..], ["set fan-250-vp up", "set fan-250-vx up", "set fan-250 up"]);
 }
 
 #[test]

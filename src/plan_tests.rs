@@ -52,8 +52,21 @@ fn built(rule: &Rule) -> ObservedFan {
     }
 }
 
+/// `seen` of `fan`, whose bridge and underlay link forward already.
 fn observed(fan: &Rule, seen: ObservedFan) -> Observed {
-    Observed { fans: [(fan.name.clone(), seen)].into(), forwarding: true, ..Default::default() }
+    let forwarding = [fan.name.clone(), "eth0".parse().unwrap()].into();
+    Observed { fans: [(fan.name.clone(), seen)].into(), forwarding, ..Default::default() }
+}
+
+#[test]
+fn another_vxlan_on_the_port_refuses_a_new_fan_and_leaves_a_running_one() {
+    let r = rule("");
+    let holders = vec!["lxdfan0-fan".to_string(), "flannel.1".to_string()];
+    let new = Observed { port_holders: holders.clone(), ..observed(&r, ObservedFan::default()) };
+    let plans = plan(&[(r.clone(), up_at("10.0.3.4"))], &new);
+    assert_eq!(plans[0].result, Err(crate::port::refusal(&holders)));
+    let running = Observed { port_holders: holders, ..observed(&r, built(&r)) };
+    assert_eq!(plan(&[(r.clone(), up_at("10.0.3.4"))], &running)[0].result, Ok(vec![]));
 }
 
 #[test]
@@ -70,7 +83,8 @@ fn first_up_builds_everything_and_links_come_up_last() {
             "attach fan program to fan-250-vx egress (fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4)",
             "write nat table for fan-250: masquerade 250.0.0.0/8 leaving the overlay",
             "accept forwarding for fan-250 in the firewalls that drop it",
-            "set net.ipv4.ip_forward = 1",
+            "set net.ipv4.conf.fan-250.forwarding = 1",
+            "set net.ipv4.conf.eth0.forwarding = 1",
             "set fan-250-vx up",
             "set fan-250 up",
         ]
@@ -89,7 +103,92 @@ fn down_keeps_the_devices() {
     let r = rule("");
     let plans = plan(&[(r.clone(), Want::Down)], &observed(&r, built(&r)));
     assert_eq!(lines(&plans[0].result), ["set fan-250 down"]);
-    assert_eq!(plan(&[(r.clone(), Want::Down)], &Observed::default())[0].result, Ok(vec![]));
+}
+
+/// What a down fan that was never up has: its bridge, down (a new link is), no address, no
+/// port, so that a container manager started later attaches to it.
+fn bridge_only(r: &Rule) -> ObservedFan {
+    ObservedFan {
+        bridge: Some(Device {
+            index: 5,
+            mtu: 1450,
+            alias: Some(owner_alias(&r.name, false)),
+            mac: Some(bridge_mac(Ipv4Addr::UNSPECIFIED)),
+            kind: Some("bridge".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_down_fan_never_up_gets_its_bridge_down_and_without_address() {
+    let r = rule("");
+    let plans = plan(&[(r.clone(), Want::Down)], &Observed::default());
+    assert_eq!(
+        lines(&plans[0].result),
+        [
+            "create bridge fan-250 mtu 1450 address 02:fa:00:00:00:00 alias fanlink:fan-250",
+            "accept forwarding for fan-250 in the firewalls that drop it",
+        ]
+    );
+    let r1400 = rule("mtu = 1400\n");
+    let ops = lines(&plan(&[(r1400, Want::Down)], &Observed::default())[0].result);
+    assert!(ops[0].starts_with("create bridge fan-250 mtu 1400 "), "{ops:?}");
+    // Made, it stays as it is; nothing forwards on a down fan's account.
+    let plans = plan(&[(r.clone(), Want::Down)], &observed(&r, bridge_only(&r)));
+    assert_eq!(plans[0].result, Ok(vec![]));
+}
+
+#[test]
+fn up_from_a_bridge_made_down_builds_the_rest_around_it() {
+    let r = rule("");
+    let mut seen = observed(&r, bridge_only(&r));
+    seen.forwarding.clear();
+    let plans = plan(&[(r.clone(), up_at("10.0.3.4"))], &seen);
+    assert_eq!(
+        lines(&plans[0].result),
+        [
+            "set fan-250 address 02:fa:0a:00:03:04",
+            "create vxlan fan-250-vx external vnifilter nolearning dstport 8472 mtu 1450 master fan-250 alias fanlink:fan-250",
+            "add vni 16384000 to fan-250-vx",
+            "add address 250.3.4.1/8 to fan-250",
+            "attach fan program to fan-250-vx egress (fanlink 250.0.0.0/8 10.0.0.0/16 10.0.3.4)",
+            "write nat table for fan-250: masquerade 250.0.0.0/8 leaving the overlay",
+            "set net.ipv4.conf.fan-250.forwarding = 1",
+            "set net.ipv4.conf.eth0.forwarding = 1",
+            "set fan-250-vx up",
+            "set fan-250 up",
+        ]
+    );
+}
+
+#[test]
+fn forwarding_is_turned_on_per_link_once_and_only_where_off() {
+    let a = rule("");
+    let text = "[[fan]]\noverlay = \"251.0.0.0/8\"\nunderlay = \"10.0.0.0/16\"\n".to_string();
+    let b = parse_all(&[(PathBuf::from("t.toml"), text)]).0.remove(0);
+    let enables = |plan: &FanPlan| -> Vec<String> {
+        lines(&plan.result).into_iter().filter(|l| l.contains("forwarding = 1")).collect()
+    };
+    let targets = [(a.clone(), up_at("10.0.3.4")), (b.clone(), up_at("10.0.3.4"))];
+    let plans = plan(&targets, &Observed::default());
+    assert_eq!(
+        enables(&plans[0]),
+        ["set net.ipv4.conf.fan-250.forwarding = 1", "set net.ipv4.conf.eth0.forwarding = 1"]
+    );
+    assert_eq!(enables(&plans[1]), ["set net.ipv4.conf.fan-251.forwarding = 1"], "the underlay once");
+    // Someone turned the underlay's off under a built fan: that one link, nothing else.
+    let mut seen = observed(&a, built(&a));
+    seen.forwarding.remove(&"eth0".parse::<IfName>().unwrap());
+    let plans = plan(&[(a.clone(), up_at("10.0.3.4"))], &seen);
+    assert_eq!(lines(&plans[0].result), ["set net.ipv4.conf.eth0.forwarding = 1"]);
+    // A down fan needs none.
+    let plans = plan(&[(a.clone(), Want::Down)], &Observed { forwarding: Default::default(), ..seen });
+    assert_eq!(lines(&plans[0].result), ["set fan-250 down"]);
+    // A name with a dot reads as sysctl(8) writes it.
+    let vlan = Op::EnableForwarding { link: "eth0.100".parse().unwrap() };
+    assert_eq!(vlan.to_string(), "set net.ipv4.conf.eth0/100.forwarding = 1");
 }
 
 #[test]
@@ -146,15 +245,32 @@ fn devices_fanlink_does_not_own_are_never_touched() {
     // Someone's own bridge of that name, as fanctl makes it: no alias, a port's MAC.
     seen.bridge.as_mut().unwrap().alias = None;
     seen.bridge.as_mut().unwrap().mac = Some([0x52, 0x54, 0, 1, 2, 3]);
-    for want in [up_at("10.0.3.4"), Want::Down, Want::Absent] {
+    // A fan with a rule says what to do (the bridge Docker makes when it restores its
+    // network first); one whose rule is gone is not looked after any more.
+    for want in [up_at("10.0.3.4"), Want::Down] {
         let plans = plan(&[(r.clone(), want)], &observed(&r, seen.clone()));
         assert_eq!(
             plans[0].result,
-            Err("a device named fan-250 exists that fanlink does not own (its alias is \"\"); \
-                 rename it or give the fan another `name`"
+            Err("a bridge named fan-250 exists that fanlink did not make (Docker makes one when it \
+                 restores a network of that name before fanlink has made the fan's bridge); fanlink \
+                 does not take over a bridge it did not make: delete it with `ip link del fan-250` \
+                 (then, if Docker made it, `systemctl restart docker`, whose containers then attach \
+                 to fanlink's bridge), or give the fan another `name`"
                 .into())
         );
     }
+    let generic = Err("a device named fan-250 exists that fanlink does not own (its alias is \"\"); \
+                       rename it or give the fan another `name`"
+        .to_string());
+    assert_eq!(plan(&[(r.clone(), Want::Absent)], &observed(&r, seen.clone()))[0].result, generic);
+    // Empty (no port, no address) or not, it is not taken over.
+    let mut empty = seen.clone();
+    empty.vxlan = None;
+    empty.bridge_addresses.clear();
+    assert!(plan(&[(r.clone(), Want::Down)], &observed(&r, empty))[0].result.is_err());
+    // Not a bridge: the plain message.
+    seen.bridge.as_mut().unwrap().kind = Some("dummy".into());
+    assert_eq!(plan(&[(r.clone(), Want::Down)], &observed(&r, seen))[0].result, generic);
 }
 
 #[test]
@@ -241,5 +357,5 @@ fn devices_made_but_not_marked_before_a_crash_are_adopted_and_marked() {
         .result
         .as_ref()
         .unwrap_err()
-        .starts_with("a device named fan-250 exists that fanlink does not own"));
+        .starts_with("a bridge named fan-250 exists that fanlink did not make"));
 }

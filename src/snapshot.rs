@@ -16,8 +16,9 @@ use std::collections::HashMap;
 pub struct Snapshot {
     pub links: Vec<LinkInfo>,
     pub addresses: Vec<AddrInfo>,
-    /// `net.ipv4.ip_forward`: read once with the dump, then kept by the netconf events.
-    pub forwarding: bool,
+    /// IPv4 forwarding by ifindex (`net.ipv4.conf.LINK.forwarding`), for the links read so
+    /// far (`System::observe` reads those it needs), then kept by the netconf events.
+    pub forwarding: HashMap<u32, bool>,
     /// cls_bpf filters by (ifindex, egress), as last read.
     pub(crate) filters: HashMap<(u32, bool), Vec<FilterInfo>>,
     /// VNI filter entries by vxlan ifindex, as last read.
@@ -27,9 +28,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// A snapshot from a dump of links, one of addresses, and the forwarding setting.
-    pub fn new(links: Vec<LinkInfo>, addresses: Vec<AddrInfo>, forwarding: bool) -> Snapshot {
-        Snapshot { links, addresses, forwarding, ..Default::default() }
+    /// A snapshot from a dump of links and one of addresses.
+    pub fn new(links: Vec<LinkInfo>, addresses: Vec<AddrInfo>) -> Snapshot {
+        Snapshot { links, addresses, ..Default::default() }
     }
 
     /// Patches in one rtnetlink notification. Each carries the whole object (a link, an
@@ -45,6 +46,7 @@ impl Snapshot {
                 self.addresses.retain(|a| a.index != *index);
                 self.filters.retain(|(i, _), _| i != index);
                 self.vnis.remove(index);
+                self.forwarding.remove(index);
             }
             Event::NewAddr(a) => {
                 if !self.addresses.contains(a) {
@@ -57,7 +59,9 @@ impl Snapshot {
                 self.vnis.remove(index);
             }
             Event::Route => self.routes = None,
-            Event::Forwarding(on) => self.forwarding = *on,
+            Event::Forwarding { index, on } => {
+                self.forwarding.insert(*index, *on);
+            }
             // The bridge layer's view of a port: the AF_UNSPEC message beside it says it all.
             Event::Port { .. } => {}
         }
@@ -111,7 +115,7 @@ mod tests {
 
     /// The state a dump would give after the same changes.
     fn dumped(links: Vec<LinkInfo>, addresses: Vec<AddrInfo>) -> Snapshot {
-        Snapshot::new(links, addresses, true)
+        Snapshot::new(links, addresses)
     }
 
     fn same(a: &Snapshot, b: &Snapshot) -> bool {
@@ -180,11 +184,14 @@ mod tests {
     }
 
     #[test]
-    fn a_forwarding_event_sets_forwarding() {
-        let mut s = dumped(vec![], vec![]);
-        s.apply(&Event::Forwarding(false));
-        assert!(!s.forwarding);
-        s.apply(&Event::Forwarding(true));
-        assert!(same(&s, &dumped(vec![], vec![])));
+    fn a_forwarding_event_sets_the_links_forwarding_and_a_deleted_link_forgets_it() {
+        let mut s = dumped(vec![link(5, "fan-250", true)], vec![]);
+        s.apply(&Event::Forwarding { index: 5, on: false });
+        assert_eq!(s.forwarding, HashMap::from([(5, false)]));
+        s.apply(&Event::Forwarding { index: 5, on: true });
+        s.apply(&Event::Forwarding { index: 2, on: true });
+        assert_eq!(s.forwarding, HashMap::from([(5, true), (2, true)]));
+        s.apply(&Event::DelLink { index: 5, name: "fan-250".into() });
+        assert_eq!(s.forwarding, HashMap::from([(2, true)]));
     }
 }

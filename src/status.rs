@@ -25,6 +25,9 @@ pub struct FanStatus {
     pub underlay_link: Option<String>,
     pub underlay_address: Option<String>,
     pub slice: Option<String>,
+    /// The slice's address plan: the host's addresses, the DHCP range, Docker's share.
+    #[serde(default)]
+    pub plan: Option<crate::addrplan::PlanReport>,
     pub bridge_address: Option<String>,
     pub bridge: Option<String>,
     pub vxlan: Option<String>,
@@ -138,6 +141,11 @@ pub fn fan_status(wanted: Wanted<'_>, seen: &ObservedFan, plan: &FanPlan, drops:
         underlay_link: link,
         underlay_address: address.map(|a| a.to_string()),
         slice: map.zip(address).and_then(|(m, a)| m.slice(a).ok()).map(|s| s.to_string()),
+        plan: map.zip(address).and_then(|(m, a)| {
+            // A fan made by hand has no rule: the default split, as `docker-args` uses.
+            let split = wanted.rule.map_or_else(Default::default, |r| r.split);
+            split.plan(m.slice(a).ok()?).ok().map(|p| (&p).into())
+        }),
         bridge_address: seen.bridge_addresses.first().map(|a| a.to_string()),
         bridge: seen.bridge.as_ref().map(|_| plan.fan.to_string()),
         vxlan: seen.vxlan.as_ref().map(|_| vxlan_name_for(&plan.fan).to_string()),
@@ -168,6 +176,9 @@ pub fn render(status: &Status) -> String {
         }
         if let Some(s) = &f.slice {
             let _ = writeln!(out, "  slice     {s}, bridge {}", f.bridge_address.as_deref().unwrap_or("-"));
+        }
+        if let Some(plan) = &f.plan {
+            let _ = writeln!(out, "  plan      {plan}");
         }
         let devices = [f.bridge.as_deref(), f.vxlan.as_deref()].iter().flatten().copied().collect::<Vec<_>>();
         let _ =
@@ -249,6 +260,15 @@ mod tests {
         assert_eq!(status.underlay_address.as_deref(), Some("10.99.1.1"));
         assert_eq!(status.slice.as_deref(), Some("250.1.1.0/24"));
         assert_eq!(status.underlay_link, None, "the program does not name the link");
+        let plan = status.plan.as_ref().unwrap();
+        assert_eq!(plan.to_string(), "host 250.1.1.1, dhcp 250.1.1.2-250.1.1.127, docker 250.1.1.128/25");
+        let text = render(&Status { source: "t".into(), fans: vec![status] });
+        assert!(
+            text.contains(
+                "\n  plan      host 250.1.1.1, dhcp 250.1.1.2-250.1.1.127, docker 250.1.1.128/25\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

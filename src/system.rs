@@ -179,11 +179,40 @@ impl System {
         }
     }
 
-    /// Dumps links and addresses (two requests) and reads `net.ipv4.ip_forward`; filters,
-    /// VNIs and routes are read when first needed.
+    /// Dumps links and addresses (two requests); filters, VNIs, routes and the links'
+    /// forwarding settings are read when first needed.
     pub fn snapshot(&mut self) -> Result<Snapshot, SystemError> {
-        let forwarding = sysctl::read(std::path::Path::new(sysctl::IPV4_FORWARD))? == "1";
-        Ok(Snapshot::new(self.nl.links()?, self.nl.ipv4_addresses()?, forwarding))
+        Ok(Snapshot::new(self.nl.links()?, self.nl.ipv4_addresses()?))
+    }
+
+    /// Which of the fans' bridges and of the links with an IPv4 address (any underlay has
+    /// one) forward IPv4: from `snap`, else read into it (one small file each, once: the
+    /// netconf events keep them).
+    fn forwarding(
+        &self,
+        snap: &mut Snapshot,
+        fans: &BTreeSet<IfName>,
+    ) -> Result<BTreeSet<IfName>, SystemError> {
+        let wanted: Vec<(u32, String)> = snap
+            .links
+            .iter()
+            .filter(|l| {
+                fans.iter().any(|f| f.as_str() == l.name) || snap.addresses.iter().any(|a| a.index == l.index)
+            })
+            .map(|l| (l.index, l.name.clone()))
+            .collect();
+        let mut on = BTreeSet::new();
+        for (index, name) in wanted {
+            let known = match snap.forwarding.get(&index) {
+                Some(known) => Some(*known),
+                None => sysctl::forwarding(&name)?,
+            };
+            if let Some(known) = known {
+                snap.forwarding.insert(index, known);
+                on.extend(known.then(|| name.parse().ok()).flatten());
+            }
+        }
+        Ok(on)
     }
 
     /// The cls_bpf filters at a hook of link `index`: from `snap`, else read into it.
@@ -210,14 +239,15 @@ impl System {
         fans: &BTreeSet<IfName>,
         nat: &[nft::NatTable],
     ) -> Result<Observed, SystemError> {
-        let mut observed =
-            Observed { forwarding: snap.forwarding, datapath: self.datapath()?, ..Default::default() };
+        let forwarding = self.forwarding(snap, fans)?;
+        let mut observed = Observed { forwarding, datapath: self.datapath()?, ..Default::default() };
         observed.vnifilter_vxlans = snap
             .links
             .iter()
             .filter(|l| l.alias.as_deref().and_then(parse_alias).is_some() && device(l).fan_vxlan)
             .filter_map(|l| l.name.parse().ok())
             .collect();
+        observed.port_holders = crate::port::holders(&snap.links);
         self.indexes.clear();
         let mut steers = BTreeMap::new();
         if let Some((device, alias)) = snap.link(SHARED_VXLAN).map(|l| (device(l), l.alias.clone())) {
@@ -321,6 +351,11 @@ impl System {
             Err(e) if e.is_exists() => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `Op::AcceptForwarding`, saying whether it changed any firewall.
+    pub fn accept_forwarding(&mut self, fan: &IfName) -> Result<bool, SystemError> {
+        Ok(firewall::ensure_forward_accept(fan, fan)?)
     }
 
     /// Performs one op.
@@ -443,8 +478,8 @@ impl System {
             }
             Op::WriteNat { fan, overlay } => nft::apply(fan, *overlay, fan)?,
             Op::DeleteNat { fan } => nft::delete(fan)?,
-            Op::EnableForwarding => {
-                sysctl::ensure_ipv4_forwarding()?;
+            Op::EnableForwarding { link } => {
+                sysctl::ensure_forwarding(link.as_str())?;
             }
             Op::AcceptForwarding { fan } => {
                 firewall::ensure_forward_accept(fan, fan)?;

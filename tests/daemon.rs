@@ -97,6 +97,22 @@ impl Host {
     pub fn wait_fan(&self, bridge: &str, want: &str, daemon: &Daemon) {
         wait_until(|| format!("{bridge} to be {want}; log:\n{}", daemon.log()), || self.fan(bridge) == want);
     }
+
+    /// Waits until the daemon has caught up: asks for its status over the control socket
+    /// twice. A reply comes after every event queued before its request was read, but before
+    /// the reconcile those events started; the second reply, after that reconcile too.
+    pub fn settle(&self) {
+        let rt = self.runtime.path().join("rt");
+        // The daemon's answer, not the kernel-reading fallback of a `status` without a daemon.
+        let status =
+            format!("{BIN} --runtime-dir {} status --json | grep -q '\"source\": *\"daemon'", rt.display());
+        for _ in 0..2 {
+            wait_until(
+                || "the daemon to answer status".into(),
+                || sh(Some(self.ns()), &status).status.success(),
+            );
+        }
+    }
 }
 
 crate::in_both_datapaths! {
@@ -112,7 +128,7 @@ crate::in_both_datapaths! {
         late.harness.run("carrier", &["down"]);
         let daemon = late.start();
         daemon.wait_log("running: 1 fan(s)");
-        assert_eq!(late.fan("fan-250"), "absent", "no fan before the underlay is routable");
+        assert_eq!(late.fan("fan-250"), "down", "the bridge, down, before the underlay is routable");
         late.harness.run("carrier", &["up"]);
         late.wait_fan("fan-250", "up 250.2.2.1/8", &daemon);
     }
@@ -164,7 +180,7 @@ crate::in_both_datapaths! {
         let daemon = Daemon::start(&Launch { env: &[mode.env(), "RUST_LOG=debug"], ..launch });
         host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
         // The echo of the creation settles first (its events may cost a read of the new filters).
-        std::thread::sleep(Duration::from_millis(500));
+        host.settle();
         let before = daemon.log().len();
         let flaps = 5;
         for _ in 0..flaps {
@@ -173,7 +189,12 @@ crate::in_both_datapaths! {
             host.harness.run("carrier", &["up"]);
             host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
         }
-        std::thread::sleep(Duration::from_millis(500));
+        // Every request is counted once its reconcile has logged; then nothing more may come.
+        wait_until(
+            || format!("{} netlink requests; log:\n{}", 2 * flaps, &daemon.log()[before..]),
+            || requests_per_reconcile(&daemon.log()[before..]).iter().sum::<u64>() >= 2 * flaps,
+        );
+        host.settle();
         let log = daemon.log();
         let per = requests_per_reconcile(&log[before..]);
         eprintln!("[daemon] {flaps} flaps: {} reconciles, requests {per:?}", per.len());
@@ -197,6 +218,11 @@ fn the_devices_fanlink_creates_cost_no_call_to_networkd() {
     std::thread::sleep(Duration::from_secs(1));
     let log = daemon.log();
     assert!(!log.contains("asking networkd for link"), "log:\n{log}");
+    // The control: a device that is not fanlink's is asked about, in that very line.
+    let other = sh(Some(host.ns()), "ip link add other0 type bridge && ip link set other0 up");
+    assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
+    let index = host.sh("ip -o link show dev other0 | cut -d: -f1");
+    daemon.wait_log(&format!("asking networkd for link {}\n", index.trim()));
 }
 
 #[test]
@@ -249,16 +275,43 @@ crate::in_both_datapaths! {
     }
 }
 
+/// A connection's unique name on the bus, found by its PID as any local user can (issue 24).
+fn unique_name_of(host: &Host, pid: u32) -> String {
+    let bus = format!("--address={}", host.harness.bus());
+    let out = crate::util::output(std::process::Command::new("busctl").args([
+        &bus,
+        "list",
+        "--unique",
+        "--no-legend",
+    ]));
+    let list = String::from_utf8_lossy(&out.stdout);
+    let mine = |l: &str| {
+        let mut words = l.split_whitespace();
+        let name = words.next()?;
+        (words.next()? == pid.to_string()).then(|| name.to_owned())
+    };
+    list.lines().find_map(mine).unwrap_or_else(|| panic!("no connection of pid {pid} on the bus:\n{list}"))
+}
+
 #[test]
 #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
 fn forged_signals_change_nothing() {
     let host = Host::new("forge", "10.99.1.1/16", &[]);
+    // A link whose name needs escaping (an escape sequence and a quote; the kernel takes
+    // both): networkd lists it, fanlink says it ignores it, in a line the terminal
+    // cannot be steered by.
+    let odd = sh(Some(host.ns()), "ip link add 'fl\x1b[7m\"x' type bridge");
+    assert!(odd.status.success(), "{}", String::from_utf8_lossy(&odd.stderr));
     let daemon = host.start();
     host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
     let path = host.harness.var("HARNESS_UPLINK_OBJ").to_string();
     let props = "org.freedesktop.DBus.Properties";
     let link = "org.freedesktop.network1.Link";
-    for (object, args) in [
+    // Broadcast, which the bus does not even route to fanlink (its match names networkd), and
+    // sent to fanlink's unique name, which the bus delivers whatever the match: dropped, and
+    // said so at debug.
+    let unicast = format!("--destination={}", unique_name_of(&host, daemon.pid()));
+    let forgeries = [
         (path.as_str(), vec!["sa{sv}as", link, "1", "OperationalState", "s", "off", "0"]),
         (path.as_str(), vec!["sa{sv}as", link, "1", "OperationalState", "s", "../../x", "0"]),
         (path.as_str(), vec!["sa{sv}as", link, "1", "OperationalState", "i", "3", "0"]),
@@ -267,10 +320,14 @@ fn forged_signals_change_nothing() {
             vec!["sa{sv}as", link, "1", "OperationalState", "s", "off", "0"],
         ),
         ("/org/example/link/_32", vec!["sa{sv}as", link, "1", "OperationalState", "s", "off", "0"]),
-    ] {
-        let mut argv = vec!["emit", object, props, "PropertiesChanged"];
-        argv.extend(args);
-        host.harness.busctl(&argv);
+    ];
+    for destination in [None, Some(unicast.as_str())] {
+        for (object, args) in &forgeries {
+            let mut argv: Vec<&str> = destination.into_iter().collect();
+            argv.extend(["emit", object, props, "PropertiesChanged"]);
+            argv.extend(args);
+            host.harness.busctl(&argv);
+        }
     }
     // A real change after the forgeries: once it is handled, the forgeries were too.
     host.harness.run("carrier", &["down"]);
@@ -279,7 +336,14 @@ fn forged_signals_change_nothing() {
     host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);
     let log = daemon.log();
     assert_eq!(log.matches("set fan-250 down").count(), 1, "only the real carrier loss took it down:\n{log}");
-    assert!(!log.contains("../../x"), "bus strings never reach the log unescaped:\n{log}");
+    let drops: Vec<&str> =
+        log.lines().filter(|l| l.contains("dropped ") && l.contains("member=PropertiesChanged")).collect();
+    assert!(drops.len() >= forgeries.len(), "each unicast forgery is dropped, in a debug line:\n{log}");
+    assert!(drops.iter().any(|l| l.contains("path=/org/example/link/_32 ")), "{drops:#?}");
+    // Bus strings reach the log escaped, or not at all (a dropped message's values).
+    assert!(log.contains(r#" "fl\u{1b}[7m\"x"; ignoring it"#), "the odd link's name, escaped:\n{log}");
+    assert!(!log.contains('\x1b'), "no raw escape character in the log:\n{}", log.escape_debug());
+    assert!(!log.contains("../../x"), "a dropped message's values are not logged:\n{log}");
 }
 
 crate::in_both_datapaths! {

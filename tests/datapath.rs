@@ -227,6 +227,49 @@ crate::in_both_datapaths! {
     }
 }
 
+crate::in_both_datapaths! {
+    #[ignore = "needs root (network namespaces, netlink, BPF, nft): run with --include-ignored"]
+    fn only_the_fan_and_its_underlay_forward_not_the_hosts_other_interfaces(mode) {
+        let switch = Switch::new();
+        let host = switch.host("10.99.1.1/16");
+        let outside = switch.host("10.99.200.200/16");
+        let rules = TempDir::new("rules");
+        rules.write("50-test.toml", FAN_250);
+        host.ns.run("sysctl -qw net.ipv4.ip_forward=0");
+        // Two more networks of the host's, neither the fan nor its underlay.
+        let (a, b) = (Netns::new("fla"), Netns::new("flb"));
+        for (ns, dev, net) in [(&a, "lan-a", "192.168.71"), (&b, "lan-b", "192.168.72")] {
+            crate::topology::run(
+                None,
+                &format!(
+                    "ip link add {dev} netns {h} type veth peer name eth0 netns {n} && \
+                     ip -n {h} addr add {net}.1/24 dev {dev} && ip -n {h} link set {dev} up && \
+                     ip -n {n} addr add {net}.2/24 dev eth0 && ip -n {n} link set eth0 up && \
+                     ip -n {n} route add default via {net}.1",
+                    h = host.ns.name(),
+                    n = ns.name()
+                ),
+            );
+        }
+        outside.ns.run("ip route add 192.168.71.0/24 via 10.99.1.1");
+        fanlink(mode, &host.ns, &rules, "up fan-250");
+        let container = host.container("fan-250", "250.1.1.10/8", "250.1.1.1", 1450);
+        assert!(ping(&container, "10.99.200.200"), "container -> outside, masqueraded, and the reply");
+        assert!(ping(&host.ns, "250.1.1.10") && ping(&container, "192.168.72.1"), "host <-> container");
+        assert!(ping(&a, "192.168.71.1") && ping(&host.ns, "192.168.72.2"), "the host reaches both");
+        let sysctl = |key: &str| host.ns.run(&format!("sysctl -n net.ipv4.{key}")).trim().to_string();
+        assert_eq!(sysctl("ip_forward"), "0", "left as it was");
+        assert_eq!([sysctl("conf.fan-250.forwarding"), sysctl("conf.uplink0.forwarding")], ["1", "1"]);
+        assert!(!ping(&a, "192.168.72.2"), "lan-a -> lan-b is not routed");
+        assert!(!ping(&a, "10.99.200.200"), "lan-a -> the underlay's network is not routed");
+        // In on the underlay, out to lan-a: the reply comes in on lan-a, which forwards nothing.
+        assert!(!ping(&outside.ns, "192.168.71.2"), "the underlay's network -> lan-a gets no reply");
+        // What fanlink did before (`net.ipv4.ip_forward = 1`) routes between them all.
+        host.ns.run("sysctl -qw net.ipv4.ip_forward=1");
+        assert!(ping(&a, "192.168.72.2"), "with ip_forward on, lan-a -> lan-b is routed");
+    }
+}
+
 /// Everything a namespace's network state is made of, for before/after comparisons; without
 /// what changes by itself (carrier, bridge timers, IPv6 link-local and its multicast).
 fn dump(ns: &Netns) -> String {
@@ -250,7 +293,7 @@ crate::in_both_datapaths! {
         let host = switch.host("10.99.1.1/16");
         let rules = TempDir::new("rules");
         rules.write("50-test.toml", FAN_250);
-        host.ns.run("sysctl -qw net.ipv4.ip_forward=1");
+        host.ns.run("sysctl -qw net.ipv4.ip_forward=0");
         let before = dump(&host.ns);
 
         fanlink(mode, &host.ns, &rules, "up fan-250");

@@ -111,8 +111,12 @@ fn isolation(mode: Mode, fans: usize) {
     }
     if mode == Mode::Shared {
         let qdiscs = bed.hosts[0].ns.run("tc -s qdisc show dev fanlink-vx");
-        let clsact = qdiscs.split("qdisc clsact").nth(1).unwrap_or_default();
-        assert!(!clsact.contains("dropped 0,"), "the unknown VNI is dropped on the shared vxlan: {qdiscs}");
+        // "qdisc clsact ffff: parent ffff:fff1 \n Sent B bytes P pkt (dropped N, ...": N > 0.
+        let dropped = qdiscs
+            .split("qdisc clsact")
+            .nth(1)
+            .and_then(|clsact| clsact.split("(dropped ").nth(1)?.split(',').next()?.parse::<u64>().ok());
+        assert!(dropped.is_some_and(|n| n > 0), "the unknown VNI is dropped on the shared vxlan: {qdiscs}");
     }
 
     // The middle fan goes; the others carry on, and come back after.

@@ -58,18 +58,14 @@ fn run_fixture(path: &Path, args: &[String]) -> Output {
     import(path.parent().unwrap(), &all, "")
 }
 
-/// The output must load with fanlink's own parser, and so must each disabled fan once
-/// its `# ` prefixes are removed, as its comment tells the user to do.
+/// The output must load with fanlink's own parser, every fan of it (a disabled one as a rule
+/// with `enable = false`), and so must each disabled fan once it is enabled on its own.
 fn assert_round_trips(toml: &str, what: &str) {
     let (rules, errors) = parse_all(&[(PathBuf::from(what), toml.to_string())]);
     assert!(errors.is_empty(), "{what}: {errors:?}");
     assert_eq!(rules.len(), toml.lines().filter(|l| *l == "[[fan]]").count(), "{what}");
-    for block in toml.split("\n\n").filter(|b| b.contains("\n# [[fan]]")) {
-        let enabled: String = block
-            .lines()
-            .skip_while(|l| *l != "# [[fan]]")
-            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap()))
-            .collect();
+    for block in toml.split("\n\n").filter(|b| b.contains("\nenable = false")) {
+        let enabled = block.replace("\nenable = false", "\nenable = true");
         let (rules, errors) = parse_all(&[(PathBuf::from(what), enabled.clone())]);
         assert!(errors.is_empty() && rules.len() == 1, "{what}: disabled fan\n{enabled}\n{errors:?}");
     }

@@ -144,11 +144,17 @@ impl Fan {
         fan
     }
 
-    /// Forwarding on and the NAT table in place, as fanlink brings a fan up.
+    /// Forwarding on (the bridge's and the underlay's) and the NAT table in place, as
+    /// fanlink brings a fan up.
     fn up(&self) {
         self.host.enter(|| {
-            assert!(sysctl::ensure_ipv4_forwarding().unwrap(), "a new namespace starts with forwarding off");
-            assert!(!sysctl::ensure_ipv4_forwarding().unwrap());
+            for link in ["fan-250", "u0"] {
+                assert!(
+                    sysctl::ensure_forwarding(link).unwrap(),
+                    "a new namespace starts with forwarding off"
+                );
+                assert!(!sysctl::ensure_forwarding(link).unwrap());
+            }
             nft::apply(&name("fan-250"), "250.0.0.0/8".parse().unwrap(), &name("fan-250")).unwrap();
         });
     }

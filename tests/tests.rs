@@ -1,5 +1,6 @@
 //! fanlink's integration tests, one binary (`autotests = false`): the CLI as a user runs it,
 //! and the kernel-facing parts in network namespaces of their own.
+mod boot;
 mod bpf;
 mod byhand;
 mod cli;
@@ -7,6 +8,7 @@ mod daemon;
 mod datapath;
 mod deps;
 mod dhcp;
+mod fanctl;
 mod fans;
 mod faults;
 mod fuzz;
@@ -17,5 +19,7 @@ mod launch;
 mod nat;
 mod netlink;
 mod networkd;
+mod scripts;
+mod selftest;
 mod topology;
 mod util;

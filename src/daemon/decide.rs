@@ -48,10 +48,12 @@ pub struct Decision {
     pub why: String,
 }
 
-/// Up when the underlay link is routable in networkd's eyes and holds an address in the
+/// Down (devices kept) when the rule says `enable = false`. Up when the underlay link is routable in networkd's eyes and holds an address in the
 /// underlay; down otherwise (devices kept).
 pub fn decide(rule: &Rule, links: &[HostLink], networkd: &HashMap<u32, LinkView>) -> Decision {
     let (want, why) = match underlay::find(rule, links) {
+        // Kept, not removed: containers stay attached to a running fan's bridge.
+        _ if !rule.enabled => (Want::Down, crate::config::DISABLED.into()),
         Err(e) => (Want::Down, format!("waiting: {e}")),
         Ok(u) => {
             let index = links.iter().find(|l| l.name == u.link.as_str()).map(|l| l.index);
@@ -146,6 +148,13 @@ mod tests {
     }
 
     #[test]
+    fn a_disabled_fan_is_down_whatever_its_underlay() {
+        let disabled = Rule { enabled: false, ..rule() };
+        let d = decide(&disabled, &links("10.0.3.4/16"), &view("routable", "configured"));
+        assert_eq!((d.want, d.why.as_str()), (Want::Down, "disabled by its rule (enable = false)"));
+    }
+
+    #[test]
     fn fans_without_rules_go_only_when_the_rules_are_sound() {
         let kernel: BTreeSet<IfName> = ["fan-250".parse().unwrap(), "fan-old".parse().unwrap()].into();
         let all =
@@ -234,6 +243,8 @@ pub struct Interest {
     pub underlays: Vec<ipnet::Ipv4Net>,
     /// Whether the kernel decides "routable" (then carrier and routes matter too).
     pub following_kernel: bool,
+    /// The ifindexes whose IPv4 forwarding a fan that is up needs: its bridge and underlay.
+    pub forwarding: Vec<u32>,
 }
 
 /// Whether networkd's view of link `index` can change a decision. fanlink's own devices (the
@@ -295,7 +306,7 @@ pub fn kernel_change_matters(events: &[crate::netlink::Event], interest: &Intere
         }
         E::Route => when(interest.following_kernel, Plan),
         // Someone turned forwarding off under a fan that is up: fanlink turns it back on.
-        E::Forwarding(on) => when(!on && interest.bridges.values().any(|up| *up), Plan),
+        E::Forwarding { index, on } => when(!on && interest.forwarding.contains(index), Plan),
     };
     events.iter().map(one).max().unwrap_or(No)
 }
@@ -330,6 +341,7 @@ mod interest_tests {
             underlay_links: HashMap::from([("ens3".into(), 1500)]),
             underlays: vec!["10.0.0.0/16".parse().unwrap()],
             following_kernel: false,
+            forwarding: vec![5, 2],
         }
     }
 
@@ -374,8 +386,10 @@ mod interest_tests {
             (Event::Port { name: "fan-250-vx".into(), gone: false }, No),
             (Event::Port { name: "veth1234".into(), gone: true }, No),
             (Event::Route, No),
-            (Event::Forwarding(false), Plan),
-            (Event::Forwarding(true), No),
+            (Event::Forwarding { index: 5, on: false }, Plan),
+            (Event::Forwarding { index: 2, on: false }, Plan),
+            (Event::Forwarding { index: 5, on: true }, No),
+            (Event::Forwarding { index: 9, on: false }, No),
         ] {
             assert_eq!(kernel_change_matters(std::slice::from_ref(&event), &i), matters, "{event:?}");
         }
@@ -385,7 +399,8 @@ mod interest_tests {
         let kernel = Interest { following_kernel: true, ..interest() };
         assert_eq!(kernel_change_matters(&[Event::Route], &kernel), Plan);
         assert_eq!(kernel_change_matters(&[link("ens3", false, 1500)], &kernel), Plan);
-        let all_down = Interest { bridges: HashMap::from([("fan-250".into(), false)]), ..interest() };
-        assert_eq!(kernel_change_matters(&[Event::Forwarding(false)], &all_down), No, "no fan needs it");
+        let all_down = Interest { forwarding: vec![], ..interest() };
+        let off = Event::Forwarding { index: 5, on: false };
+        assert_eq!(kernel_change_matters(&[off], &all_down), No, "no fan needs it");
     }
 }

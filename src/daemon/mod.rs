@@ -346,6 +346,7 @@ impl Daemon {
                 Ok(ops) => self.apply_ops(&decision.fan, &ops),
                 Err(e) => Err(("plan".to_string(), e.to_string())),
             };
+            let has_bridge = matches!(decision.want, Want::Up(_) | Want::Down) && applied.is_ok();
             match applied {
                 Ok(()) => {
                     built.push(decision.fan.clone());
@@ -356,12 +357,10 @@ impl Daemon {
                 Err((step, error)) => self.failed(&decision.fan, step, error),
             }
             // A firewall may have appeared (Docker's FORWARD DROP) since the bridge was
-            // made; the accept rules are re-ensured, which changes nothing if they hold.
-            if self.firewall_changed && matches!(decision.want, Want::Up(_)) {
-                let accept = [crate::model::Op::AcceptForwarding { fan: decision.fan.clone() }];
-                if let Err((step, error)) = self.apply_ops(&decision.fan, &accept) {
-                    self.failed(&decision.fan, step, error);
-                }
+            // made; the accept rules are re-ensured, also for a fan that is down (its bridge
+            // is there, and its next `up` reads no firewall).
+            if self.firewall_changed && has_bridge {
+                self.reensure_accept(&decision.fan);
             }
         }
         self.firewall_changed = false;
@@ -421,6 +420,7 @@ impl Daemon {
             if let Want::Up(u) = &d.want {
                 let link_mtu = snap.links.iter().find(|l| l.name == u.link.as_str()).map(|l| l.mtu);
                 interest.underlay_links.insert(u.link.to_string(), link_mtu.unwrap_or(0));
+                interest.forwarding.extend(index(d.fan.as_str()).into_iter().chain(index(u.link.as_str())));
             }
         }
         interest
@@ -443,6 +443,18 @@ impl Daemon {
             self.sys.apply(op).map_err(|e| (op.to_string(), e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// Re-ensures the fan's accept rules after a firewall change. Docker rewrites its chains
+    /// at start, dozens of nftables events in a few seconds, and each re-ensures: the op is
+    /// logged at info only when it changed something (it was 51 lines for 4 inserts).
+    fn reensure_accept(&mut self, fan: &crate::ifname::IfName) {
+        let op = crate::model::Op::AcceptForwarding { fan: fan.clone() };
+        match self.sys.accept_forwarding(fan) {
+            Ok(true) => log::info!("{fan}: {op}"),
+            Ok(false) => log::debug!("{fan}: {op}: in place"),
+            Err(e) => self.failed(fan, op.to_string(), e.to_string()),
+        }
     }
 
     /// Records a failed step; its error is logged in full once per cause, at error priority.
@@ -469,14 +481,17 @@ impl Daemon {
             if !rule.dhcp || !built.contains(&d.fan) {
                 continue;
             }
-            let (Ok(slice), Ok(bridge_address)) =
-                (rule.map.slice(underlay.address), rule.map.bridge_address(underlay.address))
+            // The rule's check made sure a DHCP range exists in every slice of the fan.
+            let (Ok(plan), Ok(bridge_address)) =
+                (rule.addr_plan(underlay.address), rule.map.bridge_address(underlay.address))
             else {
                 continue;
             };
+            let Some(range) = plan.dhcp else { continue };
             keep.push(d.fan.clone());
             let mtu = underlay.mtu;
-            let cfg = crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, slice, mtu };
+            let lease = rule.dhcp_lease.clone().unwrap_or_else(|| "1h".into());
+            let cfg = crate::dhcp::DhcpConfig { fan: d.fan.clone(), bridge_address, range, mtu, lease };
             self.dhcp.ensure(cfg, self.bus.as_ref().map(|b| b.connection()));
         }
         self.dhcp.retain(&keep, self.bus.as_ref().map(|b| b.connection()));

@@ -337,11 +337,7 @@ pub fn spawn_control(runtime_dir: &Path, waker: Waker) -> std::io::Result<()> {
     std::fs::create_dir_all(runtime_dir)?;
     std::fs::set_permissions(runtime_dir, std::fs::Permissions::from_mode(0o700))?;
     let path = control_path(runtime_dir);
-    // A socket left by a daemon that was killed: nothing listens on it any more.
-    if std::os::unix::net::UnixStream::connect(&path).is_err() {
-        let _ = std::fs::remove_file(&path);
-    }
-    let listener = UnixListener::bind(&path)?;
+    let listener = bind_control(&path, STALE_GRACE)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     std::thread::Builder::new().name("control".into()).spawn(move || {
         for stream in listener.incoming().flatten() {
@@ -365,6 +361,34 @@ pub fn spawn_control(runtime_dir: &Path, waker: Waker) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How long a control socket that still accepts connections may take to go away before it is
+/// taken for a running daemon's.
+const STALE_GRACE: Duration = Duration::from_secs(2);
+
+/// Binds the control socket at `path`. A socket left by a daemon that was killed is removed
+/// first: nothing listens on it any more, so connect() is refused. Something may still hold
+/// a killed daemon's listener for a moment, though: a child it had forked and that had not
+/// exec'd yet keeps a copy of every descriptor until exec closes it. That made a restart
+/// right after `kill -9` fail with "Address already in use" (connect() succeeded, so the
+/// file stayed). So a socket that accepts is asked again until `grace` has passed; only then
+/// is it another daemon's, and left alone.
+fn bind_control(path: &Path, grace: Duration) -> std::io::Result<UnixListener> {
+    let deadline = Instant::now() + grace;
+    loop {
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+            match UnixListener::bind(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {}
+                bound => return bound,
+            }
+        } else if Instant::now() >= deadline {
+            let why = format!("another daemon answers on it (for {grace:?})");
+            return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, why));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads at most `limit` bytes: a client cannot make the control thread buffer without end.
 trait TakeLine: Sized {
     fn take_line(self, limit: u64) -> BufReader<std::io::Take<Self>>;
@@ -379,6 +403,51 @@ impl<R: std::io::Read> TakeLine for BufReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fanlink-control-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_killed_daemons_socket_is_taken_over_also_while_a_child_still_holds_it_for_a_moment() {
+        let dir = scratch("stale");
+        let path = dir.join("control");
+        // Left by a daemon that was killed: the file stays, nothing listens.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        drop(bind_control(&path, Duration::from_secs(2)).expect("a stale socket is replaced"));
+        // Still listening for 300 ms, as in a child between fork and exec when its parent
+        // was killed; then closed.
+        drop(std::fs::remove_file(&path));
+        let held = UnixListener::bind(&path).unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let started = Instant::now();
+        let bound = bind_control(&path, Duration::from_secs(2));
+        holder.join().unwrap();
+        assert!(bound.is_ok(), "{bound:?}");
+        assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_running_daemons_socket_is_left_alone() {
+        let dir = scratch("live");
+        let path = dir.join("control");
+        let live = UnixListener::bind(&path).unwrap();
+        let e = bind_control(&path, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        assert!(e.to_string().contains("another daemon answers on it"), "{e}");
+        // Its socket still reaches it.
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert!(live.accept().is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_resting_socket_wakes_the_loop_when_its_rest_ends_unless_the_deadline_is_first() {

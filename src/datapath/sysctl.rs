@@ -1,4 +1,5 @@
-//! Kernel settings under `/proc/sys` that a fan host needs, chiefly `net.ipv4.ip_forward`.
+//! Kernel settings under `/proc/sys` that a fan host needs: IPv4 forwarding on a fan's
+//! bridge and underlay link (`net.ipv4.conf.LINK.forwarding`), never host-wide.
 //!
 //! Everything under `/proc/sys/net` belongs to the network namespace of the thread that
 //! opens the file, not to the process: a thread that has `setns`'d into another namespace
@@ -12,8 +13,12 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Where IPv4 forwarding is switched on for every interface of the namespace.
-pub const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Where IPv4 forwarding is set for packets coming in on `link`. (`net.ipv4.ip_forward`,
+/// which is `conf/all/forwarding`, sets every interface of the namespace: fanlink leaves it
+/// alone.)
+pub fn forwarding_path(link: &str) -> PathBuf {
+    Path::new("/proc/sys/net/ipv4/conf").join(link).join("forwarding")
+}
 
 /// A sysctl that could not be read or written, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +62,19 @@ pub fn ensure(path: &Path, value: &str) -> Result<bool, SysctlError> {
     Ok(true)
 }
 
-/// Turns on IPv4 forwarding in the current network namespace; returns whether it was off.
-pub fn ensure_ipv4_forwarding() -> Result<bool, SysctlError> {
-    ensure(Path::new(IPV4_FORWARD), "1")
+/// Turns on IPv4 forwarding for packets coming in on `link`; returns whether it was off.
+pub fn ensure_forwarding(link: &str) -> Result<bool, SysctlError> {
+    ensure(&forwarding_path(link), "1")
+}
+
+/// Whether `link` forwards IPv4; `None` if it has no such setting (it is gone, or has no
+/// IPv4 state).
+pub fn forwarding(link: &str) -> Result<Option<bool>, SysctlError> {
+    match read(&forwarding_path(link)) {
+        Ok(value) => Ok(Some(value == "1")),
+        Err(e) if e.source.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -79,6 +94,13 @@ mod tests {
         assert_eq!(read(&path).unwrap(), "1");
         assert!(!ensure(&path, "1").unwrap());
         fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn forwarding_is_per_link_and_a_missing_link_has_none() {
+        assert_eq!(forwarding_path("eth0.100"), Path::new("/proc/sys/net/ipv4/conf/eth0.100/forwarding"));
+        assert_eq!(forwarding("no-such-link0").unwrap(), None);
+        assert!(forwarding("lo").unwrap().is_some());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! not run it (by hand, in a container, in the tests). Under systemd each fan's dnsmasq is a
 //! unit instead (`units`), so that it is not bound by fanlink's own sandbox.
 
-use super::{args, range, DhcpConfig};
+use super::{args, DhcpConfig};
 use crate::ifname::IfName;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -76,7 +76,7 @@ impl Children {
         std::fs::create_dir_all(&self.state_dir)?;
         std::fs::create_dir_all(&self.runtime_dir)?;
         self.kill_stale(&cfg.fan);
-        let (first, last) = range(cfg.slice);
+        let (first, last) = cfg.range;
         let mut command = Command::new("dnsmasq");
         // The daemon blocks SIGTERM and SIGHUP in all its threads (the worker reads them from a
         // signalfd); a child inherits that mask and would never see our SIGTERM.

@@ -1,5 +1,6 @@
 //! DHCP on a fan's bridge (`dhcp = true`): dnsmasq, as LXD and `fanctl --dhcp` run it. It
-//! serves the host's part of its slice, tells clients the fan MTU (option 26: VMs hang on
+//! serves the DHCP part of the host's slice (its address plan, `addrplan`: never an address
+//! of the host's or of Docker's share), tells clients the fan MTU (option 26: VMs hang on
 //! TLS without it) and the bridge as their router, listens on the bridge only, and reads no
 //! /etc/dnsmasq.conf. It follows the fan: started when the fan comes up, stopped when it
 //! goes down, restarted with a new range when the slice moves.
@@ -25,23 +26,18 @@ pub struct DhcpConfig {
     pub fan: IfName,
     /// The bridge's address with the overlay's prefix length, e.g. 250.3.4.1/8.
     pub bridge_address: Ipv4Net,
-    /// This host's slice, e.g. 250.3.4.0/24.
-    pub slice: Ipv4Net,
+    /// The first and last address handed out: the DHCP part of the slice's address plan,
+    /// e.g. 250.3.4.2-250.3.4.127 (Docker's share is the rest).
+    pub range: (Ipv4Addr, Ipv4Addr),
     pub mtu: u32,
-}
-
-/// The addresses handed out: `.2`-`.254` of the host's first /24 inside its slice, or the
-/// whole slice but its network, bridge and broadcast addresses when the slice is narrower.
-pub fn range(slice: Ipv4Net) -> (Ipv4Addr, Ipv4Addr) {
-    let network = u32::from(slice.network());
-    let last = if slice.prefix_len() <= 24 { network + 254 } else { u32::from(slice.broadcast()) - 1 };
-    (Ipv4Addr::from(network + 2), Ipv4Addr::from(last))
+    /// The lease time, in dnsmasq's syntax ("1h").
+    pub lease: String,
 }
 
 /// The fan's own dnsmasq options, as long option names without their `--` (the form of a
 /// dnsmasq configuration file). `state_dir` keeps the lease file across restarts.
 pub fn options(cfg: &DhcpConfig, state_dir: &Path) -> Vec<String> {
-    let (first, last) = range(cfg.slice);
+    let (first, last) = cfg.range;
     let router = cfg.bridge_address.addr();
     vec![
         // No /etc/hosts: this instance is fanlink's alone.
@@ -51,7 +47,7 @@ pub fn options(cfg: &DhcpConfig, state_dir: &Path) -> Vec<String> {
         // Bound to the bridge's address only: no DNS or DHCP on any other interface, and no
         // clash with another resolver on the host.
         "bind-dynamic".into(),
-        format!("dhcp-range={first},{last},{},1h", cfg.bridge_address.netmask()),
+        format!("dhcp-range={first},{last},{},{}", cfg.bridge_address.netmask(), cfg.lease),
         format!("dhcp-option=option:router,{router}"),
         format!("dhcp-option=option:mtu,{}", cfg.mtu),
         "dhcp-authoritative".into(),
@@ -146,8 +142,9 @@ fn example() -> DhcpConfig {
     DhcpConfig {
         fan: "fan-250".parse().unwrap(),
         bridge_address: "250.3.4.1/8".parse().unwrap(),
-        slice: "250.3.4.0/24".parse().unwrap(),
+        range: ("250.3.4.2".parse().unwrap(), "250.3.4.127".parse().unwrap()),
         mtu: 1450,
+        lease: "1h".into(),
     }
 }
 
@@ -156,25 +153,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_range_is_the_hosts_24_or_the_whole_narrower_slice() {
-        let r = |s: &str| {
-            let (a, b) = range(s.parse().unwrap());
-            format!("{a}-{b}")
-        };
-        assert_eq!(r("250.3.4.0/24"), "250.3.4.2-250.3.4.254");
-        assert_eq!(r("250.178.0.0/16"), "250.178.0.2-250.178.0.254");
-        assert_eq!(r("100.66.128.0/26"), "100.66.128.2-100.66.128.62");
-        assert_eq!(r("240.0.0.4/30"), "240.0.0.6-240.0.0.6");
-    }
-
-    #[test]
     fn dnsmasq_is_bound_to_the_bridge_and_tells_the_mtu() {
         let cfg = example();
         let args = args(&cfg, Path::new("/var/lib/fanlink")).join(" ");
         for want in [
             "--no-daemon --conf-file=/dev/null",
             "--interface=fan-250 --except-interface=lo --bind-dynamic",
-            "--dhcp-range=250.3.4.2,250.3.4.254,255.0.0.0,1h",
+            "--dhcp-range=250.3.4.2,250.3.4.127,255.0.0.0,1h",
             "--dhcp-option=option:router,250.3.4.1",
             "--dhcp-option=option:mtu,1450",
             "--dhcp-authoritative",
@@ -182,5 +167,8 @@ mod tests {
         ] {
             assert!(args.contains(want), "{want} in {args}");
         }
+        let week = DhcpConfig { lease: "7d".into(), ..cfg };
+        let week = super::args(&week, Path::new("/var/lib/fanlink")).join(" ");
+        assert!(week.contains("--dhcp-range=250.3.4.2,250.3.4.127,255.0.0.0,7d "), "{week}");
     }
 }

@@ -4,7 +4,7 @@
 //! fanlink's record of which units it started, so a restarted daemon knows them without
 //! asking systemd. The units outlive a restart of fanlink, as the fans do.
 
-use super::{options, range, DhcpConfig};
+use super::{options, DhcpConfig};
 use crate::ifname::IfName;
 use crate::networkd::{Arg, Bus};
 use std::collections::{HashMap, HashSet};
@@ -78,7 +78,7 @@ impl Units {
         })();
         match result {
             Ok(()) => {
-                let (first, last) = range(cfg.slice);
+                let (first, last) = cfg.range;
                 log::info!("{fan}: dhcp: {} serving {first}-{last}, mtu {}", unit(&fan), cfg.mtu);
                 self.started.insert(fan.clone(), cfg.clone());
                 self.failed.remove(&fan);
@@ -149,7 +149,7 @@ mod tests {
         assert!(text.starts_with("# Written by fanlink for fanlink-dhcp@fan-250.service"), "{text}");
         for want in [
             "\ninterface=fan-250\nexcept-interface=lo\nbind-dynamic\n",
-            "\ndhcp-range=250.3.4.2,250.3.4.254,255.0.0.0,1h\n",
+            "\ndhcp-range=250.3.4.2,250.3.4.127,255.0.0.0,1h\n",
             "\ndhcp-option=option:mtu,1450\n",
             "\ndhcp-leasefile=/var/lib/fanlink/fan-250.leases\n",
         ] {

@@ -67,6 +67,11 @@ pub struct Fan {
     pub interface: Option<IfName>,
     pub enabled: bool,
     pub dhcp: bool,
+    /// `host-reserve`, when the source sets one.
+    pub host_reserve: Option<u32>,
+    /// `mtu` and `masquerade` (from LXD's `bridge.mtu` and `ipv4.nat`).
+    pub mtu: Option<u32>,
+    pub masquerade: bool,
     /// Comment lines saying what the translation did.
     pub notes: Vec<String>,
 }
@@ -182,6 +187,10 @@ fn resolve(
         let col = if m.starts_with("underlay") { l.underlay_col } else { l.overlay_col };
         refuse(col, m)
     })?;
+    if let Some((count, col)) = l.host_reserve {
+        let split = crate::addrplan::Split { host_reserve: count, ..Default::default() };
+        split.check(map.slice_prefix_len()).map_err(|(_, m)| refuse(col, m))?;
+    }
     Ok(Fan {
         line,
         source: source.trim().to_string(),
@@ -190,6 +199,9 @@ fn resolve(
         interface,
         enabled: l.enabled,
         dhcp: l.dhcp,
+        host_reserve: l.host_reserve.map(|(n, _)| n),
+        mtu: None,
+        masquerade: true,
         notes,
     })
 }

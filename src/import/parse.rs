@@ -48,6 +48,9 @@ pub struct FanLine {
     pub enabled: bool,
     /// `--dhcp` / `dhcp`: fanlink serves DHCP on the bridge (`dhcp = true`).
     pub dhcp: bool,
+    /// `--host-reserve=N` / `host-reserve N`: the slice's first N addresses are the host's,
+    /// with the column of N.
+    pub host_reserve: Option<(u32, usize)>,
 }
 
 /// Splits a line into words with their columns, dropping a `#` comment. Surrounding
@@ -137,7 +140,7 @@ fn command_words<'a>(words: &[Token<'a>]) -> Vec<Token<'a>> {
 pub fn fan_line(words: &[Token<'_>], line: usize, fanctl: Option<usize>) -> Result<FanLine, Refusal> {
     let refuse = |col: usize, message: String| Refusal { line, col, message };
     let (mut underlay, mut overlay, mut positional) = (None, None, Vec::new());
-    let (mut bridge, mut enabled, mut dhcp) = (None, true, false);
+    let (mut bridge, mut enabled, mut dhcp, mut host_reserve) = (None, true, false, None);
     if let Some(w) = words.iter().find(|w| w.text.contains('$') || w.text.contains('`')) {
         let message = format!("`{}` is a shell expansion; write the value it stands for", w.text);
         return Err(refuse(w.col, message));
@@ -179,6 +182,16 @@ pub fn fan_line(words: &[Token<'_>], line: usize, fanctl: Option<usize>) -> Resu
                 }
             }
             "--dhcp" | "dhcp" => dhcp = true,
+            "--host-reserve" | "host-reserve" => {
+                let n = value("a number of addresses")?;
+                let count = n.text.parse::<u32>().ok().filter(|c| *c >= 1).ok_or_else(|| {
+                    refuse(
+                        n.col,
+                        format!("host-reserve `{}` is not a number of addresses (1 or more)", n.text),
+                    )
+                })?;
+                host_reserve = Some((count, n.col));
+            }
             "--enable" => enabled = true,
             "--disable" | "off" => enabled = false,
             _ if w.text.starts_with('-') => {
@@ -197,12 +210,13 @@ pub fn fan_line(words: &[Token<'_>], line: usize, fanctl: Option<usize>) -> Resu
     let (u, o) = roles(underlay, overlay, &positional, line, fanctl)?;
     let underlay = underlay_spec(u, line)?;
     let overlay = prefix(o, "overlay", "250.0.0.0/8", line)?;
-    Ok(FanLine { underlay, underlay_col: u.col, overlay, overlay_col: o.col, bridge, enabled, dhcp })
+    let (underlay_col, overlay_col) = (u.col, o.col);
+    Ok(FanLine { underlay, underlay_col, overlay, overlay_col, bridge, enabled, dhcp, host_reserve })
 }
 
 const FANCTL_FORM: &str = "`fanctl up` takes -u UNDERLAY -o OVERLAY [OPTIONS]";
-const KNOWN: &str = "fanlink imports --bridge=NAME, --type=vxlan, --dhcp, --enable, --disable, -u, \
-                     -o and the old words `bridge NAME`, `dhcp` and `off`";
+const KNOWN: &str = "fanlink imports --bridge=NAME, --type=vxlan, --dhcp, --host-reserve=N, --enable, \
+                     --disable, -u, -o and the old words `bridge NAME`, `dhcp`, `host-reserve N` and `off`";
 const IPIP: &str = "the ipip fan is not supported: fanlink builds the vxlan fan only (ipip was \
                     removed from LXD); use --type=vxlan on every host of this fan";
 
@@ -320,6 +334,10 @@ mod tests {
         assert_eq!((b.underlay_col, b.overlay_col, b.enabled), (13, 1, false));
         let c = parse("-o 241.0.0.0/8 -u eth0/24 --type vxlan").unwrap();
         assert_eq!(c.underlay, UnderlaySpec::Interface("eth0".parse().unwrap(), Some(24)));
+        let r = parse("10.0.0.0/16 250.0.0.0/8 --host-reserve=10").unwrap();
+        assert_eq!(r.host_reserve, Some((10, 40)));
+        let r = parse("250.0.0.0/8 10.0.0.0/16 host-reserve 4 dhcp").unwrap();
+        assert_eq!((r.host_reserve, r.dhcp), (Some((4, 38)), true));
         let d = parse("10.0.0.0/8 default").unwrap();
         assert_eq!((d.underlay, d.overlay), (UnderlaySpec::Default(None), net("10.0.0.0/8")));
     }
@@ -338,6 +356,7 @@ mod tests {
             ("ens3/40 250.0.0.0/8", "1: underlay `ens3/40`: `/40` is not a prefix length (0-32)".into()),
             ("10.0.0.0/16 250.0.0.0/8 --bridge=fan-250-overlay0", "34: bridge name: \"fan-250-overlay0\" is 16 bytes long; interface names have at most 15".into()),
             ("10.0.0.0/16 250.0.0.0/8 --bridge", "25: `--bridge` needs a bridge name after it".into()),
+            ("10.0.0.0/16 250.0.0.0/8 --host-reserve=x", "40: host-reserve `x` is not a number of addresses (1 or more)".into()),
             ("-u 10.0.0.0/16 -o 250.0.0.0/8 240.0.0.0/8", "31: unexpected `240.0.0.0/8`: the underlay and overlay are already given".into()),
         ];
         for (line, expected) in cases {

@@ -1,10 +1,11 @@
 //! Writes imported fans as a rule file in the README's format: a header naming the source,
 //! then per fan the source line as a comment, notes on what the translation did, and a
-//! `[[fan]]` table; a disabled fan's table is commented out so that it does not come up.
+//! `[[fan]]` table; a disabled fan's says `enable = false`, so that it is kept but does not
+//! come up.
 
 use super::{Fan, Syntax};
 
-/// The file text, and for each enabled fan (by index) its first and last 1-based line.
+/// The file text, and for each fan (by index) its first and last 1-based line.
 pub fn file(origin: &str, syntax: Syntax, fans: &[Fan]) -> (String, Vec<(usize, usize, usize)>) {
     let mut lines = vec![
         format!("# fanlink rules imported from {} by `fanlink import`.", comment(origin)),
@@ -24,16 +25,12 @@ pub fn file(origin: &str, syntax: Syntax, fans: &[Fan]) -> (String, Vec<(usize, 
         lines.extend(fan.notes.iter().map(|n| format!("# {n}")));
         if !fan.enabled {
             lines.push(
-                "# Disabled in the source: remove the \"# \" before the lines below to enable it.".into(),
+                "# Disabled in the source: kept, not brought up; set `enable = true` to use it.".into(),
             );
         }
         let first = lines.len() + 1;
-        for line in table(fan) {
-            lines.push(if fan.enabled { line } else { format!("# {line}") });
-        }
-        if fan.enabled {
-            blocks.push((i, first, lines.len()));
-        }
+        lines.extend(table(fan));
+        blocks.push((i, first, lines.len()));
     }
     let mut text = lines.join("\n");
     text.push('\n');
@@ -50,8 +47,20 @@ fn table(fan: &Fan) -> Vec<String> {
     if let Some(interface) = &fan.interface {
         t.push(format!("interface = {}", quoted(interface.as_str())));
     }
+    if let Some(mtu) = fan.mtu {
+        t.push(format!("mtu = {mtu}"));
+    }
+    if !fan.masquerade {
+        t.push("masquerade = false".into());
+    }
     if fan.dhcp {
         t.push("dhcp = true".into());
+    }
+    if let Some(n) = fan.host_reserve {
+        t.push(format!("host-reserve = {n}"));
+    }
+    if !fan.enabled {
+        t.push("enable = false".into());
     }
     t
 }
@@ -81,6 +90,9 @@ mod tests {
             interface: Some("ens\"3".parse().unwrap()),
             enabled,
             dhcp: false,
+            host_reserve: None,
+            mtu: None,
+            masquerade: true,
             notes: vec!["a note".into()],
         }
     }
@@ -104,13 +116,14 @@ mod tests {
              \n\
              # /etc/network/fan:5: 10.0.3.4/16 250.0.0.0/8\n\
              # a note\n\
-             # Disabled in the source: remove the \"# \" before the lines below to enable it.\n\
-             # [[fan]]\n\
-             # overlay = \"250.0.0.0/8\"\n\
-             # underlay = \"10.0.0.0/16\"\n\
-             # interface = \"ens\\\"3\"\n"
+             # Disabled in the source: kept, not brought up; set `enable = true` to use it.\n\
+             [[fan]]\n\
+             overlay = \"250.0.0.0/8\"\n\
+             underlay = \"10.0.0.0/16\"\n\
+             interface = \"ens\\\"3\"\n\
+             enable = false\n"
         );
-        assert_eq!(blocks, [(0, 6, 10)]);
+        assert_eq!(blocks, [(0, 6, 10), (1, 15, 19)]);
     }
 
     #[test]

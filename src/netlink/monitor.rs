@@ -23,7 +23,7 @@ pub const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 /// vxlan VNI filter entries added or removed (Linux 5.18); a group number past the 32 bits
 /// of `bind`'s mask, joined with NETLINK_ADD_MEMBERSHIP (`join`).
 pub const RTNLGRP_TUNNEL: u32 = 35;
-/// IPv4 per-namespace and per-device settings (`net.ipv4.ip_forward` among them).
+/// IPv4 per-namespace and per-device settings (each link's `forwarding` among them).
 pub const RTNLGRP_IPV4_NETCONF: u32 = 24;
 
 const RTM_NEWLINK: u16 = 16;
@@ -44,8 +44,6 @@ const AF_INET: u8 = libc::AF_INET as u8;
 const NETCONFMSG_LEN: usize = 1;
 const NETCONFA_IFINDEX: u16 = 1;
 const NETCONFA_FORWARDING: u16 = 2;
-/// NETCONFA_IFINDEX of the namespace-wide setting (`all`), which `net.ipv4.ip_forward` is.
-const NETCONFA_IFINDEX_ALL: i32 = -1;
 const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
 /// Room for a burst of events (a container start is a handful of messages per link).
 const MONITOR_RCVBUF: libc::c_int = 1 << 20;
@@ -103,8 +101,12 @@ pub enum Event {
     Tunnel {
         index: u32,
     },
-    /// `net.ipv4.ip_forward` was set (to on or off).
-    Forwarding(bool),
+    /// IPv4 forwarding of link `index` was set (`net.ipv4.conf.LINK.forwarding`; writing
+    /// `net.ipv4.ip_forward` sets every link's, and each is announced).
+    Forwarding {
+        index: u32,
+        on: bool,
+    },
 }
 
 impl Netlink {
@@ -187,9 +189,9 @@ impl Netlink {
                     .payload
                     .get(4..8)
                     .map(|b| Event::Tunnel { index: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) }),
-                RTM_NEWNETCONF => {
-                    parse_forwarding(m.payload).map_err(|e| super::malformed(op, e))?.map(Event::Forwarding)
-                }
+                RTM_NEWNETCONF => parse_forwarding(m.payload)
+                    .map_err(|e| super::malformed(op, e))?
+                    .map(|(index, on)| Event::Forwarding { index, on }),
                 msg::NLMSG_OVERRUN => return Err(Error::new(op, Errno::ENOBUFS)),
                 _ => None,
             };
@@ -199,10 +201,11 @@ impl Netlink {
     }
 }
 
-/// The namespace-wide IPv4 forwarding setting from an RTM_NEWNETCONF, if it carries it: a
-/// change of `net.ipv4.ip_forward` is announced for `all` (and then for `default` and each
-/// device, which fanlink does not need).
-fn parse_forwarding(payload: &[u8]) -> Result<Option<bool>, msg::DecodeError> {
+/// A link's IPv4 forwarding setting from an RTM_NEWNETCONF, if it carries it: a change of a
+/// link's `forwarding` is announced for that link, a change of `net.ipv4.ip_forward` for
+/// `all`, `default` and then every link (which fanlink does not need twice), and a new link
+/// announces all its settings.
+fn parse_forwarding(payload: &[u8]) -> Result<Option<(u32, bool)>, msg::DecodeError> {
     let (hdr, attrs) = msg::split(payload, NETCONFMSG_LEN)?;
     if hdr[0] != AF_INET {
         return Ok(None);
@@ -216,7 +219,7 @@ fn parse_forwarding(payload: &[u8]) -> Result<Option<bool>, msg::DecodeError> {
             _ => {}
         }
     }
-    Ok(forwarding.filter(|_| index == Some(NETCONFA_IFINDEX_ALL)).map(|f| f != 0))
+    Ok(index.filter(|i| *i > 0).zip(forwarding).map(|(i, f)| (i as u32, f != 0)))
 }
 
 #[cfg(test)]
@@ -236,16 +239,17 @@ mod tests {
     }
 
     #[test]
-    fn the_namespace_wide_forwarding_setting_is_read_from_netconf() {
-        assert_eq!(parse_forwarding(&netconf(2, -1, 0)), Ok(Some(false)));
-        assert_eq!(parse_forwarding(&netconf(2, -1, 1)), Ok(Some(true)));
-        // `default` (-2) and a device's own setting are not `net.ipv4.ip_forward`.
+    fn a_links_forwarding_setting_is_read_from_netconf() {
+        assert_eq!(parse_forwarding(&netconf(2, 3, 0)), Ok(Some((3, false))));
+        assert_eq!(parse_forwarding(&netconf(2, 3, 1)), Ok(Some((3, true))));
+        // `all` (-1, `net.ipv4.ip_forward`) and `default` (-2) are no link's: each link's
+        // own announcement follows them.
+        assert_eq!(parse_forwarding(&netconf(2, -1, 0)), Ok(None));
         assert_eq!(parse_forwarding(&netconf(2, -2, 0)), Ok(None));
-        assert_eq!(parse_forwarding(&netconf(2, 3, 0)), Ok(None));
         // IPv6 (family 10) has its own forwarding.
-        assert_eq!(parse_forwarding(&netconf(10, -1, 0)), Ok(None));
-        // Another setting of `all` (rp_filter, type 3) says nothing about forwarding.
-        let mut rp_filter = netconf(2, -1, 1);
+        assert_eq!(parse_forwarding(&netconf(10, 3, 0)), Ok(None));
+        // Another setting of a link (rp_filter, type 3) says nothing about forwarding.
+        let mut rp_filter = netconf(2, 3, 1);
         rp_filter[14] = 3;
         assert_eq!(parse_forwarding(&rp_filter), Ok(None));
         assert!(parse_forwarding(&[]).is_err());

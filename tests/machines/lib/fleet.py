@@ -6,13 +6,17 @@ costs a minute of a shared CPU, and a fleet of Debian 11, 12 and 13 is what the 
 scenarios need anyway (issue 13).
 """
 
+import os
 import threading
 import time
+import traceback
 from contextlib import contextmanager
 
 from guest import Guest, StepFailed
 
 _lock = threading.Lock()
+# The scenarios that have printed their line: one that has not is a failure (unreported()).
+REPORTED = set()
 
 
 def say(msg):
@@ -21,6 +25,7 @@ def say(msg):
 
 
 def result(name, outcome, secs, why=""):
+    REPORTED.add(name)
     say(f"machine scenario fleet/{name}: {outcome} in {secs:.1f} s" + (f": {why}" if why else ""))
 
 
@@ -84,6 +89,36 @@ class Fleet:
             g.stop()
 
 
+def skipped(name, secs, why):
+    """A scenario that cannot run: a failure unless FANLINK_MACHINES_MAY_SKIP=1 says a skip is
+    fine (so that CI needs to set nothing to fail on it). True if it counts as failed."""
+    if os.environ.get("FANLINK_MACHINES_MAY_SKIP") == "1":
+        result(name, "skipped", secs, why)
+        return False
+    result(name, "failed", secs, f"skipped: {why} (FANLINK_MACHINES_MAY_SKIP=1 lets it skip)")
+    return True
+
+
+def unreported(plan):
+    """The scenarios of `plan` that have printed no line yet."""
+    return [s for s in plan if s not in REPORTED]
+
+
+def first_line(e):
+    """An exception in one line: the message's first line, or its type when the message says
+    nothing alone (KeyError('ip') is "'ip'")."""
+    text = (str(e).splitlines() or [""])[0]
+    return text if isinstance(e, StepFailed) and text else f"{type(e).__name__}: {text}"
+
+
+def evidence(fleet, what):
+    """The guests' logs after a failure: a help, so an error here ends nothing."""
+    try:
+        fleet.evidence()
+    except Exception as e:  # noqa: BLE001 - the result lines are printed already
+        say(f"---- {what}: no evidence: {first_line(e)}")
+
+
 def run(fleet, plan, steps, failed):
     """Runs the scenarios of `plan` in order on the booted fleet: one result line each. A
     scenario runs on the state the ones before it left; after a failure the rest are not run
@@ -94,9 +129,9 @@ def run(fleet, plan, steps, failed):
             fleet.boot()
     except Exception as e:  # noqa: BLE001 - every scenario fails, with the reason
         for s in plan:
-            result(s, "failed", time.monotonic() - t0, f"the guests did not boot: {e}")
+            result(s, "failed", time.monotonic() - t0, f"the guests did not boot: {first_line(e)}")
         failed.append("boot")
-        fleet.evidence()
+        evidence(fleet, "boot")
         return
     broken = None
     for s in plan:
@@ -109,14 +144,15 @@ def run(fleet, plan, steps, failed):
             for fn in steps[s]:
                 skip = fn(fleet) or skip
             if skip:
-                result(s, "skipped", time.monotonic() - t, skip.why)
+                if skipped(s, time.monotonic() - t, skip.why):
+                    failed.append(s)
             else:
                 result(s, "passed", time.monotonic() - t)
-        except (StepFailed, OSError, ValueError) as e:
-            result(s, "failed", time.monotonic() - t, str(e).splitlines()[0])
-            say(f"---- {s}: {e}")
-            fleet.evidence()
+        except Exception as e:  # noqa: BLE001 - any error fails the scenario (a KeyError too)
+            result(s, "failed", time.monotonic() - t, first_line(e))
             failed.append(s)
             broken = s
+            say(f"---- {s}: {e}" if isinstance(e, StepFailed) else f"---- {s}: {traceback.format_exc()}")
+            evidence(fleet, s)
     for line in fleet.notes:
         say(f"machines: {line}")
