@@ -31,10 +31,12 @@ SUITES = ("bullseye", "bookworm", "trixie")
 # Per suite: the workload hosts' container managers (scenario 6, lib/workloads.py). Debian 13
 # has Incus (6.0) and Docker (26.1; the `docker` command is docker-cli, which docker.io only
 # recommends); Debian 12 has Docker 20.10 and no Incus. busybox-static (replaces busybox) is
-# the workloads' root filesystem; xz-utils unpacks Incus's image tarballs.
+# the workloads' root filesystem; xz-utils unpacks Incus's image tarballs. Docker 20.10 fails
+# every `docker run` where the kernel has AppArmor and apparmor_parser is missing (docker.io
+# recommends apparmor, which a standard Debian 12 has); Docker 26 checks for the parser.
 EXTRA = {
     "trixie": ["incus", "docker.io", "docker-cli", "iptables", "xz-utils", "busybox-static"],
-    "bookworm": ["docker.io", "iptables", "busybox-static"],
+    "bookworm": ["docker.io", "iptables", "busybox-static", "apparmor"],
 }
 # Guest memory (MiB): 640 boots systemd and fanlink; dockerd, containerd and incusd want more.
 MEMORY = {"trixie": 1536, "bookworm": 1536}
