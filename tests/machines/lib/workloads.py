@@ -22,9 +22,7 @@ from guest import StepFailed
 FAN = "fan-250"
 RULE = f'[[fan]]\\nname = "{FAN}"\\noverlay = "250.0.0.0/8"\\nunderlay = "10.66.0.0/16"\\ndhcp = true\\n'
 # README "Docker": the recipe as the test runs it (one line to change when the recipe does).
-# The issue-23 contract's form, `docker network create $(fanlink docker-args FAN)`, is not on
-# main yet: docker-args still prints a whole command and needs --address.
-DOCKER_NET = 'eval "$(fanlink docker-args {fan} --address {addr})"'
+DOCKER_NET = "docker network create $(fanlink docker-args {fan})"
 REBOOTS = 3
 LEASES = f"/var/lib/fanlink/{FAN}.leases"
 DHCP_CONF = f"/var/lib/fanlink/dhcp/{FAN}.conf"
@@ -156,7 +154,7 @@ def setup(fleet, h):
     g.sh(f"systemctl enable --now {units}", timeout=300)
     g.sh(ROOTFS, timeout=120)
     g.sh("tar -C /root/tiny/rootfs -c . | docker import - tiny >/dev/null", timeout=180)
-    g.sh(DOCKER_NET.format(fan=FAN, addr=h.underlay) + " >/dev/null", timeout=120)
+    g.sh(DOCKER_NET.format(fan=FAN) + " >/dev/null", timeout=120)
     if h.incus:
         g.sh(f"incus admin init --preseed <<'EOF'\n{PRESEED}EOF", timeout=180)
         g.sh("incus image import /root/tiny/meta.tar.gz /root/tiny/rootfs.tar.gz --alias tiny", timeout=180)
