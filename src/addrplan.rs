@@ -166,7 +166,7 @@ fn count(range: (Ipv4Addr, Ipv4Addr)) -> u64 {
 }
 
 /// "a - b (N addresses)", or "a" for one.
-pub fn describe_range(range: (Ipv4Addr, Ipv4Addr)) -> String {
+fn describe_range(range: (Ipv4Addr, Ipv4Addr)) -> String {
     match count(range) {
         1 => format!("{}", range.0),
         n => format!("{} - {} ({n} addresses)", range.0, range.1),
@@ -296,6 +296,39 @@ mod tests {
         assert!(Split { host_reserve: 255, docker_share: 0 }.check(24).is_err());
     }
 
+    /// Rule files as `check` reads them: (rules, errors as printed).
+    fn parse(text: &str) -> (Vec<crate::config::Rule>, Vec<String>) {
+        let (rules, errors) =
+            crate::config::parse_all(&[(std::path::PathBuf::from("t.toml"), text.to_string())]);
+        (rules, errors.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn the_split_keys_are_checked_against_the_slice() {
+        let fan = |extra: &str| {
+            parse(&format!("[[fan]]\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.0.0.0/16\"\n{extra}"))
+        };
+        let (rules, errors) = fan("host-reserve = 10\ndocker-share = \"1/4\"\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(rules[0].split, Split { host_reserve: 10, docker_share: 4 });
+        assert_eq!(fan("").0[0].split, Split::default());
+        assert_eq!(
+            fan("host-reserve = 128\n").1,
+            ["t.toml:4:16: error: `host-reserve = 128` does not fit a /24 slice with docker-share \"1/2\": at most 127 addresses"]
+        );
+        assert_eq!(
+            fan("host-reserve = 0\n").1,
+            ["t.toml:4:16: error: `host-reserve` must be a number of addresses, 1 or more (the bridge's is the first), not 0"]
+        );
+        assert!(fan("docker-share = \"1/3\"\n").1[0]
+            .starts_with("t.toml:4:16: error: `docker-share` \"1/3\" is not"));
+        // A /30 slice has one address beside the bridge: DHCP needs Docker's share for it.
+        let tiny = "[[fan]]\noverlay = \"250.0.0.0/14\"\nunderlay = \"10.0.0.0/16\"\n";
+        let (_, errors) = parse(&format!("{tiny}dhcp = true\n"));
+        assert_eq!(errors, ["t.toml:4:8: error: `dhcp = true` has no address to hand out: a /30 slice has none left beside the host's 1 and Docker's share 1/2; set docker-share = \"none\" or a smaller host-reserve"]);
+        assert!(parse(&format!("{tiny}dhcp = true\ndocker-share = \"none\"\n")).1.is_empty());
+    }
+
     #[test]
     fn shares_parse() {
         assert_eq!(parse_share("1/2"), Ok(2));
@@ -328,17 +361,26 @@ mod tests {
         #[test]
         fn the_parts_never_overlap((slice, split) in case(), probe in any::<u32>()) {
             let p = split.plan(slice).unwrap();
-            let offset = probe & !u32::from(slice.netmask());
-            let a = Ipv4Addr::from(u32::from(slice.network()) | offset);
-            let within = |r: (Ipv4Addr, Ipv4Addr)| r.0 <= a && a <= r.1;
-            let owners = [
-                within(p.host),
-                p.dhcp.is_some_and(within),
-                p.docker.as_ref().is_some_and(|d| d.hands_out(a)),
-            ];
-            prop_assert!(owners.iter().filter(|o| **o).count() <= 1, "{a} in {p}");
-            if a == slice.network() || a == slice.broadcast() {
-                prop_assert_eq!(owners, [false; 3], "{} in {}", a, p);
+            // A random address of the slice, and every boundary of every part and its neighbours.
+            let mut probes = vec![Ipv4Addr::from(u32::from(slice.network()) | (probe & !u32::from(slice.netmask())))];
+            let mut edges = vec![slice.network(), slice.broadcast(), p.host.0, p.host.1];
+            edges.extend(p.dhcp.map_or(vec![], |d| vec![d.0, d.1]));
+            edges.extend(p.docker.as_ref().map_or(vec![], |d| vec![d.range.network(), d.range.broadcast()]));
+            for e in edges {
+                let e = u32::from(e);
+                probes.extend([e.wrapping_sub(1), e, e.wrapping_add(1)].map(Ipv4Addr::from));
+            }
+            for a in probes.into_iter().filter(|a| slice.contains(a)) {
+                let within = |r: (Ipv4Addr, Ipv4Addr)| r.0 <= a && a <= r.1;
+                let owners = [
+                    within(p.host),
+                    p.dhcp.is_some_and(within),
+                    p.docker.as_ref().is_some_and(|d| d.hands_out(a)),
+                ];
+                prop_assert!(owners.iter().filter(|o| **o).count() <= 1, "{a} in {p}");
+                if a == slice.network() || a == slice.broadcast() {
+                    prop_assert_eq!(owners, [false; 3], "{} in {}", a, p);
+                }
             }
             prop_assert_eq!(p.host.0, Ipv4Addr::from(u32::from(slice.network()) + 1));
             prop_assert_eq!(u32::from(p.host.1) - u32::from(p.host.0) + 1, split.host_reserve);

@@ -78,7 +78,7 @@ pub enum Command {
     ///   --aux-address=last=ADDRESS -o com.docker.network.bridge.name=FAN
     ///   -o com.docker.network.driver.mtu=MTU NETWORK
     ///
-    /// Usage: docker network create $(fanlink docker-args fan-250)
+    /// Run it as: docker network create $(fanlink docker-args fan-250)
     ///
     /// Docker's range is the rule's `docker-share` of the slice (the last half by default),
     /// never an address of the host's or of the DHCP range. Without --address, this host's
@@ -110,6 +110,10 @@ pub enum Command {
     },
 
     /// Remove a fan from this host: exactly the devices, program and NAT fanlink made.
+    ///
+    /// Refuses, as fanctl did, while workloads are attached (ports on the fan's bridge other
+    /// than fanlink's own): it names them and takes nothing down; --force removes the fan
+    /// anyway (the workloads' interfaces stay, detached).
     Down {
         /// Name of the fan (its bridge).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -117,13 +121,17 @@ pub enum Command {
         /// Every fan fanlink made on this host, with or without a rule.
         #[arg(long)]
         all: bool,
+        /// Take the fans down even if workloads are attached to their bridges.
+        #[arg(long)]
+        force: bool,
     },
 
     /// Run the daemon: follow systemd-networkd and keep every fan right.
     ///
     /// Brings each fan up while its underlay link is routable and down (devices kept)
-    /// otherwise. SIGHUP reloads the rules (a reload with errors changes nothing);
-    /// SIGTERM exits and leaves the fans as they are. Speaks systemd's notify protocol.
+    /// otherwise. SIGHUP reloads the rules (a reload with errors, or with a file still being
+    /// written, changes nothing); SIGTERM exits and leaves the fans as they are. Speaks
+    /// systemd's notify protocol.
     Run {
         /// Who says whether an underlay is routable: networkd, the kernel, or networkd
         /// when it is on the bus and the kernel otherwise.
@@ -164,8 +172,15 @@ pub enum Command {
     /// Translate ubuntu-fan's /etc/network/fan, a hook script that runs `fanctl up`, or a
     /// `fanctl up` command, into a fanlink rule file printed on stdout.
     ///
-    /// Refuses (exit 2, nothing on stdout) what it cannot translate: the ipip type,
-    /// unknown options; each as FILE:LINE:COL: error: MESSAGE.
+    /// Reads every form fanctl and cloud-init's `fan:` module write: UNDERLAY OVERLAY or the
+    /// old OVERLAY UNDERLAY, -u/-o; fanctl's bridge option or `bridge NAME` becomes `name`; --dhcp or
+    /// `dhcp` becomes `dhcp = true`; --disable or `off` becomes `enable = false` (kept, not
+    /// brought up); an underlay given as an interface (`eth0/16`) becomes `interface` and
+    /// its prefix, `default` the prefix alone. fanctl's commands: `up -a` is the daemon,
+    /// `down -a`/`-e` is `down --all`, `show` is `status`.
+    ///
+    /// Refuses (exit 2, nothing on stdout) what it cannot translate: the ipip type (it needs
+    /// Ubuntu's kernel fan patch), unknown options; each as FILE:LINE:COL: error: MESSAGE.
     Import(crate::import::ImportArgs),
 
     /// Print the operations `up` would apply, applying nothing (all fans without NAME).

@@ -14,6 +14,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+#[path = "config_read.rs"]
+mod read;
+pub use read::{parse_reads, read_files, rule_files, FileRead};
+
 /// Where rules live, highest precedence first (systemd's drop-in convention).
 pub const DEFAULT_DIRS: [&str; 3] = ["/etc/fanlink.d", "/run/fanlink.d", "/usr/lib/fanlink.d"];
 
@@ -118,25 +122,6 @@ const KEYS: [&str; 11] = [
     "enable",
 ];
 
-/// The rule files that take effect: `*.toml` by file name, an earlier directory masking a
-/// later one, a link to /dev/null masking the name altogether. Sorted by file name.
-pub fn rule_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut chosen: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".toml") && !name.starts_with('.') {
-                chosen.entry(name).or_insert_with(|| entry.path());
-            }
-        }
-    }
-    chosen
-        .into_values()
-        .filter(|path| std::fs::canonicalize(path).map(|p| p != Path::new("/dev/null")).unwrap_or(true))
-        .collect()
-}
-
 /// Loads every rule file of `dirs`; returns the rules in effect (see `in_effect`) and every
 /// error found. A fan with an error is left out, the others are kept.
 pub fn load(dirs: &[PathBuf]) -> (Vec<Rule>, Vec<RuleError>) {
@@ -163,27 +148,7 @@ pub fn in_effect(rules: Vec<Rule>) -> Vec<Rule> {
 
 /// Every valid rule of `dirs`, the disabled alternatives of enabled fans too (for `check`).
 pub fn load_all(dirs: &[PathBuf]) -> (Vec<Rule>, Vec<RuleError>) {
-    let mut sources = Vec::new();
-    let mut errors = Vec::new();
-    for path in rule_files(dirs) {
-        warn_if_writable_by_others(&path);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => sources.push((path, text)),
-            Err(e) => errors.push(RuleError { path, position: None, message: format!("cannot read: {e}") }),
-        }
-    }
-    let (rules, mut more) = parse_all(&sources);
-    errors.append(&mut more);
-    (rules, errors)
-}
-
-fn warn_if_writable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o002 != 0 {
-            log::warn!("{}: is world-writable; anyone on this host can change its fans", path.display());
-        }
-    }
+    parse_reads(&read_files(dirs))
 }
 
 /// Parses file contents given as (path, text), in order, and checks rules across files.
@@ -404,23 +369,7 @@ impl<'a> FanTable<'a> {
     /// (dnsmasq raises shorter ones silently), and only beside `dhcp = true`.
     fn lease(&mut self, dhcp: bool) -> Option<String> {
         let (text, span) = self.string("dhcp-lease", "\"1h\"")?;
-        let seconds = match text.find(|c: char| !c.is_ascii_digit()) {
-            _ if text == "infinite" => Some(u64::MAX),
-            Some(0) => None,
-            None => text.parse::<u64>().ok(),
-            Some(at) => {
-                let unit = match &text[at..] {
-                    "s" => 1,
-                    "m" => 60,
-                    "h" => 3600,
-                    "d" => 86400,
-                    "w" => 604_800,
-                    _ => 0,
-                };
-                text[..at].parse::<u64>().ok().map(|n| n.saturating_mul(unit)).filter(|s| *s > 0)
-            }
-        };
-        let message = match seconds {
+        let message = match crate::dhcp::lease_seconds(text) {
             None => format!(
                 "`dhcp-lease` \"{}\" is not a lease time such as \"45m\", \"12h\", \"7d\" or \"infinite\"",
                 text.escape_default()
@@ -578,32 +527,6 @@ mod tests {
         assert_eq!(r.vxlan_name().as_str(), "fan-250-vx");
         assert!(r.masquerade);
         assert_eq!((r.mtu, &r.interface, r.origin.as_str()), (None, &None, "t.toml:1"));
-    }
-
-    #[test]
-    fn the_split_keys_are_checked_against_the_slice() {
-        let fan = |extra: &str| {
-            parse(&format!("[[fan]]\noverlay = \"250.0.0.0/8\"\nunderlay = \"10.0.0.0/16\"\n{extra}"))
-        };
-        let (rules, errors) = fan("host-reserve = 10\ndocker-share = \"1/4\"\n");
-        assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(rules[0].split, Split { host_reserve: 10, docker_share: 4 });
-        assert_eq!(fan("").0[0].split, Split::default());
-        assert_eq!(
-            fan("host-reserve = 128\n").1,
-            ["t.toml:4:16: error: `host-reserve = 128` does not fit a /24 slice with docker-share \"1/2\": at most 127 addresses"]
-        );
-        assert_eq!(
-            fan("host-reserve = 0\n").1,
-            ["t.toml:4:16: error: `host-reserve` must be a number of addresses, 1 or more (the bridge's is the first), not 0"]
-        );
-        assert!(fan("docker-share = \"1/3\"\n").1[0]
-            .starts_with("t.toml:4:16: error: `docker-share` \"1/3\" is not"));
-        // A /30 slice has one address beside the bridge: DHCP needs Docker's share for it.
-        let tiny = "[[fan]]\noverlay = \"250.0.0.0/14\"\nunderlay = \"10.0.0.0/16\"\n";
-        let (_, errors) = parse(&format!("{tiny}dhcp = true\n"));
-        assert_eq!(errors, ["t.toml:4:8: error: `dhcp = true` has no address to hand out: a /30 slice has none left beside the host's 1 and Docker's share 1/2; set docker-share = \"none\" or a smaller host-reserve"]);
-        assert!(parse(&format!("{tiny}dhcp = true\ndocker-share = \"none\"\n")).1.is_empty());
     }
 
     #[test]

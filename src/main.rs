@@ -65,7 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             commands::docker_args(&dirs, &fan, &name, mtu, network_name.as_deref())
         }
         Command::Up { target, stop_after } => oneshot::up(&dirs, &target, stop_after),
-        Command::Down { name, all } => oneshot::down(name.as_deref(), all),
+        Command::Down { name, all, force } => oneshot::down(name.as_deref(), all, force),
         Command::Import(args) => fanlink::import::run(&args),
         Command::Plan { name, address } => oneshot::plan_cmd(&dirs, name.as_deref(), address),
         Command::Run { source } => {

@@ -93,7 +93,9 @@ pub enum Want {
     /// No devices, no filter, no NAT: after `fanlink down` or when the rule is removed.
     Absent,
     /// Devices kept, the bridge administratively down, which leaves the program and the NAT
-    /// rule without traffic: the underlay is not routable. Containers stay attached.
+    /// rule without traffic: the underlay is not routable (or not known). Containers stay
+    /// attached. A fan never up has its bridge alone, made down and without an address, so
+    /// that container managers started later find it.
     Down,
     /// Up on this host's underlay address.
     Up(Underlay),

@@ -143,8 +143,9 @@ fn take_down(sys: &mut System, fan: &IfName) -> Result<()> {
     Ok(())
 }
 
-/// `fanlink down NAME` or `--all`: removes exactly what fanlink made, rule or not.
-pub fn down(name: Option<&str>, all: bool) -> Result<u8> {
+/// `fanlink down NAME` or `--all`: removes exactly what fanlink made, rule or not; while
+/// workloads are attached to a bridge, nothing at all unless `force`.
+pub fn down(name: Option<&str>, all: bool, force: bool) -> Result<u8> {
     let mut sys = System::open()?;
     let mut snap = sys.snapshot()?;
     let nat = nat_tables();
@@ -156,6 +157,20 @@ pub fn down(name: Option<&str>, all: bool) -> Result<u8> {
         let name = name.unwrap_or_default();
         BTreeSet::from([name.parse::<IfName>().map_err(|e| anyhow!("{e}"))?])
     };
+    let busy: Vec<String> = fans
+        .iter()
+        .filter_map(|fan| {
+            let ports = snap.workloads(fan);
+            (!ports.is_empty()).then(|| format!("{fan} has {} attached ({})", ports.len(), ports.join(", ")))
+        })
+        .collect();
+    if !busy.is_empty() && !force {
+        bail!(
+            "{}: workloads still use the fan; nothing was taken down. Stop them (or move them to \
+             another bridge), or add --force to take the fan down under them",
+            busy.join("; ")
+        );
+    }
     let observed = sys.observe(&mut snap, &fans, &nat)?;
     let names: Vec<IfName> = observed.fans.keys().cloned().collect();
     let mut failed = Vec::new();

@@ -343,7 +343,7 @@ fn steer_vni(tag: &str) -> Option<u32> {
 /// attaches to it, instead of making a plain bridge of that name itself. Its MTU and MAC are
 /// placeholders that the first `up` corrects: the rule's MTU or the usual 1450, and the
 /// `02:fa:` prefix that lets a crash before its mark is written be recognised
-/// (`built_by_fanlink`).
+/// (`built_by_fanlink`). A disabled fan gets none.
 fn plan_down(rule: &Rule, bridge: Option<&Device>) -> Vec<Op> {
     match bridge {
         Some(b) if b.up => {
@@ -353,6 +353,8 @@ fn plan_down(rule: &Rule, bridge: Option<&Device>) -> Vec<Op> {
             }]
         }
         Some(_) => Vec::new(),
+        // A disabled fan (`enable = false`) is not on this host: nothing is made for it.
+        None if !rule.enabled => Vec::new(),
         None => vec![
             Op::CreateBridge {
                 bridge: rule.name.clone(),

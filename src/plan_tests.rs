@@ -141,6 +141,14 @@ fn a_down_fan_never_up_gets_its_bridge_down_and_without_address() {
 }
 
 #[test]
+fn a_disabled_fan_gets_no_bridge_and_a_running_one_only_goes_down() {
+    let r = rule("enable = false\n");
+    assert_eq!(plan(&[(r.clone(), Want::Down)], &Observed::default())[0].result, Ok(vec![]));
+    let ops = lines(&plan(&[(r.clone(), Want::Down)], &observed(&r, built(&r)))[0].result);
+    assert_eq!(ops, ["set fan-250 down"]);
+}
+
+#[test]
 fn up_from_a_bridge_made_down_builds_the_rest_around_it() {
     let r = rule("");
     let mut seen = observed(&r, bridge_only(&r));
@@ -358,4 +366,15 @@ fn devices_made_but_not_marked_before_a_crash_are_adopted_and_marked() {
         .as_ref()
         .unwrap_err()
         .starts_with("a bridge named fan-250 exists that fanlink did not make"));
+}
+
+#[test]
+fn a_down_fan_gets_its_bridge_but_a_disabled_one_builds_nothing() {
+    let enabled = rule("");
+    let disabled = rule("enable = false\n");
+    let seen = Observed::default();
+    let down = plan(&[(enabled, Want::Down)], &seen);
+    assert!(lines(&down[0].result).iter().any(|o| o.starts_with("create bridge fan-250")), "{down:?}");
+    let off = plan(&[(disabled, Want::Down)], &seen);
+    assert_eq!(off[0].result, Ok(vec![]));
 }

@@ -80,6 +80,22 @@ impl Snapshot {
             .collect()
     }
 
+    /// The ports of fan `fan`'s bridge other than fanlink's own (`<fan>-vx`): containers'
+    /// and VMs' interfaces, or anything else someone attached. None if the bridge is not
+    /// fanlink's.
+    pub fn workloads(&self, fan: &crate::ifname::IfName) -> Vec<String> {
+        let ours = |l: &LinkInfo| {
+            l.alias.as_deref().and_then(crate::model::parse_alias).is_some_and(|(f, _)| &f == fan)
+        };
+        let Some(bridge) = self.link(fan.as_str()).filter(|b| ours(b)) else { return Vec::new() };
+        let port = crate::config::vxlan_name_for(fan);
+        self.links
+            .iter()
+            .filter(|l| l.master == Some(bridge.index) && l.name != port.as_str())
+            .map(|l| l.name.clone())
+            .collect()
+    }
+
     pub(crate) fn link(&self, name: &str) -> Option<&LinkInfo> {
         self.links.iter().find(|l| l.name == name)
     }
@@ -193,5 +209,30 @@ mod tests {
         assert_eq!(s.forwarding, HashMap::from([(5, true), (2, true)]));
         s.apply(&Event::DelLink { index: 5, name: "fan-250".into() });
         assert_eq!(s.forwarding, HashMap::from([(2, true)]));
+    }
+
+    #[test]
+    fn workloads_are_the_bridge_ports_that_are_not_fanlinks() {
+        let port = |index, name: &str, master| LinkInfo {
+            master,
+            alias: None,
+            kind: Some("veth".into()),
+            ..link(index, name, true)
+        };
+        let s = dumped(
+            vec![
+                link(5, "fan-250", true),
+                LinkInfo { master: Some(5), ..link(6, "fan-250-vx", true) },
+                port(7, "veth1a2b", Some(5)),
+                port(8, "tap0", Some(5)),
+                port(9, "elsewhere", Some(3)),
+                LinkInfo { alias: Some("not ours".into()), ..link(10, "fan-251", true) },
+                port(11, "veth-other", Some(10)),
+            ],
+            vec![],
+        );
+        assert_eq!(s.workloads(&"fan-250".parse().unwrap()), ["veth1a2b", "tap0"]);
+        assert!(s.workloads(&"fan-251".parse().unwrap()).is_empty(), "not fanlink's bridge");
+        assert!(s.workloads(&"fan-252".parse().unwrap()).is_empty());
     }
 }

@@ -71,6 +71,8 @@ fn actual(seen: &ObservedFan) -> &'static str {
         (None, None) => "absent",
         (Some(b), Some(v)) if b.up && v.up => "up",
         (Some(_), Some(_)) => "down",
+        // A fan never up yet: its bridge alone, down (see `plan::plan_down`).
+        (Some(b), None) if !b.up => "down",
         _ => "partial",
     }
 }
@@ -286,12 +288,20 @@ mod tests {
     fn a_half_built_fan_is_drift_and_the_datapath_is_named() {
         let plan = FanPlan { fan: "fan-250".parse().unwrap(), result: Ok(Vec::new()) };
         let bridge = Device { kind: Some("bridge".into()), ..Default::default() };
-        let half = ObservedFan { bridge: Some(bridge.clone()), ..Default::default() };
+        let vxlan = Device { kind: Some("vxlan".into()), ..Default::default() };
+        let half = ObservedFan { vxlan: Some(vxlan), ..Default::default() };
         let wanted = || Wanted { rule: None, want: &Want::Down, why: "no address" };
         let s = fan_status(wanted(), &half, &plan, None);
         assert_eq!(s.actual, "partial");
-        assert_eq!(s.drift, ["half built: fan-250-vx is missing (completed when the fan comes up)"]);
+        assert_eq!(s.drift, ["half built: fan-250 is missing (completed when the fan comes up)"]);
         assert!(render(&Status { source: "t".into(), fans: vec![s] }).contains("drift     half built"));
+        // A down fan never up has its bridge alone, down: what the rules describe.
+        let bridge_only = ObservedFan { bridge: Some(bridge.clone()), ..Default::default() };
+        let s = fan_status(wanted(), &bridge_only, &plan, None);
+        assert_eq!((s.actual.as_str(), s.drift.len()), ("down", 0));
+        let up_alone =
+            ObservedFan { bridge: Some(Device { up: true, ..bridge.clone() }), ..Default::default() };
+        assert_eq!(fan_status(wanted(), &up_alone, &plan, None).actual, "partial");
         let veth = Device { kind: Some("veth".into()), up: true, ..Default::default() };
         let built = ObservedFan {
             bridge: Some(Device { up: true, ..bridge }),

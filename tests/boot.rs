@@ -44,6 +44,15 @@ crate::in_both_datapaths! {
         let host = Host::new_in(mode, "boot", "10.99.3.3/16", &[]);
         host.rules.write("51-elsewhere.toml", FAN_251_ELSEWHERE);
         host.harness.run("carrier", &["down"]);
+        // networkd must have said so before the daemon starts, or its first reconcile may
+        // still see the uplink routable and bring fan-250 up (seen under load).
+        let state = format!(
+            "busctl --address={} get-property org.freedesktop.network1 {} org.freedesktop.network1.Link \
+             OperationalState",
+            host.harness.bus(),
+            host.harness.var("HARNESS_UPLINK_OBJ")
+        );
+        wait_for("networkd to see the carrier gone", SOON, || host.sh(&state).contains("\"no-carrier\""));
         let daemon = start_until_ready(&host);
         // At READY=1, before the underlay is routable (fan-250) or even known (fan-251).
         for fan in ["fan-250", "fan-251"] {
@@ -60,6 +69,11 @@ crate::in_both_datapaths! {
         assert!(host.sh("ip -o link show dev cv0").contains("master fan-250"), "attached");
         wait_for("host -> container", SOON, || host.sh("ping -c1 -W1 250.1.1.10").contains(" 0% packet loss"));
         assert_eq!(host.fan("fan-251"), "down", "its underlay is still not here");
+        let rt = host.runtime.path().join("rt");
+        let status = host.sh(&format!("{BIN} --runtime-dir {} status", rt.display()));
+        let fan_251 = status.split("\nfan-251: ").nth(1).unwrap_or_default();
+        assert!(fan_251.contains(", actually down\n"), "{status}");
+        assert!(fan_251.contains("  drift     none\n"), "a bridge alone is what a down fan has: {status}");
         assert!(!daemon.log().contains("ERROR"), "{}", daemon.log());
         // `fanlink down` removes a down fan's bridge as it removes everything of a fan.
         drop(daemon);

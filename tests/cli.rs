@@ -285,37 +285,25 @@ fn docker_args_are_words_for_docker_network_create() {
             "fan-240",
         ]
     );
-    let out = fanlink(&[
-        "--rules-dir",
-        &good,
-        "docker-args",
-        "fan-250",
-        "--address",
-        "192.168.1.178",
-        "--network-name",
-        "web",
-    ]);
-    let words = docker_words(&out.stdout);
+    let named = |network: &str| {
+        let address = ["--address", "192.168.1.178"];
+        fanlink(
+            &[&["--rules-dir", &good, "docker-args", "fan-250"], &address[..], &["--network-name", network]]
+                .concat(),
+        )
+    };
+    let words = docker_words(&named("web").stdout);
     assert_eq!(words.last().map(String::as_str), Some("web"));
     assert!(words.contains(&"--ip-range=250.178.128.0/17".to_string()), "{words:?}");
     assert!(words.contains(&"com.docker.network.driver.mtu=1400".to_string()), "the rule's mtu: {words:?}");
-    let out = fanlink(&[
-        "--rules-dir",
-        &good,
-        "docker-args",
-        "fan-250",
-        "--address",
-        "192.168.1.178",
-        "--network-name",
-        "a b",
-    ]);
+    let out = named("a b");
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         text(&out.stderr),
         "fanlink: --network-name \"a b\": a Docker network name is letters, digits, '_', '.' and '-', starting with a letter or digit\n"
     );
     let help = text(&fanlink(&["docker-args", "--help"]).stdout);
-    assert!(help.contains("Usage: docker network create $(fanlink docker-args fan-250)"), "{help}");
+    assert!(help.contains("Run it as: docker network create $(fanlink docker-args fan-250)"), "{help}");
     assert!(help.contains("--driver bridge --subnet=OVERLAY --gateway=BRIDGE-ADDRESS"), "{help}");
 }
 

@@ -525,7 +525,7 @@ fn auto_switches_to_networkd_when_it_appears() {
     daemon.wait_log("no networkd on the bus; following the kernel's link state");
     // The harness's uplink has no gateway: the kernel does not call it routable.
     daemon.wait_log("fan-250: down: uplink0 is carrier");
-    assert_eq!(host.fan("fan-250"), "absent");
+    assert_eq!(host.fan("fan-250"), "down", "its bridge, down, following the kernel too");
     host.harness.run("start-networkd", &[]);
     daemon.wait_log("networkd appeared; following it from now on");
     host.wait_fan("fan-250", "up 250.1.1.1/8", &daemon);

@@ -264,6 +264,12 @@ crate::in_both_datapaths! {
         assert!(!ping(&a, "10.99.200.200"), "lan-a -> the underlay's network is not routed");
         // In on the underlay, out to lan-a: the reply comes in on lan-a, which forwards nothing.
         assert!(!ping(&outside.ns, "192.168.71.2"), "the underlay's network -> lan-a gets no reply");
+        // Masqueraded out of a link that is not the underlay: the replies come in on that
+        // link, which does not forward (README: turn on that one link's forwarding).
+        assert!(!ping(&container, "192.168.72.2"), "container -> lan-b: no reply without lan-b's forwarding");
+        host.ns.run("sysctl -qw net.ipv4.conf.lan-b.forwarding=1");
+        assert!(ping(&container, "192.168.72.2"), "container -> lan-b with lan-b's forwarding on");
+        assert!(!ping(&a, "192.168.72.2"), "lan-a -> lan-b is still not routed");
         // What fanlink did before (`net.ipv4.ip_forward = 1`) routes between them all.
         host.ns.run("sysctl -qw net.ipv4.ip_forward=1");
         assert!(ping(&a, "192.168.72.2"), "with ip_forward on, lan-a -> lan-b is routed");

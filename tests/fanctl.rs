@@ -161,3 +161,123 @@ crate::in_both_datapaths! {
         host.wait("fan-250", "up", &daemon);
     }
 }
+
+crate::in_both_datapaths! {
+    /// A container (a veth on the bridge) keeps `down` and `down --all` from taking its fan
+    /// away, as fanctl refused; `--force` does it and leaves the container's veth detached.
+    #[ignore = "needs root (network namespaces): run with --include-ignored"]
+    fn down_refuses_while_workloads_are_attached(mode) {
+        let host = KernelHost::new("flkw");
+        let container = Netns::new("flkc");
+        let fanlink = |args: &str| host.ns.sh(&format!("{} {BIN} {args}", mode.env()));
+        for overlay in ["250.0.0.0/8", "251.0.0.0/8"] {
+            let out = fanlink(&format!("up --overlay {overlay} --underlay 10.99.0.0/16"));
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+        crate::topology::run(
+            None,
+            &format!(
+                "ip -n {h} link add c0 type veth peer name eth0 netns {c} && ip -n {h} link set c0 master fan-250 up",
+                h = host.ns.name(),
+                c = container.name()
+            ),
+        );
+        let refusal = "fanlink: fan-250 has 1 attached (c0): workloads still use the fan; nothing was taken \
+                       down. Stop them (or move them to another bridge), or add --force to take the fan down \
+                       under them\n";
+        for args in ["down fan-250", "down --all"] {
+            let out = fanlink(args);
+            assert_eq!((out.status.code(), text(&out.stderr)), (Some(2), refusal.to_string()), "{args}");
+            assert_eq!((host.bridge("fan-250"), host.bridge("fan-251")), ("up", "up"), "{args}");
+        }
+        let out = fanlink("down fan-251");
+        assert!(out.status.success(), "a fan without workloads goes: {}", text(&out.stderr));
+        let out = fanlink("down fan-250 --force");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(host.bridge("fan-250"), "absent");
+        let c0 = host.ns.run("ip -o link show dev c0");
+        assert!(!c0.contains("master"), "the container's veth stays, detached: {c0}");
+    }
+}
+
+/// Every form cloud-init's fan module and ubuntu-fan write, imported and then read back by
+/// `fanlink check`: each line of the source is one fan, enabled or kept disabled as it was.
+#[test]
+fn every_cloud_init_form_round_trips_through_import_and_check() {
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/import/good");
+    let source = std::path::Path::new(corpus).join("cloud-init-every-form.fan");
+    let out = fanlink(&["import", source.to_str().unwrap(), "--underlay-prefix", "172.16.0.0/16"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let dir = TempDir::new("every");
+    dir.write("50-imported.toml", &text(&out.stdout));
+    let out = fanlink(&["check", "--rules-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let fans: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let words: Vec<&str> = l.split("  ").collect();
+            let kept: Vec<&str> = words
+                .iter()
+                .copied()
+                .filter(|w| {
+                    !w.starts_with('(')
+                        && !w.starts_with("vni")
+                        && !w.starts_with("mtu")
+                        && !w.starts_with("masq")
+                })
+                .collect();
+            kept.join(" ")
+        })
+        .collect();
+    assert_eq!(
+        fans,
+        [
+            "fan-240 overlay 240.0.0.0/8 underlay 172.16.0.0/16 link eth0 dhcp 1h",
+            "fan-240 overlay 240.0.0.0/8 underlay 172.16.0.0/16 link eth1 dhcp 1h disabled",
+            "lxdfan0 overlay 241.0.0.0/8 underlay 172.16.0.0/16 link eth0 dhcp 1h disabled",
+            "fan-242 overlay 242.0.0.0/8 underlay 172.16.0.0/16 link auto dhcp 1h",
+            "fan-243 overlay 243.0.0.0/8 underlay 172.16.0.0/16 link eth0",
+            "fan-244 overlay 244.0.0.0/8 underlay 172.16.0.0/16 link auto dhcp 1h",
+            "fan-245 overlay 245.0.0.0/8 underlay 172.16.0.0/16 link eth1 disabled",
+            "fan-246 overlay 246.0.0.0/8 underlay 172.16.0.0/16 link auto",
+            "fan-247 overlay 247.0.0.0/8 underlay 172.16.0.0/16 link eth0 dhcp 1h",
+        ]
+    );
+    let source_fans = std::fs::read_to_string(&source)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .count();
+    assert_eq!(fans.len(), source_fans, "one fan per line of the source");
+}
+
+/// `dhcp-lease` reaches the client: a container's DHCP client (busybox udhcpc) is offered
+/// the rule's lease time, not dnsmasq's hour.
+#[test]
+#[ignore = "needs root (network namespaces), dnsmasq and busybox: run with --include-ignored"]
+fn the_rules_lease_time_is_the_one_a_client_gets() {
+    let host = KernelHost::new("flkl");
+    host.rules.write("50-t.toml", &fan(250, "dhcp = true\ndhcp-lease = \"12h\""));
+    let daemon = host.start(Mode::Vnifilter);
+    host.wait("fan-250", "up", &daemon);
+    let container = Netns::new("flkc");
+    crate::topology::run(
+        None,
+        &format!(
+            "ip -n {h} link add c0 type veth peer name eth0 netns {c} && ip -n {h} link set c0 master fan-250 up && \
+             ip -n {c} link set eth0 up",
+            h = host.ns.name(),
+            c = container.name()
+        ),
+    );
+    let script =
+        host.dir.write("lease.sh", "#!/bin/sh\n[ \"$1\" = bound ] && echo \"lease $lease\"\nexit 0\n");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut lease = String::new();
+    wait_for(&format!("a DHCP lease; log:\n{}", daemon.log()), std::time::Duration::from_secs(20), || {
+        let out = container.sh(&format!("busybox udhcpc -i eth0 -n -q -f -t 3 -T 1 -s {}", script.display()));
+        lease = text(&out.stdout).lines().find(|l| l.starts_with("lease ")).unwrap_or("").to_string();
+        !lease.is_empty()
+    });
+    assert_eq!(lease, "lease 43200", "12h in seconds");
+}

@@ -8,7 +8,7 @@
 //! default number of cases; `FANLINK_FUZZ_CASES=1000000` runs that many per property, and each
 //! property prints how many inputs it ran and how long it took.
 
-use fanlink::config::{parse_all, Rule, RuleError};
+use fanlink::config::{in_effect, parse_all, Rule, RuleError};
 use fanlink::networkd::{decode_link_path, escape, link_path, AdminState, OperState, LINK_PATH_NAMESPACE};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -49,7 +49,9 @@ fn value() -> impl Strategy<Value = String> {
         2 => "[a-z0-9.-]{0,20}".prop_map(|s| format!("\"{s}\"")),
         1 => any::<i64>().prop_map(|i| i.to_string()),
         1 => (0i64..=10_000).prop_map(|i| i.to_string()),
-        1 => any::<bool>().prop_map(|b| b.to_string()),
+        2 => any::<bool>().prop_map(|b| b.to_string()),
+        1 => prop::sample::select(vec!["\"1h\"", "\"90s\"", "\"infinite\"", "\"7d\"", "\"0\"", "\"1y\""])
+            .prop_map(str::to_owned),
         1 => Just("[1, \"x\"]".to_owned()),
         1 => Just("{ a = 1 }".to_owned()),
         1 => Just("1979-05-27".to_owned()),
@@ -62,6 +64,7 @@ fn key() -> impl Strategy<Value = String> {
     prop_oneof![
         8 => prop::sample::select(vec!["name", "overlay", "underlay", "interface", "mtu", "masquerade"])
             .prop_map(str::to_owned),
+        2 => prop::sample::select(vec!["enable", "dhcp", "dhcp-lease"]).prop_map(str::to_owned),
         1 => "[a-z_-]{1,10}",
         1 => Just("\"quoted key\"".to_owned()),
     ]
@@ -161,14 +164,25 @@ fn the_rules_parser_never_panics_locates_errors_and_keeps_invariants() {
         for rule in &rules {
             check_rule(rule, &sources)?;
         }
-        for (i, a) in rules.iter().enumerate() {
-            for b in &rules[i + 1..] {
+        // Enabled fans can all live together; a disabled one is checked when it is enabled.
+        let enabled: Vec<&Rule> = rules.iter().filter(|r| r.enabled).collect();
+        for (i, a) in enabled.iter().enumerate() {
+            for b in &enabled[i + 1..] {
                 prop_assert_ne!(&a.name, &b.name);
                 prop_assert_ne!(a.vxlan_name(), b.vxlan_name());
                 prop_assert_ne!(a.vxlan_name(), b.name.clone());
                 let (x, y) = (a.map.overlay(), b.map.overlay());
                 prop_assert!(!x.contains(&y.network()) && !y.contains(&x.network()), "{x} and {y} overlap");
+                prop_assert_ne!(a.map.vni(), b.map.vni(), "{} and {} share a VNI", x, y);
             }
+        }
+        // What takes effect is one rule per name, every enabled one among them.
+        let effect = in_effect(rules.clone());
+        let names: std::collections::BTreeSet<_> = effect.iter().map(|r| r.name.clone()).collect();
+        prop_assert_eq!(names.len(), effect.len(), "one rule per name");
+        prop_assert_eq!(effect.iter().filter(|r| r.enabled).count(), enabled.len());
+        for rule in rules.iter().filter(|r| r.dhcp_lease.is_some()) {
+            prop_assert!(rule.dhcp, "a lease only beside dhcp = true");
         }
         prop_assert_eq!(parse_all(&sources), (rules, errors), "deterministic");
         Ok(())

@@ -2,7 +2,7 @@
 //! their exact output, bad ones with their exact errors), `--command`, stdin, and an
 //! interface underlay read from a real link in a private network namespace.
 //!
-//! Each fixture `NAME.fan` or `NAME.sh` may have a `NAME.args` with extra arguments; good
+//! Each fixture `NAME.fan`, `NAME.sh` or `NAME.yaml` (`lxc network show`) may have a `NAME.args` with extra arguments; good
 //! ones have the expected stdout in `NAME.toml`, bad ones the expected stderr in `NAME.err`.
 
 use std::fs;
@@ -26,7 +26,11 @@ fn import(dir: &Path, args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    // A run that reads a file, not stdin, may have exited before this is written.
+    match child.stdin.take().unwrap().write_all(stdin.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.unwrap(),
+    }
     child.wait_with_output().unwrap()
 }
 
@@ -40,7 +44,7 @@ fn sources(kind: &str) -> Vec<(PathBuf, Vec<String>)> {
     let mut found: Vec<(PathBuf, Vec<String>)> = fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "fan" || x == "sh"))
+        .filter(|p| p.extension().is_some_and(|x| x == "fan" || x == "sh" || x == "yaml"))
         .map(|p| {
             let args = fs::read_to_string(p.with_extension("args")).unwrap_or_default();
             let args = args.split_whitespace().map(String::from).collect();

@@ -2,6 +2,7 @@
 //! and the kernel-facing parts in network namespaces of their own.
 mod boot;
 mod bpf;
+mod busproxy;
 mod byhand;
 mod cli;
 mod daemon;
@@ -16,6 +17,7 @@ mod house;
 mod import;
 mod interop;
 mod launch;
+mod lossy;
 mod nat;
 mod netlink;
 mod networkd;

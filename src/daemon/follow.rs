@@ -1,9 +1,12 @@
-//! Following networkd over the bus: connecting, resyncing when its owner changes,
-//! reconnecting with backoff, and falling back to the kernel's own link state on hosts
-//! without networkd (`Source`).
+//! Following networkd over the bus: connecting, resyncing when its owner changes (and
+//! retrying a resync that failed), asking again what a lost message would have said
+//! (`doubts`), reconnecting with backoff, and falling back to the kernel's own link state on
+//! hosts without networkd (`Source`).
 
+use super::doubts::contradicts;
 use super::{Daemon, LinkView};
-use crate::networkd;
+use crate::model::Want;
+use crate::networkd::{self, escape, OwnerCheck};
 use std::time::{Duration, Instant};
 
 /// Who says whether an underlay link is routable.
@@ -42,12 +45,19 @@ impl Daemon {
                 Some(Ok(Some(l))) => LinkView { oper: l.oper, admin: l.admin },
                 Some(Ok(None)) => return false,
                 Some(Err(e)) => {
-                    log::warn!("networkd: link {index}: {e}");
+                    log::warn!(
+                        "networkd: link {index}: {:#}; reading its state again",
+                        anyhow::Error::new(e)
+                    );
+                    self.doubts.loss_seen(Instant::now());
                     return false;
                 }
                 None => return false,
             },
         };
+        if self.kernel_ready.get(&index).is_some_and(|ready| !contradicts(*ready, view)) {
+            self.doubts.agrees(index);
+        }
         links.insert(index, view) != Some(view)
     }
 
@@ -66,13 +76,16 @@ impl Daemon {
             Ok(networkd::Attached { networkd, links }) => {
                 self.bus = Some(networkd);
                 self.failures = 0;
+                // attach read the state in full (or networkd is not there): a resync now.
+                self.doubts = Default::default();
+                self.doubts.resynced(Instant::now());
                 match links {
                     Some(links) => self.follow(&links),
                     None => self.networkd_absent("no networkd on the bus"),
                 }
             }
             Err(e) => {
-                self.networkd_absent(&format!("cannot reach networkd ({e})"));
+                self.networkd_absent(&format!("cannot reach networkd ({:#})", anyhow::Error::new(e)));
                 self.schedule_reconnect();
             }
         }
@@ -91,17 +104,166 @@ impl Daemon {
         }
     }
 
-    /// A new snapshot, when networkd changed hands.
+    /// A new snapshot: networkd changed hands, a message may have been lost, or the last
+    /// resync failed. The owner is asked first: a networkd that is gone is waited for (its
+    /// NameOwnerChanged, or the next signal in doubt), not retried. A resync that fails
+    /// (a reply lost or late, the bus at a limit) keeps the last known state, which the
+    /// signals keep patching, and is retried with backoff.
     pub(super) fn resync(&mut self) {
         self.kernel = None;
         let own = self.own_links();
-        match self.bus.as_ref().map(|b| b.snapshot(own)) {
-            Some(Ok(links)) => self.follow(&links),
-            Some(Err(e)) => {
-                log::warn!("networkd: {e}");
-                self.links = None;
+        let Some(bus) = self.bus.as_ref() else { return };
+        let now = Instant::now();
+        let read = bus.recheck_owner().and_then(|check| match check.owner {
+            Some(_) => bus.snapshot(own).map(Some),
+            None => Ok(None),
+        });
+        match read {
+            Ok(Some(links)) => {
+                self.doubts.resynced(now);
+                self.follow(&links);
             }
-            None => {}
+            Ok(None) => self.networkd_gone(),
+            Err(e) => {
+                let delay = self.doubts.resync_failed(now);
+                let meanwhile = match self.links {
+                    Some(_) => "following its last known state meanwhile",
+                    None => "fans stay as they are",
+                };
+                log::warn!("networkd: {:#}; {meanwhile}; trying again in {delay:?}", anyhow::Error::new(e));
+            }
+        }
+    }
+
+    /// networkd left the bus: fans stay as they are until it is back.
+    pub(super) fn networkd_gone(&mut self) {
+        if !self.following_kernel {
+            log::warn!("networkd left the bus; fans stay as they are until it is back");
+        }
+        self.links = None;
+        self.doubts.networkd_gone(Instant::now());
+    }
+
+    /// Asks again whatever is due in `doubts`; says whether networkd's view changed.
+    pub(super) fn ask_again(&mut self) -> bool {
+        let now = Instant::now();
+        let mut changed = false;
+        if self.doubts.take_owner_check(now) {
+            changed |= self.check_owner();
+        }
+        if self.doubts.take_resync(now) {
+            self.resync();
+            changed = true;
+        }
+        for (index, round) in self.doubts.take_links(now) {
+            changed |= self.read_link_again(index, round);
+        }
+        changed && self.wants_change()
+    }
+
+    /// A signal claimed networkd's paths from a sender that is not the owner fanlink knows:
+    /// the bus says whose it is. Only its answer is trusted; the signal stays dropped.
+    fn check_owner(&mut self) -> bool {
+        let Some(bus) = self.bus.as_ref() else { return false };
+        match bus.recheck_owner() {
+            Ok(OwnerCheck { changed: false, .. }) => {
+                log::debug!("a signal claimed to be networkd's; the bus says networkd's owner is unchanged");
+                false
+            }
+            Ok(OwnerCheck { owner: Some(owner), .. }) => {
+                log::warn!(
+                    "networkd's name is owned by {} now, and that change never reached fanlink; following it",
+                    escape(&owner)
+                );
+                self.resync();
+                true
+            }
+            Ok(OwnerCheck { owner: None, .. }) => {
+                self.networkd_gone();
+                false
+            }
+            Err(e) => {
+                log::warn!("networkd: {:#}; reading its state again", anyhow::Error::new(e));
+                self.doubts.loss_seen(Instant::now());
+                false
+            }
+        }
+    }
+
+    /// After kernel events: each candidate underlay link (an address in a rule's underlay,
+    /// or the underlay of a fan that is up) whose readiness just changed in the kernel and
+    /// now contradicts networkd's view is read again once networkd had its time to say so
+    /// (`Doubts`): its signal may have been lost. Nothing is asked here.
+    pub(super) fn kernel_changed(&mut self) {
+        let (Some(snap), Some(links), false) = (&self.kernel, &self.links, self.following_kernel) else {
+            return;
+        };
+        let underlays: Vec<_> = self.rules.iter().map(|r| r.map.underlay()).collect();
+        let up: Vec<&str> = self
+            .decisions
+            .iter()
+            .filter_map(|d| match &d.want {
+                Want::Up(u) => Some(u.link.as_str()),
+                _ => None,
+            })
+            .collect();
+        let now = Instant::now();
+        for link in &snap.links {
+            let addressed = snap
+                .addresses
+                .iter()
+                .any(|a| a.index == link.index && underlays.iter().any(|u| u.contains(&a.address.addr())));
+            if !addressed && !up.contains(&link.name.as_str()) {
+                continue;
+            }
+            let ready = link.up && link.carrier && addressed;
+            let changed = self.kernel_ready.insert(link.index, ready) != Some(ready);
+            match links.get(&link.index) {
+                Some(view) if contradicts(ready, *view) => {
+                    if changed {
+                        self.doubts.kernel_contradicts(link.index, now);
+                    }
+                }
+                _ => self.doubts.agrees(link.index),
+            }
+        }
+    }
+
+    /// Reads link `index`'s state from networkd again, if the kernel still contradicts what
+    /// fanlink last heard; says whether the view changed (a signal was lost, or is late).
+    fn read_link_again(&mut self, index: u32, round: usize) -> bool {
+        let ready = self.kernel_ready.get(&index).copied();
+        let view = self.links.as_ref().and_then(|links| links.get(&index)).copied();
+        let (Some(ready), Some(view), Some(bus)) = (ready, view, self.bus.as_ref()) else { return false };
+        if !contradicts(ready, view) {
+            return false;
+        }
+        let now = Instant::now();
+        match bus.link_state(index) {
+            Ok(Some((oper, admin))) => {
+                let read = LinkView { oper, admin };
+                if contradicts(ready, read) {
+                    self.doubts.still_contradicts(index, round, now);
+                }
+                if read == view {
+                    log::debug!("networkd: link {index} is still {oper}, whatever the kernel says");
+                    return false;
+                }
+                log::info!(
+                    "networkd: link {index} is {oper}/{admin}, not {}/{}: its signal was lost or late (read again as the kernel's events disagreed)",
+                    view.oper,
+                    view.admin
+                );
+                self.links.as_mut().map(|links| links.insert(index, read));
+                true
+            }
+            // networkd does not know the link (any more): its linger signal says so.
+            Ok(None) => false,
+            Err(e) => {
+                log::warn!("networkd: link {index}: {:#}; reading its state again", anyhow::Error::new(e));
+                self.doubts.loss_seen(now);
+                false
+            }
         }
     }
 
@@ -126,7 +288,9 @@ impl Daemon {
         if self.following_kernel {
             log::info!("networkd appeared; following it from now on");
         }
-        log::info!("networkd is on the bus; {} link(s)", links.len());
+        // A resync for a lost message is routine, and a forger can cause one a second.
+        let level = if self.links.is_some() { log::Level::Debug } else { log::Level::Info };
+        log::log!(level, "networkd is on the bus; {} link(s)", links.len());
         self.links = Some(links.iter().map(|l| (l.index, view(l))).collect());
         self.following_kernel = false;
         self.ever_followed_networkd = true;

@@ -10,20 +10,23 @@
 //! reconcile reads nothing it already knows: a flap is one request and its ack.
 
 mod decide;
+mod doubts;
 mod failures;
 mod follow;
 mod report;
+mod settled;
 mod sources;
 
 pub use decide::{
     decide, decide_all, kernel_change_matters, kernel_views, view_can_matter, Decision, Interest, LinkView,
     Matters,
 };
+use doubts::Doubts;
 use failures::Failures;
 pub use follow::Source;
 pub use sources::control_path;
 
-use crate::config::{self, Rule};
+use crate::config::Rule;
 use crate::datapath::nft;
 use crate::ifname::IfName;
 use crate::model::Want;
@@ -98,6 +101,12 @@ struct Daemon {
     failures: usize,
     /// Fans whose last plan or apply failed: retried with backoff, reported in the status.
     fan_failures: Failures,
+    /// What to ask networkd or the bus again, in case a message was lost (`doubts`).
+    doubts: Doubts,
+    /// Whether each candidate underlay link is ready in the kernel's eyes (up, carrier, an
+    /// underlay address), as of the last kernel events: a change that contradicts
+    /// networkd's view makes fanlink read that link again.
+    kernel_ready: HashMap<u32, bool>,
     notifier: Notifier,
     dhcp: crate::dhcp::Supervisor,
     waker: Waker,
@@ -119,7 +128,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let path = sources::control_path(&opts.runtime_dir);
         log::error!("control socket {}: {e}; running without it (status reads the kernel)", path.display());
     }
-    let (rules, errors) = config::load(&opts.rule_dirs);
+    let (rules, errors) = settled::load(&opts.rule_dirs);
     for e in &errors {
         log::error!("{e}");
     }
@@ -142,6 +151,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         reconnect_at: None,
         failures: 0,
         fan_failures: Failures::default(),
+        doubts: Doubts::default(),
+        kernel_ready: HashMap::new(),
         notifier: Notifier::from_env(),
         dhcp: {
             let waker = waker.clone();
@@ -166,20 +177,19 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 impl Daemon {
     fn serve(&mut self, sources: &mut Sources) {
         loop {
-            let wake = [self.reconnect_at, self.dhcp.next_retry(), self.fan_failures.next_retry()]
-                .into_iter()
-                .flatten()
-                .min();
+            let retries = [self.reconnect_at, self.dhcp.next_retry(), self.fan_failures.next_retry()];
+            let wake = retries.into_iter().chain([self.doubts.next_due()]).flatten().min();
             // All that is ready at once: one reconcile for a burst.
             let events = sources.wait(wake, self.bus.as_ref());
             let started = Instant::now();
-            let timed_out = events.is_empty();
-            let mut dirty = timed_out;
-            if timed_out && self.reconnect_at.is_some_and(|at| at <= Instant::now()) {
+            // A doubt's timer alone is no retry: it reconciles only if what it reads changes.
+            let retry_due = events.is_empty() && retries.into_iter().flatten().any(|at| at <= started);
+            let mut dirty = retry_due;
+            if retry_due && self.reconnect_at.is_some_and(|at| at <= started) {
                 self.connect();
             }
-            if timed_out {
-                self.fan_failures.retrying(Instant::now());
+            if retry_due {
+                self.fan_failures.retrying(started);
                 self.kernel = None;
             }
             for event in events {
@@ -191,6 +201,7 @@ impl Daemon {
                     other => dirty |= self.handle(other),
                 }
             }
+            dirty |= self.ask_again();
             if sources.follow_routes(self.following_kernel) {
                 if let Some(snap) = self.kernel.as_mut() {
                     snap.routes = None;
@@ -218,6 +229,7 @@ impl Daemon {
                     Some(snap) => events.iter().for_each(|e| snap.apply(e)),
                     None => {}
                 }
+                self.kernel_changed();
                 match kernel_change_matters(&events, &self.interest) {
                     Matters::No => false,
                     Matters::Wants => self.wants_change(),
@@ -241,11 +253,17 @@ impl Daemon {
                 view_can_matter(kept, index) && self.link_changed(index, oper, admin) && self.wants_change()
             }
             Event::Bus(_) if self.opts.source == Source::Kernel => false,
+            Event::Bus(BusEvent::OwnerInDoubt) => {
+                self.doubts.owner_doubted(Instant::now());
+                false
+            }
+            Event::Bus(BusEvent::Lost) => {
+                log::debug!("messages from the bus may have been lost; reading networkd's state again");
+                self.doubts.loss_seen(Instant::now());
+                false
+            }
             Event::Bus(BusEvent::OwnerChanged { new_owner: None }) => {
-                if !self.following_kernel {
-                    log::warn!("networkd left the bus; fans stay as they are until it is back");
-                }
-                self.links = None;
+                self.networkd_gone();
                 false
             }
             Event::Bus(BusEvent::OwnerChanged { new_owner: Some(_) }) => {
@@ -259,6 +277,7 @@ impl Daemon {
                 }
                 self.bus = None;
                 self.links = None;
+                self.doubts = Doubts::default();
                 self.schedule_reconnect();
                 false
             }
@@ -270,10 +289,11 @@ impl Daemon {
         }
     }
 
-    /// A reload whose rules have errors changes nothing: every error is logged.
+    /// A reload whose rules have errors (a file still being written among them) changes
+    /// nothing: every error is logged.
     fn reload(&mut self) {
         self.notifier.reloading();
-        let (rules, errors) = config::load(&self.opts.rule_dirs);
+        let (rules, errors) = settled::load(&self.opts.rule_dirs);
         if errors.is_empty() {
             log::info!("reloaded the rules: {} fan(s)", rules.len());
             self.rules = rules;
@@ -441,6 +461,13 @@ impl Daemon {
                 self.nat = None;
             }
             self.sys.apply(op).map_err(|e| (op.to_string(), e.to_string()))?;
+            // Known now, whatever the netconf events still queued say (a write that changed
+            // nothing sends none): a stale "off" would repeat the op on every reconcile.
+            if let (crate::model::Op::EnableForwarding { link }, Some(snap)) = (op, self.kernel.as_mut()) {
+                if let Some(index) = snap.link(link.as_str()).map(|l| l.index) {
+                    snap.forwarding.insert(index, true);
+                }
+            }
         }
         Ok(())
     }
@@ -481,13 +508,12 @@ impl Daemon {
             if !rule.dhcp || !built.contains(&d.fan) {
                 continue;
             }
-            // The rule's check made sure a DHCP range exists in every slice of the fan.
-            let (Ok(plan), Ok(bridge_address)) =
+            // The rule's check made sure every slice of the fan has a DHCP range.
+            let (Ok(crate::addrplan::AddrPlan { dhcp: Some(range), .. }), Ok(bridge_address)) =
                 (rule.addr_plan(underlay.address), rule.map.bridge_address(underlay.address))
             else {
                 continue;
             };
-            let Some(range) = plan.dhcp else { continue };
             keep.push(d.fan.clone());
             let mtu = underlay.mtu;
             let lease = rule.dhcp_lease.clone().unwrap_or_else(|| "1h".into());

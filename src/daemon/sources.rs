@@ -295,7 +295,7 @@ fn wake_at(deadline: Option<Instant>, rests: [Option<Instant>; 2], now: Instant)
 fn kernel_monitor() -> Result<Netlink, crate::netlink::Error> {
     // Routes matter only where the kernel decides "routable" (no networkd), and are cheap.
     let mut monitor = Netlink::monitor(RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_TC | RTMGRP_IPV4_ROUTE)?;
-    // `net.ipv4.ip_forward` turned off by someone: fanlink turns it back on.
+    // A fan's bridge's or underlay's forwarding turned off by someone: fanlink turns it back on.
     monitor.join(RTNLGRP_IPV4_NETCONF)?;
     // VNI filter changes (Linux 5.18, where vnifilter is): the kept VNIs are read again.
     // An older kernel has no such group and no VNI filters either.

@@ -34,6 +34,24 @@ pub struct DhcpConfig {
     pub lease: String,
 }
 
+/// A lease time as dnsmasq reads it ("3600", "45m", "12h", "7d", "2w", "infinite"), in
+/// seconds; `None` if dnsmasq would not take it.
+pub fn lease_seconds(text: &str) -> Option<u64> {
+    if text == "infinite" {
+        return Some(u64::MAX);
+    }
+    let at = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let unit = match &text[at..] {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 604_800,
+        _ => return None,
+    };
+    text[..at].parse::<u64>().ok().map(|n| n.saturating_mul(unit))
+}
+
 /// The fan's own dnsmasq options, as long option names without their `--` (the form of a
 /// dnsmasq configuration file). `state_dir` keeps the lease file across restarts.
 pub fn options(cfg: &DhcpConfig, state_dir: &Path) -> Vec<String> {
@@ -151,6 +169,19 @@ fn example() -> DhcpConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_times_in_dnsmasqs_syntax() {
+        let cases = [("3600", Some(3600)), ("45m", Some(2700)), ("12h", Some(43200)), ("7d", Some(604_800))];
+        for (text, seconds) in
+            cases.into_iter().chain([("2w", Some(1_209_600)), ("infinite", Some(u64::MAX))])
+        {
+            assert_eq!(lease_seconds(text), seconds, "{text}");
+        }
+        for bad in ["", "h", "1y", "1h ", "-5m", "1.5h"] {
+            assert_eq!(lease_seconds(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn dnsmasq_is_bound_to_the_bridge_and_tells_the_mtu() {

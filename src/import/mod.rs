@@ -1,5 +1,6 @@
 //! `fanlink import`: translates ubuntu-fan's `/etc/network/fan` (or a `fanctl up` command,
-//! or the `fanctl up` lines of a hook script) into a fanlink rule file on stdout.
+//! or the `fanctl up` lines of a hook script, or LXD's `lxc network show` of a fan network)
+//! into a fanlink rule file on stdout.
 //!
 //! All or nothing: every line is translated and the result is checked with fanlink's own
 //! rule parser before anything is printed, so a printed file always loads; anything that
@@ -8,6 +9,7 @@
 //! `render` writes the TOML.
 
 pub mod host;
+mod lxd;
 pub mod parse;
 mod render;
 
@@ -28,8 +30,9 @@ pub const EXIT_REFUSED: u8 = 2;
 /// `fanlink import`'s arguments.
 #[derive(Args, Debug)]
 pub struct ImportArgs {
-    /// ubuntu-fan's config file (lines `UNDERLAY OVERLAY [OPTIONS]`), or a shell script that
-    /// runs `fanctl up` such as a networkd-dispatcher hook ("-": stdin).
+    /// ubuntu-fan's config file (lines `UNDERLAY OVERLAY [OPTIONS]`), a shell script that
+    /// runs `fanctl up` such as a networkd-dispatcher hook, or the output of
+    /// `lxc network show NET` for an LXD fan network (`bridge.mode: fan`) ("-": stdin).
     #[arg(default_value = "/etc/network/fan", value_name = "FILE")]
     pub file: PathBuf,
     /// Translate this `fanctl up -u U -o O [OPTIONS]` command instead of a file.
@@ -54,6 +57,8 @@ pub enum Syntax {
     Command,
     /// A shell script: its `fanctl up` lines, everything else ignored.
     Script,
+    /// `lxc network show NET` of an LXD fan network: one fan.
+    Lxd,
 }
 
 /// A fan ready to be written out.
@@ -101,7 +106,10 @@ pub fn translate(
 ) -> Result<(String, usize), Vec<Refusal>> {
     let mut fans: Vec<Fan> = Vec::new();
     let mut refusals = Vec::new();
-    for (i, source) in text.lines().enumerate() {
+    if syntax == Syntax::Lxd {
+        fans.push(lxd::fan(text, underlay_prefix, host)?);
+    }
+    for (i, source) in text.lines().enumerate().filter(|_| syntax != Syntax::Lxd) {
         let line = if syntax == Syntax::Command { 1 } else { i + 1 };
         match read_line(source, line, syntax) {
             Ok(None) => {}
@@ -133,6 +141,7 @@ fn read_line(source: &str, line: usize, syntax: Syntax) -> Result<Option<FanLine
     let mut fanctl = None;
     match syntax {
         Syntax::FanFile if words.is_empty() => return Ok(None),
+        Syntax::Lxd => return Ok(None),
         Syntax::FanFile => {}
         Syntax::Command | Syntax::Script => {
             let Some((col, rest)) = parse::fanctl_up(&words, line)? else { return Ok(None) };
@@ -266,6 +275,15 @@ fn clash(fan: &Fan, l: &FanLine, earlier: &[Fan]) -> Option<Refusal> {
         if a.contains(&b.network()) || b.contains(&a.network()) {
             return refuse(l.overlay_col, format!("overlay {a} overlaps overlay {b} of line {}", other.line));
         }
+        if fan.map.vni() == other.map.vni() {
+            let message = format!(
+                "overlay {a} would use VNI {}, which overlay {b} of line {} uses; two fans need \
+                 overlays in different /24s",
+                fan.map.vni(),
+                other.line
+            );
+            return refuse(l.overlay_col, message);
+        }
     }
     None
 }
@@ -303,8 +321,13 @@ pub fn run(args: &ImportArgs) -> Result<u8> {
         }
         None => {
             let (origin, text) = read_source(&args.file)?;
-            let syntax =
-                if args.script || parse::is_script(&text) { Syntax::Script } else { Syntax::FanFile };
+            let syntax = if args.script || parse::is_script(&text) {
+                Syntax::Script
+            } else if lxd::is_lxd(&text) {
+                Syntax::Lxd
+            } else {
+                Syntax::FanFile
+            };
             (origin, text, syntax)
         }
     };

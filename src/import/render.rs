@@ -19,7 +19,7 @@ pub fn file(origin: &str, syntax: Syntax, fans: &[Fan]) -> (String, Vec<(usize, 
         lines.push(String::new());
         let from = match syntax {
             Syntax::Command => "command".to_string(),
-            Syntax::FanFile | Syntax::Script => format!("{}:{}", comment(origin), fan.line),
+            Syntax::FanFile | Syntax::Script | Syntax::Lxd => format!("{}:{}", comment(origin), fan.line),
         };
         lines.push(format!("# {from}: {}", comment(&fan.source)));
         lines.extend(fan.notes.iter().map(|n| format!("# {n}")));

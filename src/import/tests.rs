@@ -103,3 +103,71 @@ fn dhcp_becomes_the_dhcp_key() {
     let lines = run("10.0.0.0/16 250.0.0.0/8 --dhcp\n", None, &mut host()).unwrap();
     assert_eq!(lines.last().map(String::as_str), Some("dhcp = true"), "{lines:?}");
 }
+
+/// `lxc network show` output, translated or refused as `run` shows it.
+fn lxd(text: &str, host: &mut FakeHost) -> Result<Vec<String>, Vec<String>> {
+    match translate("n", text, Syntax::Lxd, None, host) {
+        Ok((toml, _)) => Ok(toml.lines().skip(3).filter(|l| !l.is_empty()).map(String::from).collect()),
+        Err(refusals) => Err(refusals.iter().map(|r| r.at("n")).collect()),
+    }
+}
+
+#[test]
+fn an_lxd_fan_network_keeps_its_slice() {
+    assert!(lxd::is_lxd("config:\n  bridge.mode: fan\nname: lxdfan0\n"));
+    assert!(!lxd::is_lxd("10.0.0.0/16 250.0.0.0/8\n"));
+    // `auto` (LXD's default underlay): the subnet of the default route's link.
+    let mut h = FakeHost { default: Some("ens3"), ..host() };
+    let lines =
+        lxd("config:\n  bridge.mode: fan\n  fan.underlay_subnet: auto\n  ipv4.dhcp: 'false'\n", &mut h)
+            .unwrap();
+    assert_eq!(
+        lines,
+        [
+            "# n:2: lxc network show: bridge.mode fan",
+            "# no fan.overlay_subnet: LXD's default, 240.0.0.0/8",
+            "# fan.underlay_subnet auto: ens3 has the default route on this host",
+            "# underlay 10.0.3.0/24: from ens3's address 10.0.3.4/24 on this host",
+            "[[fan]]",
+            "overlay = \"240.0.0.0/8\"",
+            "underlay = \"10.0.3.0/24\"",
+        ]
+    );
+}
+
+#[test]
+fn what_lxd_says_that_fanlink_cannot_do_is_refused_at_its_value() {
+    let cases = [
+        (
+            "name: lxdbr0\nconfig:\n  ipv4.address: 10.1.1.1/24\n  fan.type: vxlan\n",
+            "n:2:1: error: no `bridge.mode: fan` under `config:`: not an LXD fan network",
+        ),
+        (
+            "config:\n  bridge.mode: fan\n  fan.underlay_subnet: 10.0.0.0/16\n  bridge.mtu: \"big\"\n",
+            "n:4:16: error: bridge.mtu `big` is not a number",
+        ),
+        (
+            "config:\n  bridge.mode: fan\n",
+            "n:2:16: error: this host has no IPv4 default route; give the underlay with --underlay-prefix",
+        ),
+        (
+            "config:\n  bridge.mode: fan\n  fan.underlay_subnet: 10.0.0.0\n",
+            "n:3:24: error: fan.underlay_subnet `10.0.0.0` is not an IPv4 prefix such as 10.0.0.0/16",
+        ),
+        (
+            "config:\n  bridge.mode: fan\n  fan.underlay_subnet: 10.0.0.0/16\n  ipv4.nat: maybe\n",
+            "n:4:13: error: ipv4.nat `maybe` is not true or false",
+        ),
+        (
+            "config:\n  bridge.mode: fan\n  fan.underlay_subnet: 10.0.0.0/16\n  bridge.mtu: \"100\"\n",
+            "n:2:1: error: the translation does not load: `mtu` must be an integer from 576 to 9000, not 100",
+        ),
+        (
+            "config:\n  bridge.mode: fan\n  fan.underlay_subnet: 10.0.0.0/16\nname: fan/0\n",
+            "n:4:7: error: name: \"fan/0\" contains '/', which interface names cannot contain",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(lxd(text, &mut host()), Err(vec![expected.to_string()]), "{text}");
+    }
+}

@@ -27,12 +27,20 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::MsgFlags;
 
-/// How long a call waits for its reply: dbus-daemon's own default reply timeout.
-const CALL_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a call waits for its reply (each answer of a batch gives the next one as long).
+/// Short: the worker that calls also serves the kernel's events and `status`, so a call
+/// that is never answered (its reply lost, networkd stuck) must not hold it for
+/// dbus-daemon's 25 s. A call that times out is a failed resync, retried with backoff.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages larger than this are read and dropped whole: nothing fanlink is sent legitimately
 /// comes near it (a ListLinks reply of a thousand links is ~60 KiB), and a forged giant must
-/// not become an allocation.
+/// not become an allocation. dbus-daemon forwards only messages that it validated, so such
+/// a length is true and the next message starts after it; ending the connection instead
+/// would let any local user make fanlink reconnect and resync at will.
 const MAX_MESSAGE: usize = 1 << 20;
+/// The specification's maximum message length (2^27): a header that claims more is no
+/// D-Bus message, and the stream has lost its framing.
+const SPEC_MAX_MESSAGE: usize = 1 << 27;
 /// The read buffer's first size, and the least room one read is given: a flap's signals are
 /// ~1 KiB, a ListLinks reply of a few dozen links ~3 KiB.
 const READ_CHUNK: usize = 16 << 10;
@@ -48,6 +56,9 @@ const PUMP_READS: usize = 16;
 pub(crate) enum Inbound<'a> {
     /// A message, in the order the bus sent it (replies too, except the one a call awaited).
     Message(wire::Message<'a>),
+    /// A message over `MAX_MESSAGE` was dropped unread: nothing legitimate sends fanlink one,
+    /// and a flood of them fills the bus's queue for us, which then drops networkd's signals.
+    Oversized,
     /// The connection was lost (EOF or an error); the last call. Not made when we hung up.
     Ended(&'a std::io::Error),
 }
@@ -286,9 +297,17 @@ impl Bus {
     ) -> bool {
         let mut answered = false;
         loop {
+            if state.frames.take_oversized() {
+                (state.inbound)(Inbound::Oversized);
+            }
             let bytes = match state.frames.next() {
                 Ok(Some(bytes)) => bytes,
-                Ok(None) => return answered,
+                Ok(None) => {
+                    if state.frames.take_oversized() {
+                        (state.inbound)(Inbound::Oversized);
+                    }
+                    return answered;
+                }
                 Err(e) => {
                     self.end(state, e);
                     return answered;
@@ -314,13 +333,21 @@ impl Bus {
     /// connection has ended then).
     fn deliver_queued(&self, state: &mut State) -> bool {
         loop {
+            if state.frames.take_oversized() {
+                (state.inbound)(Inbound::Oversized);
+            }
             match state.frames.next() {
                 Ok(Some(bytes)) => {
                     if let Some(msg) = parse(bytes) {
                         (state.inbound)(Inbound::Message(msg));
                     }
                 }
-                Ok(None) => return true,
+                Ok(None) => {
+                    if state.frames.take_oversized() {
+                        (state.inbound)(Inbound::Oversized);
+                    }
+                    return true;
+                }
                 Err(e) => {
                     self.end(state, e);
                     return false;
@@ -450,6 +477,8 @@ struct Frames {
     skip: usize,
     /// The whole length of the message at `start`, while it is not all read yet.
     wanted: usize,
+    /// A message over `MAX_MESSAGE` began to be dropped since `take_oversized` last looked.
+    oversized: bool,
 }
 
 impl Frames {
@@ -489,9 +518,15 @@ impl Frames {
         }
     }
 
+    /// Whether a message over `MAX_MESSAGE` began to be dropped since the last look.
+    fn take_oversized(&mut self) -> bool {
+        std::mem::take(&mut self.oversized)
+    }
+
     /// The next whole message; `None` until it is all read. A message over `MAX_MESSAGE` is
-    /// dropped as it comes, unkept; an `Err` is a stream that lost its framing, and the
-    /// connection with it.
+    /// dropped as it comes, unkept; an `Err` is a stream that lost its framing (a header of
+    /// garbage, or one that claims more than the specification allows), and the connection
+    /// with it.
     fn next(&mut self) -> std::io::Result<Option<&[u8]>> {
         loop {
             if self.skip > 0 {
@@ -510,9 +545,16 @@ impl Frames {
                     "not a D-Bus message header",
                 ));
             };
+            if total > SPEC_MAX_MESSAGE {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a D-Bus header that claims {total} bytes (at most {SPEC_MAX_MESSAGE})"),
+                ));
+            }
             if total > MAX_MESSAGE {
                 log::debug!("dropped a D-Bus message of {total} bytes (more than {MAX_MESSAGE})");
                 self.skip = total;
+                self.oversized = true;
                 continue;
             }
             if unread.len() < total {
@@ -528,122 +570,5 @@ impl Frames {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use zbus::Message;
-
-    fn signal(member: &str) -> Message {
-        Message::signal("/org/example", "org.example.I", member).unwrap().build(&("x", 7u32)).unwrap()
-    }
-
-    /// The members of the messages `frames` yields now.
-    fn members(frames: &mut Frames) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Some(bytes) = frames.next().unwrap() {
-            out.push(wire::Message::parse(bytes).unwrap().member.unwrap().to_owned());
-        }
-        out
-    }
-
-    #[test]
-    fn messages_come_whole_and_in_order_however_the_reads_cut_them() {
-        let (a, b) = (signal("A"), signal("B"));
-        let wire = [&a.data()[..], &b.data()[..]].concat();
-        for cut in [1, 3, 16, 17, wire.len()] {
-            let mut frames = Frames::default();
-            let mut seen = Vec::new();
-            for piece in wire.chunks(cut) {
-                frames.extend(piece);
-                seen.extend(members(&mut frames));
-            }
-            assert_eq!(seen, ["A", "B"], "reads of {cut} bytes");
-            assert_eq!(frames.start, frames.end, "nothing left over");
-        }
-    }
-
-    /// The reply (or error) `msg` becomes, read back through the framing.
-    fn replied(msg: &Message) -> Result<Reply, Error> {
-        let mut frames = Frames::default();
-        frames.extend(msg.data());
-        reply(&wire::Message::parse(frames.next().unwrap().unwrap()).unwrap())
-    }
-
-    fn call_to_reply() -> Message {
-        Message::method_call("/o", "M").unwrap().destination("o.D").unwrap().build(&()).unwrap()
-    }
-
-    #[test]
-    fn a_reply_is_read_by_its_signature_whole() {
-        let reply = Message::method_return(&call_to_reply().header()).unwrap().build(&("x", 7u32)).unwrap();
-        let reply = replied(&reply).unwrap();
-        let both = |b: &mut wire::Cursor<'_>| Some((b.string()?.to_owned(), b.u32()?));
-        assert_eq!(reply.read("su", both).unwrap(), ("x".to_owned(), 7));
-        // Another type, or a part of it left unread, is not the reply the caller expects.
-        assert!(matches!(reply.string(), Err(Error::Reply(_))));
-        assert!(matches!(reply.read("su", |b| b.string().map(str::to_owned)), Err(Error::Reply(_))));
-    }
-
-    #[test]
-    fn an_error_reply_is_its_name_and_message() {
-        let call = call_to_reply();
-        let error =
-            Message::error(&call.header(), "org.example.Error.Nope").unwrap().build(&"not here").unwrap();
-        let error = replied(&error).unwrap_err();
-        assert_eq!(error.name(), Some("org.example.Error.Nope"));
-        assert_eq!(error.to_string(), "org.example.Error.Nope: not here");
-        let bare = Message::error(&call.header(), "org.example.Error.Bare").unwrap().build(&()).unwrap();
-        assert!(matches!(replied(&bare), Err(Error::Method { message, .. }) if message.is_empty()));
-    }
-
-    #[test]
-    fn lengths_of_both_endiannesses_and_garbage() {
-        let msg = signal("A");
-        let fixed: [u8; 16] = msg.data()[..16].try_into().unwrap();
-        assert_eq!(message_length(&fixed), Some(msg.data().len()));
-        // Big-endian: body 8, fields 5 -> 16 + 5 = 21, padded to 24, + 8.
-        let mut big = [0u8; 16];
-        big[0] = b'B';
-        big[4..8].copy_from_slice(&8u32.to_be_bytes());
-        big[12..16].copy_from_slice(&5u32.to_be_bytes());
-        assert_eq!(message_length(&big), Some(32));
-        let mut garbage = fixed;
-        garbage[0] = b'x';
-        assert_eq!(message_length(&garbage), None);
-    }
-
-    #[test]
-    fn a_message_too_large_is_dropped_as_it_comes_and_the_next_one_read() {
-        let mut giant = [0u8; 16];
-        giant[0] = b'l';
-        giant[4..8].copy_from_slice(&(2 * MAX_MESSAGE as u32).to_le_bytes());
-        let mut wire = giant.to_vec();
-        wire.resize(16 + 2 * MAX_MESSAGE, 0xa5);
-        wire.extend_from_slice(signal("After").data());
-        let mut frames = Frames::default();
-        let mut seen = Vec::new();
-        for piece in wire.chunks(READ_CHUNK) {
-            frames.extend(piece);
-            seen.extend(members(&mut frames));
-            assert!(frames.buf.len() <= 2 * READ_CHUNK, "the giant was kept: {} bytes", frames.buf.len());
-        }
-        assert_eq!(seen, ["After"]);
-    }
-
-    #[test]
-    fn the_buffer_returns_to_its_size_after_a_large_message() {
-        let big = Message::signal("/o", "o.I", "Big").unwrap().build(&vec![7u8; 200_000]).unwrap();
-        let mut frames = Frames::default();
-        frames.extend(big.data());
-        assert_eq!(members(&mut frames), ["Big"]);
-        frames.extend(signal("Small").data());
-        assert_eq!(members(&mut frames), ["Small"]);
-        assert!(frames.buf.len() <= READ_CHUNK, "{} bytes kept", frames.buf.len());
-    }
-
-    #[test]
-    fn a_header_of_garbage_ends_the_connection() {
-        let mut frames = Frames::default();
-        frames.extend(&[b'x'; 64]);
-        assert_eq!(frames.next().unwrap_err().kind(), std::io::ErrorKind::InvalidData);
-    }
-}
+#[path = "bus_tests.rs"]
+mod tests;

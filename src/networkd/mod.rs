@@ -20,8 +20,11 @@
 //! queued before acting, or such a stale event may flip a Fan down and up again.
 //!
 //! On `BusEvent::OwnerChanged { new_owner: Some(_) }` take a new snapshot (networkd
-//! announces nothing per link when it stops or starts); on `Disconnected` call [`attach`]
-//! again, with backoff. Nothing here retries or sleeps. Every connection ends with exactly
+//! announces nothing per link when it stops or starts); on `Lost` take one too (a message may
+//! have been dropped by the bus); on `OwnerInDoubt` call [`Networkd::recheck_owner`] (a
+//! NameOwnerChanged may have been); on `Disconnected` call [`attach`] again, with backoff.
+//! The caller rate-limits and retries; nothing here retries or sleeps, and a call waits for
+//! its reply 2 s at most. Every connection ends with exactly
 //! one `Disconnected` when the bus goes away, and with none when we hang up ourselves
 //! (dropping the [`Networkd`], or an [`attach`] that failed half-way): a stale session can
 //! never trigger another reconnect.
@@ -31,6 +34,7 @@
 //! of a path or a command. A link path for calls is built from the number.
 
 mod bus;
+mod early;
 mod path;
 mod reader;
 #[cfg(test)]
@@ -44,6 +48,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use bus::{Inbound, Reply};
+use early::{Early, EARLY_KEPT};
 pub(crate) use wire::Arg;
 
 use crate::ifname::IfName;
@@ -141,6 +146,16 @@ pub struct Networkd {
     stats: Arc<ReaderStats>,
 }
 
+/// What [`Networkd::recheck_owner`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerCheck {
+    /// The owner of `org.freedesktop.network1` now (`None`: networkd is not on the bus).
+    pub owner: Option<String>,
+    /// Not the owner the messages said: its NameOwnerChanged was lost. Otherwise the signal
+    /// that raised the doubt was a forgery.
+    pub changed: bool,
+}
+
 /// Match rules registered, owner seeded: say where events go ([`Subscription::deliver`]).
 pub struct Subscription<'a> {
     owner: Option<String>,
@@ -177,14 +192,14 @@ pub fn attach(address: Option<&str>, sink: impl EventSink, skip: impl Fn(u32) ->
 /// What becomes of each message read: kept (as bytes: the read buffer is reused) until the
 /// owner is seeded, then classified and delivered.
 enum Stage {
-    Early(Vec<Vec<u8>>),
+    Early(Early),
     Live(reader::Dispatch),
 }
 
 impl std::fmt::Debug for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Stage::Early(kept) => write!(f, "Early({} kept)", kept.len()),
+            Stage::Early(early) => write!(f, "Early({} kept, lost: {})", early.kept.len(), early.lost),
             Stage::Live(_) => f.write_str("Live"),
         }
     }
@@ -200,13 +215,15 @@ impl Networkd {
     /// Connects to the bus at a D-Bus address such as `unix:path=/run/x/bus.sock`.
     pub fn connect_address(address: &str) -> Result<Self> {
         let stats = Arc::new(ReaderStats::default());
-        let stage = Arc::new(Mutex::new(Stage::Early(Vec::new())));
+        let stage = Arc::new(Mutex::new(Stage::Early(Early::default())));
         let inbound = {
             let stage = Arc::clone(&stage);
             move |inbound: Inbound<'_>| match (&mut *stage.lock().expect("networkd stage"), inbound) {
                 (Stage::Live(dispatch), Inbound::Message(msg)) => dispatch.message(&msg),
+                (Stage::Live(dispatch), Inbound::Oversized) => dispatch.oversized(),
                 (Stage::Live(dispatch), Inbound::Ended(why)) => dispatch.ended(why),
-                (Stage::Early(kept), Inbound::Message(msg)) => kept.push(msg.bytes().to_vec()),
+                (Stage::Early(early), Inbound::Message(msg)) => early.keep(msg.bytes()),
+                (Stage::Early(early), Inbound::Oversized) => early.lost(),
                 // Before anyone listens: the call under way fails, and says so.
                 (Stage::Early(_), Inbound::Ended(why)) => log::debug!("bus connection lost early: {why}"),
             }
@@ -286,6 +303,33 @@ impl Networkd {
         }
     }
 
+    /// Asks the bus who owns `org.freedesktop.network1` now and, if that is not the owner the
+    /// messages said (a NameOwnerChanged was lost), trusts the bus's answer from now on. A
+    /// signal read before the answer stays dropped: take a snapshot after a change.
+    ///
+    /// A NameOwnerChanged read while the call waited (before or after its reply: the order is
+    /// not known here) wins: its `OwnerChanged` is on its way to the caller, which resyncs
+    /// for it, and should it be the older news, the next signal in doubt asks again.
+    pub fn recheck_owner(&self) -> Result<OwnerCheck> {
+        let known = || match &*self.stage.lock().expect("networkd stage") {
+            Stage::Live(dispatch) => Some(dispatch.classifier.owner().map(str::to_owned)),
+            Stage::Early(_) => None,
+        };
+        let before = known();
+        let owner = self.owner()?;
+        let mut stage = self.stage.lock().expect("networkd stage");
+        let Stage::Live(dispatch) = &mut *stage else { return Ok(OwnerCheck { owner, changed: false }) };
+        let now = dispatch.classifier.owner().map(str::to_owned);
+        if Some(&now) != before.as_ref() {
+            return Ok(OwnerCheck { owner: now, changed: false });
+        }
+        let changed = now != owner;
+        if changed {
+            dispatch.classifier.set_owner(owner.clone());
+        }
+        Ok(OwnerCheck { owner, changed })
+    }
+
     /// Every link networkd knows, with its states, except those `skip` names: each link costs
     /// two calls, and a daemon that restarts over 16 fans would ask about 32 links of its own,
     /// none of them an underlay. The calls are pipelined (`Bus::call_all`): on a host with a
@@ -362,6 +406,12 @@ impl Networkd {
         Ok(states)
     }
 
+    /// One link's two states read again (the kernel says something networkd's last signal
+    /// does not); `None` if networkd does not know the link.
+    pub fn link_state(&self, index: u32) -> Result<Option<(OperState, AdminState)>> {
+        Ok(self.link_states(&[index])?.pop().flatten())
+    }
+
     /// One link by ifindex (for an index that first shows up in a signal), `None` if
     /// networkd does not know it.
     pub fn link(&self, index: u32) -> Result<Option<LinkState>> {
@@ -414,10 +464,16 @@ impl Subscription<'_> {
             stats: Arc::clone(&self.networkd.stats),
         };
         let mut stage = self.networkd.stage.lock().expect("networkd stage");
-        if let Stage::Early(kept) = &*stage {
+        if let Stage::Early(early) = &*stage {
             // They parsed when read; parsing the same bytes again cannot fail.
-            for msg in kept.iter().filter_map(|bytes| wire::Message::parse(bytes).ok()) {
+            for msg in early.kept.iter().filter_map(|bytes| wire::Message::parse(bytes).ok()) {
                 dispatch.message(&msg);
+            }
+            if early.lost {
+                log::debug!(
+                    "messages read before the owner was known were not kept (over {EARLY_KEPT} bytes)"
+                );
+                (dispatch.send)(BusEvent::Lost);
             }
         }
         *stage = Stage::Live(dispatch);

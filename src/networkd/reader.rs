@@ -12,6 +12,13 @@
 //! argument is `org.freedesktop.network1.Link` and the states are strings;
 //! NameOwnerChanged counts only from the bus itself. Everything else is dropped, counted
 //! and logged at debug with its strings escaped.
+//!
+//! Never depend on every message arriving: the bus drops messages to a client whose queue is
+//! full, and a local user can fill it. A PropertiesChanged on a link path from a sender
+//! that is not the owner fanlink knows is still dropped, but says `OwnerInDoubt`: the
+//! NameOwnerChanged naming a new networkd may be what was lost, and the daemon asks the bus
+//! (rate-limited) rather than trust the signal. A giant message dropped unread, or the bus
+//! reporting a limit, says `Lost`: the daemon reads networkd's state again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,6 +36,13 @@ pub enum BusEvent {
     /// `org.freedesktop.network1` changed hands (`None`: networkd is gone). Whatever was
     /// known about links is stale: take a new snapshot when it is `Some`.
     OwnerChanged { new_owner: Option<String> },
+    /// A signal claimed to be networkd's but came from another sender (and was dropped):
+    /// ask the bus who owns `org.freedesktop.network1` now, in case its NameOwnerChanged was
+    /// lost. Never a reason to trust the signal.
+    OwnerInDoubt,
+    /// Messages to fanlink may have been lost (a message too large to keep was dropped,
+    /// the bus reported a limit): read networkd's state again.
+    Lost,
     /// The bus connection ended; connect again (with backoff) and resync.
     Disconnected,
 }
@@ -50,6 +64,9 @@ pub(crate) enum Verdict {
     Ignore,
     /// Not from networkd or malformed; the reason goes to the debug log.
     Drop(&'static str),
+    /// Dropped like `Drop`, from a sender that claims networkd's link paths: is the owner
+    /// fanlink knows still the owner?
+    Doubt(&'static str),
 }
 
 /// Decides on messages, tracking the owner of `org.freedesktop.network1` as it goes.
@@ -63,8 +80,26 @@ impl Classifier {
         Classifier { owner }
     }
 
+    /// The owner of `org.freedesktop.network1` as the messages so far say.
+    pub(crate) fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+
+    /// The owner as the bus says now (GetNameOwner), when its NameOwnerChanged was lost.
+    pub(crate) fn set_owner(&mut self, owner: Option<String>) {
+        self.owner = owner;
+    }
+
     pub(crate) fn classify(&mut self, msg: &Message<'_>) -> Verdict {
         match msg.kind {
+            // The bus refused to pass on something of ours or to us (dbus-daemon stamps the
+            // sender, so no client can say this): a reply that came too late to be awaited.
+            Kind::Error
+                if msg.sender == Some(BUS_NAME)
+                    && msg.error_name == Some("org.freedesktop.DBus.Error.LimitsExceeded") =>
+            {
+                return Verdict::Deliver(BusEvent::Lost)
+            }
             // Replies to our own calls (snapshot) arrive on the same unfiltered stream.
             Kind::MethodReturn | Kind::Error => return Verdict::Ignore,
             Kind::MethodCall => return Verdict::Drop("a method call (fanlink serves nothing)"),
@@ -104,12 +139,12 @@ impl Classifier {
     }
 
     fn properties_changed(&self, msg: &Message<'_>) -> Verdict {
-        if self.owner.is_none() || msg.sender != self.owner.as_deref() {
-            return Verdict::Drop("PropertiesChanged not from the owner of org.freedesktop.network1");
-        }
         let Some(index) = msg.path.and_then(decode_link_path) else {
             return Verdict::Drop("PropertiesChanged on a path that is not a link");
         };
+        if self.owner.is_none() || msg.sender != self.owner.as_deref() {
+            return Verdict::Doubt("PropertiesChanged not from the owner of org.freedesktop.network1");
+        }
         if msg.signature != "sa{sv}as" {
             return Verdict::Drop("PropertiesChanged with a wrong signature");
         }
@@ -207,7 +242,18 @@ impl Dispatch {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 log_drop(msg, reason);
             }
+            Verdict::Doubt(reason) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                log_drop(msg, reason);
+                (self.send)(BusEvent::OwnerInDoubt);
+            }
         }
+    }
+
+    /// A message too large to keep was dropped unread (`bus.rs`).
+    pub(crate) fn oversized(&self) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        (self.send)(BusEvent::Lost);
     }
 
     pub(crate) fn ended(&self, why: &std::io::Error) {

@@ -84,8 +84,11 @@ fn ignores_other_link_properties() {
 #[test]
 fn drops_forgeries_and_malformed_messages() {
     let mut c = Classifier::new(Some(NETWORKD.into()));
+    // On a link path from another sender: dropped, and the owner is in doubt (a lost
+    // NameOwnerChanged would look the same).
+    assert!(matches!(classify(&mut c, &oper(FORGER, LINK2, "routable".into())), Verdict::Doubt(_)));
     let dropped = [
-        oper(FORGER, LINK2, "routable".into()),
+        oper(FORGER, "/org/freedesktop/network1/link/_32/x", "routable".into()),
         oper(NETWORKD, "/org/freedesktop/network1/link/_32/x", "routable".into()),
         oper(NETWORKD, "/org/freedesktop/network1/network/_32", "routable".into()),
         oper(NETWORKD, "/org/freedesktop/network1/linkx", "routable".into()),
@@ -120,7 +123,37 @@ fn drops_forgeries_and_malformed_messages() {
 #[test]
 fn drops_everything_while_networkd_is_not_running() {
     let mut c = Classifier::new(None);
-    assert!(matches!(classify(&mut c, &oper(NETWORKD, LINK2, "routable".into())), Verdict::Drop(_)));
+    // networkd may be back with its NameOwnerChanged lost: in doubt, never trusted.
+    assert!(matches!(classify(&mut c, &oper(NETWORKD, LINK2, "routable".into())), Verdict::Doubt(_)));
+    // Only the bus's answer makes a sender the owner.
+    c.set_owner(Some(NETWORKD.into()));
+    assert_eq!(
+        classify(&mut c, &oper(NETWORKD, LINK2, "routable".into())),
+        link_changed(2, Some(OperState::Routable), None)
+    );
+}
+
+#[test]
+fn a_limit_reported_by_the_bus_is_a_loss_and_no_one_else_can_report_it() {
+    let mut c = Classifier::new(Some(NETWORKD.into()));
+    let call = Message::method_call("/", "Ping").unwrap().sender(":1.3").unwrap().build(&()).unwrap();
+    let limit = |sender: &str| {
+        Message::error(&call.header(), "org.freedesktop.DBus.Error.LimitsExceeded")
+            .unwrap()
+            .sender(sender)
+            .unwrap()
+            .build(&"Rejected: destination has a full message queue")
+            .unwrap()
+    };
+    assert_eq!(classify(&mut c, &limit("org.freedesktop.DBus")), Verdict::Deliver(BusEvent::Lost));
+    assert_eq!(classify(&mut c, &limit(FORGER)), Verdict::Ignore);
+    let other = Message::error(&call.header(), "org.freedesktop.DBus.Error.NoReply")
+        .unwrap()
+        .sender("org.freedesktop.DBus")
+        .unwrap()
+        .build(&"late")
+        .unwrap();
+    assert_eq!(classify(&mut c, &other), Verdict::Ignore);
 }
 
 #[test]
@@ -129,21 +162,21 @@ fn tracks_the_owner_from_the_bus_only() {
     // A forged NameOwnerChanged (sent by a client, addressed to us) changes nothing.
     let forged = owner_changed(FORGER, "org.freedesktop.network1", NETWORKD, FORGER);
     assert!(matches!(classify(&mut c, &forged), Verdict::Drop(_)));
-    assert!(matches!(classify(&mut c, &oper(FORGER, LINK2, "routable".into())), Verdict::Drop(_)));
+    assert!(matches!(classify(&mut c, &oper(FORGER, LINK2, "routable".into())), Verdict::Doubt(_)));
 
     let other_name = owner_changed("org.freedesktop.DBus", "org.example", "", FORGER);
     assert!(matches!(classify(&mut c, &other_name), Verdict::Drop(_)));
 
     let gone = owner_changed("org.freedesktop.DBus", "org.freedesktop.network1", NETWORKD, "");
     assert_eq!(classify(&mut c, &gone), Verdict::Deliver(BusEvent::OwnerChanged { new_owner: None }));
-    assert!(matches!(classify(&mut c, &oper(NETWORKD, LINK2, "routable".into())), Verdict::Drop(_)));
+    assert!(matches!(classify(&mut c, &oper(NETWORKD, LINK2, "routable".into())), Verdict::Doubt(_)));
 
     let back = owner_changed("org.freedesktop.DBus", "org.freedesktop.network1", "", ":1.9");
     assert_eq!(
         classify(&mut c, &back),
         Verdict::Deliver(BusEvent::OwnerChanged { new_owner: Some(":1.9".into()) })
     );
-    assert!(matches!(classify(&mut c, &oper(NETWORKD, LINK2, "routable".into())), Verdict::Drop(_)));
+    assert!(matches!(classify(&mut c, &oper(NETWORKD, LINK2, "routable".into())), Verdict::Doubt(_)));
     assert_eq!(
         classify(&mut c, &oper(":1.9", LINK2, "routable".into())),
         link_changed(2, Some(OperState::Routable), None)

@@ -242,10 +242,10 @@ fn probe(pinger: &mut Pinger, to: Ipv4Addr, size: usize, df: bool, tries: u32) -
     Ok(last)
 }
 
-/// `net.ipv4.conf.IFACE.forwarding`, in this process's network namespace.
+/// `net.ipv4.conf.IFACE.forwarding`, in this process's network namespace (what the daemon
+/// reads and writes); unreadable is `None`.
 fn forwarding(iface: &str) -> Option<bool> {
-    let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
-    std::fs::read_to_string(path).ok().map(|v| v.trim() == "1")
+    crate::datapath::sysctl::forwarding(iface).ok().flatten()
 }
 
 /// `fanlink test`: every step, printed as it ends; exit 1 when any failed.

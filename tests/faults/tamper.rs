@@ -68,9 +68,9 @@ crate::in_both_datapaths! {
 }
 
 /// The forwarding of the fan's bridge and of its underlay link is watched through the
-/// kernel's netconf events (nothing reads the files per reconcile): turned off by hand,
-/// one link's or every link's at once (`net.ipv4.ip_forward` from 1 to 0), under a fan that is up, it
-/// is turned back on, on those two links only; `ip_forward` itself stays as it was.
+/// kernel's netconf events (nothing reads the files per reconcile): turned off by hand, one
+/// link's or every link's at once (`net.ipv4.ip_forward` from 1 to 0), under a fan that is
+/// up, it is turned back on, on those two links only; `ip_forward` stays as it was.
 #[test]
 #[ignore = "needs root, systemd-networkd and dbus-daemon: run with --include-ignored"]
 fn forwarding_turned_off_by_hand_is_turned_back_on() {
@@ -158,6 +158,7 @@ fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_t
     let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut atomic_log = String::new();
+    let mut in_place_log = String::new();
     let hups = std::thread::scope(|s| {
         let storm = s.spawn(|| {
             let mut n = 0;
@@ -179,7 +180,11 @@ fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_t
             } else {
                 use std::io::Write;
                 let mut f = std::fs::File::create(&path).unwrap();
-                let cut = 12 + round as usize % (text.len() - 12);
+                // Every other round, the prefix that is valid rules (no `mtu` yet).
+                let cut = match round % 2 {
+                    0 => text.find("mtu").unwrap(),
+                    _ => 12 + round as usize % (text.len() - 12),
+                };
                 f.write_all(&text.as_bytes()[..cut]).unwrap();
                 std::thread::sleep(Duration::from_millis(1));
                 f.write_all(&text.as_bytes()[cut..]).unwrap();
@@ -189,8 +194,11 @@ fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_t
                 host.settle();
                 atomic_log = daemon.log();
             }
-            std::thread::sleep(Duration::from_millis(3));
+            // Now and then the file rests, complete, long enough for a reload to take it.
+            let rest = if round > 100 && round % 10 == 0 { 300 } else { 3 };
+            std::thread::sleep(Duration::from_millis(rest));
         }
+        in_place_log = daemon.log()[atomic_log.len()..].to_string();
         std::fs::write(&path, second(1280)).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -206,7 +214,19 @@ fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_t
     let log = daemon.log();
     let refused = log.matches("reload refused").count();
     let removed = log.matches("fan-251: delete link fan-251-vx").count();
-    eprintln!("[faults] {hups} SIGHUPs during 200 rewrites; {refused} reloads refused; fan-251 removed {removed} time(s)");
+    let being_written = log.matches("(is it being written?)").count();
+    // Every MTU fan-251 was given is one a complete file held: a reload that took a prefix
+    // without the `mtu` line gave it the default (the underlay's minus the vxlan's 50 bytes).
+    let written: Vec<String> =
+        (0..7).map(|i| (1300 + i * 10).to_string()).chain(["1280".into(), "1400".into()]).collect();
+    let mtus = |log: &str| -> Vec<String> {
+        log.lines().filter_map(|l| l.split("set fan-251 mtu ").nth(1)).map(String::from).collect()
+    };
+    eprintln!(
+        "[faults] {hups} SIGHUPs during 200 rewrites; {refused} reloads refused ({being_written} files caught \
+         mid-write); fan-251 removed {removed} time(s), given MTUs {:?}",
+        mtus(&log)
+    );
     for line in log.lines() {
         assert!(!line.contains("panicked"), "{line}");
         assert!(
@@ -217,14 +237,14 @@ fn a_sighup_storm_while_rules_are_rewritten_never_takes_a_fan_down_and_ends_in_t
     }
     assert_eq!(fan_250(), before, "fan-250's devices are the same ones after the storm; log:\n{log}");
     assert!(!atomic_log.contains("delete link"), "atomic rewrites never remove a fan; log:\n{atomic_log}");
-    if removed > 0 {
-        // A truncated file is empty, and an empty file is valid rules without fans: the
-        // daemon cannot tell it from a file emptied on purpose, so it removes fan-251 and
-        // makes it again once the file is complete.
-        eprintln!(
-            "[faults] REPORT: non-atomic rewrites removed fan-251 {removed} time(s) (empty file mid-write)"
-        );
+    // A reload never acts on a file caught mid-write: not when it is empty (then it is an
+    // error anyway), nor when it is a valid prefix.
+    assert_eq!(removed, 0, "in-place rewrites never remove fan-251; log:\n{log}");
+    for mtu in mtus(&log) {
+        assert!(written.contains(&mtu), "fan-251 given MTU {mtu}, which no complete file held; log:\n{log}");
     }
+    // ... and still takes the file when it rests between rewrites.
+    assert!(!mtus(&in_place_log).is_empty(), "no reload took a rewritten file; log:\n{in_place_log}");
     assert_eq!(host.fan(), format!("{UP} [2, 2, 2, 2]"));
 }
 
