@@ -28,56 +28,50 @@ LEASES = f"/var/lib/fanlink/{FAN}.leases"
 DHCP_CONF = f"/var/lib/fanlink/dhcp/{FAN}.conf"
 COUNT_TABLE = "flnat"
 
-# The workloads' root filesystem, from the guest's busybox-static: init runs udhcpc on eth0
-# (an Incus instance; a Docker container is given `sleep` as its command instead) and sleeps.
-# /etc/udhcpc.args: extra udhcpc arguments for one instance (`-r ADDR`: ask for an address).
-ROOTFS = r"""set -e
-rm -rf /root/tiny && mkdir -p /root/tiny/meta && r=/root/tiny/rootfs
-mkdir -p $r/bin $r/sbin $r/usr/bin $r/usr/sbin $r/etc $r/proc $r/sys $r/dev $r/tmp $r/run $r/root $r/var
-ln -s ../run $r/var/run
-cp /bin/busybox $r/bin/busybox
-chroot $r /bin/busybox --install -s
-cat >$r/etc/inittab <<'EOF'
-::sysinit:/bin/sh -c 'exec udhcpc -i eth0 -s /etc/udhcpc.sh -b -O mtu $(cat /etc/udhcpc.args 2>/dev/null)'
-::respawn:/bin/sleep 1000000
-EOF
-cat >$r/etc/udhcpc.sh <<'EOF'
-#!/bin/sh
-case "$1" in
-deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
-bound|renew)
-  [ "$1" = bound ] && ip -4 addr flush dev "$interface"
-  [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
-  ip addr replace "$ip/$mask" dev "$interface"
-  [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
-  ;;
-esac
-exit 0
-EOF
-chmod 755 $r/etc/udhcpc.sh
-printf 'root:x:0:0:root:/root:/bin/sh\n' >$r/etc/passwd
-printf 'architecture: x86_64\ncreation_date: %s\nproperties:\n  description: busybox\n  os: busybox\n  release: test\n' \
-  "$(date +%s)" >/root/tiny/meta/metadata.yaml
-tar -C /root/tiny/meta -czf /root/tiny/meta.tar.gz metadata.yaml
-tar -C $r -czf /root/tiny/rootfs.tar.gz .
+# README "Docker" and "LXD and Incus": the images, made offline from the guest's
+# busybox-static, as the recipes make them (each in a directory of its own).
+DOCKER_IMAGE = r"""set -e
+rm -rf /root/docker && mkdir /root/docker && cd /root/docker
+mkdir -p tiny/bin && cp /bin/busybox tiny/bin/
+for applet in sh sleep ping ip; do ln -s busybox tiny/bin/$applet; done
+tar -C tiny -c . | docker import - tiny
 """
-
-# README "LXD and Incus": the default profile's NIC on the fan's bridge, no managed network.
-# The instance's config is the test's own: busybox's init powers off on SIGUSR2 (Incus sends
-# SIGPWR, which it ignores: every reboot would wait out the shutdown timeout).
-PRESEED = f"""config: {{}}
-storage_pools:
+INITTAB = """::sysinit:/bin/ip link set eth0 up
+::sysinit:/bin/udhcpc -i eth0 -O mtu -s /etc/udhcpc.sh -b
+::respawn:/bin/sleep 1000000
+"""
+INCUS_IMAGE = r"""set -e
+rm -rf /root/incus && mkdir /root/incus && cd /root/incus
+mkdir -p tiny/bin tiny/sbin tiny/etc meta
+cp /bin/busybox tiny/bin/
+for applet in sh sleep ping ip udhcpc init; do ln -s busybox tiny/bin/$applet; done
+ln -s ../bin/busybox tiny/sbin/init
+cat > tiny/etc/inittab <<'EOF'
+""" + INITTAB + r"""EOF
+cat > tiny/etc/udhcpc.sh <<'EOF'
+#!/bin/sh
+[ "$1" = bound ] || [ "$1" = renew ] || exit 0
+[ -n "$mtu" ] && ip link set eth0 mtu "$mtu"
+ip addr flush dev eth0 && ip addr add "$ip/$mask" dev eth0
+ip route replace default via "$router"
+EOF
+chmod 755 tiny/etc/udhcpc.sh
+printf 'architecture: x86_64\ncreation_date: %s\nproperties:\n  description: busybox\n' "$(date +%s)" > meta/metadata.yaml
+tar -C meta -czf meta.tar.gz metadata.yaml && tar -C tiny -czf rootfs.tar.gz .
+incus image import meta.tar.gz rootfs.tar.gz --alias tiny
+"""
+PRESEED = f"""storage_pools:
 - name: default
   driver: dir
 profiles:
 - name: default
-  config:
-    raw.lxc: lxc.signal.halt=SIGUSR2
-    boot.host_shutdown_timeout: "5"
   devices:
-    root: {{path: /, pool: default, type: disk}}
-    eth0: {{name: eth0, type: nic, nictype: bridged, parent: {FAN}}}
+    root: {{type: disk, path: /, pool: default}}
+    eth0: {{type: nic, nictype: bridged, parent: {FAN}, name: eth0}}
 """
+# The test's own, after the recipe: busybox's init powers off on SIGUSR2 and ignores the
+# SIGPWR Incus sends, so each reboot would wait out Incus's shutdown timeout (30 s).
+PROFILE = "incus profile set default raw.lxc=lxc.signal.halt=SIGUSR2 boot.host_shutdown_timeout=5"
 
 
 class Host:
@@ -152,20 +146,20 @@ def setup(fleet, h):
     units = "docker.socket docker.service containerd.service" + (
         " incus.socket incus.service incus-startup.service" if h.incus else "")
     g.sh(f"systemctl enable --now {units}", timeout=300)
-    g.sh(ROOTFS, timeout=120)
-    g.sh("tar -C /root/tiny/rootfs -c . | docker import - tiny >/dev/null", timeout=180)
+    g.sh(DOCKER_IMAGE + ">/dev/null", timeout=180)
     g.sh(DOCKER_NET.format(fan=FAN) + " >/dev/null", timeout=120)
     if h.incus:
         g.sh(f"incus admin init --preseed <<'EOF'\n{PRESEED}EOF", timeout=180)
-        g.sh("incus image import /root/tiny/meta.tar.gz /root/tiny/rootfs.tar.gz --alias tiny", timeout=180)
+        g.sh(PROFILE, timeout=60)
+        g.sh(INCUS_IMAGE, timeout=180)
 
 
 def start(h):
     g = h.g
     for kind, name in h.workloads:
         if kind == "docker":
-            g.sh(f"docker run -d --restart=always --stop-timeout 1 --network {FAN} --name {name} tiny "
-                 "/bin/sleep 1000000 >/dev/null", timeout=180)
+            g.sh(f"docker run -d --restart=always --network {FAN} --name {name} tiny /bin/sleep 1000000 "
+                 ">/dev/null", timeout=180)
     d1 = g.out(f"docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' d1").strip()
     for kind, name in h.workloads:
         if kind == "incus":
@@ -173,7 +167,9 @@ def start(h):
             if name == "i2":
                 # A client asking for an address Docker holds (an old lease, a copied
                 # instance): the DHCP server must not hand it out (issue 23, defect 1).
-                g.sh(f"echo '-r {d1}' >/root/tiny/args && incus file push /root/tiny/args {name}/etc/udhcpc.args")
+                tab = INITTAB.replace(" -b\n", f" -b -r {d1}\n")
+                g.sh(f"cat >/root/incus/inittab-{name} <<'EOF'\n{tab}EOF\n"
+                     f"incus file push /root/incus/inittab-{name} {name}/etc/inittab")
             g.sh(f"incus start {name}", timeout=180)
 
 
@@ -278,7 +274,8 @@ def run_checks(fleet, c, hosts, nat, when):
     def mtu(h):
         g = h.g
         want = g.out(f"cat /sys/class/net/{FAN}/mtu").strip()
-        got = {n: g.out(wexec(k, n, "cat /sys/class/net/eth0/mtu")).strip() for k, n in h.workloads}
+        got = {n: re.search(r" mtu (\d+)", g.out(wexec(k, n, "ip link show dev eth0"))) for k, n in h.workloads}
+        got = {n: m.group(1) if m else "?" for n, m in got.items()}
         bad = {n: m for n, m in got.items() if m != want}
         if bad:
             raise StepFailed(f"{g.name}: MTU inside is not the fan's {want}: {bad}")
