@@ -233,10 +233,10 @@ def run_checks(fleet, c, hosts, nat, when):
         g = h.g
         sep = "----8<----"
         leases, inspect, conf = g.out(
-            f"cat {LEASES}; echo {sep}; docker network inspect {FAN} -f "
+            f"cat {LEASES}; echo '{sep}'; docker network inspect {FAN} -f "
             "'{{range .Containers}}{{.Name}} {{.IPv4Address}}{{println}}{{end}}"
             "{{range .IPAM.Config}}range {{.IPRange}}{{println}}{{end}}'; "
-            f"echo {sep}; grep '^dhcp-range=' {DHCP_CONF}").split(sep)
+            f"echo '{sep}'; grep '^dhcp-range=' {DHCP_CONF}").split(sep)
         held = {}
         for line in leases.split("\n"):
             f = line.split()
