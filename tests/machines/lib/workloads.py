@@ -320,9 +320,9 @@ def run_checks(fleet, c, hosts, nat, when):
     # echo request from a workload must come from its host's underlay address, none from 250/8.
     with c.step(f"{when}: NAT out to {nat.name}'s underlay address"):
         rules = [f"add table ip {COUNT_TABLE}", f"delete table ip {COUNT_TABLE}", f"add table ip {COUNT_TABLE}",
-                 f"add chain ip {COUNT_TABLE} in {{ type filter hook input priority -300 ; }}",
-                 f'add rule ip {COUNT_TABLE} in icmp type echo-request ip saddr 250.0.0.0/8 counter comment "overlay"']
-        rules += [f'add rule ip {COUNT_TABLE} in icmp type echo-request ip saddr {h.underlay} counter comment "{h.i}"'
+                 f"add chain ip {COUNT_TABLE} seen {{ type filter hook input priority -300 ; }}",
+                 f'add rule ip {COUNT_TABLE} seen icmp type echo-request ip saddr 250.0.0.0/8 counter comment "overlay"']
+        rules += [f'add rule ip {COUNT_TABLE} seen icmp type echo-request ip saddr {h.underlay} counter comment "{h.i}"'
                   for h in hosts]
         nat.sh("nft -f - <<'EOF'\n" + "\n".join(rules) + "\nEOF")
         dst = nat.addr.split("/")[0]
