@@ -116,7 +116,11 @@ const KERNEL_FEATURES: &[(&str, &str)] = &[
         "Linux 5.8. The unit grants CAP_NET_ADMIN and CAP_BPF; before 5.8 loading a program needs \
          CAP_SYS_ADMIN instead.",
     ),
-    ("BPF memory charged to the cgroup", "Linux 5.11; before, fanlink raises its RLIMIT_MEMLOCK soft limit."),
+    (
+        "BPF memory charged to the cgroup",
+        "Linux 5.11; before, to RLIMIT_MEMLOCK per user, which the unit sets to 64M \
+         (LimitMEMLOCK=).",
+    ),
     (
         "vxlan vnifilter",
         "Linux 5.18: the vnifilter datapath, a vxlan per fan. Without it (probed, not read from \

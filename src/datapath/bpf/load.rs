@@ -4,7 +4,8 @@
 //! dependency for three commands.
 //!
 //! Before 5.11 a program's memory counts against RLIMIT_MEMLOCK (later, the cgroup's), so
-//! the soft limit is raised to the hard one before the first load.
+//! the soft limit is raised to the hard one before the first load, and a refused load there
+//! says when the limit, not a capability, is the likely cause.
 
 use super::insn::Insn;
 use super::insn::{exit, jmp32_imm, mov32_imm, Cond, R0};
@@ -34,6 +35,25 @@ pub enum LoadError {
     Rejected { name: String, errno: Errno, log: String },
     #[error("{op}: {errno}{}", hint(*.errno))]
     Syscall { op: &'static str, errno: Errno },
+    /// EPERM from a process that holds the capabilities, on a kernel that charges BPF memory
+    /// to RLIMIT_MEMLOCK per user: the charge of every BPF object root's processes hold
+    /// (systemd's own cgroup programs for sandboxed units included) went over this limit.
+    #[error(
+        "{op}: {errno}: the BPF memory of this user's processes is over RLIMIT_MEMLOCK ({}): \
+         before Linux 5.11 every BPF object root holds is charged to it, systemd's own for \
+         sandboxed units too; raise it with LimitMEMLOCK= in fanlink.service (the shipped \
+         unit sets 64M; see `systemctl show fanlink -p LimitMEMLOCK`)",
+        kib(*.limit)
+    )]
+    Memlock { op: &'static str, errno: Errno, limit: u64 },
+}
+
+fn kib(bytes: u64) -> String {
+    if bytes == libc::RLIM_INFINITY {
+        "infinity".to_string()
+    } else {
+        format!("{} KiB", bytes / 1024)
+    }
 }
 
 /// The verifier's reason, for a one-line report: the last line of its log that is neither an
@@ -134,9 +154,48 @@ pub fn load(insns: &[Insn], name: &str) -> Result<OwnedFd, LoadError> {
     let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
     let log = String::from_utf8_lossy(&log[..end]).trim_end().to_string();
     if log.is_empty() {
-        Err(LoadError::Syscall { op: "BPF_PROG_LOAD", errno })
+        Err(refused(errno, &kernel_release(), capable(), memlock_limit()))
     } else {
         Err(LoadError::Rejected { name: name.to_string(), errno, log })
+    }
+}
+
+/// The error of a load the kernel refused without a verifier log. Before 5.11, EPERM under
+/// the capabilities a load needs is the memlock charge (the only other EPERM there, the
+/// unprivileged_bpf_disabled sysctl, does not apply to a capable process).
+fn refused(errno: Errno, release: &str, capable: bool, limit: u64) -> LoadError {
+    let op = "BPF_PROG_LOAD";
+    if errno == Errno::EPERM && capable && !release_at_least(release, (5, 11)) {
+        LoadError::Memlock { op, errno, limit }
+    } else {
+        LoadError::Syscall { op, errno }
+    }
+}
+
+/// Whether this process may load a tc program: CAP_BPF or CAP_SYS_ADMIN, and CAP_NET_ADMIN
+/// or CAP_SYS_ADMIN, in its effective set (/proc/self/status, `CapEff`).
+fn capable() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1 << cap) != 0;
+    const NET_ADMIN: u32 = 12;
+    const SYS_ADMIN: u32 = 21;
+    const BPF: u32 = 39;
+    (has(BPF) || has(SYS_ADMIN)) && (has(NET_ADMIN) || has(SYS_ADMIN))
+}
+
+/// This process's RLIMIT_MEMLOCK soft limit, in bytes (0 if unknown).
+fn memlock_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a plain syscall on a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        0
     }
 }
 
@@ -275,6 +334,23 @@ mod tests {
             e.to_string(),
             "BPF_PROG_LOAD: EPERM: Operation not permitted (needs CAP_BPF and CAP_NET_ADMIN, or root)"
         );
+    }
+
+    #[test]
+    fn eperm_before_5_11_under_the_capabilities_is_the_memlock_charge() {
+        // Debian 11's kernel, systemd 247's default limit: the second fan's load (issue 25).
+        let e = refused(Errno::EPERM, "5.10.0-35-amd64", true, 64 * 1024).to_string();
+        assert!(e.starts_with("BPF_PROG_LOAD: EPERM: Operation not permitted: "), "{e}");
+        assert!(e.contains("over RLIMIT_MEMLOCK (64 KiB)"), "{e}");
+        assert!(e.contains("LimitMEMLOCK= in fanlink.service"), "{e}");
+        assert!(!e.contains("CAP_BPF"), "not a capability: {e}");
+        assert!(refused(Errno::EPERM, "5.4.0", true, libc::RLIM_INFINITY).to_string().contains("(infinity)"));
+        // Without the capabilities, or where the cgroup is charged instead, it is what it says.
+        for (release, capable) in [("5.10.0-35-amd64", false), ("5.11.0", true), ("6.1.0-9-amd64", true)] {
+            let e = refused(Errno::EPERM, release, capable, 64 * 1024).to_string();
+            assert!(e.ends_with("(needs CAP_BPF and CAP_NET_ADMIN, or root)"), "{release} {capable}: {e}");
+        }
+        assert!(matches!(refused(Errno::EINVAL, "5.10.0", true, 0), LoadError::Syscall { .. }));
     }
 
     #[test]

@@ -36,7 +36,8 @@ class Fleet:
         self.guests = []
         for i, suite in enumerate(suites, start=1):
             g = Guest(f"{suite}-{i}", images[suite], work, netns, f"10.66.{i}.1/16",
-                      f"52:54:00:66:{port % 256:02x}:{i:02x}", work / "files.tar", mcast=port)
+                      f"52:54:00:66:{port % 256:02x}:{i:02x}", work / "files.tar", mcast=port,
+                      mem=images[suite].mem)
             g.suite = suite
             self.guests.append(g)
 

@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import inspect
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -27,8 +28,23 @@ PACKAGES = [
 ]
 # The suites a guest can run: Debian 11 (Linux 5.10, systemd 247), 12 (6.1, 252), 13 (6.12, 257).
 SUITES = ("bullseye", "bookworm", "trixie")
-# Per suite, when a suite splits a package out (none so far).
-EXTRA = {}
+# Per suite: the workload hosts' container managers (scenario 6, lib/workloads.py). Debian 13
+# has Incus (6.0) and Docker (26.1; the `docker` command is docker-cli, which docker.io only
+# recommends); Debian 12 has Docker 20.10 and no Incus. busybox-static (replaces busybox) is
+# the workloads' root filesystem; xz-utils unpacks Incus's image tarballs. Docker 20.10 fails
+# every `docker run` where the kernel has AppArmor and apparmor_parser is missing (docker.io
+# recommends apparmor, which a standard Debian 12 has); Docker 26 checks for the parser.
+EXTRA = {
+    "trixie": ["incus", "docker.io", "docker-cli", "iptables", "xz-utils", "busybox-static"],
+    "bookworm": ["docker.io", "iptables", "busybox-static", "apparmor"],
+}
+# Guest memory (MiB): 640 boots systemd and fanlink; dockerd, containerd and incusd want more.
+MEMORY = {"trixie": 1536, "bookworm": 1536}
+# Their units are off in the image (scenario 6 enables them): the scenarios before it see
+# the host they always saw, and no boot pays for a daemon it does not use.
+WORKLOAD_UNITS = ["docker.service", "docker.socket", "containerd.service", "incus.service",
+                  "incus.socket", "incus-startup.service", "incus-user.service", "incus-user.socket",
+                  "lxcfs.service", "lxc.service", "lxc-net.service", "lxc-monitord.service"]
 
 
 MASKED = [
@@ -54,7 +70,29 @@ INITRD_MODULES = ["virtio_pci", "virtio_blk", "ext4", "crc32c_generic"]
 
 
 def packages(suite):
-    return PACKAGES + EXTRA.get(suite, [])
+    extra = EXTRA.get(suite, [])
+    return [p for p in PACKAGES if not (p == "busybox" and "busybox-static" in extra)] + extra
+
+
+# What systemd enforces with BPF programs it attaches to a unit's cgroup. Before Linux 5.11
+# each is charged to root's RLIMIT_MEMLOCK, the one fanlink's programs are charged to too
+# (issue 25): Debian 11's guest masks none of the units that have these, so that it is
+# charged as a stock host is.
+BPF_DIRECTIVES = re.compile(r"^(IPAddressDeny|IPAddressAllow|IPAccounting|IP(Ingress|Egress)FilterPath|"
+                            r"DevicePolicy|DeviceAllow|PrivateDevices|ProtectClock|ProtectKernelLogs|"
+                            r"RestrictNetworkInterfaces|SocketBind(Allow|Deny))=", re.M)
+
+
+def masked(suite, root):
+    """MASKED, but on Debian 11 (kernel 5.10) without the units that hold BPF programs."""
+    if suite != "bullseye":
+        return MASKED
+    keep = []
+    for unit in MASKED:
+        files = [root / d / unit for d in ("lib/systemd/system", "usr/lib/systemd/system")]
+        if not any(f.is_file() and BPF_DIRECTIVES.search(f.read_text(errors="replace")) for f in files):
+            keep.append(unit)
+    return keep
 
 
 def key(suite):
@@ -63,9 +101,9 @@ def key(suite):
     for f in sorted(GUEST_FILES.iterdir()):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     # How a tree is made and made a guest is part of the image too.
-    for fn in (bootstrap, customise):
+    for fn in (bootstrap, customise, masked):
         h.update(inspect.getsource(fn).encode() + b"\0")
-    h.update(repr((MASKED, INITRD_MODULES)).encode())
+    h.update(repr((MASKED, INITRD_MODULES, BPF_DIRECTIVES.pattern, WORKLOAD_UNITS)).encode())
     return h.hexdigest()[:12]
 
 
@@ -76,6 +114,7 @@ class Image:
         self.disk = self.dir / "disk.img"
         self.kernel = self.dir / "vmlinuz"
         self.initrd = self.dir / "initrd.img"
+        self.mem = MEMORY.get(suite, 640)
 
     def ready(self):
         return (self.dir / "done").exists()
@@ -114,7 +153,7 @@ def build(suite, say):
                 bootstrap(suite, root, log)
                 done.touch()
             t1 = time.monotonic()
-            customise(root, log)
+            unmasked = customise(suite, root, log)
             t2 = time.monotonic()
             img.dir.mkdir()
             shutil.copy(sorted(root.glob("boot/vmlinuz-*"))[-1], img.kernel)
@@ -134,7 +173,8 @@ def build(suite, say):
         done.unlink()
         log.unlink()
         say(f"image {suite}: built in {t3 - t0:.0f} s (mmdebstrap {t1 - t0:.0f} s, "
-            f"setup {t2 - t1:.0f} s, mkfs {t3 - t2:.0f} s)")
+            f"setup {t2 - t1:.0f} s, mkfs {t3 - t2:.0f} s)"
+            + (f"; not masked, they hold BPF programs: {' '.join(unmasked)}" if unmasked else ""))
         return img
 
 
@@ -167,7 +207,7 @@ def remove_tree(path):
     subprocess.run(["rm", "-rf", "--one-file-system", path], check=False)
 
 
-def customise(root, log):
+def customise(suite, root, log):
     """What turns a bootstrapped tree into a test guest: fstab, networkd, the agent."""
     # The guest installs the .deb as a user's Debian would: with its manual pages.
     for f in ("etc/dpkg/dpkg.cfg.d/99mmdebstrap", "etc/apt/apt.conf.d/99mmdebstrap"):
@@ -187,7 +227,12 @@ def customise(root, log):
     # Under software emulation every unit costs CPU the boot waits for (one vCPU): what a
     # test guest never needs is masked (`systemd-analyze blame` in a guest shows the rest).
     # Masks of units a suite does not have are harmless.
-    run(["chroot", str(root), "systemctl", "mask"] + MASKED, log)
+    mask = masked(suite, root)
+    run(["chroot", str(root), "systemctl", "mask"] + mask, log)
+    units = [u for u in WORKLOAD_UNITS
+             if any((root / d / u).is_file() for d in ("lib/systemd/system", "usr/lib/systemd/system"))]
+    if units:
+        run(["chroot", str(root), "systemctl", "disable"] + units, log)
     # Generators run (one process each) before systemd loads a unit: none but the fstab one
     # has anything to find in a test guest (no TPM, LUKS, GPT, SysV scripts, gettys).
     gens = root / "etc/systemd/system-generators"
@@ -200,3 +245,4 @@ def customise(root, log):
     # apt's downloaded .debs are not needed in the image.
     shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
     (root / "var/cache/apt/archives/partial").mkdir(parents=True)
+    return sorted(set(MASKED) - set(mask))

@@ -15,8 +15,9 @@ DHCP_RULE = '\\n[[fan]]\\nname = "fan-245"\\noverlay = "245.0.0.0/8"\\nunderlay 
 # A call the filter kills (see audit_denials) shows as the unit's main process killed by SIGSYS.
 DENIED = (r"EPERM|EACCES|Operation not permitted|Permission denied|os error 1\b|os error 13\b|"
           r"code=killed|status=31/SYS")
-# A denial in the kernel log: a seccomp record (type 1326) or an AppArmor/LSM denial (1400).
-KERNEL_DENIED = r'type=1326|type=1400|apparmor="DENIED"'
+# A denial in the kernel log: a seccomp record (type 1326) or an AppArmor or SELinux denial
+# (type 1400 is also AppArmor's profile_load STATUS records, at every boot where it is installed).
+KERNEL_DENIED = r'type=1326|apparmor="DENIED"|avc: +denied'
 
 # Everything under the package's reach (find's arguments): purge must leave it as it was.
 SNAPSHOT = ("/etc /usr /var/lib /opt /srv -xdev \\( -path /var/lib/dpkg -o -path /var/lib/apt "

@@ -10,6 +10,7 @@ import json
 import re
 
 import life
+import workloads
 from checks import FAN, FAN2, FANS, Skip, container, first_pings, is_up, ping, wait
 from guest import StepFailed
 
@@ -193,4 +194,6 @@ STEPS = {
     "3-networkd": [networkd_drives],
     "4-unit-life": [life.unit_life, life.purge],
     "5-sandbox": [life.sandbox],
+    # After 4 and 5: Docker and Incus change the hosts they ran on (files, firewall).
+    "6-workloads": [workloads.workloads],
 }
