@@ -65,6 +65,7 @@ PRESEED = f"""storage_pools:
   driver: dir
 profiles:
 - name: default
+  config: {{boot.autostart: "true"}}
   devices:
     root: {{type: disk, path: /, pool: default}}
     eth0: {{type: nic, nictype: bridged, parent: {FAN}, name: eth0}}
