@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::wire::{self, message_length, Arg, Call, Kind, FIXED_HEADER};
+use super::frames::Frames;
+use super::wire::{self, Arg, Call, Kind};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::MsgFlags;
@@ -45,13 +46,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// not become an allocation. dbus-daemon forwards only messages that it validated, so such
 /// a length is true and the next message starts after it; ending the connection instead
 /// would let any local user make fanlink reconnect and resync at will.
-const MAX_MESSAGE: usize = 1 << 20;
+pub(super) const MAX_MESSAGE: usize = 1 << 20;
 /// The specification's maximum message length (2^27): a header that claims more is no
 /// D-Bus message, and the stream has lost its framing.
-const SPEC_MAX_MESSAGE: usize = 1 << 27;
+pub(super) const SPEC_MAX_MESSAGE: usize = 1 << 27;
 /// The read buffer's first size, and the least room one read is given: a flap's signals are
 /// ~1 KiB, a ListLinks reply of a few dozen links ~3 KiB.
-const READ_CHUNK: usize = 16 << 10;
+pub(super) const READ_CHUNK: usize = 16 << 10;
 /// Calls awaiting replies at once in `call_all`: dbus-daemon refuses calls beyond its
 /// `max_replies_per_connection` (128 where the configuration leaves its default), and more in
 /// flight would not make networkd answer sooner.
@@ -471,111 +472,6 @@ fn authenticate(stream: &mut UnixStream, reader: &mut impl BufRead) -> Result<()
         return Err(Error::Handshake(line.trim_end().escape_debug().to_string()));
     }
     Ok(stream.write_all(b"BEGIN\r\n")?)
-}
-
-/// The bytes read from the socket, cut into whole messages in order. The buffer is reused
-/// (a signal costs no allocation) and grows only for a message larger than it; it returns
-/// to its first size once such a message is handed on.
-#[derive(Default)]
-struct Frames {
-    buf: Vec<u8>,
-    /// The unread part is `buf[start..end]`.
-    start: usize,
-    end: usize,
-    /// Bytes of a message too large to keep, still to be dropped as they come.
-    skip: usize,
-    /// The whole length of the message at `start`, while it is not all read yet.
-    wanted: usize,
-    /// A message over `MAX_MESSAGE` began to be dropped since `take_oversized` last looked.
-    oversized: bool,
-}
-
-impl Frames {
-    /// Room for the next read: at least `READ_CHUNK`, and all the message at `start` still
-    /// needs.
-    fn room(&mut self) -> &mut [u8] {
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
-            if self.buf.len() > 4 * READ_CHUNK {
-                self.buf = Vec::new();
-            }
-        }
-        let need = READ_CHUNK.max(self.wanted.saturating_sub(self.end - self.start));
-        if self.buf.len() - self.end < need {
-            self.buf.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, self.end - self.start);
-            if self.buf.len() - self.end < need {
-                self.buf.resize(self.end + need, 0);
-            }
-        }
-        &mut self.buf[self.end..]
-    }
-
-    /// `n` bytes were read into `room`.
-    fn filled(&mut self, n: usize) {
-        self.end += n;
-    }
-
-    /// Appends `bytes` as if read.
-    fn extend(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            let room = self.room();
-            let n = room.len().min(bytes.len());
-            room[..n].copy_from_slice(&bytes[..n]);
-            self.filled(n);
-            bytes = &bytes[n..];
-        }
-    }
-
-    /// Whether a message over `MAX_MESSAGE` began to be dropped since the last look.
-    fn take_oversized(&mut self) -> bool {
-        std::mem::take(&mut self.oversized)
-    }
-
-    /// The next whole message; `None` until it is all read. A message over `MAX_MESSAGE` is
-    /// dropped as it comes, unkept; an `Err` is a stream that lost its framing (a header of
-    /// garbage, or one that claims more than the specification allows), and the connection
-    /// with it.
-    fn next(&mut self) -> std::io::Result<Option<&[u8]>> {
-        loop {
-            if self.skip > 0 {
-                let n = self.skip.min(self.end - self.start);
-                self.start += n;
-                self.skip -= n;
-                if self.skip > 0 {
-                    return Ok(None);
-                }
-            }
-            let unread = &self.buf[self.start..self.end];
-            let Some(fixed) = unread.first_chunk::<FIXED_HEADER>() else { return Ok(None) };
-            let Some(total) = message_length(fixed) else {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "not a D-Bus message header",
-                ));
-            };
-            if total > SPEC_MAX_MESSAGE {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("a D-Bus header that claims {total} bytes (at most {SPEC_MAX_MESSAGE})"),
-                ));
-            }
-            if total > MAX_MESSAGE {
-                log::debug!("dropped a D-Bus message of {total} bytes (more than {MAX_MESSAGE})");
-                self.skip = total;
-                self.oversized = true;
-                continue;
-            }
-            if unread.len() < total {
-                self.wanted = total;
-                return Ok(None);
-            }
-            self.wanted = 0;
-            let at = self.start;
-            self.start += total;
-            return Ok(Some(&self.buf[at..at + total]));
-        }
-    }
 }
 
 #[cfg(test)]

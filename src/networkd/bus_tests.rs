@@ -1,6 +1,7 @@
 //! The connection's framing and replies, on zbus's bytes (the oracle of the wire format).
 
 use super::*;
+use crate::networkd::wire::message_length;
 use zbus::Message;
 
 fn signal(member: &str) -> Message {

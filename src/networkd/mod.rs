@@ -35,6 +35,7 @@
 
 mod bus;
 mod early;
+mod frames;
 mod links;
 mod path;
 mod reader;
