@@ -260,12 +260,17 @@ impl Daemon {
                 _ => None,
             })
             .collect();
+        // The links with an address in an underlay, in one pass (not one per link: a container
+        // host has hundreds of links, and this runs on every kernel event).
+        let in_underlay: std::collections::BTreeSet<u32> = snap
+            .addresses
+            .iter()
+            .filter(|a| underlays.iter().any(|u| u.contains(&a.address.addr())))
+            .map(|a| a.index)
+            .collect();
         let now = Instant::now();
         for link in &snap.links {
-            let addressed = snap
-                .addresses
-                .iter()
-                .any(|a| a.index == link.index && underlays.iter().any(|u| u.contains(&a.address.addr())));
+            let addressed = in_underlay.contains(&link.index);
             if !addressed && !up.contains(&link.name.as_str()) {
                 continue;
             }
